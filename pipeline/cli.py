@@ -1,0 +1,155 @@
+"""``tlops``: one subcommand per stage, plus ``status``, ``params`` and ``run-all``.
+
+    tlops <stage> [--params params.yaml] [--set key.path=value ...] [--<path> PATH ...] [--<flag>]
+    tlops status        which stages are built and which are up to date (dvc status)
+    tlops params        print the validated params (after --set overrides) as YAML
+    tlops run-all       run every built stage through `dvc repro`, then say where outputs are
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.common.logs import get_logger, setup_logging
+from pipeline.config import ConfigError, load_params
+from pipeline.project import declared_options, dvc, dvc_status, find_root
+from pipeline.stages import STAGES, NotImplementedStage, get_stage
+
+__all__ = ["main"]
+log = get_logger(__name__)
+_TOOLS = {
+    "status": "which stages are built and up to date",
+    "params": "print the validated params as YAML",
+    "run-all": "run every built stage through dvc repro",
+    "ui": "start the Prefect dashboard with the deployments (issue #9)",
+    "drift-ui": "start the Evidently review UI (issue #8)",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tlops`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in _TOOLS:
+            return _run_tool(command, rest)
+        return _run_stage(command, rest)
+    except (ConfigError, NotImplementedStage, KeyError, FileNotFoundError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) else str(err)
+        print(f"tlops {command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _usage() -> str:
+    width = max(len(name) for name in [*_TOOLS, *(s.name for s in STAGES)])
+    lines = ["usage: tlops <command> [--params FILE] [--set key.path=value ...] [options]", "", "stages:"]
+    for spec in STAGES:
+        note = "" if spec.implemented else f"  (not implemented yet, issue #{spec.issue})"
+        lines.append(f"  {spec.name:<{width}}  {spec.summary}{note}")
+    lines += ["", "tools:"] + [f"  {name:<{width}}  {text}" for name, text in _TOOLS.items()]
+    return "\n".join(lines)
+
+
+def _common_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: <project>/params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one param for this run, e.g. --set finetune.epochs=3 (repeatable)")
+    return parser
+
+
+def _run_stage(name: str, argv: list[str]) -> int:
+    spec = get_stage(name)
+    module = spec.load()
+    root = find_root()
+    parser = _common_parser(f"tlops {name}")
+    declared = declared_options(root, name)
+    for field in dataclasses.fields(module.Args):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=field.metadata.get("help"))
+        else:
+            default = declared.get(field.name)
+            if default is None and field.default is not dataclasses.MISSING:
+                default = field.default
+            parser.add_argument(flag, type=Path, default=None if default is None else Path(default),
+                                required=default is None, help=field.metadata.get("help"))
+    ns = parser.parse_args(argv)
+    params = load_params(ns.params or root / "params.yaml", ns.overrides)
+    setup_logging(params.common.log_level)
+    args = module.Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Args)})
+    summary = module.run(params, args)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _run_tool(command: str, argv: list[str]) -> int:
+    parser = _common_parser(f"tlops {command}")
+    ns = parser.parse_args(argv)
+    root = find_root()
+    if command == "params":
+        import yaml
+
+        params = load_params(ns.params or root / "params.yaml", ns.overrides)
+        print(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False), end="")
+        return 0
+    if command == "status":
+        return _status(root)
+    if command == "run-all":
+        load_params(ns.params or root / "params.yaml", ns.overrides)  # fail fast on bad params
+        if ns.overrides:
+            raise ValueError("run-all runs dvc repro on params.yaml as it is: edit params.yaml instead of --set")
+        dvc(root, "repro")
+        _status(root)
+        _print_outputs(root)
+        return 0
+    raise NotImplementedStage(f"'{command}' is not implemented yet ({_TOOLS[command]})")
+
+
+def _status(root: Path) -> int:
+    changes = dvc_status(root)
+    width = max(len(s.name) for s in STAGES)
+    for spec in STAGES:
+        if not spec.implemented:
+            state = f"not implemented yet (issue #{spec.issue})"
+        elif spec.name in changes:
+            state = "changed: " + _describe_changes(changes[spec.name])
+        else:
+            state = "up to date"
+        print(f"{spec.name:<{width}}  {state}")
+    return 0
+
+
+def _describe_changes(changes: list) -> str:
+    parts = []
+    for change in changes:
+        if isinstance(change, dict):
+            for kind, detail in change.items():
+                names = ", ".join(f"{k} ({v})" for k, v in detail.items()) if isinstance(detail, dict) else detail
+                parts.append(f"{kind}: {names}")
+        else:
+            parts.append(str(change))
+    return "; ".join(parts) or "needs a run"
+
+
+def _print_outputs(root: Path) -> None:
+    import yaml
+
+    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    print("\noutputs:")
+    for name, stage in stages.items():
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            print(f"  {name:<10} {root / path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers every stage shares: atomic writes, logging and progress, device choice, seeding."""

@@ -1,0 +1,1 @@
+"""Data in: sources, tar shards + manifest, deterministic splits, corruptions (see docs/ingest.md)."""
