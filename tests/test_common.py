@@ -1,0 +1,73 @@
+"""Shared helpers: atomic writes leave the old file intact on failure; seeding; device choice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.common.device import select_device
+from pipeline.common.io import atomic_dir, atomic_path, read_json, sha256_file, write_json
+from pipeline.common.seeding import seed_everything
+
+
+def test_write_json_is_sorted_and_handles_numpy(tmp_path):
+    path = write_json(tmp_path / "a" / "m.json", {"b": np.float32(0.5), "a": np.arange(3)})
+    assert json.loads(path.read_text()) == {"a": [0, 1, 2], "b": 0.5}
+    assert path.read_text().index('"a"') < path.read_text().index('"b"')
+
+
+def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
+    target = write_json(tmp_path / "m.json", {"good": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert read_json(target) == {"good": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "v1.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "v2.txt").write_text("2")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in target.iterdir()) == ["v1.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "v3.txt").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["v3.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_read_json_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json: file not found"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_sha256_file(tmp_path):
+    (tmp_path / "x").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "x") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_seed_everything_repeats():
+    seed_everything(3)
+    first = (np.random.rand(), torch.rand(2))
+    seed_everything(3)
+    second = (np.random.rand(), torch.rand(2))
+    assert first[0] == second[0] and torch.equal(first[1], second[1])
+
+
+def test_select_device():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="common.device = 'cuda': CUDA is not available"):
+            select_device("cuda")
