@@ -24,8 +24,9 @@ setup:
 	  echo "setup: environment ready in $$(( $$(date +%s) - start ))s"; \
 	fi
 
+# PREFECT_HOME keeps Prefect's local state (SQLite) in the project, not in ~/.prefect
 run: setup
-	$(BIN)/python -m pipeline.cli run-all
+	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/python -m flows.retrain
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -34,7 +35,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 ui: setup
-	$(BIN)/python -m pipeline.cli ui
+	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/python -m flows.deploy --start-server
 
 drift-ui: setup
 	$(BIN)/python -m pipeline.cli drift-ui

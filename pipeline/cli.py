@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientError
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.config import ConfigError, load_params
 from pipeline.project import declared_options, dvc, dvc_status, find_root
@@ -26,7 +27,6 @@ _TOOLS = {
     "status": "which stages are built and up to date",
     "params": "print the validated params as YAML",
     "run-all": "run every built stage through dvc repro",
-    "ui": "start the Prefect dashboard with the deployments (issue #9)",
     "drift-ui": "start the Evidently review UI (issue #8)",
 }
 
@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, NotImplementedStage, KeyError, FileNotFoundError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)
         print(f"tlops {command}: error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except (TransientError, ConnectionError, TimeoutError) as err:
+        print(f"tlops {command}: transient error (worth a retry): {err}", file=sys.stderr)
+        return EXIT_TRANSIENT
 
 
 def _usage() -> str:
@@ -107,7 +110,7 @@ def _run_tool(command: str, argv: list[str]) -> int:
         load_params(ns.params or root / "params.yaml", ns.overrides)  # fail fast on bad params
         if ns.overrides:
             raise ValueError("run-all runs dvc repro on params.yaml as it is: edit params.yaml instead of --set")
-        dvc(root, "repro")
+        dvc(root, "repro", capture=False)
         _status(root)
         _print_outputs(root)
         return 0

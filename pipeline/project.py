@@ -7,6 +7,7 @@ command line, and running ``tlops <stage>`` by hand with no paths takes the same
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["find_root", "declared_options", "dvc", "dvc_status"]
+__all__ = ["find_root", "main_checkout", "declared_options", "dvc", "dvc_status"]
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -24,6 +25,14 @@ def find_root(start: Path | None = None) -> Path:
         if (candidate / "dvc.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"no dvc.yaml in {here} or any parent: run tlops inside the project")
+
+
+def main_checkout(root: Path) -> Path:
+    """The main working tree of the git repository ``root`` belongs to (``root`` itself unless it is a
+    run worktree); shared state such as the model registry is resolved against it."""
+    out = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=root,
+                         capture_output=True, text=True)
+    return Path(out.stdout.strip()).parent if out.returncode == 0 else root
 
 
 def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
@@ -47,15 +56,29 @@ def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
     return options
 
 
-def dvc(root: Path, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
-    """Run the DVC of this environment in ``root``."""
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=check,
-                          text=True, capture_output=capture)
+def dvc(root: Path, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    """Run the DVC of this environment in ``root``.
+
+    Args:
+        root: directory to run in (a DVC project or worktree).
+        args: DVC arguments, e.g. ``"repro", "ingest"``.
+        check: raise when DVC exits non-zero.
+        capture: capture stdout/stderr (otherwise they stream to the terminal).
+    Returns:
+        The completed process.
+    """
+    # stage commands call `tlops`: put this environment's scripts first on PATH, venv activated or not
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, text=True, capture_output=capture, env=env)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or "").strip() or f"exit {proc.returncode}"
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {detail}")
+    return proc
 
 
 def dvc_status(root: Path) -> dict[str, list]:
     """Return ``dvc status --json``: stage name -> list of changes (absent when up to date)."""
-    out = dvc(root, "status", "--json", capture=True, check=False)
+    out = dvc(root, "status", "--json", check=False)
     if out.returncode != 0:
         raise RuntimeError(f"dvc status failed in {root}: {out.stderr.strip()}")
     raw = json.loads(out.stdout or "{}")

@@ -1,0 +1,64 @@
+"""The `drift-check` flow: test the newest batch against the champion; start `retrain` on drift.
+
+It works in a worktree made from the champion's own run tag, so the reference data and the model are
+exactly the champion's; then it makes the current set (the newest batch, or the domain-shift set),
+runs the drift stage through DVC, and when drift is detected starts the retrain deployment with the
+reason attached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+
+from flows.parameters import DriftCheckParameters
+from flows.retrain import run_stage, version
+from pipeline.config import load_params
+from pipeline.project import find_root, main_checkout
+from pipeline.registry import open_registry
+from pipeline.runs import RunWorkspace, run_name
+from pipeline.runsummary import drift_summary
+
+__all__ = ["drift_check"]
+
+
+@task(name="prepare-drift-check", cache_policy=NO_CACHE)
+def prepare(project: str, name: str, champion_run: str, batch_source: str | None) -> str:
+    """A worktree at the champion's run tag, its data and model checked out."""
+    overrides = {"shift.batch_source": batch_source} if batch_source else {}
+    workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=f"run-{champion_run}")
+    workspace.checkout()
+    return str(workspace.path)
+
+
+@flow(name="drift-check", log_prints=True)
+def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> dict[str, Any]:
+    """Check the newest batch for drift against the champion; start retrain when it drifted."""
+    logger = get_run_logger()
+    project = find_root()
+    registry = open_registry(load_params(project / "params.yaml").promote.registry, main_checkout(project))
+    champion = registry.champion()
+    if champion is None:
+        print("No champion in the registry yet: nothing to check drift against (run retrain first).")
+        return {"drift_detected": None, "reason": "no champion"}
+    name = run_name(flow_run.get_name() or "drift-check")
+    workspace = Path(prepare(str(project), name, champion["version"], parameters.batch_source))
+    for stage in ("shift", "drift"):
+        run_stage(str(project), name, stage)
+    version(str(project), name, f"drift check {name} against champion {champion['version']}")
+    verdict, text = drift_summary(workspace, champion["version"])
+    create_markdown_artifact(text, key="drift-check-summary", description=f"drift check {name}")
+    started = None
+    if verdict["drift_detected"] and parameters.retrain_on_drift:
+        reason = f"drift detected by drift check {name}: {verdict['reason']}"
+        logger.warning(reason)
+        started = run_deployment(parameters.retrain_deployment, timeout=0, tags=["drift-triggered"],
+                                 parameters={"parameters": parameters.retrain.model_dump(), "reason": reason})
+        print(f"Started {parameters.retrain_deployment} as flow run {started.name} ({started.id}).")
+    return {**verdict, "run": name, "retrain_flow_run": str(started.id) if started else None}

@@ -1,0 +1,54 @@
+"""Typed flow parameters: what the Prefect dashboard shows as a form, with defaults.
+
+Every field left empty keeps the value in params.yaml; a value given overrides it for that run only
+(it is written to the run's params.yaml, committed on the run's branch, and shown in the run summary).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RetrainParameters", "DriftCheckParameters"]
+
+
+class RetrainParameters(BaseModel):
+    """Knobs of one retraining run (empty = as in params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(None, description="image source: sklearn-digits, a folder, a CSV/Parquet "
+                                                 "manifest, s3://bucket/prefix, torchvision:<Dataset>")
+    candidates: list[str] | None = Field(None, description="pretrained models to choose from, e.g. "
+                                                           "[efficientnet_lite0, efficientnet_lite1]")
+    strategy: Literal["auto", "linear_probe", "partial", "full", "gradual", "lp_ft"] | None = Field(
+        None, description="layer-freezing strategy")
+    epochs: int | None = Field(None, ge=1, le=1000, description="fine-tuning epochs")
+    image_size: int | None = Field(None, ge=8, le=1024, description="network input side, pixels")
+    device: str | None = Field(None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, mps")
+    seed: int | None = Field(None, ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description='any other params.yaml key, e.g. {"finetune.lr": 0.001}')
+
+    def overrides(self) -> dict[str, Any]:
+        """The params.yaml keys this run overrides, as ``{"section.key": value}``."""
+        keys = {"source": "ingest.source", "candidates": "select.candidates", "strategy": "freeze.strategy",
+                "epochs": "finetune.epochs", "image_size": "common.image_size", "device": "common.device",
+                "seed": "common.seed"}
+        chosen = {keys[name]: value for name, value in self.model_dump(exclude={"extra"}).items()
+                  if value is not None}
+        return {**chosen, **self.extra}
+
+
+class DriftCheckParameters(BaseModel):
+    """Knobs of one drift check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_source: str | None = Field(None, description="the newest batch to check (any ingest source); "
+                                                       "empty = the domain-shift set made from the test split")
+    retrain_on_drift: bool = Field(True, description="start retrain-on-demand when drift is detected")
+    retrain_deployment: str = Field("retrain/retrain-on-demand", description="deployment started on drift")
+    retrain: RetrainParameters = Field(default_factory=RetrainParameters,
+                                       description="parameters of the retrain run started on drift")

@@ -1,0 +1,142 @@
+"""The model registry: every evaluated model version with its card, and one champion pointer.
+
+Layout (a folder by default, or an ``s3://bucket/prefix``):
+
+    <registry>/versions/<version>/...      the model directory as the fine-tune stage wrote it
+                                           (state dict + model card), plus decision.json
+    <registry>/champion.json               {"version": ..., "test_accuracy": ..., "promoted_at": ...}
+
+Promotion is atomic: a version is written in full before anything points at it, and the champion
+pointer is replaced in one step (a rename on disk, a single PUT on S3). A failed promotion leaves
+the previous champion untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.common.io import atomic_dir, read_json, write_json
+
+__all__ = ["Registry", "open_registry"]
+
+
+class _Store(Protocol):
+    def put_dir(self, rel: str, local: Path) -> None: ...
+    def put_json(self, rel: str, obj: Any) -> None: ...
+    def get_json(self, rel: str) -> Any | None: ...
+    def fetch_dir(self, rel: str, dest: Path) -> Path: ...
+    def list_dirs(self, rel: str) -> list[str]: ...
+
+
+class _FolderStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def put_dir(self, rel: str, local: Path) -> None:
+        with atomic_dir(self.root / rel) as tmp:
+            shutil.copytree(local, tmp, dirs_exist_ok=True)
+
+    def put_json(self, rel: str, obj: Any) -> None:
+        write_json(self.root / rel, obj)
+
+    def get_json(self, rel: str) -> Any | None:
+        path = self.root / rel
+        return read_json(path) if path.is_file() else None
+
+    def fetch_dir(self, rel: str, dest: Path) -> Path:
+        return self.root / rel  # already local: nothing to copy
+
+    def list_dirs(self, rel: str) -> list[str]:
+        base = self.root / rel
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) if base.is_dir() else []
+
+
+class _S3Store:
+    def __init__(self, uri: str):
+        import boto3
+
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        # endpoint and credentials come from the environment / AWS profile, never from params.yaml
+        self.s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def put_dir(self, rel: str, local: Path) -> None:
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            self.s3.upload_file(str(path), self.bucket, self._key(f"{rel}/{path.relative_to(local).as_posix()}"))
+
+    def put_json(self, rel: str, obj: Any) -> None:
+        body = json.dumps(obj, indent=2, sort_keys=True).encode()
+        self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=body)
+
+    def get_json(self, rel: str) -> Any | None:
+        try:
+            return json.loads(self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read())
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def fetch_dir(self, rel: str, dest: Path) -> Path:
+        prefix = self._key(rel) + "/"
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                target = dest / obj["Key"][len(prefix):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(self.bucket, obj["Key"], str(target))
+        return dest
+
+    def list_dirs(self, rel: str) -> list[str]:
+        prefix = self._key(rel) + "/"
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        return sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
+
+
+class Registry:
+    """Versions plus a champion pointer over a folder or S3 store."""
+
+    def __init__(self, store: _Store, location: str):
+        self.store, self.location = store, location
+
+    def champion(self) -> dict[str, Any] | None:
+        """The champion pointer, or None when nothing was promoted yet."""
+        return self.store.get_json("champion.json")
+
+    def versions(self) -> list[str]:
+        """Every registered version, oldest first (version names start with a UTC timestamp)."""
+        return self.store.list_dirs("versions")
+
+    def card(self, version: str) -> dict[str, Any] | None:
+        """The decision record stored with a version."""
+        return self.store.get_json(f"versions/{version}/decision.json")
+
+    def register(self, version: str, model_dir: Path, decision: dict[str, Any]) -> None:
+        """Store a model directory and its decision as a new version (whole or not at all)."""
+        if version in self.versions():
+            raise FileExistsError(f"{self.location}: version {version!r} is already registered")
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / version
+            shutil.copytree(model_dir, staged)
+            write_json(staged / "decision.json", decision)
+            self.store.put_dir(f"versions/{version}", staged)
+
+    def set_champion(self, version: str, record: dict[str, Any]) -> None:
+        """Point the champion at a registered version (one atomic write)."""
+        self.store.put_json("champion.json", {"version": version, **record})
+
+    def model_dir(self, version: str, scratch: Path) -> Path:
+        """A local directory holding the version's files (downloaded into ``scratch`` for S3)."""
+        return self.store.fetch_dir(f"versions/{version}", scratch / version)
+
+
+def open_registry(location: str, base: Path) -> Registry:
+    """Open the registry at a folder (relative to ``base``) or an ``s3://`` URI."""
+    if location.startswith("s3://"):
+        return Registry(_S3Store(location), location)
+    root = Path(location) if Path(location).is_absolute() else base / location
+    return Registry(_FolderStore(root), str(root))
