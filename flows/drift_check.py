@@ -29,10 +29,10 @@ __all__ = ["drift_check"]
 
 
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
-def prepare(project: str, name: str, champion_run: str, batch_source: str | None) -> str:
+def prepare(project: str, name: str, champion_tag: str, batch_source: str | None) -> str:
     """A worktree at the champion's run tag, its data and model checked out."""
     overrides = {"shift.batch_source": batch_source} if batch_source else {}
-    workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=f"run-{champion_run}")
+    workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=champion_tag)
     workspace.checkout()
     return str(workspace.path)
 
@@ -48,7 +48,8 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
         print("No champion in the registry yet: nothing to check drift against (run retrain first).")
         return {"drift_detected": None, "reason": "no champion"}
     name = run_name(flow_run.get_name() or "drift-check")
-    workspace = Path(prepare(str(project), name, champion["version"], parameters.batch_source))
+    # a champion promoted outside a versioned run has no tag: check against the current checkout then
+    workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD", parameters.batch_source))
     for stage in ("shift", "drift"):
         run_stage(str(project), name, stage)
     version(str(project), name, f"drift check {name} against champion {champion['version']}")

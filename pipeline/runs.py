@@ -108,7 +108,27 @@ class RunWorkspace:
         workspace._share_dvc_state()
         if overrides:
             write_text(path / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
+        if not (path / "dvc.lock").exists():
+            workspace._resume_from_last_run()
         return workspace
+
+    def _resume_from_last_run(self) -> None:
+        """Start from the newest earlier run's dvc.lock and outputs, so that DVC re-runs only what changed.
+
+        dvc.lock is DVC's record of what each stage last ran on; with it and the outputs checked out of
+        the shared cache, `dvc repro` compares the current code, data and params against that record and
+        skips every stage whose inputs are unchanged.
+        """
+        tags = _git(self.project, "for-each-ref", "--sort=-creatordate", "--format=%(refname:short)",
+                    "refs/tags/run-*").stdout.split()
+        for tag in tags:
+            lock = subprocess.run(["git", "show", f"{tag}:dvc.lock"], cwd=self.project, capture_output=True, text=True)
+            if lock.returncode == 0:
+                write_text(self.path / "dvc.lock", lock.stdout)
+                # outputs missing from the cache just make their stages run again
+                _dvc(self.path, "checkout", "--relink", check=False)
+                log.info("run %s starts from the state of %s", self.name, tag)
+                return
 
     @classmethod
     def open(cls, project: Path, name: str, runs_dir: str = "runs") -> "RunWorkspace":
@@ -126,11 +146,13 @@ class RunWorkspace:
         if main_local.exists():
             local.write_text(main_local.read_text())
         _dvc(self.path, "cache", "dir", "--local", str(self.project / ".dvc" / "cache"))
-        remotes = _dvc(self.project, "remote", "list").stdout.split("\n")
-        for line in filter(None, remotes):
-            name, url = line.split()[:2]
-            if "://" not in url:  # a local folder: DVC resolved it against the project; keep that target
-                _dvc(self.path, "remote", "modify", "--local", name, "url", str(Path(url).resolve()))
+        from dvc.repo import Repo  # DVC's own config reader resolves relative remote paths
+
+        with Repo(str(self.project)) as repo:
+            remotes = {name: str(conf["url"]) for name, conf in repo.config["remote"].items()}
+        for name, url in remotes.items():
+            if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
+                _dvc(self.path, "remote", "modify", "--local", name, "url", url)
 
     def repro(self, stage: str) -> StageResult:
         """Run ``dvc repro <stage>`` in the worktree and say whether it ran, was skipped or restored.

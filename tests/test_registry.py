@@ -1,0 +1,68 @@
+"""Model registry (folder and a real S3 server) and the promotion rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.promote import promotion_decision
+from pipeline.registry import open_registry
+from tests.support.s3server import make_client, s3_endpoint  # noqa: F401  (fixture)
+
+
+def _model_dir(tmp_path: Path, name: str, payload: bytes) -> Path:
+    model = tmp_path / name
+    model.mkdir()
+    (model / "model.pt").write_bytes(payload)
+    (model / "card.json").write_text('{"model": "toy"}')
+    return model
+
+
+def _exercise(registry, tmp_path: Path) -> None:
+    assert registry.champion() is None and registry.versions() == []
+    registry.register("20260101-000000-a", _model_dir(tmp_path, "a", b"A"), {"decision": "promoted"})
+    registry.set_champion("20260101-000000-a", {"test_accuracy": 0.9})
+    registry.register("20260102-000000-b", _model_dir(tmp_path, "b", b"B"), {"decision": "kept champion"})
+    assert registry.versions() == ["20260101-000000-a", "20260102-000000-b"]
+    assert registry.champion() == {"version": "20260101-000000-a", "test_accuracy": 0.9}
+    assert registry.card("20260102-000000-b")["decision"] == "kept champion"
+    local = registry.model_dir("20260101-000000-a", tmp_path / "scratch")
+    assert (local / "model.pt").read_bytes() == b"A" and (local / "decision.json").is_file()
+    with pytest.raises(FileExistsError, match="already registered"):
+        registry.register("20260101-000000-a", _model_dir(tmp_path, "c", b"C"), {})
+
+
+def test_folder_registry(tmp_path):
+    registry = open_registry("reg", tmp_path)
+    _exercise(registry, tmp_path)
+    assert (tmp_path / "reg" / "champion.json").is_file()
+    assert not [p for p in (tmp_path / "reg").rglob("*") if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_s3_registry(tmp_path, s3_endpoint, monkeypatch):  # noqa: F811
+    make_client(s3_endpoint).create_bucket(Bucket="models")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    _exercise(open_registry("s3://models/tlops/registry", tmp_path), tmp_path)
+    keys = {o["Key"] for o in make_client(s3_endpoint).list_objects_v2(Bucket="models")["Contents"]}
+    assert "tlops/registry/champion.json" in keys
+    assert "tlops/registry/versions/20260101-000000-a/model.pt" in keys
+
+
+@pytest.mark.parametrize(
+    ("verdict", "accuracy", "champion", "champion_accuracy", "same", "promoted", "why"),
+    [
+        ("negative", 0.99, None, None, False, False, "negative transfer"),
+        ("positive", 0.90, None, None, False, True, "no champion yet"),
+        ("no_gain", 0.90, None, None, False, True, "no champion yet"),
+        ("positive", 0.95, {"version": "v1"}, 0.94, False, True, "beats the champion's 0.9400"),
+        ("positive", 0.942, {"version": "v1"}, 0.94, False, False, "does not beat the champion's 0.9400 by the margin"),
+        ("positive", 0.99, {"version": "v1"}, 0.94, True, False, "already the champion (v1)"),
+        ("positive", 0.50, {"version": "v1"}, None, False, True, "trained on other classes"),
+        ("negative", 0.99, {"version": "v1"}, 0.10, False, False, "negative transfer"),
+    ],
+)
+def test_promotion_rule(verdict, accuracy, champion, champion_accuracy, same, promoted, why):
+    decided, reason = promotion_decision(verdict, accuracy, champion, champion_accuracy, same, margin=0.005)
+    assert decided is promoted
+    assert why in reason

@@ -1,0 +1,105 @@
+"""Versioned runs: worktree per run, DVC decides what re-runs, tags restore a run exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.runs import RunWorkspace, StageFailed, run_name
+
+# A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
+# versioning mechanics are tested in seconds without training anything.
+TOY_STAGE = {
+    "cmd": f"{sys.executable} toy.py",
+    "deps": ["toy.py"],
+    "params": ["common"],
+    "outs": ["data/toy"],
+    "metrics": ["results/toy/metrics.json"],
+}
+TOY_SCRIPT = """
+import json, pathlib, yaml
+seed = yaml.safe_load(open("params.yaml"))["common"]["seed"]
+pathlib.Path("data/toy").mkdir(parents=True, exist_ok=True)
+pathlib.Path("data/toy/value.txt").write_text(str(seed * 7))
+pathlib.Path("results/toy").mkdir(parents=True, exist_ok=True)
+pathlib.Path("results/toy/metrics.json").write_text(json.dumps({"seed": seed}))
+if seed == 13:
+    raise SystemExit(2)
+"""
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def toy_project(project: Path, tmp_path: Path) -> Path:
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": TOY_STAGE}}))
+    (project / "toy.py").write_text(TOY_SCRIPT)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url",
+                    str(tmp_path / "remote")], cwd=project, check=True)
+    _git(project, "add", "-A")
+    _git(project, "commit", "-q", "-m", "toy pipeline")
+    return project
+
+
+def test_run_names_are_ref_safe():
+    name = run_name("weird name/with:chars")
+    assert " " not in name and "/" not in name and ":" not in name
+    subprocess.run(["git", "check-ref-format", "--branch", f"runs/{name}"], check=True, capture_output=True)
+
+
+def test_run_versions_and_reruns_skip(toy_project: Path, tmp_path: Path):
+    first = RunWorkspace.create(toy_project, "r1", overrides={"common.seed": 3})
+    assert first.repro("toy").status == "ran"
+    assert (first.path / "data/toy/value.txt").read_text() == "21"
+    first.commit("run r1")
+    first.push()
+    assert "run-r1" in _git(toy_project, "tag").split()
+    assert yaml.safe_load(_git(toy_project, "show", "run-r1:params.yaml"))["common"]["seed"] == 3
+
+    # same params again: DVC finds the stage up to date (from the last run's lock and the shared cache)
+    again = RunWorkspace.create(toy_project, "r2", overrides={"common.seed": 3})
+    assert again.repro("toy").status == "skipped"
+    assert (again.path / "data/toy/value.txt").read_text() == "21"
+
+    # other params: the stage runs; the main checkout's params.yaml is untouched
+    other = RunWorkspace.create(toy_project, "r3", overrides={"common.seed": 4})
+    assert other.repro("toy").status == "ran"
+    assert yaml.safe_load((toy_project / "params.yaml").read_text())["common"]["seed"] == 0
+
+    # a fresh clone at the tag + dvc pull gives r1's exact outputs, and nothing left to re-run
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--branch", "run-r1", str(toy_project), str(clone)], check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url",
+                    str(tmp_path / "remote")], cwd=clone, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=clone, check=True)
+    assert (clone / "data/toy/value.txt").read_text() == "21"
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=clone, check=True, capture_output=True,
+                            text=True).stdout
+    assert "up to date" in status
+
+
+def test_bad_overrides_fail_before_any_git_work(toy_project: Path):
+    with pytest.raises(ConfigError, match="common.seed = -1"):
+        RunWorkspace.create(toy_project, "bad", overrides={"common.seed": -1})
+    assert "runs/bad" not in _git(toy_project, "branch", "--list")
+    assert not (toy_project / "runs" / "bad").exists()
+
+
+def test_failed_stage_is_not_retryable_and_names_the_exit(toy_project: Path):
+    workspace = RunWorkspace.create(toy_project, "fails", overrides={"common.seed": 13})
+    with pytest.raises(StageFailed, match=r"stage toy failed \(exit 2\)"):
+        workspace.repro("toy")
+
+
+def test_duplicate_run_name_is_refused(toy_project: Path):
+    RunWorkspace.create(toy_project, "dup")
+    with pytest.raises(FileExistsError, match="a run named 'dup' already exists"):
+        RunWorkspace.create(toy_project, "dup")
