@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from flows.server import free_port  # noqa: F401  (re-exported for test support modules)
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TLOPS_NO_PROGRESS", "1")
@@ -16,17 +17,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for servers the tests start themselves)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A throwaway copy of the project (git + DVC initialised) to run stages and `dvc repro` in."""
-    dest = tmp_path / "project"
+def copy_project(dest: Path) -> Path:
+    """Copy the project's files (tracked and untracked, not ignored) to ``dest`` as a new git repo."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            check=True, capture_output=True, text=True).stdout.split()
     for rel in files:
@@ -38,3 +30,9 @@ def project(tmp_path: Path) -> Path:
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "test copy"], cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A throwaway copy of the project (git + DVC initialised) to run stages and `dvc repro` in."""
+    return copy_project(tmp_path / "project")

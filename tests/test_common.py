@@ -71,3 +71,24 @@ def test_select_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="common.device = 'cuda': CUDA is not available"):
             select_device("cuda")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    path = write_json(tmp_path / "m.json", {})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
+
+
+def test_log_lines_follow_the_current_stderr(capsys):
+    from pipeline.common.logs import get_logger, setup_logging
+
+    setup_logging("INFO")
+    get_logger("pipeline.test").info("hello %s", "there")
+    assert "tlops.test: hello there" in capsys.readouterr().err

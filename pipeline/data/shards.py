@@ -107,7 +107,7 @@ def write_manifest(dataset_dir: str | os.PathLike, manifest: pd.DataFrame) -> Pa
 
     Args:
         dataset_dir: the dataset directory.
-        manifest: one row per image with at least MANIFEST_COLUMNS.
+        manifest: one row per image with at least MANIFEST_COLUMNS (written first, in that order).
     Returns:
         The manifest path.
     """
@@ -117,8 +117,9 @@ def write_manifest(dataset_dir: str | os.PathLike, manifest: pd.DataFrame) -> Pa
     if manifest["id"].duplicated().any():
         raise ValueError(f"manifest ids not unique: {manifest['id'][manifest['id'].duplicated()].head(5).tolist()}")
     target = Path(dataset_dir) / MANIFEST
+    ordered = [*MANIFEST_COLUMNS, *(c for c in manifest.columns if c not in MANIFEST_COLUMNS)]
     with atomic_path(target, suffix=".parquet") as tmp:
-        manifest.reset_index(drop=True).to_parquet(tmp, index=False)
+        manifest[ordered].reset_index(drop=True).to_parquet(tmp, index=False)
     return target
 
 

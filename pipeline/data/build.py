@@ -1,0 +1,87 @@
+"""Turn a source into a dataset directory: pack, check classes, index labels, write manifest + splits.json.
+
+Shared by `tlops ingest` (which adds hash splits and the label budget) and `tlops shift` (a new batch
+taken as the "current" set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from pipeline.common.io import write_json
+from pipeline.data.pack import pack_records
+from pipeline.data.shards import SHARDS_DIR, SPLITS, write_classes, write_manifest
+from pipeline.data.sources.base import Skipped, Source
+from pipeline.data.splits import split_summary
+
+__all__ = ["pack_source", "check_class_sizes", "index_labels", "write_dataset"]
+
+
+def pack_source(source: Source, dataset_dir: Path, shard_bytes: int) -> tuple[pd.DataFrame, list[Skipped]]:
+    """Stream a source into shards under ``dataset_dir``.
+
+    Args:
+        source: the opened source.
+        dataset_dir: the (temporary) dataset directory.
+        shard_bytes: target shard size.
+    Returns:
+        (manifest rows so far, everything skipped by the source and the packer).
+    """
+    rows, packer_skipped = pack_records(source.records(), dataset_dir / SHARDS_DIR, shard_bytes)
+    skipped = source.skipped + packer_skipped
+    if not rows:
+        examples = {s.kind: f"{s.path}: {s.reason}" for s in reversed(skipped)}  # first example of each kind
+        raise ValueError(f"{source.description}: no images found ({len(skipped)} item(s) skipped)"
+                         + "".join(f"\n  e.g. {e}" for e in list(examples.values())[::-1][:5]))
+    return pd.DataFrame(rows), skipped
+
+
+def check_class_sizes(manifest: pd.DataFrame, declared: set[str], minimum: int, skipped: list[Skipped],
+                      where: str) -> None:
+    """Raise naming every class (declared by the source or seen) with fewer than ``minimum`` images.
+
+    Args:
+        manifest: the packed rows (label, source_path).
+        declared: classes the source declares (e.g. its class folders).
+        minimum: the least images a class may have.
+        skipped: what was skipped, to say why a class ended up empty.
+        where: the source, for the message.
+    """
+    counts = manifest["label"].value_counts()
+    problems = []
+    for label in sorted(declared | set(counts.index)):
+        count = int(counts.get(label, 0))
+        if count >= minimum:
+            continue
+        if count:
+            paths = manifest.loc[manifest["label"] == label, "source_path"].tolist()[:3]
+            problems.append(f"class '{label}' has only {count} image(s): {', '.join(paths)}")
+        else:
+            why = next((f"; e.g. {s.path}: {s.reason}" for s in skipped if f"/{label}/" in s.path), "")
+            problems.append(f"class '{label}' has no usable images{why}")
+    if problems:
+        raise ValueError(f"{where}: every class needs at least {minimum} images "
+                         "(ingest.min_images_per_class):\n" + "\n".join(problems))
+
+
+def index_labels(manifest: pd.DataFrame, classes: Sequence[str], where: str) -> pd.Series:
+    """Return each row's label index in ``classes``; an unknown label is an error naming an example."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = manifest.loc[~manifest["label"].isin(list(index))]
+    if not unknown.empty:
+        row = unknown.iloc[0]
+        raise ValueError(f"{where}: label '{row['label']}' (e.g. {row['source_path']}) is not one of the "
+                         f"dataset's classes {list(classes)}")
+    return manifest["label"].map(index).astype(int)
+
+
+def write_dataset(dataset_dir: Path, manifest: pd.DataFrame, classes: Sequence[str]) -> dict:
+    """Write manifest.parquet, classes.json and splits.json; returns the splits summary."""
+    write_manifest(dataset_dir, manifest)
+    write_classes(dataset_dir, classes)
+    summary = split_summary(manifest, list(classes))
+    write_json(dataset_dir / SPLITS, summary)
+    return summary

@@ -1,0 +1,116 @@
+"""Pack streamed images into tar shards, one manifest row each: header probe, hash, dedupe, skip list.
+
+Only the image header is read here (format, size, mode): a full decode of every image is the
+validation stage's job. Nothing is dropped silently: every skip carries its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.common.logs import get_logger, progress
+from pipeline.data.shards import ShardWriter
+from pipeline.data.sources.base import Record, Skipped
+
+__all__ = ["describe_image", "store_image", "pack_records", "DuplicateLabelError"]
+log = get_logger(__name__)
+_EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif"}
+_MAX_LISTED = 10
+
+
+class DuplicateLabelError(ValueError):
+    """The same image (same bytes) appears under two different labels."""
+
+
+def describe_image(data: bytes) -> dict:
+    """Read an encoded image's header.
+
+    Args:
+        data: encoded image bytes.
+    Returns:
+        sha256, width, height, mode, format and bytes of the image.
+    Raises:
+        ValueError: the bytes are not an image PIL can identify.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, mode, fmt = image.width, image.height, image.mode, image.format
+    except UnidentifiedImageError:
+        raise ValueError(f"not an image (no image format recognised in {len(data)} bytes)") from None
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"not an image ({err})") from None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
+            "format": fmt, "bytes": len(data)}
+
+
+def store_image(writer: ShardWriter, image_id: str, data: bytes, info: dict, **fields) -> dict:
+    """Write one image into the shards and return its manifest row.
+
+    Args:
+        writer: the open shard writer.
+        image_id: the row id (unique in the dataset); the tar member is ``<id>.<ext>``.
+        data: encoded bytes, stored unchanged.
+        info: :func:`describe_image` of ``data``.
+        fields: further columns (source_path, label, ...).
+    Returns:
+        The manifest row.
+    """
+    extension = _EXTENSIONS.get(info["format"], str(info["format"]).lower())
+    shard, offset, length = writer.add(f"{image_id}.{extension}", data)
+    columns = {k: info[k] for k in ("sha256", "width", "height", "mode", "bytes")}
+    return {"id": image_id, **fields, **columns, "shard": shard, "offset": offset, "length": length}
+
+
+def pack_records(records: Iterable[Record], shards_dir: Path, shard_bytes: int,
+                 total: int | None = None) -> tuple[list[dict], list[Skipped]]:
+    """Store every identifiable, distinct image of a stream; skip the rest with reasons.
+
+    The id of an image is the first 16 hex digits of its sha256. The same bytes twice under one label
+    are stored once (the repeat is skipped); under two labels they are an error naming both paths.
+
+    Args:
+        records: the source's stream.
+        shards_dir: folder for the tar shards.
+        shard_bytes: target shard size.
+        total: expected count, for the progress bar.
+    Returns:
+        (manifest rows without split columns, skipped items).
+    Raises:
+        DuplicateLabelError: listing every image found under two labels.
+    """
+    rows: list[dict] = []
+    skipped: list[Skipped] = []
+    first_seen: dict[str, tuple[str, str]] = {}  # sha256 -> (source path, label)
+    conflicts: list[str] = []
+    with ShardWriter(shards_dir, shard_bytes) as writer:
+        for record in progress(records, desc="ingest", total=total, unit="img"):
+            try:
+                info = describe_image(record.data)
+            except ValueError as err:
+                _skip(skipped, record.source_path, str(err))
+                continue
+            seen = first_seen.setdefault(info["sha256"], (record.source_path, record.label))
+            if seen[0] != record.source_path:
+                if seen[1] != record.label:
+                    conflicts.append(f"{record.source_path} (label '{record.label}') is the same image as "
+                                     f"{seen[0]} (label '{seen[1]}')")
+                else:
+                    _skip(skipped, record.source_path, f"duplicate of {seen[0]}")
+                continue
+            rows.append(store_image(writer, info["sha256"][:16], record.data, info,
+                                    source_path=record.source_path, label=record.label))
+    if conflicts:
+        more = f"\n... and {len(conflicts) - _MAX_LISTED} more" if len(conflicts) > _MAX_LISTED else ""
+        raise DuplicateLabelError(f"{len(conflicts)} image(s) appear under two labels:\n"
+                                  + "\n".join(conflicts[:_MAX_LISTED]) + more)
+    return rows, skipped
+
+
+def _skip(skipped: list[Skipped], path: str, reason: str) -> None:
+    log.warning("skipped %s: %s", path, reason)
+    skipped.append(Skipped(path, reason))

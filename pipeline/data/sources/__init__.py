@@ -1,0 +1,48 @@
+"""Image sources for ingest: each streams (source_path, label, bytes) records and lists what it skipped.
+
+``open_source(spec, cfg)`` picks one from the ``ingest.source`` string:
+
+    sklearn-digits            the embedded default (scikit-learn's handwritten digits)
+    s3://bucket/prefix        ImageFolder layout in S3 (or any S3-compatible endpoint)
+    torchvision:<Dataset>     OxfordIIITPet, Flowers102 (download when allowed), FakeData
+    <file>.csv / .parquet     a table of (path or URI, label)
+    <folder>                  ImageFolder layout on disk
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+from pipeline.data.sources.base import Record, Skipped, Source, ordered_parallel
+from pipeline.data.sources.digits import DigitsSource
+from pipeline.data.sources.folder import FolderSource
+from pipeline.data.sources.s3 import S3Source, make_s3_client
+from pipeline.data.sources.table import TableSource
+from pipeline.data.sources.torchvision import TorchvisionSource
+
+if TYPE_CHECKING:
+    from pipeline.config import IngestParams
+
+__all__ = ["Record", "Skipped", "Source", "open_source", "ordered_parallel"]
+
+
+def open_source(spec: str, cfg: "IngestParams") -> Source:
+    """Build the source named by an ``ingest.source``-style string.
+
+    Args:
+        spec: sklearn-digits, s3://bucket/prefix, torchvision:<Dataset>, a .csv/.parquet table, or a folder.
+        cfg: the ingest params (digits size, S3 options, workers, download permission).
+    Returns:
+        The source, ready to stream with ``records()``.
+    """
+    s3_client = partial(make_s3_client, cfg.s3_endpoint_url, cfg.s3_profile, cfg.retries, cfg.download_workers)
+    if spec == "sklearn-digits":
+        return DigitsSource(cfg.digits_size)
+    if spec.startswith("s3://"):
+        return S3Source(spec, s3_client(), cfg.download_workers)
+    if spec.startswith("torchvision:"):
+        return TorchvisionSource(spec.removeprefix("torchvision:"), cfg.download_root, cfg.allow_download)
+    if spec.lower().endswith((".csv", ".parquet")):
+        return TableSource(spec, s3_client, cfg.download_workers)
+    return FolderSource(spec, cfg.download_workers)

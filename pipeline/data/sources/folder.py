@@ -1,0 +1,52 @@
+"""A local folder in ImageFolder layout: one subfolder per class, images at any depth below it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.data.sources.base import Record, Source, ordered_parallel
+
+__all__ = ["FolderSource"]
+
+
+class FolderSource(Source):
+    """Stream every file under ``root/<class>/**``; files elsewhere and unreadable files are skipped."""
+
+    def __init__(self, root: str | Path, workers: int = 8):
+        root = Path(root).expanduser()
+        super().__init__(f"folder {root}")
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: source folder does not exist")
+        if not root.is_dir():
+            raise ValueError(f"{root}: source is a file, expected a folder with one subfolder per class "
+                             "(or a .csv/.parquet manifest)")
+        self.root, self.workers = root, workers
+        self.class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.class_dirs:
+            raise ValueError(f"{root}: no class folders (ImageFolder layout: {root}/<class>/<image>)")
+        self.labels = {p.name for p in self.class_dirs}
+
+    def records(self) -> Iterator[Record]:
+        for path in sorted(p for p in self.root.iterdir() if p.is_file()):
+            self.skip(str(path), "not inside a class folder")
+        for path, data, error in ordered_parallel(_read, self._files(), self.workers):
+            if error is not None:
+                self.skip(str(path), f"unreadable: {error}")
+            else:
+                yield Record(str(path), path.relative_to(self.root).parts[0], data)
+
+    def _files(self) -> Iterator[Path]:
+        for class_dir in self.class_dirs:
+            files = sorted(p for p in class_dir.rglob("*") if not p.is_dir())
+            if not files:
+                raise ValueError(f"{class_dir}: class folder '{class_dir.name}' has no files")
+            for path in files:
+                if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+                    self.skip(str(path), "hidden file")
+                else:
+                    yield path
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()

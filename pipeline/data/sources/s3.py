@@ -1,0 +1,129 @@
+"""``s3://bucket/prefix`` in ImageFolder layout, read with boto3 (any S3-compatible endpoint).
+
+Credentials come from the environment or a named profile, never from params.yaml, and are never
+logged. Retries with exponential backoff and jitter on throttling and 5xx are botocore's "standard"
+retry mode; downloads run on a bounded pool of threads so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from pipeline.common.logs import get_logger
+from pipeline.data.sources.base import Record, Source, ordered_parallel
+
+__all__ = ["S3Source", "make_s3_client", "parse_s3_uri", "s3_error", "get_object_bytes"]
+log = get_logger(__name__)
+
+
+def make_s3_client(endpoint_url: str | None = None, profile: str | None = None, retries: int = 5,
+                   workers: int = 8) -> Any:
+    """Build a boto3 S3 client.
+
+    Args:
+        endpoint_url: S3-compatible endpoint; None: env AWS_ENDPOINT_URL, else AWS itself.
+        profile: named profile from ~/.aws (None: environment credentials / default chain).
+        retries: retries after the first attempt, with backoff, on throttling and 5xx.
+        workers: parallel downloads (sizes the connection pool).
+    Returns:
+        The boto3 client.
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        session = boto3.Session(profile_name=profile) if profile else boto3.Session()
+    except ProfileNotFound:
+        raise ValueError(f"ingest.s3_profile = {profile!r}: no such AWS profile") from None
+    config = Config(retries={"max_attempts": retries + 1, "mode": "standard"},
+                    max_pool_connections=max(10, workers), connect_timeout=10, read_timeout=60)
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    log.info("S3 endpoint %s%s", endpoint or "AWS default", f", profile {profile}" if profile else "")
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key/prefix`` into (bucket, key prefix)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{uri!r}: expected s3://bucket/prefix")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_error(uri: str, err: Exception) -> Exception:
+    """Turn a boto3 error into a one-line error naming the URI (no credentials in it)."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(err, NoCredentialsError):
+        return ValueError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                          "or ingest.s3_profile)")
+    if isinstance(err, EndpointConnectionError):
+        return ValueError(f"{uri}: cannot reach the S3 endpoint ({err})")
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket", "404"):
+            return FileNotFoundError(f"{uri}: bucket '{parse_s3_uri(uri)[0]}' does not exist")
+        if code in ("NoSuchKey",):
+            return FileNotFoundError(f"{uri}: no such object")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return ValueError(f"{uri}: access denied ({code}): check the credentials and bucket policy")
+        return ValueError(f"{uri}: S3 error {code}: {err.response.get('Error', {}).get('Message', err)}")
+    return err
+
+
+def get_object_bytes(client: Any, bucket: str, key: str) -> bytes:
+    """Download one object's bytes (botocore retries throttling and 5xx)."""
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+class S3Source(Source):
+    """Stream ``s3://bucket/prefix/<class>/**`` objects, downloaded in parallel, in key order."""
+
+    def __init__(self, uri: str, client: Any, workers: int = 8):
+        super().__init__(uri)
+        self.uri, self.client, self.workers = uri.rstrip("/"), client, workers
+        self.bucket, prefix = parse_s3_uri(self.uri)
+        self.prefix = prefix + "/" if prefix else ""
+
+    def records(self) -> Iterator[Record]:
+        keys = (key for key in self._keys() if self._classify(key))
+        fetch = lambda key: get_object_bytes(self.client, self.bucket, key)  # noqa: E731
+        for key, data, error in ordered_parallel(fetch, keys, self.workers):
+            path = f"s3://{self.bucket}/{key}"
+            if error is not None:
+                self.skip(path, f"unreadable: {s3_error(path, error)}")
+            else:
+                yield Record(path, key[len(self.prefix):].split("/", 1)[0], data)
+
+    def _classify(self, key: str) -> bool:
+        """True for an object under a class folder; others are skipped (folder markers ignored)."""
+        relative = key[len(self.prefix):]
+        if key.endswith("/"):
+            return False
+        if "/" not in relative:
+            self.skip(f"s3://{self.bucket}/{key}", "not inside a class folder")
+            return False
+        label = relative.split("/", 1)[0]
+        if label.startswith(".") or "/." in "/" + relative:
+            self.skip(f"s3://{self.bucket}/{key}", "hidden file")
+            return False
+        self.labels.add(label)
+        return True
+
+    def _keys(self) -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        found = False
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    found = True
+                    yield obj["Key"]
+        except (ClientError, BotoCoreError) as err:
+            raise s3_error(self.uri, err) from None
+        if not found:
+            raise FileNotFoundError(f"{self.uri}: no objects under this prefix (bucket '{self.bucket}' exists)")

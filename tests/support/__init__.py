@@ -1,0 +1,1 @@
+"""Helpers shared by tests: bad-image generators, local servers."""

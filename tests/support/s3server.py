@@ -1,0 +1,149 @@
+"""A real S3-compatible server on 127.0.0.1 for tests: moto's server mode, plus a throttling proxy.
+
+``moto_server()`` (also used by bench/bench_ingest.py) starts ``moto_server -H 127.0.0.1 -p <free port>``
+from this environment, waits until it answers, yields the endpoint URL and stops the server. The
+``s3_endpoint`` fixture (module scope) wraps it with dummy credentials in the environment.
+``ThrottlingProxy`` sits in front of it and answers the first requests for each object with
+503 SlowDown, to prove that retries with backoff really happen."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.conftest import free_port
+
+__all__ = ["s3_endpoint", "moto_server", "S3_ENV", "make_client", "ThrottlingProxy"]
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """Run ``moto_server -H 127.0.0.1 -p <free port>`` from this environment; yield its URL, then stop it."""
+    port = free_port()
+    server = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto server for the module's tests, with dummy credentials in the environment meanwhile."""
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    try:
+        with moto_server() as url:
+            os.environ.update(S3_ENV)
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+            yield url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_client(endpoint: str):
+    """A boto3 S3 client for the test server (for setting up buckets and objects)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with code {proc.returncode} before answering on {url}")
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto_server did not answer on {url} within {timeout:.0f}s")
+
+
+class ThrottlingProxy:
+    """HTTP proxy to ``upstream`` answering the first ``failures`` GETs of each object with 503 SlowDown.
+
+    Use as a context manager; ``url`` is the endpoint to give clients, ``throttled`` counts 503s per path.
+    """
+
+    def __init__(self, upstream: str, failures: int):
+        self.upstream, self.failures = urlparse(upstream), failures
+        self.throttled: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "ThrottlingProxy":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _should_throttle(self, method: str, path: str) -> bool:
+        is_object_get = method == "GET" and "list-type" not in path and path.count("/") >= 2
+        with self._lock:
+            if is_object_get and self.throttled[path] < self.failures:
+                self.throttled[path] += 1
+                return True
+        return False
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+            def _forward(self) -> None:
+                if proxy._should_throttle(self.command, self.path):
+                    body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                conn.request(self.command, self.path, self.rfile.read(length) if length else None, dict(self.headers))
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                skip = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
+                for key, value in response.getheaders():
+                    if key.lower() not in skip:
+                        self.send_header(key, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        return Handler

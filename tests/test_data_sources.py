@@ -1,0 +1,132 @@
+"""Sources: digits, ImageFolder folders (nested, bad files), manifest tables, torchvision (FakeData offline)."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import IngestParams
+from pipeline.data.sources import ordered_parallel, open_source
+from pipeline.data.sources.digits import DigitsSource
+from pipeline.data.sources.folder import FolderSource
+from pipeline.data.sources.table import TableSource
+from tests.support.badimages import good_png
+
+
+def _folder(root: Path) -> Path:
+    """cats/ (nested two deep), dogs/, a stray file at the top, a hidden file, a broken link."""
+    for i, rel in enumerate(["cats/a.png", "cats/x/y/b.png", "cats/x/c.png", "dogs/d.png", "dogs/e.png"]):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(good_png(i, 8))
+    (root / "stray.png").write_bytes(good_png(9, 8))
+    (root / "dogs" / ".DS_Store").write_bytes(b"junk")
+    (root / "dogs" / "gone.png").symlink_to(root / "nowhere.png")
+    return root
+
+
+def test_digits_are_real_rgb_images_at_the_asked_size():
+    records = list(DigitsSource(16).records())
+    assert len(records) == 1797 and {r.label for r in records} == {str(d) for d in range(10)}
+    image = Image.open(io.BytesIO(records[0].data))
+    assert (image.size, image.mode, image.format) == ((16, 16), "RGB", "PNG")
+    assert image.getextrema()[0][0] < 60 < 200 < image.getextrema()[0][1]  # dark ink on a light page
+
+
+def test_folder_source_walks_nested_class_folders_and_lists_skips(tmp_path):
+    source = FolderSource(_folder(tmp_path / "imgs"), workers=2)
+    records = list(source.records())
+    assert sorted((Path(r.source_path).name, r.label) for r in records) == [
+        ("a.png", "cats"), ("b.png", "cats"), ("c.png", "cats"), ("d.png", "dogs"), ("e.png", "dogs")]
+    reasons = {Path(s.path).name: s.reason for s in source.skipped}
+    assert reasons["stray.png"] == "not inside a class folder"
+    assert reasons[".DS_Store"] == "hidden file"
+    assert reasons["gone.png"].startswith("unreadable: ") and "No such file" in reasons["gone.png"]
+    assert source.labels == {"cats", "dogs"}
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing: source folder does not exist"):
+        FolderSource(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: no class folders"):
+        FolderSource(tmp_path / "empty")
+    (tmp_path / "empty" / "cats").mkdir()
+    with pytest.raises(ValueError, match=r"cats: class folder 'cats' has no files"):
+        list(FolderSource(tmp_path / "empty").records())
+
+
+def test_table_source_csv_and_parquet(tmp_path):
+    _folder(tmp_path / "imgs")
+    table = pd.DataFrame({"path": ["imgs/cats/a.png", str(tmp_path / "imgs/dogs/d.png"), "imgs/none.png",
+                                   "http://example.com/x.png", "imgs/dogs/e.png"],
+                          "label": ["cat", "dog", "dog", "dog", None]})
+    table.to_csv(tmp_path / "list.csv", index=False)
+    table.to_parquet(tmp_path / "list.parquet")
+    for name in ("list.csv", "list.parquet"):
+        source = TableSource(tmp_path / name, s3_client=lambda: None, workers=2)
+        assert [(Path(r.source_path).name, r.label) for r in source.records()] == [("a.png", "cat"), ("d.png", "dog")]
+        reasons = {Path(s.path).name: s.reason for s in source.skipped}
+        assert reasons["none.png"].startswith("unreadable:") and "No such file" in reasons["none.png"]
+        assert "unsupported URI scheme" in reasons["x.png"]
+        assert reasons["e.png"].startswith("no label") and "row 6" in reasons["e.png"]
+
+
+def test_table_errors_name_the_file_and_columns(tmp_path):
+    pd.DataFrame({"file_name": ["a"], "label": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad.csv: needs a 'label' column .*found: \['file_name', 'label'\]"):
+        TableSource(tmp_path / "bad.csv", s3_client=lambda: None)
+    with pytest.raises(FileNotFoundError, match="nope.csv: manifest table does not exist"):
+        open_source(str(tmp_path / "nope.csv"), IngestParams())
+
+
+def test_open_source_dispatch(tmp_path):
+    cfg = IngestParams(digits_size=8)
+    assert type(open_source("sklearn-digits", cfg)).__name__ == "DigitsSource"
+    assert type(open_source(str(_folder(tmp_path / "f")), cfg)).__name__ == "FolderSource"
+    with pytest.raises(ValueError, match="torchvision:Nope: unsupported dataset"):
+        open_source("torchvision:Nope", cfg)
+
+
+def test_torchvision_fakedata_offline_and_missing_dataset_without_download(tmp_path):
+    source = open_source("torchvision:FakeData", IngestParams())
+    records = list(source.records())
+    assert len(records) == 60 and source.labels == {"0", "1", "2"}
+    assert Image.open(io.BytesIO(records[0].data)).size == (32, 32)
+    cfg = IngestParams(download_root=str(tmp_path / "tv"), allow_download=False)
+    with pytest.raises(FileNotFoundError, match=r"torchvision:Flowers102: not found under .*allow_download: true"):
+        list(open_source("torchvision:Flowers102", cfg).records())
+
+
+def _online(host: str = "thor.robots.ox.ac.uk") -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.skipif(not _online(), reason="offline: torchvision datasets cannot download")
+@pytest.mark.parametrize("name", ["OxfordIIITPet", "Flowers102"])
+def test_torchvision_download(tmp_path, name):
+    cfg = IngestParams(download_root=str(tmp_path / "tv"), allow_download=True)
+    source = open_source(f"torchvision:{name}", cfg)
+    first = next(iter(source.records()))
+    assert Image.open(io.BytesIO(first.data)).format == "JPEG" and first.label
+
+
+def test_ordered_parallel_keeps_order_and_reports_errors():
+    def work(x: int) -> int:
+        if x == 3:
+            raise OSError("boom")
+        return x * x
+
+    out = list(ordered_parallel(work, iter(range(50)), workers=4))
+    assert [item for item, _, _ in out] == list(range(50))
+    assert out[3][1] is None and str(out[3][2]) == "boom" and out[7][1] == 49

@@ -1,0 +1,127 @@
+"""`tlops ingest` end to end through the CLI: digits, folders with bad input, stable splits, budgets, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from pipeline.common.io import sha256_file
+from pipeline.data.shards import MANIFEST_COLUMNS, read_classes, read_manifest, read_splits, verify_dataset
+from tests.support.badimages import good_png
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handler():
+    """The CLI's log handler binds the sys.stderr of the test that first set it up (capsys closes it)."""
+    yield
+    logging.getLogger("tlops").handlers.clear()
+
+
+def _ingest(out: Path, *overrides: str) -> int:
+    argv = ["ingest", "--dataset", str(out / "dataset"), "--metrics", str(out / "metrics.json"),
+            "--report-dir", str(out / "report")]
+    for item in overrides:
+        argv += ["--set", item]
+    return main(argv)
+
+
+def _images(root: Path, layout: dict[str, int], start: int = 0) -> Path:
+    """``layout``: class -> count; images get distinct seeds from ``start`` on, nested every third."""
+    seed = start
+    for label, count in layout.items():
+        for i in range(count):
+            path = root / label / ("deep/er" if i % 3 == 0 else "") / f"img{seed}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(good_png(seed, 8))
+            seed += 1
+    return root
+
+
+def test_digits_default_ingest(tmp_path, capsys):
+    assert _ingest(tmp_path, "ingest.digits_size=16") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 1797 and summary["classes"] == 10 and summary["skipped"] == 0
+    manifest = read_manifest(tmp_path / "dataset")
+    assert list(manifest.columns) == list(MANIFEST_COLUMNS)
+    assert (manifest[["width", "height"]] == 16).all().all() and set(manifest["mode"]) == {"RGB"}
+    assert read_classes(tmp_path / "dataset") == [str(d) for d in range(10)]
+    splits = read_splits(tmp_path / "dataset")
+    assert splits["sizes"] == summary["splits"] and sum(splits["sizes"].values()) == 1797
+    assert 200 < splits["sizes"]["test"] < 340 and all(c["test"] > 0 for c in splits["class_counts"].values())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["class_counts"]["3"] == splits["class_counts"]["3"]
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"ingest_report.json", "class_counts.png",
+                                                                 "samples.png"}
+    assert verify_dataset(tmp_path / "dataset") == 1797
+    shards = {p.name: sha256_file(p) for p in (tmp_path / "dataset" / "shards").iterdir()}
+    assert _ingest(tmp_path / "again", "ingest.digits_size=16") == 0  # byte-identical on a second run
+    assert shards == {p.name: sha256_file(p) for p in (tmp_path / "again" / "dataset" / "shards").iterdir()}
+
+
+def test_folder_with_bad_files_lists_every_skip(tmp_path, capsys):
+    root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 5})
+    (root / "dogs" / "notes.txt").write_text("not an image")
+    (root / "dogs" / "zcopy.png").write_bytes((root / "dogs" / "img7.png").read_bytes())
+    (root / "readme.md").write_text("top-level file")
+    assert _ingest(tmp_path, f"ingest.source={root}", "ingest.budget_per_class=2") == 0
+    report = json.loads((tmp_path / "report" / "ingest_report.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert reasons["readme.md"] == "not inside a class folder"
+    assert reasons["notes.txt"].startswith("not an image")
+    assert reasons["zcopy.png"] == f"duplicate of {root / 'dogs' / 'img7.png'}"
+    assert report["skipped_by_reason"] == {"not inside a class folder": 1, "not an image": 1, "duplicate": 1}
+    manifest = read_manifest(tmp_path / "dataset")
+    assert len(manifest) == 11 and set(manifest["label"]) == {"cats", "dogs"}
+    train = manifest[manifest["split"] == "train"]
+    assert (train.groupby("label")["in_budget"].sum() <= 2).all() and manifest[manifest["split"] != "train"]["in_budget"].all()
+
+
+def test_adding_images_moves_no_old_image(tmp_path):
+    root = _images(tmp_path / "imgs", {"a": 30, "b": 30})
+    assert _ingest(tmp_path / "v1", f"ingest.source={root}") == 0
+    _images(root, {"a": 40, "b": 40, "c": 20}, start=1000)
+    assert _ingest(tmp_path / "v2", f"ingest.source={root}") == 0
+    old = read_manifest(tmp_path / "v1" / "dataset").set_index("id")["split"]
+    new = read_manifest(tmp_path / "v2" / "dataset").set_index("id")["split"]
+    assert len(new) == 160 and new.loc[old.index].equals(old)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("duplicate", r"imgs/dogs/twin.png \(label 'dogs'\) is the same image as .*imgs/cats/img0.png"),
+    ("single", r"class 'lonely' has only 1 image\(s\): .*imgs/lonely/img100.png"),
+    ("no_images", r"class 'texts' has no usable images; e.g. .*imgs/texts/a.txt: not an image"),
+    ("empty_class", r"imgs/hollow: class folder 'hollow' has no files"),
+])
+def test_bad_input_is_an_error_naming_the_path_and_keeps_the_old_dataset(tmp_path, capsys, damage, message):
+    root = _images(tmp_path / "imgs", {"cats": 4, "dogs": 4})
+    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    before = read_manifest(tmp_path / "dataset")
+    if damage == "duplicate":
+        (root / "dogs" / "twin.png").write_bytes((root / "cats" / "deep" / "er" / "img0.png").read_bytes())
+    elif damage == "single":
+        _images(root, {"lonely": 1}, start=100)
+    elif damage == "no_images":
+        (root / "texts").mkdir()
+        (root / "texts" / "a.txt").write_text("words")
+    else:
+        (root / "hollow").mkdir()
+    capsys.readouterr()
+    assert _ingest(tmp_path, f"ingest.source={root}") == 2
+    err = capsys.readouterr().err.replace("/deep/er", "")
+    assert err.startswith("tlops ingest: error:") and pd.Series([err]).str.contains(message).all(), err
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "dataset"), before)
+
+
+def test_empty_and_missing_sources(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _ingest(tmp_path, f"ingest.source={tmp_path / 'empty'}") == 2
+    assert f"{tmp_path / 'empty'}: no class folders" in capsys.readouterr().err
+    assert _ingest(tmp_path, f"ingest.source={tmp_path / 'nope'}") == 2
+    assert f"{tmp_path / 'nope'}: source folder does not exist" in capsys.readouterr().err
+    assert _ingest(tmp_path, "ingest.budget_per_class=3", "ingest.budget_fraction=0.5") == 2
+    assert "at most one of budget_per_class and budget_fraction" in capsys.readouterr().err
