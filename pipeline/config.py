@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 __all__ = ["Params", "ConfigError", "load_params", "parse_overrides", "apply_overrides"]
 
@@ -37,6 +37,29 @@ class CommonParams(Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+CorruptionName = Literal["gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg", "rotation"]
+
+
+class ShiftParams(Section):
+    """The domain-shift 'current' set (pipeline/shift.py): corruptions of the test split, or a new batch."""
+
+    source: str | None = Field(None, min_length=1,
+                               description="null: corrupt the test split; else a new batch (any ingest source)")
+    corruptions: list[CorruptionName] = Field(
+        ["gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg", "rotation"], min_length=1)
+    severities: list[int] = Field([1, 2, 3, 4, 5], min_length=1, description="ImageNet-C style levels 1-5")
+    assignment: Literal["grid", "random"] = Field(
+        "grid", description="grid: every image at every corruption x severity; random: one seeded pair per image")
+    include_clean: bool = Field(True, description="also keep each image uncorrupted (corruption 'none', severity 0)")
+
+    @model_validator(mode="after")
+    def _severities_in_range(self) -> "ShiftParams":
+        bad = [s for s in self.severities if not 1 <= s <= 5]
+        if bad or len(set(self.severities)) != len(self.severities):
+            raise ValueError(f"severities {self.severities}: each must be 1-5 and listed once")
+        return self
+
+
 class IngestParams(Section):
     """Where images come from and how they are stored and split (pipeline/ingest.py)."""
 
@@ -47,45 +70,236 @@ class IngestParams(Section):
     shard_size_mb: float = Field(32.0, gt=0, le=4096, description="target size of one tar shard")
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
+    min_images_per_class: int = Field(2, ge=1, description="fewer images in a class is an error naming it")
+    budget_per_class: int | None = Field(None, ge=1, description="label budget: k train images per class")
+    budget_fraction: float | None = Field(None, gt=0, le=1, description="label budget: a fraction of train")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; null: env AWS_ENDPOINT_URL or AWS")
+    s3_profile: str | None = Field(None, description="named AWS profile (credentials never go in params)")
+    download_workers: int = Field(8, ge=1, le=256, description="parallel S3 downloads / file reads")
+    retries: int = Field(5, ge=0, le=20, description="S3 retries with backoff on throttling and 5xx")
+    allow_download: bool = Field(False, description="let torchvision:<Dataset> sources download from the internet")
+    download_root: str = Field("~/.cache/tlops/torchvision", description="where torchvision datasets are kept")
+    shift: ShiftParams = ShiftParams()
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> "IngestParams":
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g}: "
                              "must be < 0.9 so that train keeps at least 10% of the images")
+        if self.budget_per_class is not None and self.budget_fraction is not None:
+            raise ValueError("set at most one of budget_per_class and budget_fraction")
         return self
+
+
+Severity = Literal["critical", "warning"]
+
+
+class ValidateSeverities(Section):
+    """Severity of each check of the validation gate: critical fails the stage, warning is reported."""
+
+    decodes: Severity = "critical"
+    labels_match_classes: Severity = "critical"
+    min_images_per_class: Severity = "critical"
+    class_imbalance: Severity = "critical"
+    row_count: Severity = "critical"
+    width_in_bounds: Severity = "critical"
+    height_in_bounds: Severity = "critical"
+    mode_convertible: Severity = "critical"
+    needs_no_conversion: Severity = "warning"
+    no_duplicates_in_split: Severity = "critical"
+    no_label_conflict: Severity = "critical"
+    no_leak_sha256: Severity = "critical"
+    no_leak_phash: Severity = "warning"
 
 
 class ValidateParams(Section):
     """Thresholds of the validation gate (pipeline/validate.py)."""
 
+    corrupt_policy: Literal["fail", "quarantine"] = Field(
+        "fail", description="fail: any undecodable image fails the gate; quarantine: exclude and list them")
+    max_quarantine_fraction: float = Field(0.01, ge=0, lt=1,
+                                           description="quarantine fails anyway above this fraction of bad images")
+    max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard: width*height above is an error")
+    stats_max_side: int = Field(512, ge=32, le=8192, description="side images are reduced to for the pixel stats")
+    workers: int = Field(0, ge=0, le=256, description="profile processes; 0 = one per CPU core, 1 = in-process")
+    chunk_size: int = Field(64, ge=1, le=100_000, description="images per worker task")
+    min_rows: int = Field(20, ge=0, description="fewest images in the dataset")
+    max_rows: int = Field(10_000_000, ge=1, description="most images in the dataset")
+    min_images_per_class: int = Field(5, ge=1, description="fewest train images of any class")
+    max_class_imbalance: float = Field(10.0, ge=1, description="largest class / smallest class, at most")
+    min_side: int = Field(8, ge=1, description="smallest width or height, pixels")
+    max_side: int = Field(8192, ge=1, description="largest width or height, pixels")
+    accepted_modes: list[str] = Field(
+        ["RGB", "L", "LA", "1", "P", "PA", "RGBA", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L"], min_length=1,
+        description="PIL modes the models can take after conversion to RGB")
+    phash_max_distance: int = Field(2, ge=0, le=32, description="Hamming bits at which two images count as one")
+    expected_classes: list[str] | None = Field(None, description="class names; null = the dataset's classes.json")
+    severity: ValidateSeverities = ValidateSeverities()
+
+    @field_validator("max_rows", "max_side")
+    @classmethod
+    def _upper_bound_above_lower(cls, value: int, info: ValidationInfo) -> int:
+        low = info.field_name.replace("max_", "min_")
+        if low in info.data and info.data[low] > value:  # the error names max_*, given value and the min_*
+            raise ValueError(f"must be >= {low} = {info.data[low]}")
+        return value
+
+
+class SelectWeights(Section):
+    """Where a user-supplied candidate's weights are (pipeline/zoo/weights.py)."""
+
+    uri: str = Field(..., min_length=1, description="local file, hub:<file in torch hub checkpoints>, "
+                                                    "s3://bucket/key, or https:// URL (needs allow_download)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$",
+                               description="full sha256 or >= 8-hex prefix; null = the zoo's known hash")
+
 
 class SelectParams(Section):
     """Candidates, budgets and scoring for model selection (pipeline/select.py)."""
 
+    candidates: list[str] = Field(["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], min_length=1,
+                                  description="zoo names, timm:<arch>, or <name>.random_init (a control)")
+    weights: dict[str, SelectWeights] = Field({}, description="candidate name -> user-supplied weights")
+    allow_download: bool = Field(False, description="fetch missing weights from their https:// URL")
+    hub_dir: str | None = Field(None, description="torch hub folder; null = torch.hub.get_dir()")
+    sample_per_class: int = Field(40, ge=2, le=100_000, description="stratified train sample scored per class")
+    max_params_m: float | None = Field(None, gt=0, description="budget: millions of parameters, at most")
+    max_gflops: float | None = Field(None, gt=0, description="budget: GFLOPs per image at common.image_size")
+    max_latency_ms: float | None = Field(None, gt=0, description="budget: measured ms per image on the device")
+    latency_runs: int = Field(10, ge=1, le=1000, description="timed batch-of-one passes (median reported)")
+    knn_k: int = Field(5, ge=1, le=1000, description="neighbours of the kNN score")
+    cv_folds: int = Field(5, ge=2, le=50, description="stratified folds of the kNN and linear-probe scores")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap rounds of the accuracy CIs")
+    logme_subsamples: int = Field(50, ge=0, le=10_000, description="half-size subsamples of the LogME CI")
+    rank_by: Literal["linear_probe", "knn", "logme"] = Field("linear_probe", description="score that ranks")
+    tie_tolerance: float = Field(0.01, ge=0, description="pick the cheapest within this of the best score")
+    batch_size: int = Field(64, ge=1, le=4096, description="images per forward pass when computing features")
+
 
 class FreezeParams(Section):
-    """Freezing strategy (pipeline/freeze.py)."""
+    """Freezing strategy, phase lengths and per-block learning rates (pipeline/freeze.py)."""
+
+    strategy: Literal["auto", "linear_probe", "partial", "full", "gradual", "lp_ft"] = Field(
+        "auto", description="auto picks strategy and depth from data size, classes and selection scores")
+    depth: int | None = Field(None, ge=0, description="blocks kept frozen (partial; floor of gradual/lp_ft); "
+                                                      "None: 0 for gradual/lp_ft, the auto rule's choice for auto")
+    epochs: int = Field(8, ge=1, le=1000, description="epochs of the fine-tune phase (full/partial/gradual/lp_ft)")
+    lp_epochs: int = Field(20, ge=1, le=1000, description="epochs of the linear probe (linear_probe, lp_ft)")
+    lr: float = Field(3e-4, gt=0, le=10, description="head lr while fine-tuning; lower blocks get lr * decay^depth")
+    lp_lr: float = Field(1e-2, gt=0, le=10, description="head lr of the linear probe phase")
+    layer_decay: float = Field(0.7, gt=0, le=1, description="layer-wise lr decay per block below the head")
+    gradual_every: int = Field(2, ge=1, description="gradual: epochs between two unfreezing steps")
+    gradual_step: int = Field(1, ge=1, description="gradual: blocks unfrozen per step")
+    bn_policy: Literal["auto", "frozen", "train", "eval_all"] = Field(
+        "auto", description="BatchNorm statistics: auto = eval_all below 500 images per class, else frozen")
 
 
 class FinetuneParams(Section):
     """Optimiser, schedule and training loop (pipeline/finetune.py)."""
 
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov)")
+    batch_size: int = Field(64, ge=1, le=65536, description="global batch size (split across DDP ranks)")
+    eval_batch_size: int = Field(256, ge=1, le=65536)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each phase, then cosine")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient L2 norm; 0 = off")
+    patience: int = Field(3, ge=0, description="early stopping: epochs without a better val accuracy; 0 = off")
+    augment: Literal["auto", "none", "light", "standard"] = Field(
+        "auto", description="auto = light below 96 px (no flips, small shifts), standard above")
+    feature_cache: bool = Field(True, description="cache the frozen backbone's outputs when only the head trains")
+    cache_views: int = Field(0, ge=0, le=64, description="augmented views cached for head-only phases; "
+                                                      "0 = they train on clean (unaugmented) features")
+    amp: bool = Field(True, description="CUDA: autocast bf16 where supported, else fp16 + grad scaler")
+    cpu_bf16: bool = Field(False, description="CPU: bf16 autocast")
+    channels_last: bool = Field(True, description="CUDA: channels_last memory format")
+    compile: bool = Field(False, description="torch.compile the trained module")
+
 
 class BaselineParams(Section):
-    """From-scratch baseline (pipeline/baseline.py)."""
+    """From-scratch baseline (pipeline/baseline.py); its loop settings are the fine-tune's (finetune section)."""
+
+    lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block (scratch needs more than a fine-tune)")
+    budget: Literal["steps", "wall_clock"] = Field(
+        "steps", description="steps: as many optimizer steps as the fine-tune plan; wall_clock: as much training time")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; None: the fine-tune plan's planned steps")
+    patience: int = Field(0, ge=0, description="early stopping for scratch; 0 = spend the whole budget")
 
 
 class EvaluateParams(Section):
-    """Evaluation against the baseline (pipeline/evaluate.py)."""
+    """Transfer vs scratch: metrics, label efficiency, robustness, interpretation (pipeline/evaluate.py)."""
+
+    budgets: list[int | None] = Field([1, 5, 10, 25, None], min_length=1,
+                                      description="label budgets of the curve: k train images per class; None = all")
+    seeds: list[int] = Field([0, 1, 2], min_length=3, description="seeds per budget (>= 3 for an interval)")
+    curve_transfer: Literal["linear_probe", "plan"] = Field(
+        "linear_probe", description="transfer side of the curve: cached-feature linear probe, or the freeze plan")
+    curve_steps: int = Field(40, ge=1, le=100000, description="optimizer steps of every curve run (both sides)")
+    curve_image_size: int | None = Field(32, ge=8, le=1024, description="input side of the curve runs; None = common")
+    curve_val_per_class: int | None = Field(10, ge=1, description="val images per class picking each run's best "
+                                                                  "epoch; None = all")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="coverage of the intervals over seeds")
+    interval: Literal["t", "bootstrap"] = Field("t", description="interval over seeds: Student t or bootstrap")
+    min_gain: float = Field(0.0, ge=0, le=1, description="smallest accuracy lead of transfer that counts as positive")
+    ece_bins: int = Field(15, ge=2, le=100, description="bins of the expected calibration error")
+    shift_per_cell: int | None = Field(100, ge=1, description="images per corruption x severity scored; None = all")
+    fgsm_epsilons: list[float] = Field([0.0, 0.004, 0.008, 0.016, 0.031], min_length=1,
+                                       description="FGSM sizes in pixel units ([0, 1] scale; 0.004 ~ 1/255)")
+    attack_images: int = Field(200, ge=1, description="test images attacked with FGSM")
+    interpret_classes: int = Field(4, ge=1, description="classes shown as 'ideal' inputs and adversarial pairs")
+    ideal_steps: int = Field(150, ge=1, le=10000, description="gradient-ascent steps per ideal input")
+    tv_weight: float = Field(0.5, ge=0, description="total-variation penalty of the ideal inputs (smoothness)")
+    adversarial_step: float = Field(0.002, gt=0, le=1, description="pixel step of the adversarial nudges")
+    adversarial_max_steps: int = Field(200, ge=1, description="nudges before giving up on flipping a label")
+
+    @model_validator(mode="after")
+    def _budgets_and_seeds_distinct(self) -> "EvaluateParams":
+        bad = [b for b in self.budgets if b is not None and b < 1]
+        if bad or len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"budgets {self.budgets}: each >= 1 (or null = all) and listed once")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds}: listed twice; the interval needs distinct seeds")
+        if any(not 0 <= e <= 1 for e in self.fgsm_epsilons):
+            raise ValueError(f"fgsm_epsilons {self.fgsm_epsilons}: each must be in [0, 1] (pixel units)")
+        return self
 
 
 class DriftParams(Section):
-    """Drift detection and reports (pipeline/drift.py)."""
+    """Drift detection and reports (pipeline/drift/stage.py)."""
+
+    reference_split: Literal["train", "val", "test"] = Field(
+        "val", description="reference images; not train: the model's outputs on its own training images are "
+                           "overconfident, which reads as drift on any fresh data")
+    alpha: float = Field(0.05, gt=0, lt=1, description="false-positive rate of the whole drift decision")
+    permutations: int = Field(1000, ge=50, le=100000, description="permutations of the MMD test")
+    pca_dims: int | None = Field(32, ge=1, description="PCA components of the embeddings before the MMD (null: none)")
+    max_samples: int = Field(1000, ge=10, description="rows per side in the MMD (seeded subsample; cost ~ rows^2)")
+    inference_batch_size: int = Field(64, ge=1, le=4096, description="images per forward pass")
+    min_effect: float = Field(0.2, ge=0, description="smallest |median shift / reference spread| called 'moved'")
+    top_outliers: int = Field(18, ge=0, le=200, description="thumbnails of the most unlike current images")
+    per_group: bool = Field(True, description="also test each corruption x severity (or origin) group on its own")
+    ui_host: str = Field("127.0.0.1", description="where `tlops drift-ui` serves the Evidently Workspace")
+    ui_port: int = Field(8000, ge=1, le=65535)
 
 
 class PromoteParams(Section):
     """Promotion gate and model registry (pipeline/promote.py)."""
+
+    registry: str = Field("registry", min_length=1,
+                          description="a folder (relative paths resolve against the main checkout, shared by "
+                                      "all runs) or s3://bucket/prefix")
+    margin: float = Field(0.005, ge=0, le=1,
+                          description="test accuracy the new model must gain over the champion to replace it")
+
+
+class OrchestrateParams(Section):
+    """Prefect deployments: schedules and run workspaces (flows/)."""
+
+    retrain_cron: str = Field("0 3 * * 1", min_length=9, description="retrain-scheduled: weekly, Monday 03:00")
+    drift_cron: str = Field("0 6 * * *", min_length=9, description="drift-check: daily at 06:00")
+    timezone: str = Field("UTC", min_length=1)
+    runs_dir: str = Field("runs", min_length=1, description="folder (in the main checkout) of run worktrees")
 
 
 class Params(Section):
@@ -101,6 +315,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     drift: DriftParams = DriftParams()
     promote: PromoteParams = PromoteParams()
+    orchestrate: OrchestrateParams = OrchestrateParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -25,7 +25,8 @@ from pipeline.common.device import select_device
 from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger, progress
 from pipeline.config import Params
-from pipeline.data.shards import decode_image, iter_records, read_classes
+from pipeline.data.images import decode_rgb
+from pipeline.data.shards import iter_records, read_classes
 from pipeline.project import main_checkout
 from pipeline.registry import open_registry
 from pipeline.training.modelcard import InferenceModel, load_for_inference
@@ -55,7 +56,7 @@ def test_accuracy(model: InferenceModel, dataset: Path, batch_size: int = 256) -
     correct = total = 0
     batch: list[tuple[Any, str]] = []
     for row, data in progress(iter_records(dataset, split="test"), desc="test accuracy", unit="img"):
-        batch.append((decode_image(data), row["label"]))
+        batch.append((decode_rgb(data), row["label"]))
         if len(batch) == batch_size:
             correct, total = _score(model, batch, correct, total)
             batch = []

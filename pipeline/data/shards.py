@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pipeline.data.images import decode_rgb
 from pipeline.common.io import atomic_path, read_json, write_json
 
 __all__ = [
@@ -246,7 +247,7 @@ class ShardImageDataset(Dataset):
         row = self.rows.iloc[index]
         fh = self._handle(row["shard"])
         fh.seek(int(row["offset"]))
-        image = decode_image(_read_exact(fh, row)).convert("RGB")
+        image = decode_rgb(_read_exact(fh, row))
         return (self.transform(image) if self.transform else image), self.labels[index]
 
     def close(self) -> None:

@@ -1,0 +1,117 @@
+"""`tlops validate` end to end: bad data stops the gate with a message naming checks and files;
+clean data (with convertible modes) passes; the quarantine policy excludes, lists and counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from tests.support import badimages as bad
+from tests.support.badimages import Item
+
+CLASSES = ["cat", "dog", "owl", "empty"]
+
+
+def _clean_items(seed0: int = 0) -> list[Item]:
+    """Six train, two val, two test images for cat, dog and owl: distinct, ordinary RGB PNGs."""
+    items, seed = [], seed0
+    for label in CLASSES[:3]:
+        for split, count in (("train", 6), ("val", 2), ("test", 2)):
+            items += [Item(f"{label}{seed}", label, split, bad.good_png(seed)) for seed in range(seed, seed + count)]
+            seed += count
+    return items
+
+
+def _validate(tmp_path: Path, items: list[Item], classes: list[str], *overrides: str) -> tuple[int, Path]:
+    dataset = bad.write_dataset(tmp_path / "dataset", items, classes)
+    (tmp_path / "params.yaml").write_text("validate:\n  workers: 1\n")
+    argv = ["validate", "--params", str(tmp_path / "params.yaml"), "--dataset", str(dataset),
+            "--profile", str(tmp_path / "profile.parquet"), "--metrics", str(tmp_path / "metrics.json"),
+            "--report-dir", str(tmp_path / "reports")]
+    for item in overrides:
+        argv += ["--set", item]
+    return main(argv), tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _in_project(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the CLI finds dvc.yaml from here
+
+
+def test_bad_data_fails_the_gate_naming_checks_and_files(tmp_path, capsys):
+    items = _clean_items() + [
+        Item("zero", "cat", "train", bad.zero_byte()), Item("text", "cat", "train", bad.text_as_png()),
+        Item("trunc", "dog", "train", bad.truncated_jpeg()), Item("huge", "dog", "val", bad.huge_png()),
+        Item("leak", "owl", "test", bad.good_png(0)),  # the bytes of cat0 (train) in test
+        Item("twin", "dog", "train", bad.good_png(3)),  # cat3's bytes, also in train, under another label
+        Item("solo", "bird", "train", bad.good_png(99)),  # a class nobody expects, with a single image
+    ]
+    code, out = _validate(tmp_path, items, CLASSES + ["bird"])
+    assert code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    for text in ("validation gate failed", "decodes (cat/zero.img (empty file (0 bytes))",
+                 "labels_match_classes (class 'empty': no images", "no_leak_sha256 (", "cat/cat0.img ~ owl/leak.img",
+                 "no_label_conflict (", "cat/cat3.img ~ dog/twin.img", "no_duplicates_in_split",
+                 "min_images_per_class (class 'bird'", str(out / "metrics.json")):
+        assert text in error, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    checks = metrics["checks"]
+    assert not metrics["passed"] and metrics["quarantined"] == 0
+    assert any("dog/huge.img (decompression-bomb guard" in f for f in checks["decodes"]["offending"])
+    assert any("dog/trunc.img (does not decode: OSError: image file is truncated" in f
+               for f in checks["decodes"]["offending"])
+    assert checks["class_imbalance"]["offending"] == ["class 'bird'"]
+    assert checks["no_leak_phash"]["severity"] == "warning" and not checks["no_leak_phash"]["passed"]
+    assert checks["row_count"]["passed"] and checks["row_count"]["observed"] == len(items)
+    assert (out / "reports" / "data_docs" / "index.html").is_file() and (out / "reports" / "profile.png").is_file()
+    profile = pd.read_parquet(out / "profile.parquet")
+    assert len(profile) == len(items) and (~profile["decode_ok"]).sum() == 4
+
+
+def test_convertible_modes_pass_with_the_conversion_recorded(tmp_path, capsys):
+    converted = {"cmyk": bad.cmyk_jpeg(200), "p16": bad.png_16bit_gray(201), "rgb16": bad.png_16bit_rgb(202),
+                 "pal": bad.palette_png(203), "rgba": bad.rgba_png(204), "gray": bad.grayscale_png(205),
+                 "exif": bad.exif_rotated_jpeg(206)}
+    items = _clean_items() + [Item(name, "owl", "train", data) for name, data in converted.items()]
+    code, out = _validate(tmp_path, items, CLASSES[:3])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["passed"] and summary["failed_warning"] == ["needs_no_conversion"]
+    assert "warn needs_no_conversion" in captured.err and "gate PASSED" in captured.err
+    profile = pd.read_parquet(out / "profile.parquet").set_index("id")
+    assert profile.loc["cmyk", "conversion"] == "CMYK -> RGB" and profile.loc["exif", "exif_orientation"] == 6
+    assert profile.loc[list(converted), "conversion"].notna().all() and profile.loc["cat0", "conversion"] is None
+
+
+@pytest.mark.parametrize("max_fraction, passes", [(0.1, True), (0.01, False)])
+def test_quarantine_excludes_lists_and_counts(tmp_path, capsys, max_fraction, passes):
+    items = _clean_items() + [Item("zero", "cat", "train", bad.zero_byte()),
+                              Item("trunc", "dog", "val", bad.truncated_jpeg())]
+    code, out = _validate(tmp_path, items, CLASSES[:3], "validate.corrupt_policy=quarantine",
+                          f"validate.max_quarantine_fraction={max_fraction}")
+    assert code == (0 if passes else 2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["quarantined"] == 2 and metrics["images"] == len(items)
+    assert [entry["id"] for entry in metrics["quarantine"]] == ["zero", "trunc"]
+    assert metrics["classes"]["cat"]["train"] == 6  # quarantined images are not counted
+    profile = pd.read_parquet(out / "profile.parquet")
+    assert profile["quarantined"].sum() == 2
+    if not passes:
+        assert "decodes (cat/zero.img (empty file (0 bytes))" in capsys.readouterr().err
+
+
+def test_every_check_has_expectations_with_its_configured_severity():
+    from pipeline.config import ValidateParams
+    from pipeline.validation.suite import CHECK_NAMES, build_expectations
+
+    cfg = ValidateParams(severity={"no_leak_phash": "critical", "decodes": "warning"})
+    built = build_expectations(cfg, ["a"])
+    assert tuple(built) == CHECK_NAMES and all(built.values())
+    severities = {name: {str(e.severity) for e in expectations} for name, expectations in built.items()}
+    assert severities["no_leak_phash"] == {"critical"} and severities["decodes"] == {"warning"}
+    assert all(e.meta == {"check": name} for name, expectations in built.items() for e in expectations)
