@@ -18,7 +18,7 @@ from typing import Sequence
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientError
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.config import ConfigError, load_params
-from pipeline.project import declared_options, dvc, dvc_status, find_root
+from pipeline.project import declared_options, dvc, dvc_status, find_root, main_checkout
 from pipeline.stages import STAGES, NotImplementedStage, get_stage
 
 __all__ = ["main"]
@@ -27,7 +27,7 @@ _TOOLS = {
     "status": "which stages are built and up to date",
     "params": "print the validated params as YAML",
     "run-all": "run every built stage through dvc repro",
-    "drift-ui": "start the Evidently review UI (issue #8)",
+    "drift-ui": "start the Evidently review UI over the drift reports of every run",
 }
 
 
@@ -114,7 +114,11 @@ def _run_tool(command: str, argv: list[str]) -> int:
         _status(root)
         _print_outputs(root)
         return 0
-    raise NotImplementedStage(f"'{command}' is not implemented yet ({_TOOLS[command]})")
+    from pipeline.drift.workspace import serve_ui  # drift-ui: the one tool left
+
+    params = load_params(ns.params or root / "params.yaml", ns.overrides)
+    workspace = main_checkout(root) / declared_options(root, "drift")["workspace"]
+    return serve_ui(workspace, params.drift.ui_host, params.drift.ui_port)
 
 
 def _status(root: Path) -> int:

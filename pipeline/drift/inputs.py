@@ -1,0 +1,145 @@
+"""What the drift stage compares, for one image set: manifest rows, descriptors, embeddings, softmax.
+
+Embeddings (pre-logits) and softmax outputs come from the fine-tuned model (pipeline.training's
+``load_for_inference``); descriptors come from the validation profile (reference) or from the
+validation engineer's own profile function run on the current set, so both sides are measured alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.common.device import select_device
+from pipeline.common.logs import get_logger
+from pipeline.config import CommonParams, DriftParams
+from pipeline.data.shards import decode_image, iter_records, read_classes, read_manifest
+from pipeline.drift.embed import model_outputs
+
+__all__ = ["SetOutputs", "load_model", "set_outputs", "reference_descriptors", "current_descriptors"]
+log = get_logger(__name__)
+
+
+@dataclass
+class SetOutputs:
+    """One image set, rows aligned: manifest, descriptors, embeddings (N, D), softmax (N, C)."""
+
+    dataset: Path
+    manifest: pd.DataFrame
+    descriptors: pd.DataFrame
+    embeddings: np.ndarray
+    probs: np.ndarray
+    classes: list[str]
+
+    def labels(self) -> pd.Series | None:
+        """True class names, or None when any row has no label (an unlabelled batch)."""
+        labels = self.manifest.get("label")
+        if labels is None or labels.isna().any() or (labels.astype(str) == "").any():
+            return None
+        return labels.astype(str).reset_index(drop=True)
+
+    def accuracy(self, rows: Sequence[int] | None = None) -> float | None:
+        """Top-1 accuracy of the model on the set (or on ``rows`` of it); None without labels."""
+        labels = self.labels()
+        if labels is None:
+            return None
+        index = np.arange(len(labels)) if rows is None else np.asarray(rows)
+        predicted = np.asarray(self.classes, dtype=object)[self.probs[index].argmax(1)]
+        return float((predicted == labels.to_numpy()[index]).mean())
+
+    def origin(self, i: int) -> dict[str, Any]:
+        """Corruption and severity of row ``i`` when the set is a shift set, else {}."""
+        row = self.manifest.iloc[i]
+        if "corruption" not in self.manifest.columns:
+            return {}
+        return {"corruption": str(row["corruption"]), "severity": int(row["severity"])}
+
+
+def load_model(model_dir: Path, common: CommonParams) -> Any:
+    """Load the fine-tuned model (pipeline.training.modelcard.InferenceModel) on the chosen device."""
+    from pipeline.training.modelcard import load_for_inference
+
+    return load_for_inference(model_dir, select_device(common.device))
+
+
+def _batches(records: Iterator[tuple[dict, bytes]], transform: Any, batch_size: int,
+             rows: list[dict]) -> Iterator[torch.Tensor]:
+    """Decode and transform images batch by batch, recording each manifest row in order."""
+    batch: list[torch.Tensor] = []
+    for meta, data in records:
+        rows.append(meta)
+        batch.append(transform(decode_image(data).convert("RGB")))
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+def set_outputs(dataset: Path, split: str | None, inference: Any, cfg: DriftParams,
+                descriptors: pd.DataFrame) -> SetOutputs:
+    """Embed and classify every image of a dataset split; align descriptors to the same rows.
+
+    Args:
+        dataset: dataset directory.
+        split: "train"/"val"/"test", or None for every row.
+        inference: the loaded fine-tuned model.
+        cfg: ``params.drift`` (inference batch size).
+        descriptors: descriptor table with an ``id`` column covering these images.
+    Returns:
+        The set's outputs, rows in shard order.
+    """
+    from pipeline.training.augment import eval_transform
+
+    manifest = read_manifest(dataset)
+    chosen = manifest if split is None else manifest[manifest["split"] == split]
+    if chosen.empty:
+        raise ValueError(f"{dataset}: no images in split {split!r} (splits: {sorted(manifest['split'].unique())})")
+    card = inference.card
+    transform = eval_transform(card["input_size"], card["mean"], card["std"])
+    rows: list[dict] = []
+    batches = _batches(iter_records(dataset, split), transform, cfg.inference_batch_size, rows)
+    embeddings, probs = model_outputs(inference.model, batches, inference.device,
+                                      total=-(-len(chosen) // cfg.inference_batch_size), desc=f"embed {dataset.name}")
+    ordered = pd.DataFrame(rows).reset_index(drop=True)
+    return SetOutputs(dataset, ordered, _align(descriptors, ordered["id"], dataset), embeddings, probs,
+                      _check_classes(dataset, inference))
+
+
+def _check_classes(dataset: Path, inference: Any) -> list[str]:
+    classes = read_classes(dataset)
+    if list(classes) != inference.classes:
+        raise ValueError(f"{dataset}/classes.json {classes} differs from the model's classes {inference.classes}")
+    return inference.classes
+
+
+def _align(descriptors: pd.DataFrame, ids: pd.Series, where: Path) -> pd.DataFrame:
+    indexed = descriptors.drop_duplicates("id").set_index("id")
+    missing = ids[~ids.isin(indexed.index)]
+    if len(missing):
+        raise ValueError(f"descriptors for {where} lack {len(missing)} image id(s), e.g. {missing.iloc[0]!r}: "
+                         "is the profile from this dataset?")
+    return indexed.loc[ids.to_numpy()].reset_index()
+
+
+def reference_descriptors(profile: Path) -> pd.DataFrame:
+    """Read the validation profile (profile.parquet) of the reference dataset."""
+    if not profile.is_file():
+        raise FileNotFoundError(f"{profile}: validation profile not found (run `tlops validate` first)")
+    table = pd.read_parquet(profile)
+    if "id" not in table.columns:
+        raise ValueError(f"{profile}: no 'id' column; not a validation profile")
+    return table
+
+
+def current_descriptors(current: Path, common: CommonParams) -> pd.DataFrame:
+    """Profile the current set with the validation stage's own profile function (same descriptors)."""
+    from pipeline.validation.profile import profile_records
+
+    total = len(read_manifest(current))
+    return profile_records(iter_records(current), total, workers=max(1, common.num_workers)).to_pandas()

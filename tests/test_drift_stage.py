@@ -1,0 +1,80 @@
+"""`tlops drift` end to end on a small real chain: ingest -> shift -> profile -> a real model -> drift."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from pipeline import ingest, shift
+from pipeline.cli import main
+from pipeline.config import validate_params
+from pipeline.data.shards import read_classes
+from pipeline.data.sources.digits import DigitsSource
+from pipeline.training.modelcard import save_model
+from pipeline.validate import profile_dataset
+from pipeline.zoo import create_model, get_spec
+
+MODEL = "efficientnet_lite0"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handler():
+    yield
+    logging.getLogger("tlops").handlers.clear()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict[str, Path]:
+    """120 real digits at 32 px as a folder; the shift set: heavy noise on the test split (plus clean copies)."""
+    work = tmp_path_factory.mktemp("drift")
+    for i, record in zip(range(120), DigitsSource(32).records()):
+        (work / "imgs" / record.label).mkdir(parents=True, exist_ok=True)
+        (work / "imgs" / record.label / f"{i}.png").write_bytes(record.data)
+    params = validate_params({"common": {"image_size": 32},
+                              "ingest": {"source": str(work / "imgs"), "val_fraction": 0.3, "test_fraction": 0.3,
+                                         "shift": {"corruptions": ["gaussian_noise"], "severities": [5]}}})
+    p = {name: work / name for name in ("dataset", "current", "model")}
+    ingest.run(params, ingest.Args(dataset=p["dataset"], metrics=work / "i.json", report_dir=work / "ri"))
+    shift.run(params, shift.Args(dataset=p["dataset"], current=p["current"], metrics=work / "s.json",
+                                 report_dir=work / "rs"))
+    p["profile"] = work / "profile.parquet"
+    profile_dataset(p["dataset"], params.validate_).to_parquet(p["profile"])
+    spec = get_spec(MODEL)  # a real pretrained backbone; its head is untrained, which drift does not mind
+    classes = read_classes(p["dataset"])
+    save_model(p["model"], create_model(MODEL, len(classes)), {"model": MODEL, "classes": classes, "input_size": 32,
+                                                               "mean": list(spec.mean), "std": list(spec.std)})
+    return p
+
+
+def _drift(chain: dict[str, Path], out: Path) -> int:
+    return main(["drift", "--dataset", str(chain["dataset"]), "--profile", str(chain["profile"]),
+                 "--current", str(chain["current"]), "--model", str(chain["model"]),
+                 "--drift", str(out / "drift.json"), "--report-dir", str(out / "reports"),
+                 "--workspace", str(out.parent / "workspace"), "--set", "drift.permutations=200",
+                 "--set", "common.image_size=32", "--set", "drift.top_outliers=6"])
+
+
+@pytest.mark.slow
+def test_drift_stage_writes_decision_reports_and_a_workspace_snapshot(chain, tmp_path):
+    assert _drift(chain, tmp_path / "run1") == 0
+    summary = json.loads((tmp_path / "run1" / "drift.json").read_text())
+    assert summary["drift_detected"] is True  # half the current set is severity-5 noise
+    assert set(summary["p_values"]) == {"mmd", "ks_softmax"} and "mmd" in summary["effect_sizes"]
+    groups = {(g["corruption"], g["severity"]): g for g in summary["groups"]}
+    assert groups[("gaussian_noise", 5)]["drift_detected"] is True
+    assert summary["accuracy_current"] is not None and len(summary["most_unlike"]) == 6
+    distances = [m["knn_distance"] for m in summary["most_unlike"]]
+    assert distances == sorted(distances, reverse=True)  # the ranking itself is tested in test_drift_outliers
+    for path in summary["reports"].values():
+        assert Path(path).is_file(), path
+    assert summary["workspace"]["snapshot_id"]  # two runs into one project: tests/test_drift_report.py
+    assert "DRIFT DETECTED" in Path(summary["reports"]["html"]).read_text()
+
+
+def test_missing_profile_is_named(chain, tmp_path, capsys):
+    chain = {**chain, "profile": tmp_path / "nope.parquet"}
+    assert _drift(chain, tmp_path) == 2
+    assert "nope.parquet" in capsys.readouterr().err
