@@ -65,7 +65,7 @@ def _common_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: <project>/params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one param for this run, e.g. --set finetune.epochs=3 (repeatable)")
+                        help="override one param for this run, e.g. --set freeze.epochs=3 (repeatable)")
     return parser
 
 

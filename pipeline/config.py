@@ -364,7 +364,7 @@ def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set finetune.epochs=3")
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set freeze.epochs=3")
         try:
             parsed.append((key.split("."), yaml.safe_load(value)))
         except yaml.YAMLError:

@@ -1,0 +1,83 @@
+"""Stage ``freeze``: decide which blocks of the selected model stay frozen and at which learning rates.
+
+Inputs: the dataset directory (training rows inside the label budget, classes), ``selection.json``
+from ``tlops select`` (the chosen model, its weights and its linear-probe score).
+Outputs: ``freeze_plan.json`` (strategy, phases with frozen blocks and per-block learning rates,
+BatchNorm policy, trainable parameter counts, the reasons) and ``metrics.json``.
+Params: ``common`` and ``freeze`` (strategy ``auto`` applies the rule in pipeline/training/plan.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.common.io import read_json, write_json
+from pipeline.common.logs import get_logger
+from pipeline.config import Params
+from pipeline.data.shards import read_classes, read_manifest
+from pipeline.training.freezing import block_param_counts
+from pipeline.training.plan import DataStats, make_plan
+from pipeline.zoo import create_model, get_spec
+
+__all__ = ["Args", "run", "selected_model"]
+log = get_logger(__name__)
+
+
+@dataclass
+class Args:
+    """Paths of the freeze stage."""
+
+    dataset: Path = field(metadata={"help": "dataset directory (manifest + shards)"})
+    selection: Path = field(metadata={"help": "selection.json written by `tlops select`"})
+    plan: Path = field(metadata={"help": "freeze_plan.json to write"})
+    metrics: Path = field(metadata={"help": "metrics.json to write"})
+
+
+def selected_model(selection: dict[str, Any], path: Path) -> tuple[str, float | None, dict[str, Any]]:
+    """The chosen model of a selection: (name, its linear-probe accuracy or None, its weights ref).
+
+    Args:
+        selection: the parsed selection.json.
+        path: where it was read from (for error messages).
+    Returns:
+        (model name, probe accuracy, {"uri", "sha256"}).
+    """
+    name = selection.get("selected")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{path}: no 'selected' model name (re-run `tlops select`)")
+    row = next((r for r in selection.get("ranking", []) if r.get("name") == name), {})
+    probe = row.get("scores", {}).get("linear_probe", {}).get("value")
+    return name, probe, selection.get("weights") or row.get("weights") or {}
+
+
+def run(params: Params, args: Args) -> dict:
+    """Write the freeze plan for the selected model.
+
+    Args:
+        params: validated params (reads ``common`` and ``freeze``).
+        args: stage paths.
+    Returns:
+        Summary: strategy, frozen depth per phase, trainable parameters, plan path.
+    """
+    name, probe, weights = selected_model(read_json(args.selection), Path(args.selection))
+    spec = get_spec(name)
+    classes = read_classes(args.dataset)
+    manifest = read_manifest(args.dataset)
+    train = manifest[(manifest["split"] == "train") & manifest["in_budget"]]
+    if train.empty:
+        raise ValueError(f"{args.dataset}: no training images inside the label budget")
+    model = create_model(name, len(classes), pretrained=False, seed=params.common.seed)  # counts only
+    plan = make_plan(params.freeze, name, spec.blocks, block_param_counts(model, spec.blocks),
+                     DataStats(len(train), len(classes), probe), weights)
+    plan.save(args.plan)
+    summary = {"model": name, "strategy": plan.strategy, "requested": plan.requested, "bn_policy": plan.bn_policy,
+               "phases": [f"{p.name}: {p.epochs} epochs, {p.n_frozen}/{len(plan.blocks)} blocks frozen"
+                          for p in plan.phases],
+               "trainable_params": plan.to_json()["trainable_params"], "total_params": sum(plan.block_params)}
+    write_json(args.metrics, {k: v for k, v in summary.items() if k != "phases"} |
+               {"frozen_blocks_finetune": plan.phases[-1].n_frozen, "num_phases": len(plan.phases)})
+    for reason in plan.why:
+        log.info("freeze plan: %s", reason)
+    return {**summary, "plan": str(args.plan)}
