@@ -19,7 +19,7 @@ from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientErro
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.config import ConfigError, load_params
 from pipeline.project import declared_options, dvc, dvc_status, find_root, main_checkout
-from pipeline.stages import STAGES, NotImplementedStage, get_stage
+from pipeline.stages import STAGES, get_stage
 
 __all__ = ["main"]
 log = get_logger(__name__)
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in _TOOLS:
             return _run_tool(command, rest)
         return _run_stage(command, rest)
-    except (ConfigError, NotImplementedStage, KeyError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)
         print(f"tlops {command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -55,8 +55,7 @@ def _usage() -> str:
     width = max(len(name) for name in [*_TOOLS, *(s.name for s in STAGES)])
     lines = ["usage: tlops <command> [--params FILE] [--set key.path=value ...] [options]", "", "stages:"]
     for spec in STAGES:
-        note = "" if spec.implemented else f"  (not implemented yet, issue #{spec.issue})"
-        lines.append(f"  {spec.name:<{width}}  {spec.summary}{note}")
+        lines.append(f"  {spec.name:<{width}}  {spec.summary}")
     lines += ["", "tools:"] + [f"  {name:<{width}}  {text}" for name, text in _TOOLS.items()]
     return "\n".join(lines)
 
@@ -125,9 +124,7 @@ def _status(root: Path) -> int:
     changes = dvc_status(root)
     width = max(len(s.name) for s in STAGES)
     for spec in STAGES:
-        if not spec.implemented:
-            state = f"not implemented yet (issue #{spec.issue})"
-        elif spec.name in changes:
+        if spec.name in changes:
             state = "changed: " + _describe_changes(changes[spec.name])
         else:
             state = "up to date"

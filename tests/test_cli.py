@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from pipeline.cli import main
 from pipeline.stages import STAGES
 
@@ -22,14 +20,6 @@ def test_unknown_command_is_one_clear_line(capsys):
     assert main(["trian"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tlops trian: error: unknown stage 'trian' (stages: ingest,")
-
-
-def test_unbuilt_stage_says_not_implemented(capsys):
-    unbuilt = [spec for spec in STAGES if not spec.implemented]
-    if not unbuilt:
-        pytest.skip("every stage is built")
-    assert main([unbuilt[0].name]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
 
 
 def test_bad_override_is_reported(capsys, project, monkeypatch):
