@@ -1,0 +1,128 @@
+"""Stage ``baseline``: the same architecture trained from random initialisation, on the same budget.
+
+Same train images (inside the label budget), same augmentation, seed, batch size, optimizer,
+schedule and loop as the fine-tune (the ``finetune`` params drive the engine for both), but every
+block trains from a seeded random start at its own larger learning rate, with BatchNorm learning its
+statistics. Budget: as many optimizer steps as the freeze plan asks for (default), or about as much
+training time as the fine-tune took (``budget: wall_clock``, timed from one measured epoch).
+Inputs: the dataset directory, ``freeze_plan.json`` (architecture and planned steps), the fine-tuned
+model directory (its card holds the fine-tune's training time).
+Outputs: the model directory (``model.pt`` + ``card.json``), ``metrics.json``, ``history.csv``
+(dvc plots), a PNG of the curves, and the checkpoint directory.
+Params: ``common``, ``baseline``, and ``finetune`` (the shared loop settings; a change there must re-run
+the baseline too, so that the comparison stays fair).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.common.device import select_device
+from pipeline.common.io import read_json, write_json
+from pipeline.common.logs import get_logger
+from pipeline.common.seeding import seed_everything
+from pipeline.config import Params
+from pipeline.data.shards import read_classes, read_manifest
+from pipeline.evaluation.runner import Setup, Trained, epochs_for_steps, planned_steps, steps_per_epoch, train_one
+from pipeline.training.curves import plot_history, write_history
+from pipeline.training.modelcard import CARD, save_model
+from pipeline.training.plan import FreezePlan, load_plan
+from pipeline.zoo import get_spec
+
+__all__ = ["Args", "run"]
+log = get_logger(__name__)
+
+
+@dataclass
+class Args:
+    """Paths of the baseline stage."""
+
+    dataset: Path = field(metadata={"help": "dataset directory (manifest + shards)"})
+    plan: Path = field(metadata={"help": "freeze_plan.json: the architecture and the fine-tune's planned steps"})
+    finetuned: Path = field(metadata={"help": "the fine-tuned model directory (its card: training time)"})
+    model_dir: Path = field(metadata={"help": "model directory to write (model.pt + card.json)"})
+    metrics: Path = field(metadata={"help": "metrics.json to write"})
+    history: Path = field(metadata={"help": "per-epoch history CSV to write (dvc plots)"})
+    plot: Path = field(metadata={"help": "PNG of the training curves to write"})
+    checkpoints: Path = field(metadata={"help": "checkpoint directory"})
+
+
+def _budget_ids(dataset: Path) -> list[str]:
+    manifest = read_manifest(dataset)
+    ids = manifest[(manifest["split"] == "train") & manifest["in_budget"]]["id"].tolist()
+    if not ids:
+        raise ValueError(f"{dataset}: no training images inside the label budget")
+    return ids
+
+
+def _finetune_seconds(finetuned: Path) -> float:
+    card = read_json(finetuned / CARD)
+    seconds = card.get("metrics", {}).get("train_seconds")
+    if not seconds:
+        raise ValueError(f"{finetuned / CARD}: no metrics.train_seconds, needed by baseline.budget = wall_clock "
+                         "(re-run `tlops finetune`)")
+    return float(seconds)
+
+
+def _epochs(params: Params, args: Args, setup: Setup, plan: FreezePlan, ids: list[str]) -> tuple[int, str]:
+    """Epochs of the scratch run and how they were decided."""
+    cfg, batch = params.baseline, setup.cfg.batch_size
+    if cfg.budget == "steps":
+        steps = cfg.steps or planned_steps(plan, len(ids), batch)
+        source = "baseline.steps" if cfg.steps else "the fine-tune plan's"
+        epochs = epochs_for_steps(steps, len(ids), batch)
+        return epochs, (f"{steps} optimizer steps asked ({source}), "
+                        f"{epochs * steps_per_epoch(len(ids), batch)} in whole epochs")
+    target = _finetune_seconds(args.finetuned)
+    probe = train_one(setup, None, False, params.common.seed, "timing", ids, epochs=1, lr=cfg.lr, score_test=False)
+    per_epoch = probe.fit.history[0]["seconds"]
+    epochs = max(1, round(target / per_epoch))
+    return epochs, f"{target:.1f}s of training (the fine-tune's) at {per_epoch:.1f}s per scratch epoch"
+
+
+def run(params: Params, args: Args) -> dict:
+    """Train the scratch baseline and write the model, metrics, history and curves.
+
+    Args:
+        params: validated params (reads ``common``, ``baseline`` and ``finetune``).
+        args: stage paths.
+    Returns:
+        Summary: steps, epochs, best val accuracy, test accuracy, training seconds.
+    """
+    common, cfg = params.common, params.baseline
+    seed_everything(common.seed)
+    plan = load_plan(args.plan)
+    classes, ids = read_classes(args.dataset), _budget_ids(Path(args.dataset))
+    loop_cfg = params.finetune.model_copy(update={"patience": cfg.patience})
+    setup = Setup(Path(args.dataset), plan.model, len(classes), common.image_size, loop_cfg,
+                  select_device(common.device), Path(args.checkpoints), common.num_workers)
+    epochs, why = _epochs(params, args, setup, plan, ids)
+    log.info("scratch baseline %s: %d epochs on %d images = %s, lr %g", plan.model, epochs, len(ids), why, cfg.lr)
+    trained = train_one(setup, None, False, common.seed, "scratch", ids, epochs=epochs, lr=cfg.lr)
+    return _write_outputs(params, args, plan, classes, trained, why, len(ids))
+
+
+def _write_outputs(params: Params, args: Args, plan: FreezePlan, classes: list[str], trained: Trained, why: str,
+                   n_train: int) -> dict:
+    fit, spec = trained.fit, get_spec(plan.model)
+    metrics = {"best_epoch": fit.best["epoch"], "val_accuracy": fit.best["val_accuracy"],
+               "val_loss": fit.best["val_loss"], "test_accuracy": trained.test["accuracy"],
+               "test_loss": trained.test["loss"], "epochs_run": len(fit.history),
+               "optimizer_steps": len(fit.history) * steps_per_epoch(n_train, params.finetune.batch_size),
+               "train_seconds": round(trained.seconds, 2), "lr": params.baseline.lr, "budget": why,
+               "trainable_params": trained.plan.phases[0].trainable_params,
+               "images_per_s": round(sum(r["images_per_s"] for r in fit.history) / len(fit.history), 1)}
+    card = {"model": plan.model, "arch": spec.arch, "init": "random", "seed": params.common.seed, "classes": classes,
+            "input_size": params.common.image_size, "mean": list(spec.mean), "std": list(spec.std),
+            "freeze_plan": trained.plan.to_json(), "train_images": n_train,
+            "params": {"common": params.common.model_dump(), "finetune": params.finetune.model_dump(),
+                       "baseline": params.baseline.model_dump()}, "metrics": metrics}
+    save_model(args.model_dir, trained.model, card)
+    write_json(args.metrics, metrics)
+    write_history(args.history, fit.history)
+    plot_history(args.plot, fit.history, f"{plan.model} from scratch (best val acc {metrics['val_accuracy']:.3f}, "
+                                         f"test acc {metrics['test_accuracy']:.3f})")
+    log.info("scratch %s: val acc %.4f, test acc %.4f in %.0fs", plan.model, metrics["val_accuracy"],
+             metrics["test_accuracy"], trained.seconds)
+    return {**metrics, "model_dir": str(args.model_dir)}
