@@ -31,7 +31,7 @@ __all__ = ["drift_check"]
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
 def prepare(project: str, name: str, champion_tag: str, batch_source: str | None) -> str:
     """A worktree at the champion's run tag, its data and model checked out."""
-    overrides = {"shift.batch_source": batch_source} if batch_source else {}
+    overrides = {"ingest.shift.source": batch_source} if batch_source else {}
     workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=champion_tag)
     workspace.checkout()
     return str(workspace.path)

@@ -34,7 +34,7 @@ class RetrainParameters(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """The params.yaml keys this run overrides, as ``{"section.key": value}``."""
         keys = {"source": "ingest.source", "candidates": "select.candidates", "strategy": "freeze.strategy",
-                "epochs": "finetune.epochs", "image_size": "common.image_size", "device": "common.device",
+                "epochs": "freeze.epochs", "image_size": "common.image_size", "device": "common.device",
                 "seed": "common.seed"}
         chosen = {keys[name]: value for name, value in self.model_dump(exclude={"extra"}).items()
                   if value is not None}

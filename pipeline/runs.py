@@ -183,7 +183,10 @@ class RunWorkspace:
     def commit(self, message: str) -> str:
         """Commit params.yaml and dvc.lock on the run branch, tag it, and return the commit sha."""
         _git(self.path, "add", "params.yaml", "dvc.lock")
-        _git(self.path, "commit", "-q", "--allow-empty", "-m", message)
+        # a machine with no git identity (a fresh CI box, a container) still gets its runs versioned
+        who = [] if _git(self.path, "config", "user.email", check=False).stdout.strip() else [
+            "-c", "user.name=tlops", "-c", "user.email=tlops@localhost"]
+        _git(self.path, *who, "commit", "-q", "--allow-empty", "-m", message)
         _git(self.path, "tag", "-f", self.tag)
         return _git(self.path, "rev-parse", "HEAD").stdout.strip()
 
@@ -201,9 +204,9 @@ class RunWorkspace:
             raise TransientFailure(f"dvc push failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
 
 
-def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["git", *args], cwd=cwd, text=True, capture_output=True)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
     return proc
 

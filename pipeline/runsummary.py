@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+# stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
+TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "evaluate")
+
 __all__ = ["render_summary", "report_links", "stage_metrics", "drift_summary"]
 
 
@@ -59,8 +62,10 @@ def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str,
     lines += _headlines(metrics)
     lines += ["", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.1f} |" for s in stages]
-    trained = [s["stage"] for s in stages if s["status"] == "ran"]
-    lines += ["", f"Stages that ran: {', '.join(trained) if trained else 'none (everything up to date)'}."]
+    ran = [s["stage"] for s in stages if s["status"] == "ran"]
+    lines += ["", f"Stages that ran: {', '.join(ran) if ran else 'none (everything up to date)'}."]
+    if not set(ran) & set(TRAINING_STAGES):
+        lines.append("Training stages skipped: every one was up to date (same code, data and params as before).")
     for stage, values in metrics.items():
         # the headline numbers of a stage sit near the top; deep per-class tables stay in the reports
         shallow = [(key, value) for key, value in _flatten(values).items() if key.count(".") <= 1][:25]
