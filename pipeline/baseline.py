@@ -3,10 +3,10 @@
 Same train images (inside the label budget), same augmentation, seed, batch size, optimizer,
 schedule and loop as the fine-tune (the ``finetune`` params drive the engine for both), but every
 block trains from a seeded random start at its own larger learning rate, with BatchNorm learning its
-statistics. Budget: as many optimizer steps as the freeze plan asks for (default), or about as much
-training time as the fine-tune took (``budget: wall_clock``, timed from one measured epoch).
-Inputs: the dataset directory, ``freeze_plan.json`` (architecture and planned steps), the fine-tuned
-model directory (its card holds the fine-tune's training time).
+statistics. Budget: as many optimizer steps as the fine-tune took (default; ``baseline.steps`` sets a
+number), or about as much training time (``budget: wall_clock``, timed from one measured epoch).
+Inputs: the dataset directory, ``freeze_plan.json`` (the architecture), the fine-tuned model directory
+(its card holds the fine-tune's epochs and training time).
 Outputs: the model directory (``model.pt`` + ``card.json``), ``metrics.json``, ``history.csv``
 (dvc plots), a PNG of the curves, and the checkpoint directory.
 Params: ``common``, ``baseline``, and ``finetune`` (the shared loop settings; a change there must re-run
@@ -24,7 +24,7 @@ from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
 from pipeline.data.shards import read_classes, read_manifest
-from pipeline.evaluation.runner import Setup, Trained, epochs_for_steps, planned_steps, steps_per_epoch, train_one
+from pipeline.evaluation.runner import Setup, Trained, epochs_for_steps, steps_per_epoch, train_one
 from pipeline.training.curves import plot_history, write_history
 from pipeline.training.modelcard import CARD, save_model
 from pipeline.training.plan import FreezePlan, load_plan
@@ -39,7 +39,7 @@ class Args:
     """Paths of the baseline stage."""
 
     dataset: Path = field(metadata={"help": "dataset directory (manifest + shards)"})
-    plan: Path = field(metadata={"help": "freeze_plan.json: the architecture and the fine-tune's planned steps"})
+    plan: Path = field(metadata={"help": "freeze_plan.json: the architecture"})
     finetuned: Path = field(metadata={"help": "the fine-tuned model directory (its card: training time)"})
     model_dir: Path = field(metadata={"help": "model directory to write (model.pt + card.json)"})
     metrics: Path = field(metadata={"help": "metrics.json to write"})
@@ -56,25 +56,26 @@ def _budget_ids(dataset: Path) -> list[str]:
     return ids
 
 
-def _finetune_seconds(finetuned: Path) -> float:
-    card = read_json(finetuned / CARD)
-    seconds = card.get("metrics", {}).get("train_seconds")
-    if not seconds:
-        raise ValueError(f"{finetuned / CARD}: no metrics.train_seconds, needed by baseline.budget = wall_clock "
+def _finetune_metric(finetuned: Path, key: str) -> float:
+    """A training figure the fine-tune recorded in its model card (the budget scratch gets)."""
+    value = read_json(finetuned / CARD).get("metrics", {}).get(key)
+    if not value:
+        raise ValueError(f"{finetuned / CARD}: no metrics.{key}, needed for the baseline's budget "
                          "(re-run `tlops finetune`)")
-    return float(seconds)
+    return float(value)
 
 
-def _epochs(params: Params, args: Args, setup: Setup, plan: FreezePlan, ids: list[str]) -> tuple[int, str]:
+def _epochs(params: Params, args: Args, setup: Setup, ids: list[str]) -> tuple[int, str]:
     """Epochs of the scratch run and how they were decided."""
     cfg, batch = params.baseline, setup.cfg.batch_size
     if cfg.budget == "steps":
-        steps = cfg.steps or planned_steps(plan, len(ids), batch)
-        source = "baseline.steps" if cfg.steps else "the fine-tune plan's"
+        # by default: the optimizer steps the fine-tune actually took (its early stop included)
+        steps = cfg.steps or int(_finetune_metric(args.finetuned, "epochs_run")) * steps_per_epoch(len(ids), batch)
+        source = "baseline.steps" if cfg.steps else "the fine-tune's"
         epochs = epochs_for_steps(steps, len(ids), batch)
         return epochs, (f"{steps} optimizer steps asked ({source}), "
                         f"{epochs * steps_per_epoch(len(ids), batch)} in whole epochs")
-    target = _finetune_seconds(args.finetuned)
+    target = _finetune_metric(args.finetuned, "train_seconds")
     probe = train_one(setup, None, False, params.common.seed, "timing", ids, epochs=1, lr=cfg.lr, score_test=False)
     per_epoch = probe.fit.history[0]["seconds"]
     epochs = max(1, round(target / per_epoch))
@@ -97,7 +98,7 @@ def run(params: Params, args: Args) -> dict:
     loop_cfg = params.finetune.model_copy(update={"patience": cfg.patience})
     setup = Setup(Path(args.dataset), plan.model, len(classes), common.image_size, loop_cfg,
                   select_device(common.device), Path(args.checkpoints), common.num_workers)
-    epochs, why = _epochs(params, args, setup, plan, ids)
+    epochs, why = _epochs(params, args, setup, ids)
     log.info("scratch baseline %s: %d epochs on %d images = %s, lr %g", plan.model, epochs, len(ids), why, cfg.lr)
     trained = train_one(setup, None, False, common.seed, "scratch", ids, epochs=epochs, lr=cfg.lr)
     return _write_outputs(params, args, plan, classes, trained, why, len(ids))

@@ -222,8 +222,8 @@ class BaselineParams(Section):
 
     lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block (scratch needs more than a fine-tune)")
     budget: Literal["steps", "wall_clock"] = Field(
-        "steps", description="steps: as many optimizer steps as the fine-tune plan; wall_clock: as much training time")
-    steps: int | None = Field(None, ge=1, description="optimizer steps; None: the fine-tune plan's planned steps")
+        "steps", description="steps: as many optimizer steps as the fine-tune took; wall_clock: as much training time")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; None: the steps the fine-tune took")
     patience: int = Field(0, ge=0, description="early stopping for scratch; 0 = spend the whole budget")
 
 

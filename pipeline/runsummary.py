@@ -86,19 +86,27 @@ def report_links(workspace: Path) -> list[tuple[str, str]]:
 
 def _headlines(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """The facts a reviewer wants first, taken from whichever stages ran."""
-    picks = [("select", "selected_model", "Chosen model"), ("freeze", "strategy", "Freeze strategy"),
-             ("finetune", "val_accuracy", "Fine-tuned val accuracy"), ("evaluate", "verdict", "Transfer verdict"),
-             ("drift", "drift_detected", "Drift detected"), ("promote", "decision", "Promotion")]
+    picks = [("select", "Chosen model", "{selected} (linear-probe accuracy {selected_linear_probe}; the cheapest "
+                                        "candidate within tolerance of the best, see selection.json)"),
+             ("freeze", "Freeze plan", "{strategy}: {trainable_params} of {total_params} parameters trainable, "
+                                       "BatchNorm {bn_policy}"),
+             ("finetune", "Fine-tuned", "val accuracy {val_accuracy}, test accuracy {test_accuracy}"),
+             ("evaluate", "Transfer verdict", "{verdict}: {verdict_reason}"),
+             ("drift", "Drift detected", "{drift_detected} (p = {p_value}; moved: {descriptors_moved})"),
+             ("promote", "Promotion", "{decision}: {reason}")]
     lines = []
-    for stage, key, label in picks:
-        flat = _flatten(metrics.get(stage, {}))
-        value = next((v for k, v in flat.items() if k == key or k.endswith("." + key)), None)
-        if value is not None:
-            lines.append(f"- **{label}**: {_fmt(value)}")
+    for stage, label, template in picks:
+        values = {key: _fmt(value) for key, value in metrics.get(stage, {}).items()}
+        try:
+            lines.append(f"- **{label}**: {template.format_map(values)}")
+        except KeyError:  # that stage did not run (or wrote an older layout): leave the line out
+            continue
     return lines
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

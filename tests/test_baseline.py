@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.baseline import _finetune_seconds
 from pipeline.config import FreezeParams
-from pipeline.evaluation.runner import comparison_plan, epochs_for_steps, planned_steps, steps_per_epoch
+from pipeline.evaluation.runner import comparison_plan, epochs_for_steps, steps_per_epoch
 from pipeline.training.plan import FreezePlan, build_phases
 
 BLOCKS = ["stem", "body", "head"]
@@ -18,13 +18,6 @@ def test_steps_follow_the_engine_loader():
     assert steps_per_epoch(1240, 64) == 19  # the ragged tail is dropped
     assert steps_per_epoch(30, 64) == 1  # a budget smaller than a batch still takes one step
     assert epochs_for_steps(40, 1240, 64) == 3 and epochs_for_steps(40, 30, 64) == 40
-
-
-def test_planned_steps_sum_every_phase_of_the_plan():
-    phases = build_phases("lp_ft", 1, FreezeParams(lp_epochs=10, epochs=8), BLOCKS, [10, 20, 5])
-    plan = FreezePlan(model="m", strategy="lp_ft", requested="lp_ft", blocks=BLOCKS, bn_policy="frozen",
-                      phases=phases, block_params=[10, 20, 5], why=[])
-    assert planned_steps(plan, 1240, 64) == 18 * 19
 
 
 def test_comparison_plans_probe_the_head_or_train_everything():

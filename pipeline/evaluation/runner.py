@@ -28,7 +28,7 @@ from pipeline.training.loop import FitResult, Precision, RunContext, TrainData, 
 from pipeline.training.plan import FreezePlan, build_phases
 from pipeline.zoo import create_model, get_spec
 
-__all__ = ["Setup", "Trained", "steps_per_epoch", "planned_steps", "epochs_for_steps", "comparison_plan", "train_one",
+__all__ = ["Setup", "Trained", "steps_per_epoch", "epochs_for_steps", "comparison_plan", "train_one",
            "elapsed_curve", "curve_train_fn"]
 
 
@@ -60,11 +60,6 @@ class Trained:
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps of one epoch, as the engine's loader counts them (ragged tail dropped)."""
     return max(1, n_train // batch_size) if n_train > batch_size else 1
-
-
-def planned_steps(plan: FreezePlan, n_train: int, batch_size: int) -> int:
-    """Optimizer steps a freeze plan asks for over all its phases (before any early stop)."""
-    return sum(phase.epochs for phase in plan.phases) * steps_per_epoch(n_train, batch_size)
 
 
 def comparison_plan(model_name: str, blocks: Sequence[str], block_params: Sequence[int], pretrained: bool,

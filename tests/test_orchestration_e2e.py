@@ -1,0 +1,185 @@
+"""End to end, no mocks: a real `prefect server`, the deployments served, runs started over the API.
+
+One module-scoped project copy with tiny params (32 px, one candidate, one epoch) is served; the
+tests then start runs the way the dashboard does (POST create_flow_run) and check what a user would
+see: artifacts, the registry, git tags + DVC state, the dashboard itself in headless Chromium, and the
+drift-triggered retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.server import PrefectServer
+from tests.conftest import ROOT, copy_project
+
+pytestmark = pytest.mark.slow
+OUTPUT = ROOT / "test-output"
+# Small enough for a 2-core CI box, large enough that every stage does its real work.
+TINY = {
+    "common": {"image_size": 32},
+    "ingest": {"digits_size": 32, "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]}},
+    "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
+               "latency_runs": 2},
+    "freeze": {"epochs": 1, "lp_epochs": 3},
+    "evaluate": {"budgets": [5, None], "seeds": [0, 1, 2], "curve_steps": 10, "attack_images": 20,
+                 "interpret_classes": 2, "ideal_steps": 5, "adversarial_max_steps": 10, "shift_per_cell": 20},
+    "drift": {"permutations": 100, "max_samples": 200},
+}
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny project copy, a Prefect server, and `python -m flows.deploy` serving its deployments."""
+    work = tmp_path_factory.mktemp("e2e")
+    project = copy_project(work / "project")
+    params = _deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url",
+                    str(work / "dvc-remote")], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny params"],
+                   cwd=project, check=True)
+    server = PrefectServer(work / "prefect").start()
+    log = open(work / "serve.log", "wb")
+    serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project, env=server.env(), stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    api = httpx.Client(base_url=server.api_url, timeout=30)
+    try:
+        _wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
+                  f"deployments never appeared; see {work / 'serve.log'}")
+        yield {"project": project, "server": server, "api": api, "work": work}
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        serving.wait(timeout=30)
+        server.stop()
+        api.close()
+
+
+def _wait_for(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(1)
+    raise TimeoutError(message)
+
+
+def _start(api: httpx.Client, flow: str, deployment: str, parameters: dict) -> str:
+    """What the dashboard's Run button does: create a flow run of the deployment with parameters."""
+    dep = api.get(f"/deployments/name/{flow}/{deployment}").raise_for_status().json()
+    run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+    return run.raise_for_status().json()["id"]
+
+
+def _finish(api: httpx.Client, run_id: str, timeout: float = 900) -> dict:
+    def done() -> bool:
+        return api.get(f"/flow_runs/{run_id}").json()["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+    _wait_for(done, timeout, f"flow run {run_id} did not finish in {timeout}s")
+    run = api.get(f"/flow_runs/{run_id}").json()
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    return run
+
+
+def _summary(api: httpx.Client, run_id: str) -> str:
+    artifacts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    return next(a["data"] for a in artifacts if a["type"] == "markdown")
+
+
+@pytest.fixture(scope="module")
+def first_run(served):
+    run_id = _start(served["api"], "retrain", "retrain-on-demand",
+                    {"parameters": {"seed": 1, "extra": {"promote.margin": 0.01}}, "reason": "started from the API"})
+    return _finish(served["api"], run_id)
+
+
+def test_on_demand_run_versions_promotes_and_reports(served, first_run):
+    project, api = served["project"], served["api"]
+    summary = _summary(api, first_run["id"])
+    for expected in ("started from the API", "Chosen model**: efficientnet_lite0", "Freeze plan", "Transfer verdict",
+                     "Drift detected", "Promotion**: promoted", '"common.seed": 1'):
+        assert expected in summary, expected
+    links = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}}).json()
+    assert any(a["type"] == "link" and a["data"].endswith(".html") for a in links)
+
+    tag = next(line for line in summary.splitlines() if "git tag" in line).split("`")[1]
+    assert tag in subprocess.run(["git", "tag"], cwd=project, capture_output=True, text=True).stdout.split()
+    committed = yaml.safe_load(subprocess.run(["git", "show", f"{tag}:params.yaml"], cwd=project,
+                                              capture_output=True, text=True, check=True).stdout)
+    assert committed["common"]["seed"] == 1 and committed["promote"]["margin"] == 0.01
+    assert yaml.safe_load((project / "params.yaml").read_text())["common"]["seed"] == 0  # only that run
+
+    champion = json.loads((project / "registry" / "champion.json").read_text())
+    assert champion["run_tag"] == tag
+    assert (project / "registry" / "versions" / champion["version"] / "card.json").is_file()
+
+    # the tag alone restores the run: fresh clone, dvc pull, nothing left to re-run
+    clone = served["work"] / "restore"
+    subprocess.run(["git", "clone", "-q", "--branch", tag, str(project), str(clone)], check=True)
+    shutil.copy(project / ".dvc" / "config.local", clone / ".dvc" / "config.local")
+    subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=clone, check=True)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=clone, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+    assert (clone / "models" / "finetuned" / "card.json").is_file()
+
+
+def test_rerun_with_same_inputs_skips_training(served, first_run):
+    api = served["api"]
+    run_id = _start(api, "retrain", "retrain-on-demand",
+                    {"parameters": {"seed": 1, "extra": {"promote.margin": 0.01}}, "reason": "rerun"})
+    _finish(api, run_id)
+    summary = _summary(api, run_id)
+    assert "Training stages skipped: every one was up to date" in summary
+    for stage in ("ingest", "select", "finetune", "baseline", "evaluate"):
+        assert f"| {stage} | skipped |" in summary
+
+
+def test_dashboard_shows_deployment_and_run(served, first_run):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    OUTPUT.mkdir(exist_ok=True)
+    base = served["server"].ui_url
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={served['work'] / 'chromium'}", "--virtual-time-budget=15000",
+             "--window-size=1400,900"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", f"{base}/deployments"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "retrain-on-demand" in dom and "drift-check" in dom
+    dom = subprocess.run([chromium, *flags, "--dump-dom", f"{base}/runs/flow-run/{first_run['id']}"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert first_run["name"] in dom and "Completed" in dom
+    for page, url in (("deployments", f"{base}/deployments"), ("run", f"{base}/runs/flow-run/{first_run['id']}")):
+        shot = OUTPUT / f"dashboard-{page}.png"
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+        assert shot.stat().st_size > 10_000
+
+
+def test_drift_check_on_shifted_set_starts_retrain(served, first_run):
+    api = served["api"]
+    run_id = _start(api, "drift-check", "drift-check",
+                    {"parameters": {"retrain": {"seed": 1, "extra": {"promote.margin": 0.01}}}})
+    _finish(api, run_id)
+    assert "Drift detected**: True" in _summary(api, run_id)
+    triggered = api.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["drift-triggered"]}}}).json()
+    assert len(triggered) == 1
+    retrain = _finish(api, triggered[0]["id"])
+    assert retrain["parameters"]["reason"].startswith("drift detected by drift check")
