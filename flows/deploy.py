@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         serve(*build_deployments(project))
         return 0
     with PrefectServer(project / ".prefect", port=args.port) as server:
-        import os
-
         os.environ.update(server.env())
         print(f"Prefect dashboard: {server.ui_url}  (deployments: retrain-scheduled, retrain-on-demand, drift-check)",
               flush=True)

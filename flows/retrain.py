@@ -19,7 +19,7 @@ from pipeline.project import find_root
 from pipeline.runs import RunWorkspace, TransientFailure, built_stages, run_name
 from pipeline.runsummary import render_summary, report_links
 
-__all__ = ["retrain"]
+__all__ = ["retrain", "RETRY_POLICY"]
 
 
 def _only_transient(task, task_run, state) -> bool:
@@ -27,7 +27,7 @@ def _only_transient(task, task_run, state) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientFailure)
 
 
-_RETRYING = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
+RETRY_POLICY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
                  retry_condition_fn=_only_transient, cache_policy=NO_CACHE)
 
 
@@ -37,7 +37,7 @@ def prepare(project: str, name: str, overrides: dict[str, Any]) -> str:
     return str(RunWorkspace.create(Path(project), name, overrides=overrides).path)
 
 
-@task(name="stage", task_run_name="{stage}", **_RETRYING)
+@task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
 def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
     """Run one stage through DVC in the run's worktree."""
     result = RunWorkspace.open(Path(project), name).repro(stage)
@@ -45,7 +45,7 @@ def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
     return result.as_dict()
 
 
-@task(name="version-run", **_RETRYING)
+@task(name="version-run", **RETRY_POLICY)
 def version(project: str, name: str, message: str) -> str:
     """Commit params.yaml + dvc.lock on the run branch, tag it, push outputs to the DVC remote."""
     workspace = RunWorkspace.open(Path(project), name)

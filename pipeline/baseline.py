@@ -76,7 +76,7 @@ def _epochs(params: Params, args: Args, setup: Setup, ids: list[str]) -> tuple[i
         return epochs, (f"{steps} optimizer steps asked ({source}), "
                         f"{epochs * steps_per_epoch(len(ids), batch)} in whole epochs")
     target = _finetune_metric(args.finetuned, "train_seconds")
-    probe = train_one(setup, None, False, params.common.seed, "timing", ids, epochs=1, lr=cfg.lr, score_test=False)
+    probe = train_one(setup, None, False, params.common.seed, None, ids, epochs=1, lr=cfg.lr, score_test=False)
     per_epoch = probe.fit.history[0]["seconds"]
     epochs = max(1, round(target / per_epoch))
     return epochs, f"{target:.1f}s of training (the fine-tune's) at {per_epoch:.1f}s per scratch epoch"

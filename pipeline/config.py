@@ -243,15 +243,15 @@ class EvaluateParams(Section):
     interval: Literal["t", "bootstrap"] = Field("t", description="interval over seeds: Student t or bootstrap")
     min_gain: float = Field(0.0, ge=0, le=1, description="smallest accuracy lead of transfer that counts as positive")
     ece_bins: int = Field(15, ge=2, le=100, description="bins of the expected calibration error")
-    shift_per_cell: int | None = Field(100, ge=1, description="images per corruption x severity scored; None = all")
+    shift_per_cell: int | None = Field(40, ge=1, description="images per corruption x severity scored; None = all")
     fgsm_epsilons: list[float] = Field([0.0, 0.004, 0.008, 0.016, 0.031], min_length=1,
                                        description="FGSM sizes in pixel units ([0, 1] scale; 0.004 ~ 1/255)")
-    attack_images: int = Field(200, ge=1, description="test images attacked with FGSM")
+    attack_images: int = Field(100, ge=1, description="test images attacked with FGSM")
     interpret_classes: int = Field(4, ge=1, description="classes shown as 'ideal' inputs and adversarial pairs")
-    ideal_steps: int = Field(150, ge=1, le=10000, description="gradient-ascent steps per ideal input")
+    ideal_steps: int = Field(60, ge=1, le=10000, description="gradient-ascent steps per ideal input")
     tv_weight: float = Field(0.5, ge=0, description="total-variation penalty of the ideal inputs (smoothness)")
     adversarial_step: float = Field(0.002, gt=0, le=1, description="pixel step of the adversarial nudges")
-    adversarial_max_steps: int = Field(200, ge=1, description="nudges before giving up on flipping a label")
+    adversarial_max_steps: int = Field(100, ge=1, description="nudges before giving up on flipping a label")
 
     @model_validator(mode="after")
     def _budgets_and_seeds_distinct(self) -> "EvaluateParams":

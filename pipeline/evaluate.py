@@ -130,7 +130,7 @@ def run(params: Params, args: Args) -> dict:
     with tempfile.TemporaryDirectory(prefix="tlops-evaluate-") as work:
         setup = Setup(Path(args.dataset), plan.model, len(classes), common.image_size, loop_cfg, device, Path(work),
                       common.num_workers)
-        probe = train_one(setup, None, True, common.seed, "probe", budget, epochs=probe_epochs, lr=probe_lr,
+        probe = train_one(setup, None, True, common.seed, None, budget, epochs=probe_epochs, lr=probe_lr,
                           score_test=False)
         curve = _curve(params, setup, plan, probe_lr, scratch.card["params"]["baseline"]["lr"])
     subjects = {"finetuned": _subject("finetuned", finetuned),

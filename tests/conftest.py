@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.server import free_port  # noqa: F401  (re-exported for test support modules)
-
 ROOT = Path(__file__).resolve().parents[1]
+# the moto S3 server fixture (`s3_endpoint`) for every test that asks for it
+pytest_plugins = ["tests.support.s3server"]
 os.environ.setdefault("TLOPS_NO_PROGRESS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-from pipeline.baseline import _finetune_seconds
-from pipeline.config import FreezeParams
+from pipeline.baseline import _finetune_metric
 from pipeline.evaluation.runner import comparison_plan, epochs_for_steps, steps_per_epoch
-from pipeline.training.plan import FreezePlan, build_phases
 
 BLOCKS = ["stem", "body", "head"]
 
@@ -28,9 +26,10 @@ def test_comparison_plans_probe_the_head_or_train_everything():
     assert set(scratch.phases[0].lrs.values()) == {0.003}  # one lr for every block
 
 
-def test_wall_clock_budget_names_the_card_without_training_time(tmp_path):
+def test_budget_figures_come_from_the_finetune_card_or_name_it(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps({"model": "m", "metrics": {}}))
     with pytest.raises(ValueError, match=r"card.json: no metrics.train_seconds"):
-        _finetune_seconds(tmp_path)
-    (tmp_path / "card.json").write_text(json.dumps({"metrics": {"train_seconds": 12.5}}))
-    assert _finetune_seconds(tmp_path) == 12.5
+        _finetune_metric(tmp_path, "train_seconds")
+    (tmp_path / "card.json").write_text(json.dumps({"metrics": {"train_seconds": 12.5, "epochs_run": 7}}))
+    assert _finetune_metric(tmp_path, "train_seconds") == 12.5
+    assert _finetune_metric(tmp_path, "epochs_run") == 7

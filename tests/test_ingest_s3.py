@@ -18,7 +18,7 @@ from pipeline.cli import main
 from pipeline.common.io import sha256_file
 from pipeline.data.shards import read_manifest
 from tests.support.badimages import good_png
-from tests.support.s3server import ThrottlingProxy, make_client, s3_endpoint  # noqa: F401 - fixture
+from tests.support.s3server import ThrottlingProxy, make_client
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _fresh_log_handler():
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_endpoint) -> str:  # noqa: F811
+def bucket(s3_endpoint) -> str:
     """Bucket 'pets' with ImageFolder layout under 'v1/': 2 classes x 6 images, nested keys, one bad object."""
     client = make_client(s3_endpoint)
     client.create_bucket(Bucket="pets")
@@ -51,7 +51,7 @@ def _ingest(out: Path, *overrides: str) -> int:
     return main(argv)
 
 
-def test_ingest_from_s3(s3_endpoint, bucket, tmp_path):  # noqa: F811
+def test_ingest_from_s3(s3_endpoint, bucket, tmp_path):
     assert _ingest(tmp_path, "ingest.source=s3://pets/v1", f"ingest.s3_endpoint_url={s3_endpoint}",
                    "ingest.download_workers=4") == 0
     manifest = read_manifest(tmp_path / "dataset")
@@ -62,7 +62,7 @@ def test_ingest_from_s3(s3_endpoint, bucket, tmp_path):  # noqa: F811
         "s3://pets/v1/README": "not inside a class folder", "s3://pets/v1/dog/notes.txt": "not an image"}
 
 
-def test_s3_table_of_uris(s3_endpoint, bucket, tmp_path):  # noqa: F811
+def test_s3_table_of_uris(s3_endpoint, bucket, tmp_path):
     pd.DataFrame({"uri": ["s3://pets/v1/cat/2.png", "s3://pets/v1/dog/1.png", "s3://pets/v1/dog/3.png",
                           "s3://pets/v1/cat/6.png", "s3://pets/v1/cat/gone.png"],
                   "label": ["cat", "dog", "dog", "cat", "cat"]}).to_csv(tmp_path / "list.csv", index=False)
@@ -72,14 +72,14 @@ def test_s3_table_of_uris(s3_endpoint, bucket, tmp_path):  # noqa: F811
         ("s3://pets/v1/cat/gone.png", "unreadable: s3://pets/v1/cat/gone.png: no such object")]
 
 
-def test_missing_bucket_and_prefix_are_named(s3_endpoint, bucket, tmp_path, capsys):  # noqa: F811
+def test_missing_bucket_and_prefix_are_named(s3_endpoint, bucket, tmp_path, capsys):
     assert _ingest(tmp_path, "ingest.source=s3://no-such-bucket/x", f"ingest.s3_endpoint_url={s3_endpoint}") == 2
     assert "s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
     assert _ingest(tmp_path, "ingest.source=s3://pets/v9", f"ingest.s3_endpoint_url={s3_endpoint}") == 2
     assert "s3://pets/v9: no objects under this prefix" in capsys.readouterr().err
 
 
-def test_throttling_is_retried_with_backoff(s3_endpoint, bucket, tmp_path, capsys):  # noqa: F811
+def test_throttling_is_retried_with_backoff(s3_endpoint, bucket, tmp_path, capsys):
     with ThrottlingProxy(s3_endpoint, failures=2) as proxy:
         assert _ingest(tmp_path / "ok", "ingest.source=s3://pets/v1", f"ingest.s3_endpoint_url={proxy.url}",
                        "ingest.retries=3") == 0
@@ -104,7 +104,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_dvc_repro_push_pull_through_s3_and_local_remotes(s3_endpoint, bucket, project):  # noqa: F811
+def test_dvc_repro_push_pull_through_s3_and_local_remotes(s3_endpoint, bucket, project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ingest"].update(source="s3://pets/v1", s3_endpoint_url=s3_endpoint)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

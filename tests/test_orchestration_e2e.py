@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,39 +22,17 @@ import yaml
 
 from flows.server import PrefectServer
 from tests.conftest import ROOT, copy_project
+from tests.support.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
 OUTPUT = ROOT / "test-output"
-# Small enough for a 2-core CI box, large enough that every stage does its real work.
-TINY = {
-    "common": {"image_size": 32},
-    "ingest": {"digits_size": 32, "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]}},
-    "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
-               "latency_runs": 2},
-    "freeze": {"epochs": 1, "lp_epochs": 3},
-    "evaluate": {"budgets": [5, None], "seeds": [0, 1, 2], "curve_steps": 10, "attack_images": 20,
-                 "interpret_classes": 2, "ideal_steps": 5, "adversarial_max_steps": 10, "shift_per_cell": 20},
-    "drift": {"permutations": 100, "max_samples": 200},
-}
-
-
-def _deep_update(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        base[key] = _deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny project copy, a Prefect server, and `python -m flows.deploy` serving its deployments."""
     work = tmp_path_factory.mktemp("e2e")
-    project = copy_project(work / "project")
-    params = _deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url",
-                    str(work / "dvc-remote")], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny params"],
-                   cwd=project, check=True)
+    project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
     server = PrefectServer(work / "prefect").start()
     log = open(work / "serve.log", "wb")
     serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project, env=server.env(), stdout=log,
@@ -84,7 +61,11 @@ def _wait_for(condition, timeout: float, message: str) -> None:
 def _start(api: httpx.Client, flow: str, deployment: str, parameters: dict) -> str:
     """What the dashboard's Run button does: create a flow run of the deployment with parameters."""
     dep = api.get(f"/deployments/name/{flow}/{deployment}").raise_for_status().json()
-    run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+    for _ in range(10):  # a freshly started SQLite server can answer 503 while it is busy migrating/serving
+        run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+        if run.status_code != 503:
+            break
+        time.sleep(3)
     return run.raise_for_status().json()["id"]
 
 
@@ -98,9 +79,12 @@ def _finish(api: httpx.Client, run_id: str, timeout: float = 900) -> dict:
     return run
 
 
+def _artifacts(api: httpx.Client, run_id: str) -> list[dict]:
+    return api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+
+
 def _summary(api: httpx.Client, run_id: str) -> str:
-    artifacts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
-    return next(a["data"] for a in artifacts if a["type"] == "markdown")
+    return next(a["data"] for a in _artifacts(api, run_id) if a["key"] in {"retrain-summary", "drift-check-summary"})
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +100,8 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     for expected in ("started from the API", "Chosen model**: efficientnet_lite0", "Freeze plan", "Transfer verdict",
                      "Drift detected", "Promotion**: promoted", '"common.seed": 1'):
         assert expected in summary, expected
-    links = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}}).json()
-    assert any(a["type"] == "link" and a["data"].endswith(".html") for a in links)
+    links = [a["data"] for a in _artifacts(api, first_run["id"]) if a["key"] is None]
+    assert any("evaluate/report.html" in link for link in links) and any("drift/report.html" in link for link in links)
 
     tag = next(line for line in summary.splitlines() if "git tag" in line).split("`")[1]
     assert tag in subprocess.run(["git", "tag"], cwd=project, capture_output=True, text=True).stdout.split()
@@ -183,3 +167,16 @@ def test_drift_check_on_shifted_set_starts_retrain(served, first_run):
     assert len(triggered) == 1
     retrain = _finish(api, triggered[0]["id"])
     assert retrain["parameters"]["reason"].startswith("drift detected by drift check")
+
+
+def test_deployments_have_schedules_limits_and_a_parameter_form(served):
+    api = served["api"]
+    scheduled = api.get("/deployments/name/retrain/retrain-scheduled").json()
+    assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * 1"]
+    assert scheduled["concurrency_limit"] == 1
+    assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    drift = api.get("/deployments/name/drift-check/drift-check").json()
+    assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 6 * * *"]
+    form = api.get("/deployments/name/retrain/retrain-on-demand").json()["parameter_openapi_schema"]
+    fields = form["definitions"]["RetrainParameters"]["properties"]
+    assert {"source", "candidates", "strategy", "epochs", "device", "extra"} <= set(fields)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.promote import promotion_decision
 from pipeline.registry import open_registry
-from tests.support.s3server import make_client, s3_endpoint  # noqa: F401  (fixture)
+from tests.support.s3server import make_client
 
 
 def _model_dir(tmp_path: Path, name: str, payload: bytes) -> Path:
@@ -40,7 +40,7 @@ def test_folder_registry(tmp_path):
     assert not [p for p in (tmp_path / "reg").rglob("*") if p.name.startswith(".")]  # no temp leftovers
 
 
-def test_s3_registry(tmp_path, s3_endpoint, monkeypatch):  # noqa: F811
+def test_s3_registry(tmp_path, s3_endpoint, monkeypatch):
     make_client(s3_endpoint).create_bucket(Bucket="models")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     _exercise(open_registry("s3://models/tlops/registry", tmp_path), tmp_path)

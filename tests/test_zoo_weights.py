@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.zoo import WeightsRef, WeightsRejected, WeightsUnavailable, create_model, get_spec
 from pipeline.zoo.factory import build_architecture, load_pretrained
 from pipeline.zoo.weights import load_state_dict, locate_weights
-from tests.support.s3server import make_client, s3_endpoint  # noqa: F401  (fixture)
+from tests.support.s3server import make_client
 
 CATS = range(281, 286)  # ImageNet tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -103,7 +103,7 @@ def test_user_supplied_torchvision_weights_from_the_hub_folder(tmp_path):
         create_model("mobilenet_v3_small", 5, hub_dir=hub)
 
 
-def test_weights_from_s3_on_a_real_local_server(tmp_path, s3_endpoint, monkeypatch):  # noqa: F811
+def test_weights_from_s3_on_a_real_local_server(tmp_path, s3_endpoint, monkeypatch):
     net = torchvision.models.resnet18(weights=None)
     path, full = _save(tmp_path, net.state_dict(), "r18.pth")
     client = make_client(s3_endpoint)

@@ -9,7 +9,6 @@ training loop of its own.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +94,7 @@ def _data(setup: Setup, train_ids: Sequence[str] | None, val_ids: Sequence[str] 
         val=ShardImageDataset(setup.dataset, "val", plain, ids=val_ids), augmented=augment != "none")
 
 
-def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int, run_name: str,
+def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int, run_name: str | None,
               train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None, epochs: int = 1,
               lr: float = 1e-3, score_test: bool = True) -> Trained:
     """Build the model (pretrained or random), train it with the engine, and score it on the test split.
@@ -105,7 +104,8 @@ def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int
         plan: the plan to follow, or None for :func:`comparison_plan` (``epochs``, ``lr``).
         pretrained: load the zoo's pretrained weights (False: seeded random initialisation).
         seed: seed of the initialisation, the data order and the augmentation.
-        run_name: folder name of the run's checkpoints under ``setup.work_dir``.
+        run_name: folder name of the run's checkpoints under ``setup.work_dir`` (None: no checkpoints,
+            for throwaway runs: an epoch of a tiny curve run costs less than writing its checkpoint).
         train_ids: the train images to use (default: the whole train split).
         val_ids: the val images that pick the best epoch (default: the whole val split).
         epochs: epochs of the comparison plan.
@@ -121,7 +121,8 @@ def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int
         plan = comparison_plan(setup.model_name, spec.blocks, block_param_counts(model, spec.blocks), pretrained,
                                epochs, lr, "eval_all" if pretrained else "train")
     data = _data(setup, train_ids, val_ids, spec.mean, spec.std)
-    ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.work_dir / run_name, num_workers=setup.num_workers)
+    ckpt_dir = setup.work_dir / run_name if run_name else None
+    ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=ckpt_dir, num_workers=setup.num_workers)
     started = time.perf_counter()
     fit = Trainer(model, plan, data, setup.cfg, ctx).fit()
     seconds = time.perf_counter() - started
@@ -186,10 +187,8 @@ def curve_train_fn(setup: Setup, train_ids: Sequence[str], val_ids: Sequence[str
         else:
             epochs = epochs_for_steps(steps, len(ids), setup.cfg.batch_size)
         plan = transfer_plan if pretrained else None
-        setup.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=setup.work_dir) as tmp:  # per-run checkpoints are not kept
-            run = train_one(Setup(**{**setup.__dict__, "work_dir": Path(tmp)}), plan, pretrained, seed, "run",
-                            ids, val_ids, epochs, probe_lr if pretrained else scratch_lr)
+        run = train_one(setup, plan, pretrained, seed, None, ids, val_ids, epochs,
+                        probe_lr if pretrained else scratch_lr)
         return {"accuracy": run.test["accuracy"], "train_seconds": round(run.seconds, 3), "epochs": epochs}
 
     return train_fn

@@ -51,7 +51,7 @@ class RunContext:
 
     device: torch.device
     seed: int
-    ckpt_dir: Path
+    ckpt_dir: Path | None  # None: no checkpoints (throwaway comparison runs that never resume)
     num_workers: int = 0
     resume: bool = False
     dist: DistInfo = field(default_factory=DistInfo)
@@ -154,6 +154,8 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """Train through every phase (resuming when asked), then load the best weights into the model."""
+        if self.ctx.resume and self.ctx.ckpt_dir is None:
+            raise ValueError("resume needs a checkpoint directory")
         state = load_checkpoint(self.ctx.ckpt_dir, self.fingerprint) if self.ctx.resume else None
         start = (0, 0)
         if state is not None:
@@ -324,7 +326,7 @@ class Trainer:
 
     def _checkpoint(self, position: tuple[int, int], optimizer: torch.optim.Optimizer, schedule: Any,
                     scaler: Any, since_best: int) -> None:
-        if not self.ctx.dist.is_main:
+        if not self.ctx.dist.is_main or self.ctx.ckpt_dir is None:
             return
         save_checkpoint(self.ctx.ckpt_dir, {
             "fingerprint": self.fingerprint, "phase": position[0], "epoch": position[1],

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import imagehash
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image
 from scipy import ndimage
 
 from pipeline.common.logs import get_logger, progress

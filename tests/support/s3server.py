@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import free_port
+from flows.server import free_port
 
 __all__ = ["s3_endpoint", "moto_server", "S3_ENV", "make_client", "ThrottlingProxy"]
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -1,0 +1,40 @@
+"""Tiny params for running the whole chain in tests and benches: small enough for a 2-core CI box,
+large enough that every stage does its real work (32 px, one candidate, one fine-tune epoch)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+__all__ = ["TINY", "make_tiny_project"]
+
+TINY = {
+    "common": {"image_size": 32},
+    "ingest": {"digits_size": 32, "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]}},
+    "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
+               "latency_runs": 2},
+    "freeze": {"epochs": 1, "lp_epochs": 3},
+    "evaluate": {"budgets": [5, None], "seeds": [0, 1, 2], "curve_steps": 10, "attack_images": 20,
+                 "interpret_classes": 2, "ideal_steps": 5, "adversarial_max_steps": 10, "shift_per_cell": 20},
+    "drift": {"permutations": 100, "max_samples": 200},
+}
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def make_tiny_project(project: Path, remote: Path) -> Path:
+    """Turn a project copy (a git repo) into a tiny one with its own DVC remote, committed."""
+    params = _deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)],
+                   cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny params"],
+                   cwd=project, check=True)
+    return project
