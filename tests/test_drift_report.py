@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.drift.report import build_snapshot, report_frame, save_snapshot, write_review_page
 from pipeline.drift.workspace import PROJECT_NAME, add_snapshot, start_ui, wait_until_serving
-from tests.conftest import free_port
+from flows.server import free_port
 
 CLASSES = ["0", "1", "2"]
 DESCRIPTORS = ["brightness_mean", "blur_var"]
