@@ -173,7 +173,7 @@ def test_deployments_have_schedules_limits_and_a_parameter_form(served):
     api = served["api"]
     scheduled = api.get("/deployments/name/retrain/retrain-scheduled").json()
     assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * 1"]
-    assert scheduled["concurrency_limit"] == 1
+    assert scheduled["global_concurrency_limit"]["limit"] == 1  # Prefect 3 keeps the limit here, not in concurrency_limit
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     drift = api.get("/deployments/name/drift-check/drift-check").json()
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 6 * * *"]
