@@ -67,8 +67,11 @@ def dvc(root: Path, *args: str, check: bool = True, capture: bool = True) -> sub
     Returns:
         The completed process.
     """
-    # stage commands call `tlops`: put this environment's scripts first on PATH, venv activated or not
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # stage commands call `tlops`: put this environment's scripts first on PATH, venv activated or not;
+    # PYTHONPATH makes them import the code of `root` (a run's worktree, at its commit), not the editable
+    # install's main checkout, so a run's tag names the code that really ran
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, text=True, capture_output=capture, env=env)
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip() or f"exit {proc.returncode}"

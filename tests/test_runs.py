@@ -15,7 +15,7 @@ from pipeline.runs import RunWorkspace, StageFailed, run_name
 # A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
 # versioning mechanics are tested in seconds without training anything.
 TOY_STAGE = {
-    "cmd": f"{sys.executable} toy.py",
+    "cmd": f"{sys.executable} -P toy.py",  # -P: like the `tlops` script, no script folder on sys.path
     "deps": ["toy.py"],
     "params": ["common"],
     "outs": ["data/toy"],
@@ -23,11 +23,13 @@ TOY_STAGE = {
 }
 TOY_SCRIPT = """
 import json, pathlib, yaml
+import pipeline
 seed = yaml.safe_load(open("params.yaml"))["common"]["seed"]
 pathlib.Path("data/toy").mkdir(parents=True, exist_ok=True)
 pathlib.Path("data/toy/value.txt").write_text(str(seed * 7))
 pathlib.Path("results/toy").mkdir(parents=True, exist_ok=True)
 pathlib.Path("results/toy/metrics.json").write_text(json.dumps({"seed": seed}))
+pathlib.Path("imported.txt").write_text(pipeline.__file__)
 if seed == 13:
     raise SystemExit(2)
 """
@@ -58,6 +60,8 @@ def test_run_versions_and_reruns_skip(toy_project: Path, tmp_path: Path):
     first = RunWorkspace.create(toy_project, "r1", overrides={"common.seed": 3})
     assert first.repro("toy").status == "ran"
     assert (first.path / "data/toy/value.txt").read_text() == "21"
+    # the stage ran the code of the run's own checkout, not the editable install's main checkout
+    assert Path((first.path / "imported.txt").read_text()).is_relative_to(first.path)
     first.commit("run r1")
     first.push()
     assert "run-r1" in _git(toy_project, "tag").split()
