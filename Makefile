@@ -24,9 +24,12 @@ setup:
 	  echo "setup: environment ready in $$(( $$(date +%s) - start ))s"; \
 	fi
 
-# PREFECT_HOME keeps Prefect's local state (SQLite) in the project, not in ~/.prefect
+# PREFECT_HOME keeps Prefect's local state (SQLite) in the project, not in ~/.prefect; runs are offline,
+# so the server's telemetry is off (it would only log failed connections)
+PREFECT_ENV = PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+
 run: setup
-	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/python -m flows.retrain
+	$(PREFECT_ENV) $(BIN)/python -m flows.retrain
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -35,7 +38,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 ui: setup
-	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/python -m flows.deploy --start-server
+	$(PREFECT_ENV) $(BIN)/python -m flows.deploy --start-server
 
 drift-ui: setup
 	$(BIN)/python -m pipeline.cli drift-ui
