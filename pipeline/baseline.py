@@ -23,7 +23,7 @@ from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
-from pipeline.data.shards import read_classes, read_manifest
+from pipeline.data.shards import read_classes, read_manifest, use_validated, validation_field
 from pipeline.evaluation.runner import Setup, Trained, epochs_for_steps, steps_per_epoch, train_one
 from pipeline.training.curves import plot_history, write_history
 from pipeline.training.modelcard import CARD, save_model
@@ -46,6 +46,7 @@ class Args:
     history: Path = field(metadata={"help": "per-epoch history CSV to write (dvc plots)"})
     plot: Path = field(metadata={"help": "PNG of the training curves to write"})
     checkpoints: Path = field(metadata={"help": "checkpoint directory"})
+    validation: Path | None = validation_field()
 
 
 def _budget_ids(dataset: Path) -> list[str]:
@@ -91,6 +92,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: steps, epochs, best val accuracy, test accuracy, training seconds.
     """
+    use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.baseline
     seed_everything(common.seed)
     plan = load_plan(args.plan)

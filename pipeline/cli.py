@@ -83,7 +83,8 @@ def _run_stage(name: str, argv: list[str]) -> int:
             if default is None and field.default is not dataclasses.MISSING:
                 default = field.default
             parser.add_argument(flag, type=Path, default=None if default is None else Path(default),
-                                required=default is None, help=field.metadata.get("help"))
+                                required=default is None and field.default is dataclasses.MISSING,
+                                help=field.metadata.get("help"))
     ns = parser.parse_args(argv)
     params = load_params(ns.params or root / "params.yaml", ns.overrides)
     setup_logging(params.common.log_level)

@@ -27,7 +27,7 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import FinetuneParams, FreezeParams, Params
-from pipeline.data.shards import read_classes, read_manifest
+from pipeline.data.shards import read_classes, read_manifest, use_validated, validation_field
 from pipeline.evaluation.assess import Subject, attack_set, explain, score, shift_sample
 from pipeline.evaluation.label_efficiency import labels_saved, run_curve, sample_per_class, summarise_curve, time_saved
 from pipeline.evaluation.outputs import write_plots
@@ -56,6 +56,7 @@ class Args:
     metrics: Path = field(metadata={"help": "metrics.json to write (DVC metrics)"})
     plots: Path = field(metadata={"help": "folder for plot data (CSV) and PNGs"})
     report_dir: Path = field(metadata={"help": "folder for report.html"})
+    validation: Path | None = validation_field()
 
 
 def _probe_settings(plan: FreezePlan) -> tuple[int, float]:
@@ -119,6 +120,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: verdict, test accuracy of each model, labels saved, output paths.
     """
+    use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.evaluate
     seed_everything(common.seed)
     device = select_device(common.device)

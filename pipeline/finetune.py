@@ -25,7 +25,7 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
-from pipeline.data.shards import ShardImageDataset, read_classes, read_manifest
+from pipeline.data.shards import ShardImageDataset, read_classes, read_manifest, use_validated, validation_field
 from pipeline.features import dataset_version
 from pipeline.training.augment import eval_transform, resolve_augment, train_transform
 from pipeline.training.curves import plot_history, write_history
@@ -51,6 +51,7 @@ class Args:
     plot: Path = field(metadata={"help": "PNG of the training curves to write"})
     checkpoints: Path = field(metadata={"help": "checkpoint directory (kept between runs for --resume)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
+    validation: Path | None = validation_field()
 
 
 def _datasets(dataset: Path, plan: FreezePlan, params: Params) -> tuple[TrainData, ShardImageDataset]:
@@ -87,6 +88,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: best val accuracy and epoch, test accuracy, epochs run, throughput, output paths.
     """
+    use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.finetune
     seed_everything(common.seed)
     plan = load_plan(args.plan)

@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
-from pipeline.data.shards import read_classes, read_manifest
+from pipeline.data.shards import read_classes, read_manifest, use_validated, validation_field
 from pipeline.training.freezing import block_param_counts
 from pipeline.training.plan import DataStats, make_plan
 from pipeline.zoo import create_model, get_spec
@@ -33,6 +33,7 @@ class Args:
     selection: Path = field(metadata={"help": "selection.json written by `tlops select`"})
     plan: Path = field(metadata={"help": "freeze_plan.json to write"})
     metrics: Path = field(metadata={"help": "metrics.json to write"})
+    validation: Path | None = validation_field()
 
 
 def selected_model(selection: dict[str, Any], path: Path) -> tuple[str, float | None, dict[str, Any]]:
@@ -61,6 +62,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: strategy, frozen depth per phase, trainable parameters, plan path.
     """
+    use_validated(args.dataset, args.validation)
     name, probe, weights = selected_model(read_json(args.selection), Path(args.selection))
     spec = get_spec(name)
     classes = read_classes(args.dataset)

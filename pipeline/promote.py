@@ -26,7 +26,7 @@ from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger, progress
 from pipeline.config import Params
 from pipeline.data.images import decode_rgb
-from pipeline.data.shards import iter_records, read_classes
+from pipeline.data.shards import iter_records, read_classes, use_validated, validation_field
 from pipeline.project import main_checkout
 from pipeline.registry import open_registry
 from pipeline.training.modelcard import InferenceModel, load_for_inference
@@ -41,6 +41,7 @@ class Args:
     model: Path
     evaluation: Path
     decision: Path
+    validation: Path | None = validation_field()
 
 
 def test_accuracy(model: InferenceModel, dataset: Path, batch_size: int = 256) -> float:
@@ -75,6 +76,7 @@ def _score(model: InferenceModel, batch: list, correct: int, total: int) -> tupl
 
 def run(params: Params, args: Args) -> dict[str, Any]:
     """Decide, register and (maybe) promote; write the decision."""
+    use_validated(args.dataset, args.validation)
     cfg = params.promote
     root = Path.cwd()
     registry = open_registry(cfg.registry, main_checkout(root))

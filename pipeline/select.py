@@ -30,7 +30,7 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params, SelectParams
-from pipeline.data.shards import read_classes, read_manifest
+from pipeline.data.shards import read_classes, read_manifest, use_validated, validation_field
 from pipeline.features import dataset_version, get_features, weights_digest
 from pipeline.zoo import WeightsRef, WeightsRejected, WeightsUnavailable, get_spec
 from pipeline.zoo.cost import count_params, measure_gflops, measure_latency_ms
@@ -54,6 +54,7 @@ class Args:
     out: Path = field(metadata={"help": "selection.json to write"})
     metrics: Path = field(metadata={"help": "metrics.json to write"})
     plot: Path = field(metadata={"help": "score-vs-cost PNG to write"})
+    validation: Path | None = validation_field()
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: the pick, its scores, how many were scored and removed.
     """
+    use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.select
     seed_everything(common.seed)
     names = list(dict.fromkeys(cfg.candidates))

@@ -28,7 +28,7 @@ from pipeline.data.corruptions import corrupt, corruption_seed, encode_png
 from pipeline.data.pack import describe_image, store_image
 from pipeline.data.plots import plot_image_grid
 from pipeline.data.shards import (SHARDS_DIR, ShardWriter, decode_image, iter_records, read_classes,
-                                  read_image_bytes)
+                                  read_image_bytes, use_validated, validation_field)
 from pipeline.data.sources import open_source
 
 __all__ = ["Args", "run", "corruption_plan"]
@@ -44,6 +44,7 @@ class Args:
     current: Path = field(metadata={"help": "the 'current' dataset directory to write"})
     metrics: Path = field(metadata={"help": "metrics JSON: images per corruption and severity"})
     report_dir: Path = field(metadata={"help": "folder for shift_report.json and corruptions.png"})
+    validation: Path | None = validation_field()
 
 
 def run(params: Params, args: Args) -> dict:
@@ -55,6 +56,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: images, source, counts per corruption.
     """
+    use_validated(args.dataset, args.validation)
     cfg, seed = params.ingest.shift, params.common.seed
     classes = read_classes(args.dataset)
     shard_bytes = int(params.ingest.shard_size_mb * 2**20)

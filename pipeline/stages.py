@@ -29,8 +29,8 @@ class StageSpec:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("ingest", "read images from a source, pack shards, split train/val/test", "pipeline.ingest"),
-    StageSpec("shift", "make the domain-shift 'current' set from the test split (corruptions)", "pipeline.shift"),
     StageSpec("validate", "profile every image and run the Great Expectations gate", "pipeline.validate"),
+    StageSpec("shift", "make the domain-shift 'current' set from the test split (corruptions)", "pipeline.shift"),
     StageSpec("select", "score pretrained candidates on cached features and pick one", "pipeline.select"),
     StageSpec("freeze", "write the freeze plan: frozen blocks, per-group learning rates", "pipeline.freeze"),
     StageSpec("finetune", "train by the freeze plan; checkpoints, resume, curves", "pipeline.finetune"),

@@ -16,6 +16,7 @@ from pipeline.data.sources.digits import DigitsSource
 from pipeline.training.modelcard import save_model
 from pipeline.validate import profile_dataset
 from pipeline.zoo import create_model, get_spec
+from tests.support.gate import passed_gate
 
 MODEL = "efficientnet_lite0"
 
@@ -53,8 +54,8 @@ def _drift(chain: dict[str, Path], out: Path) -> int:
     return main(["drift", "--dataset", str(chain["dataset"]), "--profile", str(chain["profile"]),
                  "--current", str(chain["current"]), "--model", str(chain["model"]),
                  "--drift", str(out / "drift.json"), "--report-dir", str(out / "reports"),
-                 "--workspace", str(out.parent / "workspace"), "--set", "drift.permutations=200",
-                 "--set", "common.image_size=32", "--set", "drift.top_outliers=6"])
+                 "--workspace", str(out.parent / "workspace"), "--validation", str(passed_gate(out)),
+                 "--set", "drift.permutations=200", "--set", "common.image_size=32", "--set", "drift.top_outliers=6"])
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from pipeline.evaluation.verdict import overall_verdict
 from pipeline.training.freezing import block_param_counts
 from pipeline.training.plan import FreezePlan, build_phases
 from pipeline.zoo import create_model, get_spec
+from tests.support.gate import passed_gate
 
 pytestmark = pytest.mark.slow  # trains real networks (tiny budgets, 32 px)
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,8 @@ def test_evaluate_cli_writes_metrics_plots_and_a_report_with_the_same_numbers(ch
     argv = ["evaluate", "--dataset", chain["dataset"], "--current", chain["current"], "--plan", chain["plan"],
             "--finetuned", chain["finetuned"], "--finetune-history", chain["work"] / "ft.csv",
             "--baseline", chain["baseline"], "--baseline-history", chain["work"] / "bl.csv",
-            "--metrics", out / "metrics.json", "--plots", out / "plots", "--report-dir", out / "report"]
+            "--metrics", out / "metrics.json", "--plots", out / "plots", "--report-dir", out / "report",
+            "--validation", passed_gate(out)]
     assert tlops([str(a) for a in argv] + [x for o in OVERRIDES for x in ("--set", o)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # the first claim: on the digits at a small label budget, transfer beats scratch
@@ -113,7 +115,8 @@ def test_evaluate_names_a_missing_input(chain, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     argv = ["evaluate", "--dataset", chain["dataset"], "--current", chain["current"], "--plan", chain["plan"],
             "--finetuned", chain["work"] / "nope", "--finetune-history", "x", "--baseline", chain["baseline"],
-            "--baseline-history", "y", "--metrics", "m", "--plots", "p", "--report-dir", "r"]
+            "--baseline-history", "y", "--metrics", "m", "--plots", "p", "--report-dir", "r",
+            "--validation", passed_gate(chain["work"])]
     assert tlops([str(a) for a in argv]) == 2
     assert "nope/card.json: file not found" in capsys.readouterr().err
 

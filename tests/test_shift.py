@@ -11,6 +11,7 @@ from pipeline.cli import main
 from pipeline.common.io import sha256_file
 from pipeline.data.shards import SHIFT_COLUMNS, read_classes, read_manifest, verify_dataset
 from tests.support.badimages import good_png
+from tests.support.gate import passed_gate
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def _shift(dataset: Path, out: Path, *overrides: str) -> int:
     argv = ["shift", "--dataset", str(dataset), "--current", str(out / "current"), "--metrics",
-            str(out / "metrics.json"), "--report-dir", str(out / "report")]
+            str(out / "metrics.json"), "--report-dir", str(out / "report"), "--validation", str(passed_gate(out))]
     for item in overrides:
         argv += ["--set", item]
     return main(argv)

@@ -115,3 +115,35 @@ def test_every_check_has_expectations_with_its_configured_severity():
     severities = {name: {str(e.severity) for e in expectations} for name, expectations in built.items()}
     assert severities["no_leak_phash"] == {"critical"} and severities["decodes"] == {"warning"}
     assert all(e.meta == {"check": name} for name, expectations in built.items() for e in expectations)
+
+
+def _shift(out: Path, validation: Path) -> int:
+    """`tlops shift` (it decodes every test image) reading the gate's outcome, on one cheap corruption."""
+    return main(["shift", "--params", str(out / "params.yaml"), "--dataset", str(out / "dataset"),
+                 "--current", str(out / "current"), "--metrics", str(out / "shift.json"),
+                 "--report-dir", str(out / "shift"), "--validation", str(validation),
+                 "--set", "ingest.shift.corruptions=[contrast]", "--set", "ingest.shift.severities=[1]"])
+
+
+def test_later_stages_leave_quarantined_images_out(tmp_path, capsys):
+    items = _clean_items() + [Item("trunc", "dog", "test", bad.truncated_jpeg()),
+                              Item("zero", "cat", "train", bad.zero_byte())]
+    code, out = _validate(tmp_path, items, CLASSES[:3], "validate.corrupt_policy=quarantine",
+                          "validate.max_quarantine_fraction=0.1")
+    assert code == 0, capsys.readouterr().err
+    assert _shift(out, out / "metrics.json") == 0, capsys.readouterr().err
+    current = pd.read_parquet(out / "current" / "manifest.parquet")
+    assert len(current) == 2 * 6 and "trunc" not in set(current["origin_id"])  # 6 good test images, clean + 1
+    from pipeline.data.shards import ShardImageDataset  # the training readers see the same exclusion
+
+    assert len(ShardImageDataset(out / "dataset", "train")) == 18
+
+
+def test_later_stages_refuse_data_that_failed_the_gate(tmp_path, capsys):
+    code, out = _validate(tmp_path, _clean_items() + [Item("trunc", "dog", "test", bad.truncated_jpeg())],
+                          CLASSES[:3])
+    assert code == 2
+    capsys.readouterr()
+    assert _shift(out, out / "metrics.json") == 2
+    assert "the validation gate failed (decodes)" in capsys.readouterr().err
+    assert not (out / "current").exists()

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import tarfile
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,12 +29,13 @@ from torch.utils.data import Dataset
 
 from pipeline.data.images import decode_rgb
 from pipeline.common.io import atomic_path, read_json, write_json
+from pipeline.common.logs import get_logger
 
 __all__ = [
     "MANIFEST", "CLASSES", "SPLITS", "SHARDS_DIR", "MANIFEST_COLUMNS", "SHIFT_COLUMNS",
     "ShardWriter", "write_manifest", "write_classes",
     "read_manifest", "read_classes", "read_splits", "iter_records", "read_image_bytes", "decode_image",
-    "open_image", "verify_dataset", "ShardImageDataset",
+    "open_image", "verify_dataset", "ShardImageDataset", "use_validated", "validation_field",
 ]
 
 MANIFEST = "manifest.parquet"
@@ -44,6 +46,10 @@ MANIFEST_COLUMNS = ("id", "source_path", "label", "label_idx", "split", "sha256"
                     "bytes", "shard", "offset", "length", "in_budget")
 SHIFT_COLUMNS = ("corruption", "severity", "origin_id")  # added by a shift/"current" set
 _BLOCK = tarfile.BLOCKSIZE
+log = get_logger(__name__)
+# Image ids each dataset directory (resolved) leaves out of every read in this process: the validation
+# gate's quarantine, set once at the start of a stage by use_validated().
+_QUARANTINED: dict[Path, frozenset[str]] = {}
 
 
 class ShardWriter:
@@ -144,7 +150,44 @@ def read_manifest(dataset_dir: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks columns {missing}")
+    quarantined = _QUARANTINED.get(Path(dataset_dir).resolve())
+    if quarantined:
+        manifest = manifest[~manifest["id"].isin(quarantined)].reset_index(drop=True)
     return manifest
+
+
+def validation_field() -> Any:
+    """The ``validation`` argument of every stage after validate (see use_validated)."""
+    return field(default=None, metadata={"help": "validate's metrics.json: stop unless the gate passed, and leave "
+                                                 "out the images it quarantined (default: no gate)"})
+
+
+def use_validated(dataset_dir: str | os.PathLike, validation: str | os.PathLike | None) -> int:
+    """Stop unless the validation gate passed; leave its quarantined images out of every later read.
+
+    Every stage after ``validate`` calls this first, so no training starts on data that failed the
+    gate, and images quarantined by ``validate.corrupt_policy: quarantine`` are never decoded.
+
+    Args:
+        dataset_dir: the dataset directory the gate validated.
+        validation: the validate stage's metrics.json; None uses the dataset as ingested (no gate).
+    Returns:
+        How many images are left out.
+    Raises:
+        ValueError: the gate failed (its failed checks are named).
+    """
+    if validation is None:
+        return 0
+    gate = read_json(validation)
+    if not gate.get("passed"):
+        raise ValueError(f"{validation}: the validation gate failed ({', '.join(gate.get('failed_critical', []))}); "
+                         f"fix the data and re-run `tlops validate` before this stage")
+    quarantined = frozenset(entry["id"] for entry in gate.get("quarantine", []))
+    _QUARANTINED[Path(dataset_dir).resolve()] = quarantined
+    if quarantined:
+        log.info("%s: leaving out %d images quarantined by the validation gate (%s)", dataset_dir, len(quarantined),
+                 validation)
+    return len(quarantined)
 
 
 def read_classes(dataset_dir: str | os.PathLike) -> list[str]:

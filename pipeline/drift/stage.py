@@ -25,6 +25,7 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import DriftParams, Params
+from pipeline.data.shards import use_validated, validation_field
 from pipeline.project import main_checkout
 from pipeline.drift.describe import describe_shifts, moved_words
 from pipeline.drift.inputs import SetOutputs, current_descriptors, load_model, reference_descriptors, set_outputs
@@ -49,6 +50,7 @@ class Args:
     report_dir: Path = field(metadata={"help": "folder for report.html, evidently.html/.json, outliers.png"})
     workspace: Path = field(metadata={"help": "Evidently Workspace folder (relative to the main checkout, shared "
                                               "by all runs); this run's snapshot is added"})
+    validation: Path | None = validation_field()
 
 
 def run(params: Params, args: Args) -> dict:
@@ -60,6 +62,7 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: drift_detected, p-value, descriptors moved, accuracy, report paths.
     """
+    use_validated(args.dataset, args.validation)
     cfg = params.drift
     seed_everything(params.common.seed)
     started = time.perf_counter()
