@@ -183,8 +183,8 @@ class FreezeParams(Section):
         "auto", description="auto picks strategy and depth from data size, classes and selection scores")
     depth: int | None = Field(None, ge=0, description="blocks kept frozen (partial; floor of gradual/lp_ft); "
                                                       "None: 0 for gradual/lp_ft, the auto rule's choice for auto")
-    epochs: int = Field(8, ge=1, le=1000, description="epochs of the fine-tune phase (full/partial/gradual/lp_ft)")
-    lp_epochs: int = Field(20, ge=1, le=1000, description="epochs of the linear probe (linear_probe, lp_ft)")
+    epochs: int = Field(5, ge=1, le=1000, description="epochs of the fine-tune phase (full/partial/gradual/lp_ft)")
+    lp_epochs: int = Field(10, ge=1, le=1000, description="epochs of the linear probe (linear_probe, lp_ft)")
     lr: float = Field(3e-4, gt=0, le=10, description="head lr while fine-tuning; lower blocks get lr * decay^depth")
     lp_lr: float = Field(1e-2, gt=0, le=10, description="head lr of the linear probe phase")
     layer_decay: float = Field(0.7, gt=0, le=1, description="layer-wise lr decay per block below the head")
@@ -230,12 +230,12 @@ class BaselineParams(Section):
 class EvaluateParams(Section):
     """Transfer vs scratch: metrics, label efficiency, robustness, interpretation (pipeline/evaluate.py)."""
 
-    budgets: list[int | None] = Field([1, 5, 10, 25, None], min_length=1,
+    budgets: list[int | None] = Field([1, 5, 25, None], min_length=1,
                                       description="label budgets of the curve: k train images per class; None = all")
     seeds: list[int] = Field([0, 1, 2], min_length=3, description="seeds per budget (>= 3 for an interval)")
     curve_transfer: Literal["linear_probe", "plan"] = Field(
         "linear_probe", description="transfer side of the curve: cached-feature linear probe, or the freeze plan")
-    curve_steps: int = Field(40, ge=1, le=100000, description="optimizer steps of every curve run (both sides)")
+    curve_steps: int = Field(25, ge=1, le=100000, description="optimizer steps of every curve run (both sides)")
     curve_image_size: int | None = Field(32, ge=8, le=1024, description="input side of the curve runs; None = common")
     curve_val_per_class: int | None = Field(10, ge=1, description="val images per class picking each run's best "
                                                                   "epoch; None = all")
