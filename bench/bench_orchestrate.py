@@ -32,16 +32,19 @@ def main() -> None:
         from flows.retrain import retrain  # after PREFECT_HOME: Prefect reads its settings on import
 
         walls = {}
-        for label in ("full", "noop_rerun"):
-            started = time.perf_counter()
-            result = retrain(reason=f"bench {label}")
-            wall = time.perf_counter() - started
-            stage_seconds = sum(s["seconds"] for s in result["stages"])
-            walls[label] = wall
-            report.emit(run=label, wall_s=round(wall, 2), stages_s=round(stage_seconds, 2),
-                        overhead_s=round(wall - stage_seconds, 2),
-                        overhead_share=round((wall - stage_seconds) / wall, 3),
-                        ran=[s["stage"] for s in result["stages"] if s["status"] == "ran"])
+        try:
+            for label in ("full", "noop_rerun"):
+                started = time.perf_counter()
+                result = retrain(reason=f"bench {label}")
+                wall = time.perf_counter() - started
+                stage_seconds = sum(s["seconds"] for s in result["stages"])
+                walls[label] = wall
+                report.emit(run=label, wall_s=round(wall, 2), stages_s=round(stage_seconds, 2),
+                            overhead_s=round(wall - stage_seconds, 2),
+                            overhead_share=round((wall - stage_seconds) / wall, 3),
+                            ran=[s["stage"] for s in result["stages"] if s["status"] == "ran"])
+        finally:
+            os.chdir(ROOT)  # leave the temporary project before it is deleted (torch will not load from a gone cwd)
         report.emit(noop_rerun_over_full=round(walls["noop_rerun"] / walls["full"], 3))
     report.save()
 
