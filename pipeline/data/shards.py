@@ -159,7 +159,7 @@ def read_manifest(dataset_dir: str | os.PathLike) -> pd.DataFrame:
 def validation_field() -> Any:
     """The ``validation`` argument of every stage after validate (see use_validated)."""
     return field(default=None, metadata={"help": "validate's metrics.json: stop unless the gate passed, and leave "
-                                                 "out the images it quarantined (default: no gate)"})
+                                                 "out the images it quarantined (None in code: no gate)"})
 
 
 def use_validated(dataset_dir: str | os.PathLike, validation: str | os.PathLike | None) -> int:
