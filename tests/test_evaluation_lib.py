@@ -185,10 +185,12 @@ def _tiny_metrics() -> dict:
     scores = {"n": 10, "accuracy": 0.8, "macro_f1": 0.7812, "ece": 0.0421, "confusion": [[4, 1], [1, 4]],
               "per_class": {"a": {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 5}}}
     return {"verdict": "negative", "verdict_reason": "at 10/class: scratch wins",
+            "test_accuracy": {"finetuned": 0.81, "scratch": 0.93},
             "models": {"test": {"finetuned": scores}, "shift": {"finetuned": scores}},
             "cost": {"finetuned": {"trainable_params": 12810, "train_seconds": 3.5, "images_per_s": 99.1}},
             "label_efficiency": {"curve": [{"name": "10/class", "budget": 10, "n_labels": 20, "transfer": side,
                                             "scratch": scratch, "gain": 0.5, "verdict": "positive"}],
+                                 "steps": 25, "image_size": 32,
                                  "labels_saved": {"bound": "never", "reference": "10/class", "target_accuracy": 0.3,
                                                   "labels_needed": None}},
             "time_saved": {"target_accuracy": 0.5, "transfer_s": 1.25, "scratch_s": 9.5, "reached": "yes"}}
@@ -203,6 +205,9 @@ def test_report_puts_the_summary_first_embeds_figures_and_holds_every_number(tmp
     html = write_report(tmp_path / "r" / "report.html", metrics, {"fgsm": png}).read_text()
     assert html.index("NEGATIVE") < html.index("With 10 labels per class (20 images), transfer reaches 0.8")
     assert "scratch 0.3 (0.2-0.4)" in html and html.count("data:image/png;base64,") == 1
+    # the trained models side by side: a scratch model ahead with all labels is said, not hidden by the curve
+    assert "the fine-tuned model reaches 0.81 test accuracy and scratch 0.93: scratch is ahead" in html
+    assert "(25 steps at 32 px)" in html and "transfer 1.25 s, scratch 9.5 s" in html
     assert all(f">{fmt(v)}<" in html for v in flatten(metrics).values())
     assert flatten({"a": [{"b": 1}], "c": None}) == {"a.0.b": 1, "c": None}
 
