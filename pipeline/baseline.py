@@ -15,7 +15,7 @@ the baseline too, so that the comparison stays fair).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.common.device import select_device
@@ -77,7 +77,8 @@ def _epochs(params: Params, args: Args, setup: Setup, ids: list[str]) -> tuple[i
         return epochs, (f"{steps} optimizer steps asked ({source}), "
                         f"{epochs * steps_per_epoch(len(ids), batch)} in whole epochs")
     target = _finetune_metric(args.finetuned, "train_seconds")
-    probe = train_one(setup, None, False, params.common.seed, None, ids, epochs=1, lr=cfg.lr, score_test=False)
+    probe = train_one(replace(setup, checkpoints=None), None, False, params.common.seed, ids, epochs=1, lr=cfg.lr,
+                      score_test=False)
     per_epoch = probe.fit.history[0]["seconds"]
     epochs = max(1, round(target / per_epoch))
     return epochs, f"{target:.1f}s of training (the fine-tune's) at {per_epoch:.1f}s per scratch epoch"
@@ -102,7 +103,7 @@ def run(params: Params, args: Args) -> dict:
                   select_device(common.device), Path(args.checkpoints), common.num_workers)
     epochs, why = _epochs(params, args, setup, ids)
     log.info("scratch baseline %s: %d epochs on %d images = %s, lr %g", plan.model, epochs, len(ids), why, cfg.lr)
-    trained = train_one(setup, None, False, common.seed, "scratch", ids, epochs=epochs, lr=cfg.lr)
+    trained = train_one(setup, None, False, common.seed, ids, epochs=epochs, lr=cfg.lr)
     return _write_outputs(params, args, plan, classes, trained, why, len(ids))
 
 

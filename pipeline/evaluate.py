@@ -16,7 +16,6 @@ the fine-tuned and baseline model cards, so that they match the models being com
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,12 +128,11 @@ def run(params: Params, args: Args) -> dict:
     loop_cfg = FinetuneParams(**finetuned.card["params"]["finetune"])
     probe_epochs, probe_lr = _probe_settings(plan)
     budget = read_manifest(args.dataset).query("split == 'train' and in_budget")["id"].tolist()
-    with tempfile.TemporaryDirectory(prefix="tlops-evaluate-") as work:
-        setup = Setup(Path(args.dataset), plan.model, len(classes), common.image_size, loop_cfg, device, Path(work),
-                      common.num_workers)
-        probe = train_one(setup, None, True, common.seed, None, budget, epochs=probe_epochs, lr=probe_lr,
-                          score_test=False)
-        curve = _curve(params, setup, plan, probe_lr, scratch.card["params"]["baseline"]["lr"])
+    # every run here is throwaway (none is resumed or kept), so none writes checkpoints
+    setup = Setup(Path(args.dataset), plan.model, len(classes), common.image_size, loop_cfg, device, None,
+                  common.num_workers)
+    probe = train_one(setup, None, True, common.seed, budget, epochs=probe_epochs, lr=probe_lr, score_test=False)
+    curve = _curve(params, setup, plan, probe_lr, scratch.card["params"]["baseline"]["lr"])
     subjects = {"finetuned": _subject("finetuned", finetuned),
                 "linear_probe": Subject("linear_probe", probe.model.eval(), common.image_size,
                                         finetuned.card["mean"], finetuned.card["std"], device),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -41,7 +41,7 @@ class Setup:
     image_size: int
     cfg: FinetuneParams  # the fine-tune's loop settings (batch, optimizer, augmentation, ...)
     device: torch.device
-    work_dir: Path  # checkpoints of the runs go below it
+    checkpoints: Path | None  # checkpoint folder of a kept run; None: throwaway runs write none
     num_workers: int = 0
 
 
@@ -94,7 +94,7 @@ def _data(setup: Setup, train_ids: Sequence[str] | None, val_ids: Sequence[str] 
         val=ShardImageDataset(setup.dataset, "val", plain, ids=val_ids), augmented=augment != "none")
 
 
-def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int, run_name: str | None,
+def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int,
               train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None, epochs: int = 1,
               lr: float = 1e-3, score_test: bool = True) -> Trained:
     """Build the model (pretrained or random), train it with the engine, and score it on the test split.
@@ -104,8 +104,6 @@ def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int
         plan: the plan to follow, or None for :func:`comparison_plan` (``epochs``, ``lr``).
         pretrained: load the zoo's pretrained weights (False: seeded random initialisation).
         seed: seed of the initialisation, the data order and the augmentation.
-        run_name: folder name of the run's checkpoints under ``setup.work_dir`` (None: no checkpoints,
-            for throwaway runs: an epoch of a tiny curve run costs less than writing its checkpoint).
         train_ids: the train images to use (default: the whole train split).
         val_ids: the val images that pick the best epoch (default: the whole val split).
         epochs: epochs of the comparison plan.
@@ -121,8 +119,7 @@ def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int
         plan = comparison_plan(setup.model_name, spec.blocks, block_param_counts(model, spec.blocks), pretrained,
                                epochs, lr, "eval_all" if pretrained else "train")
     data = _data(setup, train_ids, val_ids, spec.mean, spec.std)
-    ckpt_dir = setup.work_dir / run_name if run_name else None
-    ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=ckpt_dir, num_workers=setup.num_workers)
+    ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.checkpoints, num_workers=setup.num_workers)
     started = time.perf_counter()
     fit = Trainer(model, plan, data, setup.cfg, ctx).fit()
     seconds = time.perf_counter() - started
@@ -180,6 +177,9 @@ def curve_train_fn(setup: Setup, train_ids: Sequence[str], val_ids: Sequence[str
     Returns:
         ``train_fn(indices, seed, pretrained) -> {"accuracy", "train_seconds", "epochs"}``.
     """
+    # curve runs are throwaway: an epoch of a tiny run costs less than writing its checkpoint
+    throwaway = replace(setup, checkpoints=None)
+
     def train_fn(indices: Sequence[int], seed: int, pretrained: bool) -> dict:
         ids = [train_ids[i] for i in indices]
         if transfer_plan is not None:
@@ -187,7 +187,7 @@ def curve_train_fn(setup: Setup, train_ids: Sequence[str], val_ids: Sequence[str
         else:
             epochs = epochs_for_steps(steps, len(ids), setup.cfg.batch_size)
         plan = transfer_plan if pretrained else None
-        run = train_one(setup, plan, pretrained, seed, None, ids, val_ids, epochs,
+        run = train_one(throwaway, plan, pretrained, seed, ids, val_ids, epochs,
                         probe_lr if pretrained else scratch_lr)
         return {"accuracy": run.test["accuracy"], "train_seconds": round(run.seconds, 3), "epochs": epochs}
 
