@@ -5,7 +5,7 @@
 Data: scikit-learn's real digits, split in three disjoint thirds: one trains a logistic-regression
 head on pretrained efficientnet_lite0 embeddings (the stand-in for the fine-tuned model), one is the
 reference, one is the pool current batches are drawn from, clean (no shift: false-positive rate) or
-corrupted (pipeline.data.corruptions: detection rate). Embeddings and descriptors are cached in
+corrupted (pipeline.shift.corruptions: detection rate). Embeddings and descriptors are cached in
 bench/results/drift_cache_<size>px.npz after the first run.
 Reference measured in the same run: Evidently 0.7's own embedding-drift methods on the same no-shift
 draws (their false-positive rates; ratios to ours are reported).
@@ -33,20 +33,15 @@ MODEL = "efficientnet_lite0"
 
 def _embed_pool(image_size: int) -> dict[str, np.ndarray]:
     """Embed every digit clean, and the current third at each corruption x severity; profile them too."""
-    import torch
-
-    from pipeline.data.corruptions import corrupt, corruption_seed
-    from pipeline.data.shards import decode_image
+    from pipeline.data.images import decode_rgb
     from pipeline.data.sources.digits import DigitsSource
-    from pipeline.drift.embed import images_outputs
-    from pipeline.features import eval_transform
+    from pipeline.models import LoadedModel
+    from pipeline.shift.corruptions import corrupt, corruption_seed
     from pipeline.validation.profile import profile_image
-    from pipeline.zoo import create_model, get_spec
 
     records = list(DigitsSource(image_size).records())
-    clean = [decode_image(r.data) for r in records]
-    model = create_model(MODEL, num_classes=0)
-    transform = eval_transform(get_spec(MODEL), image_size)
+    clean = [decode_rgb(r.data) for r in records]
+    model = LoadedModel.pretrained(MODEL, 0, image_size)
     out = {"labels": np.array([int(r.label) for r in records])}
     third = 2 * len(records) // 3
     sets = {"clean": clean}
@@ -56,13 +51,13 @@ def _embed_pool(image_size: int) -> dict[str, np.ndarray]:
                 corrupt(im, corruption, severity, corruption_seed(0, r.source_path, corruption, severity))
                 for im, r in zip(clean[third:], records[third:])]
     for name, images in sets.items():
-        out[name], _ = images_outputs(model, images, transform, torch.device("cpu"), desc=f"embed {name}")
+        out[name] = model.embed(model.image_batches(images), desc=f"embed {name}")
         out[f"desc-{name}"] = np.array([[_descriptors(profile_image(_png(im)))] for im in images])[:, 0]
     return out
 
 
 def _png(image) -> bytes:
-    from pipeline.data.corruptions import encode_png
+    from pipeline.shift.corruptions import encode_png
 
     return encode_png(image)
 
@@ -161,7 +156,7 @@ def report_seconds(setup: Setup, size: int, permutations: int, workdir: Path) ->
     """Wall time of the stage's analysis + Evidently report for a current set of ``size`` images."""
     from pipeline.drift.describe import describe_shifts
     from pipeline.drift.outliers import domain_classifier_scores
-    from pipeline.drift.report import build_snapshot, report_frame, save_snapshot
+    from pipeline.drift.evidently import build_snapshot, report_frame, save_snapshot
     from pipeline.drift.tests import pca_project
 
     rng = np.random.default_rng(size)

@@ -21,7 +21,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from bench.report import BenchReport
 from pipeline.evaluation.interpret import PixelModel, adversarial_pair, fgsm_accuracy
 from pipeline.evaluation.metrics import classification_metrics
-from pipeline.zoo import create_model
+from pipeline.models import LoadedModel
 
 
 def _timed(fn, repeats: int = 3) -> tuple[float, object]:
@@ -52,7 +52,8 @@ def bench_metrics(report: BenchReport, n: int = 200_000, classes: int = 10) -> N
 def bench_attacks(report: BenchReport, images: int = 64, size: int = 64) -> None:
     """FGSM and an adversarial pair on lite0 against a clean forward pass."""
     torch.manual_seed(0)
-    model = PixelModel(create_model("efficientnet_lite0", 10, pretrained=True), (0.5,) * 3, (0.5,) * 3).eval()
+    loaded = LoadedModel.pretrained("efficientnet_lite0", 10, size)
+    model = PixelModel(loaded.network, loaded.preprocessing).eval()
     x, y = torch.rand(images, 3, size, size), torch.randint(0, 10, (images,))
     with torch.no_grad():
         clean_s, predicted = _timed(lambda: model(x).argmax(1), repeats=2)

@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench.report import BenchReport
 from pipeline.config import FinetuneParams, FreezeParams
-from pipeline.training.freezing import block_param_counts
-from pipeline.training.loop import RunContext, Trainer, TrainData, warmup_cosine
-from pipeline.training.plan import DataStats, make_plan
-from pipeline.zoo import create_model, get_spec
+from pipeline.freezing.blocks import block_param_counts
+from pipeline.freezing.plan import DataStats, make_plan
+from pipeline.models import LoadedModel, get_spec
+from pipeline.training.data import TrainData
+from pipeline.training.loop import RunContext, Trainer, warmup_cosine
 
 MODEL = "efficientnet_lite0"
 
@@ -42,7 +43,7 @@ def _data(images: int, size: int) -> TrainData:
 
 
 def _trainer(freeze: FreezeParams, cfg: FinetuneParams, data: TrainData, device: torch.device) -> Trainer:
-    model = create_model(MODEL, 10, pretrained=False, seed=0)
+    model = LoadedModel.scratch(MODEL, 10, 64, seed=0).network
     blocks = get_spec(MODEL).blocks
     plan = make_plan(freeze, MODEL, blocks, block_param_counts(model, blocks), DataStats(len(data.train), 10))
     ckpt = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
@@ -57,7 +58,7 @@ def pipeline_images_per_s(data: TrainData, cfg: FinetuneParams, device: torch.de
 
 def plain_images_per_s(data: TrainData, cfg: FinetuneParams, device: torch.device) -> float:
     """Images/s of a textbook PyTorch loop doing the same work (AdamW, smoothing, clipping, schedule)."""
-    model = create_model(MODEL, 10, pretrained=False, seed=0).to(device).train()
+    model = LoadedModel.scratch(MODEL, 10, 64, seed=0).network.to(device).train()
     loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         pin_memory=device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=FreezeParams().lr, weight_decay=cfg.weight_decay)

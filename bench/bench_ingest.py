@@ -46,7 +46,7 @@ def make_images(root: Path, count: int) -> None:
 def child_ingest(source: str, out: Path, endpoint: str | None) -> None:
     """Run the ingest stage in this (fresh) process and print seconds, images and peak RSS as JSON."""
     from pipeline.config import Params, apply_overrides, parse_overrides
-    from pipeline.ingest import Args, run
+    from pipeline.stages.ingest import Args, run
 
     overrides = [f"ingest.source={source}", "ingest.download_workers=8"]
     if endpoint:

@@ -22,19 +22,19 @@ from torch.utils.data import DataLoader
 from bench.report import BenchReport
 from pipeline.common.logs import setup_logging
 from pipeline.config import load_params
-from pipeline.data.shards import ShardImageDataset, read_classes
-from pipeline.features import eval_transform
-from pipeline.select import Args, run
-from pipeline.zoo import create_model, get_spec
+from pipeline.data.shards import read_classes
+from pipeline.models import LoadedModel
+from pipeline.stages.select import Args, run
 
 BATCH = 32
 
 
 def time_finetune_steps(name: str, dataset: Path, image_size: int, steps: int) -> tuple[float, int]:
     """Seconds per optimiser step of a full fine-tune of one candidate, and the train split size."""
-    data = ShardImageDataset(dataset, "train", eval_transform(get_spec(name), image_size))
+    loaded = LoadedModel.pretrained(name, len(read_classes(dataset)), image_size)
+    data = loaded.inputs(dataset, "train")
     loader = DataLoader(data, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
-    model = create_model(name, len(read_classes(dataset))).train()
+    model = loaded.network.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-4)
     batches = iter(loader)
     times = []

@@ -22,8 +22,9 @@ from flows.retrain import run_stage, version
 from pipeline.config import load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
-from pipeline.runs import RunWorkspace, run_name
-from pipeline.runsummary import drift_summary
+from pipeline.runs.naming import run_name
+from pipeline.runs.summary import drift_summary
+from pipeline.runs.workspace import RunWorkspace
 
 __all__ = ["drift_check"]
 
@@ -31,7 +32,7 @@ __all__ = ["drift_check"]
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
 def prepare(project: str, name: str, champion_tag: str, batch_source: str | None) -> str:
     """A worktree at the champion's run tag, its data and model checked out."""
-    overrides = {"ingest.shift.source": batch_source} if batch_source else {}
+    overrides = {"shift.source": batch_source} if batch_source else {}
     workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=champion_tag)
     workspace.checkout()
     return str(workspace.path)

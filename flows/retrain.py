@@ -15,9 +15,10 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.parameters import RetrainParameters
-from pipeline.project import find_root
-from pipeline.runs import RunWorkspace, TransientFailure, built_stages, run_name
-from pipeline.runsummary import render_summary, report_links
+from pipeline.project import built_stages, find_root
+from pipeline.runs.naming import run_name
+from pipeline.runs.summary import render_summary, report_links
+from pipeline.runs.workspace import RunWorkspace, TransientFailure
 
 __all__ = ["retrain", "RETRY_POLICY"]
 

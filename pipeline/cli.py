@@ -18,7 +18,7 @@ from typing import Sequence
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientError
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.config import ConfigError, load_params
-from pipeline.project import declared_options, dvc, dvc_status, find_root, main_checkout
+from pipeline.project import declared_options, declared_paths, dvc, dvc_stages, dvc_status, find_root, main_checkout
 from pipeline.stages import STAGES, get_stage
 
 __all__ = ["main"]
@@ -146,14 +146,11 @@ def _describe_changes(changes: list) -> str:
 
 
 def _print_outputs(root: Path) -> None:
-    import yaml
-
-    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
     print("\noutputs:")
-    for name, stage in stages.items():
-        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
-            path = next(iter(entry)) if isinstance(entry, dict) else entry
-            print(f"  {name:<10} {root / path}")
+    for name in dvc_stages(root):
+        for kind in ("outs", "metrics", "plots"):
+            for path in declared_paths(root, name, kind):
+                print(f"  {name:<10} {root / path}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ CorruptionName = Literal["gaussian_noise", "gaussian_blur", "contrast", "brightn
 
 
 class ShiftParams(Section):
-    """The domain-shift 'current' set (pipeline/shift.py): corruptions of the test split, or a new batch."""
+    """The domain-shift 'current' set (stage shift): corruptions of the test split, or a new batch."""
 
     source: str | None = Field(None, min_length=1,
                                description="null: corrupt the test split; else a new batch (any ingest source)")
@@ -79,7 +79,6 @@ class IngestParams(Section):
     retries: int = Field(5, ge=0, le=20, description="S3 retries with backoff on throttling and 5xx")
     allow_download: bool = Field(False, description="let torchvision:<Dataset> sources download from the internet")
     download_root: str = Field("~/.cache/tlops/torchvision", description="where torchvision datasets are kept")
-    shift: ShiftParams = ShiftParams()
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> "IngestParams":
@@ -146,19 +145,19 @@ class ValidateParams(Section):
 
 
 class SelectWeights(Section):
-    """Where a user-supplied candidate's weights are (pipeline/zoo/weights.py)."""
+    """Where a user-supplied candidate's weights are (pipeline/models/weights.py)."""
 
     uri: str = Field(..., min_length=1, description="local file, hub:<file in torch hub checkpoints>, "
                                                     "s3://bucket/key, or https:// URL (needs allow_download)")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$",
-                               description="full sha256 or >= 8-hex prefix; null = the zoo's known hash")
+                               description="full sha256 or >= 8-hex prefix; null = the catalog's known hash")
 
 
 class SelectParams(Section):
     """Candidates, budgets and scoring for model selection (pipeline/select.py)."""
 
     candidates: list[str] = Field(["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], min_length=1,
-                                  description="zoo names, timm:<arch>, or <name>.random_init (a control)")
+                                  description="catalog names, timm:<arch>, or <name>.random_init (a control)")
     weights: dict[str, SelectWeights] = Field({}, description="candidate name -> user-supplied weights")
     allow_download: bool = Field(False, description="fetch missing weights from their https:// URL")
     hub_dir: str | None = Field(None, description="torch hub folder; null = torch.hub.get_dir()")
@@ -308,6 +307,7 @@ class Params(Section):
     common: CommonParams = CommonParams()
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    shift: ShiftParams = ShiftParams()
     select: SelectParams = SelectParams()
     freeze: FreezeParams = FreezeParams()
     finetune: FinetuneParams = FinetuneParams()

@@ -15,14 +15,18 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["find_root", "main_checkout", "declared_options", "dvc", "dvc_status"]
+from pipeline.stages import STAGES
+
+__all__ = ["DVC_YAML", "find_root", "main_checkout", "dvc_stages", "built_stages", "declared_options",
+           "declared_paths", "dvc", "dvc_status"]
+DVC_YAML = "dvc.yaml"
 
 
 def find_root(start: Path | None = None) -> Path:
     """Return the nearest directory at or above ``start`` (default: cwd) that holds dvc.yaml."""
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
+        if (candidate / DVC_YAML).is_file():
             return candidate
     raise FileNotFoundError(f"no dvc.yaml in {here} or any parent: run tlops inside the project")
 
@@ -35,9 +39,26 @@ def main_checkout(root: Path) -> Path:
     return Path(out.stdout.strip()).parent if out.returncode == 0 else root
 
 
+def dvc_stages(root: Path) -> dict[str, dict]:
+    """The ``stages`` of ``<root>/dvc.yaml``: the one place dvc.yaml is read."""
+    return (yaml.safe_load((Path(root) / DVC_YAML).read_text()) or {}).get("stages") or {}
+
+
+def built_stages(root: Path) -> list[str]:
+    """The stages of the chain that dvc.yaml declares, in chain order."""
+    declared = dvc_stages(root)
+    return [spec.name for spec in STAGES if spec.name in declared]
+
+
+def declared_paths(root: Path, stage: str, kind: str) -> list[str]:
+    """The paths a stage declares under ``kind`` (``deps``, ``outs``, ``metrics`` or ``plots``)."""
+    entries = dvc_stages(root).get(stage, {}).get(kind, [])
+    return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries]
+
+
 def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
     """Parse the ``--option value`` pairs (and bare ``--flag``s) of a stage's cmd in dvc.yaml."""
-    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    stages = dvc_stages(root)
     if stage not in stages:
         return {}
     tokens = shlex.split(stages[stage]["cmd"])

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.baseline import _finetune_metric
-from pipeline.evaluation.runner import comparison_plan, epochs_for_steps, steps_per_epoch
+from pipeline.stages.baseline import _finetune_metric
+from pipeline.training.recipes import comparison_plan, epochs_for_steps, steps_per_epoch
 
 BLOCKS = ["stem", "body", "head"]
 

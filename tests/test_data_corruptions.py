@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.corruptions import CORRUPTIONS, SEVERITY_TABLE, corrupt, corruption_seed
+from pipeline.shift.corruptions import CORRUPTIONS, SEVERITY_TABLE, corrupt, corruption_seed
 
 
 def _digit_like(size: int = 32) -> Image.Image:

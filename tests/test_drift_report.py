@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.drift.report import build_snapshot, report_frame, save_snapshot, write_review_page
+from pipeline.drift.evidently import build_snapshot, report_frame, save_snapshot
+from pipeline.drift.review import write_review_page
 from pipeline.drift.workspace import PROJECT_NAME, add_snapshot, start_ui, wait_until_serving
 from flows.server import free_port
 

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import ingest, shift
+from pipeline.stages import ingest, shift
 from pipeline.cli import main
 from pipeline.config import validate_params
 from pipeline.data.shards import read_classes
 from pipeline.data.sources.digits import DigitsSource
-from pipeline.training.modelcard import save_model
-from pipeline.validate import profile_dataset
-from pipeline.zoo import create_model, get_spec
+from pipeline.validation.profile import profile_dataset
+from pipeline.models import LoadedModel
 from tests.support.gate import passed_gate
 
 MODEL = "efficientnet_lite0"
@@ -35,18 +34,17 @@ def chain(tmp_path_factory) -> dict[str, Path]:
         (work / "imgs" / record.label).mkdir(parents=True, exist_ok=True)
         (work / "imgs" / record.label / f"{i}.png").write_bytes(record.data)
     params = validate_params({"common": {"image_size": 32},
-                              "ingest": {"source": str(work / "imgs"), "val_fraction": 0.3, "test_fraction": 0.3,
-                                         "shift": {"corruptions": ["gaussian_noise"], "severities": [5]}}})
+                              "ingest": {"source": str(work / "imgs"), "val_fraction": 0.3, "test_fraction": 0.3},
+                              "shift": {"corruptions": ["gaussian_noise"], "severities": [5]}})
     p = {name: work / name for name in ("dataset", "current", "model")}
     ingest.run(params, ingest.Args(dataset=p["dataset"], metrics=work / "i.json", report_dir=work / "ri"))
     shift.run(params, shift.Args(dataset=p["dataset"], current=p["current"], metrics=work / "s.json",
                                  report_dir=work / "rs"))
     p["profile"] = work / "profile.parquet"
     profile_dataset(p["dataset"], params.validate_).to_parquet(p["profile"])
-    spec = get_spec(MODEL)  # a real pretrained backbone; its head is untrained, which drift does not mind
+    # a real pretrained backbone; its head is untrained, which drift does not mind
     classes = read_classes(p["dataset"])
-    save_model(p["model"], create_model(MODEL, len(classes)), {"model": MODEL, "classes": classes, "input_size": 32,
-                                                               "mean": list(spec.mean), "std": list(spec.std)})
+    LoadedModel.pretrained(MODEL, len(classes), 32, classes=classes).save(p["model"], {})
     return p
 
 

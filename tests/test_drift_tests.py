@@ -114,24 +114,17 @@ def test_bad_input_is_named():
 @pytest.fixture(scope="module")
 def digit_embeddings():
     """Pretrained efficientnet_lite0 embeddings of 300 real digits, clean and with heavy noise."""
-    import torch
-
-    from pipeline.data.corruptions import corrupt, corruption_seed
-    from pipeline.data.shards import decode_image
+    from pipeline.data.images import decode_rgb
     from pipeline.data.sources.digits import DigitsSource
-    from pipeline.drift.embed import images_outputs
-    from pipeline.features import eval_transform
-    from pipeline.zoo import create_model, get_spec
+    from pipeline.models import LoadedModel
+    from pipeline.shift.corruptions import corrupt, corruption_seed
 
     records = list(DigitsSource(32).records())[:300]
-    clean = [decode_image(r.data) for r in records]
+    clean = [decode_rgb(r.data) for r in records]
     noisy = [corrupt(im, "gaussian_noise", 5, corruption_seed(0, r.source_path, "gaussian_noise", 5))
              for im, r in zip(clean[250:], records[250:])]
-    model = create_model("efficientnet_lite0", num_classes=0)
-    transform = eval_transform(get_spec("efficientnet_lite0"), 32)
-    clean_emb, _ = images_outputs(model, clean, transform, torch.device("cpu"))
-    noisy_emb, _ = images_outputs(model, noisy, transform, torch.device("cpu"))
-    return clean_emb, noisy_emb
+    model = LoadedModel.pretrained("efficientnet_lite0", 0, 32)
+    return model.embed(model.image_batches(clean)), model.embed(model.image_batches(noisy))
 
 
 @pytest.mark.slow

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import baseline, finetune, ingest, shift
+from pipeline.stages import baseline, finetune, ingest, shift
 from pipeline.cli import main as tlops
 from pipeline.config import Params, validate_params
 from pipeline.data.shards import read_manifest, write_manifest
 from pipeline.evaluation.label_efficiency import run_curve, summarise_curve
 from pipeline.evaluation.report import flatten, fmt
-from pipeline.evaluation.runner import Setup, curve_train_fn
+from pipeline.evaluation.label_efficiency import curve_train_fn
+from pipeline.training.recipes import Setup
 from pipeline.evaluation.verdict import overall_verdict
-from pipeline.training.freezing import block_param_counts
-from pipeline.training.plan import FreezePlan, build_phases
-from pipeline.zoo import create_model, get_spec
+from pipeline.freezing.blocks import block_param_counts
+from pipeline.freezing.plan import FreezePlan, build_phases
+from pipeline.models import LoadedModel, get_spec
 from tests.support.gate import passed_gate
 
 pytestmark = pytest.mark.slow  # trains real networks (tiny budgets, 32 px)
@@ -31,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite0"
 SMALL = {
     "common": {"image_size": 32},
-    "ingest": {"digits_size": 32, "budget_per_class": 5,
-               "shift": {"corruptions": ["gaussian_noise"], "severities": [5]}},
+    "ingest": {"digits_size": 32, "budget_per_class": 5},
+    "shift": {"corruptions": ["gaussian_noise"], "severities": [5]},
     "freeze": {"lp_epochs": 5},
     "finetune": {"augment": "none", "batch_size": 32},
     "baseline": {"steps": 4},
@@ -47,7 +48,7 @@ OVERRIDES = [f"{section}.{key}={json.dumps(value)}" for section, values in SMALL
 def _probe_plan(params: Params) -> FreezePlan:
     """A linear-probe freeze plan for the test backbone (what `tlops freeze` writes for few labels)."""
     spec = get_spec(MODEL)
-    counts = block_param_counts(create_model(MODEL, 10, pretrained=False), spec.blocks)
+    counts = block_param_counts(LoadedModel.scratch(MODEL, 10, 32).network, spec.blocks)
     phases = build_phases("linear_probe", len(spec.blocks) - 1, params.freeze, spec.blocks, counts)
     return FreezePlan(model=MODEL, strategy="linear_probe", requested="linear_probe", blocks=list(spec.blocks),
                       bn_policy="eval_all", phases=phases, block_params=counts, why=["test plan"])
@@ -139,7 +140,8 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
     manifest = read_manifest(dataset)
     train, val = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"]
     params = validate_params(SMALL)
-    setup = Setup(dataset, MODEL, 10, 32, params.finetune, torch.device("cpu"), chain["work"] / "rl")
+    classes = [str(c) for c in range(10)]
+    setup = Setup(dataset, MODEL, classes, 32, params.finetune, torch.device("cpu"), chain["work"] / "rl")
     train_fn = curve_train_fn(setup, train["id"].tolist(), val["id"].tolist()[:20], 8, 0.01, 0.003)
     rows = run_curve(train["label_idx"].to_numpy(), [2], [0, 1, 2], train_fn)
     summary = summarise_curve(rows)

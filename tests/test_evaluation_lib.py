@@ -16,12 +16,13 @@ from pipeline.evaluation.label_efficiency import (labels_saved, run_curve, sampl
 from pipeline.evaluation.metrics import (classification_metrics, confusion_matrix, expected_calibration_error,
                                          interval, per_class_scores)
 from pipeline.evaluation.verdict import compare_intervals, overall_verdict
+from pipeline.models import Preprocessing
 
 
 def test_per_class_scores_match_sklearn():
     rng = np.random.default_rng(0)
     y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 3, 200)  # class 3 is never predicted
-    scores = per_class_scores(confusion_matrix(y_true, y_pred, 4))
+    scores = per_class_scores(y_true, y_pred, 4)
     ref = precision_recall_fscore_support(y_true, y_pred, labels=range(4), zero_division=0)
     for mine, theirs in zip(("precision", "recall", "f1", "support"), ref):
         np.testing.assert_allclose(scores[mine], theirs)
@@ -143,7 +144,7 @@ def stripes_model():
     images = (base[labels] * 0.6 + 0.2 + 0.1 * torch.rand(64, 3, 16, 16)).clamp(0, 1)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
                         nn.Linear(128, 2))
-    model = PixelModel(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    model = PixelModel(net, Preprocessing(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(60):
         loss = nn.functional.cross_entropy(model(images), labels)
@@ -213,7 +214,7 @@ def test_report_puts_the_summary_first_embeds_figures_and_holds_every_number(tmp
 
 
 def test_elapsed_curve_charges_the_overhead_up_front_for_cached_runs_else_spreads_it():
-    from pipeline.evaluation.runner import elapsed_curve
+    from pipeline.evaluation.label_efficiency import elapsed_curve
 
     history = [{"epoch": 1, "seconds": 1.0, "val_accuracy": 0.5}, {"epoch": 2, "seconds": 1.0, "val_accuracy": 0.6}]
     assert [p["elapsed_s"] for p in elapsed_curve(history, 10.0, upfront=True)] == [9.0, 10.0]

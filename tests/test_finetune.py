@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.data.shards import ShardImageDataset
-from pipeline.training.modelcard import load_for_inference
+from pipeline.data.images import decode_rgb
+from pipeline.data.shards import iter_records
+from pipeline.models import LoadedModel
 from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
 
 PARAMS = """
@@ -70,15 +71,15 @@ def test_finetune_writes_model_card_metrics_history_and_curves(workdir, uninterr
     assert [r["phase"] for r in rows] == ["linear_probe"] * 2 + ["finetune"] * 3
     assert Image.open(workdir / "a/curves.png").format == "PNG"
 
-    loaded = load_for_inference(workdir / "a/model")
+    loaded = LoadedModel.load(workdir / "a/model")
     card = loaded.card
     assert card["model"] == TINY_MODEL and card["classes"] == ["0", "1", "2"]
     assert card["freeze_plan"]["strategy"] == "lp_ft" and card["weights"]["uri"] == "random-init"
     assert card["data"]["train_images"] == 36 and len(card["data"]["version"]) == 64
     assert card["metrics"]["val_accuracy"] == metrics["val_accuracy"]
-    test = ShardImageDataset(workdir / "ds", "test")
-    names, probs = loaded.predict([test[i][0] for i in range(len(test))])
-    accuracy = sum(name == str(test[i][1]) for i, name in enumerate(names)) / len(test)
+    test = list(iter_records(workdir / "ds", "test"))
+    names, probs = loaded.predict_images([decode_rgb(data) for _, data in test])
+    accuracy = sum(name == row["label"] for (row, _), name in zip(test, names)) / len(test)
     assert accuracy == pytest.approx(metrics["test_accuracy"]) and probs.shape == (12, 3)
 
 
@@ -90,7 +91,7 @@ def test_a_changed_state_dict_is_refused(workdir, uninterrupted, tmp_path):
     with open(copy / "model.pt", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ValueError, match="model.pt: sha256 differs"):
-        load_for_inference(copy)
+        LoadedModel.load(copy)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(workdir, uninterrupted, monkeypatch):

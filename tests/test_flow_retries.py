@@ -7,7 +7,7 @@ from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.retrain import RETRY_POLICY
-from pipeline.runs import StageFailed, TransientFailure
+from pipeline.runs.workspace import StageFailed, TransientFailure
 
 
 @pytest.fixture(scope="module", autouse=True)

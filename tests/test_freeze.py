@@ -9,9 +9,9 @@ from torch import nn
 
 from pipeline.cli import main
 from pipeline.config import FreezeParams
-from pipeline.training.freezing import block_lrs, block_of, block_param_counts, freeze_to, param_groups, set_train_mode
-from pipeline.training.plan import DataStats, auto_choice, build_phases, load_plan, make_plan
-from pipeline.zoo import create_model, get_spec
+from pipeline.freezing.blocks import block_lrs, block_of, block_param_counts, freeze_to, param_groups, set_train_mode
+from pipeline.freezing.plan import DataStats, auto_choice, build_phases, load_plan, make_plan
+from pipeline.models import LoadedModel, get_spec
 from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
 
 BLOCKS = ("conv_stem+bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4+conv_head+bn2", "classifier")
@@ -19,10 +19,10 @@ BLOCKS = ("conv_stem+bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "bloc
 
 @pytest.fixture(scope="module")
 def tiny() -> nn.Module:
-    return create_model(TINY_MODEL, 3, pretrained=False)
+    return LoadedModel.scratch(TINY_MODEL, 3, 32).network
 
 
-def test_blocks_cover_the_tiny_model_as_the_zoo_declares():
+def test_blocks_cover_the_tiny_model_as_the_catalog_declares():
     assert get_spec(TINY_MODEL).blocks == BLOCKS
 
 
@@ -131,7 +131,7 @@ def test_freeze_stage_writes_a_plan_that_loads_back(tmp_path, monkeypatch):
     assert plan.weights == {"uri": "random-init", "sha256": None}
     assert any("probe accuracy" in reason for reason in plan.why)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["total_params"] == sum(p.numel() for p in create_model(TINY_MODEL, 3).parameters())
+    assert metrics["total_params"] == sum(p.numel() for p in LoadedModel.scratch(TINY_MODEL, 3, 32).network.parameters())
 
 
 def test_freeze_stage_errors_name_the_file(tmp_path, monkeypatch, capsys):

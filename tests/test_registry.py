@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.promote import promotion_decision
+from pipeline.stages.promote import promotion_decision
 from pipeline.registry import open_registry
 from tests.support.s3server import make_client
 

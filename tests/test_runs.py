@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.runs import RunWorkspace, StageFailed, run_name
+from pipeline.runs.naming import run_name
+from pipeline.runs.workspace import RunWorkspace, StageFailed
 
 # A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
 # versioning mechanics are tested in seconds without training anything.

@@ -14,9 +14,11 @@ from PIL import Image
 
 from pipeline.config import Params
 from pipeline.data.shards import SHARDS_DIR, ShardWriter, write_classes, write_manifest
-from pipeline.features import get_features
-from pipeline.select import Args, rank_candidates, run
-from pipeline.zoo.scoring import logme
+from pipeline.models import LoadedModel
+from pipeline.models.feature_cache import cached_embeddings
+from pipeline.selection.candidates import rank_candidates
+from pipeline.stages.select import Args, run
+from pipeline.selection.scoring import logme
 
 PER_CLASS = 10  # 7 classes x 10 train crops, 64 px: seconds per candidate on a small CPU
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "brick", "grass", "gravel")
@@ -109,7 +111,7 @@ def test_selection_is_deterministic_and_features_are_cached(photo_dataset, tmp_p
     assert all(r["cost"]["features_cached"] for r in second["ranking"])
     assert not any(r["cost"]["features_cached"] for r in first["ranking"])
     # A different input size is a different cache entry, never a stale hit.
-    fs = get_features("efficientnet_lite0", photo_dataset, cache, split="val", image_size=40)
+    fs = cached_embeddings(LoadedModel.pretrained("efficientnet_lite0", 0, 40), photo_dataset, cache, split="val")
     assert fs.seconds > 0 and fs.features.shape == (14, 1280)
 
 

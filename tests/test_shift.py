@@ -42,7 +42,7 @@ def _shift(dataset: Path, out: Path, *overrides: str) -> int:
 
 
 def test_grid_corrupts_every_test_image_at_every_level_reproducibly(dataset, tmp_path):
-    settings = ("ingest.shift.corruptions=[jpeg, rotation, gaussian_noise]", "ingest.shift.severities=[1, 5]")
+    settings = ("shift.corruptions=[jpeg, rotation, gaussian_noise]", "shift.severities=[1, 5]")
     assert _shift(dataset, tmp_path / "a", *settings) == 0
     source, current = read_manifest(dataset), read_manifest(tmp_path / "a" / "current")
     test_ids = set(source.loc[source["split"] == "test", "id"])
@@ -61,7 +61,7 @@ def test_grid_corrupts_every_test_image_at_every_level_reproducibly(dataset, tmp
 
 
 def test_random_assignment_gives_one_seeded_pair_per_image(dataset, tmp_path):
-    assert _shift(dataset, tmp_path, "ingest.shift.assignment=random", "ingest.shift.include_clean=false") == 0
+    assert _shift(dataset, tmp_path, "shift.assignment=random", "shift.include_clean=false") == 0
     current = read_manifest(tmp_path / "current")
     assert current["origin_id"].is_unique and (current["severity"] >= 1).all()
     assert current["corruption"].nunique() > 1
@@ -71,11 +71,11 @@ def test_new_batch_becomes_the_current_set(dataset, tmp_path, capsys):
     for i in range(4):
         (tmp_path / "batch" / "c1").mkdir(parents=True, exist_ok=True)
         (tmp_path / "batch" / "c1" / f"{i}.png").write_bytes(good_png(500 + i, 12))
-    assert _shift(dataset, tmp_path, f"ingest.shift.source={tmp_path / 'batch'}") == 0
+    assert _shift(dataset, tmp_path, f"shift.source={tmp_path / 'batch'}") == 0
     current = read_manifest(tmp_path / "current")
     assert len(current) == 4 and set(current["label_idx"]) == {1} and set(current["corruption"]) == {"none"}
     (tmp_path / "batch" / "zebra").mkdir()
     (tmp_path / "batch" / "zebra" / "z.png").write_bytes(good_png(900, 12))
     capsys.readouterr()
-    assert _shift(dataset, tmp_path, f"ingest.shift.source={tmp_path / 'batch'}") == 2
+    assert _shift(dataset, tmp_path, f"shift.source={tmp_path / 'batch'}") == 2
     assert "label 'zebra' (e.g. " in capsys.readouterr().err

@@ -11,10 +11,11 @@ from torch import nn
 
 from pipeline.config import FinetuneParams, FreezeParams
 from pipeline.training.featcache import cache_views
-from pipeline.training.freezing import block_of, block_param_counts
-from pipeline.training.loop import Precision, RunContext, Trainer, TrainData
-from pipeline.training.plan import DataStats, FreezePlan, make_plan
-from pipeline.zoo import create_model, get_spec
+from pipeline.freezing.blocks import block_of, block_param_counts
+from pipeline.training.data import TrainData
+from pipeline.training.loop import Precision, RunContext, Trainer
+from pipeline.freezing.plan import DataStats, FreezePlan, make_plan
+from pipeline.models import LoadedModel, get_spec
 from tests.test_training_data import TINY_MODEL, tensor_dataset
 
 BLOCKS = get_spec(TINY_MODEL).blocks
@@ -31,7 +32,7 @@ def _plan(model: nn.Module, **freeze) -> FreezePlan:
 
 
 def _fit(tmp_path, freeze: dict, finetune: dict | None = None, data: TrainData | None = None, **ctx):
-    model = create_model(TINY_MODEL, 3, pretrained=False, seed=0)
+    model = LoadedModel.scratch(TINY_MODEL, 3, 32, seed=0).network
     plan = _plan(model, **freeze)
     trainer = Trainer(model, plan, data or _data(), FinetuneParams(**{**FAST, **(finetune or {})}),
                       RunContext(torch.device("cpu"), 0, tmp_path / "ckpt", **ctx))
@@ -118,7 +119,7 @@ class Jitter(torch.utils.data.Dataset):
 
 
 def test_augmented_views_are_cached_and_cycled(tmp_path):
-    model = create_model(TINY_MODEL, 3, pretrained=False)
+    model = LoadedModel.scratch(TINY_MODEL, 3, 32).network
     loader = lambda: torch.utils.data.DataLoader(Jitter(tensor_dataset(12)), batch_size=8)  # noqa: E731
     views = cache_views(model, loader, 2, seed=0, device=torch.device("cpu"), autocast=contextlib.nullcontext)
     assert views.views.shape[:2] == (2, 12) and torch.equal(views.labels, tensor_dataset(12).tensors[1])

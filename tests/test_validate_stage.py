@@ -122,7 +122,7 @@ def _shift(out: Path, validation: Path) -> int:
     return main(["shift", "--params", str(out / "params.yaml"), "--dataset", str(out / "dataset"),
                  "--current", str(out / "current"), "--metrics", str(out / "shift.json"),
                  "--report-dir", str(out / "shift"), "--validation", str(validation),
-                 "--set", "ingest.shift.corruptions=[contrast]", "--set", "ingest.shift.severities=[1]"])
+                 "--set", "shift.corruptions=[contrast]", "--set", "shift.severities=[1]"])
 
 
 def test_later_stages_leave_quarantined_images_out(tmp_path, capsys):

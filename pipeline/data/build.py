@@ -6,6 +6,7 @@ taken as the "current" set).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -13,11 +14,14 @@ import pandas as pd
 
 from pipeline.common.io import write_json
 from pipeline.data.pack import pack_records
-from pipeline.data.shards import SHARDS_DIR, SPLITS, write_classes, write_manifest
+from pipeline.data.plots import plot_class_counts, plot_image_grid
+from pipeline.data.shards import SHARDS_DIR, SPLITS, ShardImageDataset, write_classes, write_manifest
 from pipeline.data.sources.base import Skipped, Source
 from pipeline.data.splits import split_summary
 
-__all__ = ["pack_source", "check_class_sizes", "index_labels", "write_dataset"]
+__all__ = ["pack_source", "check_class_sizes", "index_labels", "write_dataset", "write_ingest_report"]
+_SAMPLES_PER_CLASS = 8
+_MAX_CLASSES_SHOWN = 20
 
 
 def pack_source(source: Source, dataset_dir: Path, shard_bytes: int) -> tuple[pd.DataFrame, list[Skipped]]:
@@ -85,3 +89,28 @@ def write_dataset(dataset_dir: Path, manifest: pd.DataFrame, classes: Sequence[s
     summary = split_summary(manifest, list(classes))
     write_json(dataset_dir / SPLITS, summary)
     return summary
+
+
+def write_ingest_report(report_dir: Path, description: str, summary: dict, skipped: list, dataset: Path) -> None:
+    """Write ingest_report.json (every skipped item with its reason) and the two figures.
+
+    Args:
+        report_dir: output folder.
+        description: the source, in words.
+        summary: the splits summary.
+        skipped: the Skipped items.
+        dataset: the written dataset (for sample images).
+    """
+    write_json(report_dir / "ingest_report.json", {
+        "source": description, "splits": summary,
+        "skipped_by_reason": Counter(s.kind for s in skipped),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
+    plot_class_counts(summary, report_dir / "class_counts.png", f"images per class and split: {description}")
+    samples = ShardImageDataset(dataset, split="train")
+    classes = samples.classes[:_MAX_CLASSES_SHOWN]
+    grid = []
+    for label_idx in range(len(classes)):
+        picks = samples.rows.index[samples.rows["label_idx"] == label_idx][:_SAMPLES_PER_CLASS]
+        grid.append([samples[i][0] for i in picks])
+    samples.close()
+    plot_image_grid(grid, classes, [], report_dir / "samples.png", f"train samples per class: {description}")

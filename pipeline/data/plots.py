@@ -5,13 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline.common.io import atomic_path  # noqa: E402
+from pipeline.common.figures import plt, save_figure
 
 __all__ = ["plot_class_counts", "plot_image_grid"]
 
@@ -36,7 +32,8 @@ def plot_class_counts(summary: dict, target: Path, title: str) -> Path:
     ax.set_xticks(range(len(classes)), [c[:14] for c in classes], rotation=90 if len(classes) > 12 else 0)
     ax.set(ylabel="images", title=title)
     ax.legend()
-    return _save(fig, target)
+    fig.tight_layout()
+    return save_figure(fig, target, dpi=90, tight=False)
 
 
 def plot_image_grid(rows: Sequence[Sequence[Image.Image]], row_titles: Sequence[str],
@@ -67,12 +64,5 @@ def plot_image_grid(rows: Sequence[Sequence[Image.Image]], row_titles: Sequence[
                 ax.set_title(col_titles[j] if j < len(col_titles) else "", fontsize=8)
         axes[i][0].set_ylabel(row_titles[i][:14], fontsize=8)
     fig.suptitle(title)
-    return _save(fig, target)
-
-
-def _save(fig, target: Path) -> Path:
     fig.tight_layout()
-    with atomic_path(target, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(target)
+    return save_figure(fig, target, dpi=90, tight=False)

@@ -34,8 +34,9 @@ from pipeline.common.logs import get_logger
 __all__ = [
     "MANIFEST", "CLASSES", "SPLITS", "SHARDS_DIR", "MANIFEST_COLUMNS", "SHIFT_COLUMNS",
     "ShardWriter", "write_manifest", "write_classes",
-    "read_manifest", "read_classes", "read_splits", "iter_records", "read_image_bytes", "decode_image",
+    "read_manifest", "read_classes", "read_splits", "iter_records", "read_image_bytes",
     "open_image", "verify_dataset", "ShardImageDataset", "use_validated", "validation_field",
+    "train_in_budget", "dataset_version",
 ]
 
 MANIFEST = "manifest.parquet"
@@ -190,6 +191,26 @@ def use_validated(dataset_dir: str | os.PathLike, validation: str | os.PathLike 
     return len(quarantined)
 
 
+def train_in_budget(manifest: pd.DataFrame, where: str | os.PathLike = "the dataset") -> pd.DataFrame:
+    """The training rows inside the label budget (``ingest.budget_per_class`` / ``budget_fraction``).
+
+    Every stage that trains or scores on "the labels the run has" reads them here, so a budgeted run
+    never sees a label it was told it does not have.
+
+    Raises:
+        ValueError: no training image is inside the budget.
+    """
+    rows = manifest[(manifest["split"] == "train") & manifest["in_budget"].astype(bool)]
+    if rows.empty:
+        raise ValueError(f"{where}: no training images inside the label budget")
+    return rows
+
+
+def dataset_version(image_sha256: Sequence[str]) -> str:
+    """Hash of the image hashes of the rows used, in order: a data version for caches and model cards."""
+    return hashlib.sha256("\n".join(image_sha256).encode()).hexdigest()
+
+
 def read_classes(dataset_dir: str | os.PathLike) -> list[str]:
     """Return the class names of a dataset in label-index order."""
     path = Path(dataset_dir) / CLASSES
@@ -229,15 +250,8 @@ def read_image_bytes(dataset_dir: str | os.PathLike, row: dict | pd.Series) -> b
         return _read_exact(fh, row)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes into a loaded PIL image (mode as stored)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
 def open_image(dataset_dir: str | os.PathLike, image_id: str) -> Image.Image:
-    """Return one image of a dataset by id, decoded (mode as stored).
+    """Return one image of a dataset by id, decoded as the models see it (upright 8-bit RGB).
 
     Args:
         dataset_dir: the dataset directory.
@@ -249,7 +263,7 @@ def open_image(dataset_dir: str | os.PathLike, image_id: str) -> Image.Image:
     hits = manifest[manifest["id"] == image_id]
     if hits.empty:
         raise KeyError(f"{Path(dataset_dir) / MANIFEST}: no image with id {image_id!r}")
-    return decode_image(read_image_bytes(dataset_dir, hits.iloc[0]))
+    return decode_rgb(read_image_bytes(dataset_dir, hits.iloc[0]))
 
 
 def verify_dataset(dataset_dir: str | os.PathLike) -> int:

@@ -1,27 +1,26 @@
 """What the drift stage compares, for one image set: manifest rows, descriptors, embeddings, softmax.
 
-Embeddings (pre-logits) and softmax outputs come from the fine-tuned model (pipeline.training's
-``load_for_inference``); descriptors come from the validation profile (reference) or from the
-validation engineer's own profile function run on the current set, so both sides are measured alike.
+Embeddings (pre-logits) and softmax outputs come from the fine-tuned model in one pass
+(:class:`pipeline.models.LoadedModel`, its own preprocessing); descriptors come from the validation
+profile (reference) or from the validation stage's own profile function run on the current set, so
+both sides are measured alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pipeline.common.device import select_device
 from pipeline.common.logs import get_logger
 from pipeline.config import CommonParams, DriftParams
-from pipeline.data.shards import decode_image, iter_records, read_classes, read_manifest
-from pipeline.drift.embed import model_outputs
+from pipeline.data.shards import iter_records, read_classes, read_manifest
+from pipeline.models import LoadedModel
 
-__all__ = ["SetOutputs", "load_model", "set_outputs", "reference_descriptors", "current_descriptors"]
+__all__ = ["SetOutputs", "set_outputs", "reference_descriptors", "current_descriptors"]
 log = get_logger(__name__)
 
 
@@ -60,62 +59,36 @@ class SetOutputs:
         return {"corruption": str(row["corruption"]), "severity": int(row["severity"])}
 
 
-def load_model(model_dir: Path, common: CommonParams) -> Any:
-    """Load the fine-tuned model (pipeline.training.modelcard.InferenceModel) on the chosen device."""
-    from pipeline.training.modelcard import load_for_inference
-
-    return load_for_inference(model_dir, select_device(common.device))
-
-
-def _batches(records: Iterator[tuple[dict, bytes]], transform: Any, batch_size: int,
-             rows: list[dict]) -> Iterator[torch.Tensor]:
-    """Decode and transform images batch by batch, recording each manifest row in order."""
-    batch: list[torch.Tensor] = []
-    for meta, data in records:
-        rows.append(meta)
-        batch.append(transform(decode_image(data).convert("RGB")))
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
-
-
-def set_outputs(dataset: Path, split: str | None, inference: Any, cfg: DriftParams,
+def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: DriftParams,
                 descriptors: pd.DataFrame) -> SetOutputs:
     """Embed and classify every image of a dataset split; align descriptors to the same rows.
 
     Args:
         dataset: dataset directory.
         split: "train"/"val"/"test", or None for every row.
-        inference: the loaded fine-tuned model.
+        model: the loaded fine-tuned model.
         cfg: ``params.drift`` (inference batch size).
         descriptors: descriptor table with an ``id`` column covering these images.
     Returns:
-        The set's outputs, rows in shard order.
+        The set's outputs, rows in manifest order.
     """
-    from pipeline.training.augment import eval_transform
-
-    manifest = read_manifest(dataset)
-    chosen = manifest if split is None else manifest[manifest["split"] == split]
-    if chosen.empty:
-        raise ValueError(f"{dataset}: no images in split {split!r} (splits: {sorted(manifest['split'].unique())})")
-    card = inference.card
-    transform = eval_transform(card["input_size"], card["mean"], card["std"])
-    rows: list[dict] = []
-    batches = _batches(iter_records(dataset, split), transform, cfg.inference_batch_size, rows)
-    embeddings, probs = model_outputs(inference.model, batches, inference.device,
-                                      total=-(-len(chosen) // cfg.inference_batch_size), desc=f"embed {dataset.name}")
-    ordered = pd.DataFrame(rows).reset_index(drop=True)
-    return SetOutputs(dataset, ordered, _align(descriptors, ordered["id"], dataset), embeddings, probs,
-                      _check_classes(dataset, inference))
+    classes = _check_classes(dataset, model)
+    images = model.inputs(dataset, split)
+    if len(images) == 0:
+        splits = sorted(read_manifest(dataset)["split"].unique())
+        raise ValueError(f"{dataset}: no images in split {split!r} (splits: {splits})")
+    out = model.outputs(images, ("embeddings", "logits"), batch_size=cfg.inference_batch_size,
+                        desc=f"embed {dataset.name}")
+    rows = images.rows.reset_index(drop=True)
+    return SetOutputs(dataset, rows, _align(descriptors, rows["id"], dataset), out["embeddings"].numpy(),
+                      out["logits"].double().softmax(1).numpy(), classes)
 
 
-def _check_classes(dataset: Path, inference: Any) -> list[str]:
+def _check_classes(dataset: Path, model: LoadedModel) -> list[str]:
     classes = read_classes(dataset)
-    if list(classes) != inference.classes:
-        raise ValueError(f"{dataset}/classes.json {classes} differs from the model's classes {inference.classes}")
-    return inference.classes
+    if list(classes) != model.classes:
+        raise ValueError(f"{dataset}/classes.json {classes} differs from the model's classes {model.classes}")
+    return model.classes
 
 
 def _align(descriptors: pd.DataFrame, ids: pd.Series, where: Path) -> pd.DataFrame:

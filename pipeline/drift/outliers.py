@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.common.io import atomic_path
+from pipeline.common.figures import plt, save_figure
 
 __all__ = ["domain_classifier_scores", "knn_distances", "most_unlike", "save_thumbnails"]
 
@@ -89,11 +89,6 @@ def save_thumbnails(images: Sequence[Image.Image], captions: Sequence[str], targ
     Returns:
         The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     rows = max(1, -(-len(images) // columns))
@@ -106,7 +101,4 @@ def save_thumbnails(images: Sequence[Image.Image], captions: Sequence[str], targ
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(target, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(target)
+    return save_figure(fig, target, dpi=100, tight=False)

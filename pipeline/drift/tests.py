@@ -69,7 +69,7 @@ def subsample(x: np.ndarray, limit: int | None, rng: np.random.Generator) -> np.
 
 
 def pca_project(reference: np.ndarray, current: np.ndarray, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Project both samples onto the top principal components of the pooled sample.
+    """Project both samples onto the top principal components of the pooled sample (scikit-learn's PCA).
 
     Args:
         reference: (n, d) reference embeddings.
@@ -78,17 +78,13 @@ def pca_project(reference: np.ndarray, current: np.ndarray, dims: int | None) ->
     Returns:
         The projected reference (n, k) and current (m, k).
     """
+    from sklearn.decomposition import PCA
+
     pooled = np.concatenate([reference, current]).astype(np.float64)
-    pooled -= pooled.mean(axis=0)
-    if dims is not None and dims < min(pooled.shape):
-        # Exact PCA from the smaller of the two Gram matrices: much faster than an SVD of the data.
-        if len(pooled) <= pooled.shape[1]:
-            values, vectors = np.linalg.eigh(pooled @ pooled.T)
-            top = np.argsort(values)[::-1][:dims]
-            pooled = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
-        else:
-            values, vectors = np.linalg.eigh(pooled.T @ pooled)
-            pooled = pooled @ vectors[:, np.argsort(values)[::-1][:dims]]
+    if dims is None or dims >= min(pooled.shape):
+        pooled = pooled - pooled.mean(axis=0)
+    else:
+        pooled = PCA(n_components=dims, svd_solver="full").fit_transform(pooled)
     return pooled[: len(reference)], pooled[len(reference):]
 
 

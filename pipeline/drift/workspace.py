@@ -53,7 +53,7 @@ def add_snapshot(workspace_dir: str | Path, snapshot: Any, project_name: str = P
 
     Args:
         workspace_dir: the Workspace folder.
-        snapshot: an evidently Snapshot (from pipeline.drift.report.build_snapshot).
+        snapshot: an evidently Snapshot (from pipeline.drift.evidently.build_snapshot).
         project_name: the project to add it to.
     Returns:
         ``{"workspace", "project_id", "snapshot_id"}`` as strings.

@@ -14,21 +14,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.evaluation.metrics import rnd
+from pipeline.models.preprocess import Preprocessing
 
 __all__ = ["PixelModel", "total_variation", "class_ideal_inputs", "adversarial_pair", "fgsm_accuracy"]
 
 
 class PixelModel(nn.Module):
-    """A classifier that takes [0, 1] pixels: normalises with mean/std, then calls the network."""
+    """A classifier that takes [0, 1] pixels: the model's own normalisation, then the network."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing):
         super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.model, self.preprocessing = model, preprocessing
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std)
+        return self.model(self.preprocessing.normalise(pixels))
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ model needs to match scratch trained on all of them) and, from learning curves, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,9 +17,11 @@ import numpy as np
 from pipeline.common.logs import get_logger, progress
 from pipeline.evaluation.metrics import interval, rnd
 from pipeline.evaluation.verdict import compare_intervals
+from pipeline.freezing.plan import FreezePlan
+from pipeline.training.recipes import Setup, epochs_for_steps, train_one
 
 __all__ = ["SIDES", "TrainFn", "budget_name", "sample_per_class", "run_curve", "summarise_curve",
-           "labels_saved", "time_to_reach", "time_saved"]
+           "labels_saved", "time_to_reach", "time_saved", "curve_train_fn", "elapsed_curve"]
 
 SIDES = ("transfer", "scratch")
 log = get_logger(__name__)
@@ -184,3 +186,62 @@ def time_saved(transfer_curve: Sequence[dict], scratch_curve: Sequence[dict], ke
     return {"target_accuracy": rnd(target), "transfer_s": rnd(transfer_s), "scratch_s": rnd(scratch_s),
             "saved_s": rnd(scratch_s - transfer_s), "speedup": rnd(scratch_s / transfer_s) if transfer_s > 0 else None,
             "reached": "yes"}
+
+
+def curve_train_fn(setup: Setup, train_ids: Sequence[str], val_ids: Sequence[str] | None, steps: int,
+                   probe_lr: float, scratch_lr: float, transfer_plan: FreezePlan | None = None) -> TrainFn:
+    """The ``train_fn`` of the label-efficiency curve: one engine run per (subset, seed, side).
+
+    Both sides train on the same subset for the same number of optimizer steps: ``steps`` (linear
+    probe vs scratch), or the transfer plan's planned epochs when a plan is given. The transfer side
+    starts from the selection's weights (``setup.weights``), whose sha256 each run records.
+
+    Args:
+        setup: what the runs share (image size of the curve included).
+        train_ids: the train pool; the curve's indices point into it.
+        val_ids: val images picking each run's best epoch.
+        steps: optimizer steps per run (without a transfer plan).
+        probe_lr: learning rate of the linear probe.
+        scratch_lr: learning rate of scratch.
+        transfer_plan: replay this freeze plan on the transfer side instead of a linear probe.
+    Returns:
+        ``train_fn(indices, seed, pretrained) -> {"accuracy", "train_seconds", "epochs", "weights_sha256"}``.
+    """
+    # curve runs are throwaway: an epoch of a tiny run costs less than writing its checkpoint
+    throwaway = replace(setup, checkpoints=None)
+
+    def train_fn(indices: Sequence[int], seed: int, pretrained: bool) -> dict:
+        ids = [train_ids[i] for i in indices]
+        if transfer_plan is not None:
+            epochs = sum(phase.epochs for phase in transfer_plan.phases)
+        else:
+            epochs = epochs_for_steps(steps, len(ids), setup.cfg.batch_size)
+        plan = transfer_plan if pretrained else None
+        run = train_one(throwaway, plan, pretrained, seed, ids, val_ids, epochs, probe_lr if pretrained else scratch_lr)
+        return {"accuracy": run.test["accuracy"], "train_seconds": round(run.seconds, 3), "epochs": epochs,
+                "weights_sha256": run.model.weights.get("sha256")}
+
+    return train_fn
+
+
+def elapsed_curve(history: Sequence[dict], total_seconds: float | None = None, upfront: bool = False) -> list[dict]:
+    """Learning curve from the engine's epoch history: cumulative training seconds and val accuracy.
+
+    The engine's per-epoch ``seconds`` leave out feature caching and validation. When the run's total
+    is known, that overhead is charged up front for a run that cached features (the cache is built
+    before the first epoch) and spread evenly over the epochs otherwise (validation after each).
+
+    Args:
+        history: the engine's rows (``seconds`` per epoch, ``val_accuracy``).
+        total_seconds: the run's whole training time (None: epoch seconds only).
+        upfront: charge the overhead before the first epoch instead of spreading it.
+    Returns:
+        Points with epoch, elapsed_s and val_accuracy.
+    """
+    overhead = max((total_seconds or 0.0) - sum(row["seconds"] for row in history), 0.0)
+    elapsed, per_epoch = (overhead, 0.0) if upfront else (0.0, overhead / max(len(history), 1))
+    points = []
+    for row in history:
+        elapsed += row["seconds"] + per_epoch
+        points.append({"epoch": row["epoch"], "elapsed_s": round(elapsed, 3), "val_accuracy": row["val_accuracy"]})
+    return points

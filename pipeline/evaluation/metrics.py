@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import stats
+from sklearn import metrics as sk_metrics
 
 __all__ = ["DIGITS", "rnd", "confusion_matrix", "per_class_scores", "expected_calibration_error",
            "classification_metrics", "interval"]
@@ -37,7 +38,7 @@ def _check_labels(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> N
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """Count matrix: rows are true classes, columns predicted classes.
+    """Count matrix (scikit-learn's): rows are true classes, columns predicted classes.
 
     Args:
         y_true: true label indices.
@@ -48,29 +49,27 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     """
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     _check_labels(y_true, y_pred, num_classes)
-    cm = np.zeros((num_classes, num_classes), dtype=int)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    return sk_metrics.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
 
 
-def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support per class from a confusion matrix.
+def per_class_scores(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class (scikit-learn's, ``zero_division=0``).
 
-    A class never predicted has precision 0, a class absent from the labels recall 0 (the convention
-    of scikit-learn's ``zero_division=0``), so a collapsed model cannot look good.
+    A class never predicted has precision 0, a class absent from the labels recall 0, so a collapsed
+    model cannot look good.
 
     Args:
-        cm: confusion matrix (rows true, columns predicted).
+        y_true: true label indices.
+        y_pred: predicted label indices.
+        num_classes: number of classes.
     Returns:
         Arrays ``precision``, ``recall``, ``f1``, ``support``, each of length num_classes.
     """
-    tp = np.diag(cm).astype(float)
-    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    _check_labels(y_true, y_pred, num_classes)
+    scores = sk_metrics.precision_recall_fscore_support(y_true, y_pred, labels=np.arange(num_classes),
+                                                        zero_division=0)
+    return dict(zip(("precision", "recall", "f1", "support"), scores))
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], bins: int = 15) -> float:
@@ -115,8 +114,9 @@ def classification_metrics(probs: np.ndarray, y_true: Sequence[int], classes: Se
     probs, y_true = np.asarray(probs, dtype=float), np.asarray(y_true, dtype=int)
     if probs.ndim != 2 or probs.shape[1] != len(classes):
         raise ValueError(f"probs has shape {probs.shape}, expected (n, {len(classes)}) for classes {list(classes)}")
-    cm = confusion_matrix(y_true, probs.argmax(axis=1), len(classes))
-    scores = per_class_scores(cm)
+    predicted = probs.argmax(axis=1)
+    cm = confusion_matrix(y_true, predicted, len(classes))
+    scores = per_class_scores(y_true, predicted, len(classes))
     per_class = {name: {"precision": rnd(scores["precision"][i]), "recall": rnd(scores["recall"][i]),
                         "f1": rnd(scores["f1"][i]), "support": int(scores["support"][i])}
                  for i, name in enumerate(classes)}
@@ -153,8 +153,8 @@ def interval(values: Sequence[float], confidence: float = 0.95, method: str = "t
         half = stats.t.ppf(0.5 + confidence / 2, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size)
         low, high = mean - half, mean + half
     else:
-        rng = np.random.default_rng(seed)
-        means = rng.choice(arr, size=(resamples, arr.size), replace=True).mean(axis=1)
-        low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+        result = stats.bootstrap((arr,), np.mean, n_resamples=resamples, confidence_level=confidence,
+                                 method="percentile", random_state=np.random.default_rng(seed))
+        low, high = result.confidence_interval.low, result.confidence_interval.high
     std = arr.std(ddof=1) if arr.size > 1 else 0.0
     return {"mean": rnd(mean), "low": rnd(low), "high": rnd(high), "std": rnd(std), "n": int(arr.size)}

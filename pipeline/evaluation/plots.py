@@ -10,26 +10,15 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # headless: no display on CI or in DVC runs
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from pipeline.common.io import atomic_path  # noqa: E402
+from pipeline.common.figures import plt, save_figure
 
 __all__ = ["SIDE_COLOURS", "plot_label_efficiency", "plot_robustness", "plot_confusions", "plot_learning_curves",
            "plot_ideal_inputs", "plot_adversarial_pairs", "plot_fgsm"]
 
 SIDE_COLOURS = {"transfer": "tab:blue", "finetuned": "tab:blue", "linear_probe": "tab:green", "scratch": "tab:red"}
-
-
-def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
 
 
 def plot_label_efficiency(curve: Sequence[Mapping], path: str | os.PathLike, confidence: float = 0.95) -> Path:
@@ -58,7 +47,7 @@ def plot_label_efficiency(curve: Sequence[Mapping], path: str | os.PathLike, con
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     ax.set_title("Label efficiency: transfer vs from scratch")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_robustness(robustness: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike) -> Path:
@@ -88,7 +77,7 @@ def plot_robustness(robustness: Mapping[str, Mapping[str, Mapping[str, float]]],
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("severity (0 = clean)")
     fig.supylabel("accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusions(confusions: Mapping[str, Sequence[Sequence[int]]], classes: Sequence[str],
@@ -116,7 +105,7 @@ def plot_confusions(confusions: Mapping[str, Sequence[Sequence[int]]], classes: 
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike) -> Path:
@@ -138,7 +127,7 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("Learning curves")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
@@ -163,7 +152,7 @@ def plot_ideal_inputs(ideals: Mapping[str, tuple[torch.Tensor, Sequence[float]]]
     for row, (model, (images, probs)) in zip(axes, ideals.items()):
         for ax, image, name, prob in zip(row, images, class_names, probs):
             _show(ax, image, f"{model}\n'{name}' p={prob:.2f}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_adversarial_pairs(pairs: Mapping[str, Sequence[Mapping]], class_names: Sequence[str],
@@ -186,7 +175,7 @@ def plot_adversarial_pairs(pairs: Mapping[str, Sequence[Mapping]], class_names: 
         verdict = f"-> '{class_names[pair['predicted']]}'" if pair["flipped"] else "(no flip)"
         _show(ax1, pair["adversarial"], f"{verdict} in {pair['steps']} steps")
         _show(ax2, 0.5 + 0.5 * delta / scale, f"diff x{0.5 / scale:.0f}, Linf={pair['linf']:.3f}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_fgsm(fgsm: Mapping[str, Mapping[str, float]], path: str | os.PathLike) -> Path:
@@ -208,4 +197,4 @@ def plot_fgsm(fgsm: Mapping[str, Mapping[str, float]], path: str | os.PathLike) 
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Accuracy under a small FGSM attack")
-    return _save(fig, path)
+    return save_figure(fig, path)

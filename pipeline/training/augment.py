@@ -1,4 +1,4 @@
-"""Train and eval transforms suited to the input size.
+"""Training augmentation suited to the input size (the model's preprocessing runs around it).
 
 Small inputs (below 96 px, e.g. upscaled 8x8 digits) get ``light`` augmentation: small shifts,
 rotations and scale changes only. No flips and no aggressive crops, which change what a small
@@ -8,13 +8,11 @@ crops, horizontal flips and mild colour jitter, the ImageNet fine-tuning recipe.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["AUGMENTS", "BorderFillAffine", "resolve_augment", "train_transform", "eval_transform"]
+__all__ = ["AUGMENTS", "BorderFillAffine", "resolve_augment", "augment_steps"]
 
 AUGMENTS = ("none", "light", "standard")
 SMALL_INPUT = 96  # px: below this, `auto` picks light augmentation
@@ -52,44 +50,20 @@ class BorderFillAffine(torch.nn.Module):
                         fill=border.median(dim=1).values.tolist())
 
 
-def _to_input(size: int, mean: Sequence[float], std: Sequence[float]) -> list:
-    return [v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std))]
-
-
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """PIL image -> normalised float tensor of ``size`` x ``size`` (no randomness).
-
-    Args:
-        size: square input side in pixels.
-        mean: per-channel mean of the model's preprocessing.
-        std: per-channel std.
-    Returns:
-        The transform.
-    """
-    return v2.Compose(_to_input(size, mean, std))
-
-
-def train_transform(augment: str, size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """PIL image -> augmented normalised tensor.
+def augment_steps(augment: str, size: int) -> list[torch.nn.Module]:
+    """The random steps of an augmentation, run on the resized uint8 image (see Preprocessing.transform).
 
     Args:
         augment: none, light or standard (resolve ``auto`` first with :func:`resolve_augment`).
         size: square input side in pixels.
-        mean: per-channel mean.
-        std: per-channel std.
     Returns:
-        The transform.
+        The steps (none for ``none``).
     """
     if augment == "none":
-        return eval_transform(size, mean, std)
+        return []
     if augment == "light":
-        randomness = [BorderFillAffine()]
-    elif augment == "standard":
-        randomness = [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                      v2.ColorJitter(0.2, 0.2, 0.2)]
-    else:
-        raise ValueError(f"augment {augment!r} is not one of {', '.join(AUGMENTS)}")
-    steps = _to_input(size, mean, std)
-    # geometric steps run on the resized uint8 image, before scaling to float and normalising
-    return v2.Compose(steps[:2] + randomness + steps[2:])
+        return [BorderFillAffine()]
+    if augment == "standard":
+        return [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                v2.ColorJitter(0.2, 0.2, 0.2)]
+    raise ValueError(f"augment {augment!r} is not one of {', '.join(AUGMENTS)}")

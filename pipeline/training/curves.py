@@ -7,7 +7,8 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.common.io import atomic_path, write_text
+from pipeline.common.figures import plt, save_figure
+from pipeline.common.io import write_text
 
 __all__ = ["HISTORY_COLUMNS", "write_history", "plot_history"]
 HISTORY_COLUMNS = ("epoch", "phase", "phase_index", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -33,11 +34,6 @@ def plot_history(path: str | Path, history: Sequence[dict[str, Any]], title: str
     Returns:
         The PNG path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -53,7 +49,4 @@ def plot_history(path: str | Path, history: Sequence[dict[str, Any]], title: str
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, tight=False)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.common.logs import get_logger, progress
+from pipeline.common.logs import get_logger
+from pipeline.models.inference import run_batches, split_forward
 
 __all__ = ["supports_cache", "CachedHead", "FeatureViews", "as_batch", "compute_features", "cache_views"]
 log = get_logger(__name__)
@@ -75,7 +76,6 @@ def as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, to
     return batch
 
 
-@torch.no_grad()
 def compute_features(model: nn.Module, loader: DataLoader, device: torch.device,
                      autocast: Callable[[], AbstractContextManager], desc: str = "caching features"
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,14 +90,8 @@ def compute_features(model: nn.Module, loader: DataLoader, device: torch.device,
     Returns:
         (features [N, D] float32 on the CPU, labels [N] int64).
     """
-    model.eval()
-    feats, labels = [], []
-    for images, target in progress(loader, desc, unit="batch"):
-        with autocast():
-            out = model.forward_head(model.forward_features(images.to(device, non_blocking=True)), pre_logits=True)
-        feats.append(out.float().cpu())
-        labels.append(torch.as_tensor(target))
-    return torch.cat(feats), torch.cat(labels).long()
+    out = run_batches(model, split_forward(model, ("embeddings",)), loader, device, autocast=autocast, desc=desc)
+    return out["embeddings"], out.labels
 
 
 def cache_views(model: nn.Module, make_loader: Callable[[], DataLoader], views: int, seed: int,

@@ -25,24 +25,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.common.logs import get_logger, progress
 from pipeline.common.seeding import seed_everything
 from pipeline.config import FinetuneParams
+from pipeline.models.inference import run_batches
 from pipeline.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from pipeline.training.data import TrainData
 from pipeline.training.ddp import DistInfo, all_reduce_sum, wrap_ddp
 from pipeline.training.featcache import CachedHead, FeatureViews, as_batch, cache_views, supports_cache
-from pipeline.training.freezing import freeze_to, param_groups, set_train_mode
-from pipeline.training.plan import FreezePlan, Phase
+from pipeline.freezing.blocks import freeze_to, param_groups, set_train_mode
+from pipeline.freezing.plan import FreezePlan, Phase
 
-__all__ = ["TrainData", "RunContext", "Precision", "FitResult", "Trainer", "evaluate", "warmup_cosine"]
+__all__ = ["RunContext", "Precision", "FitResult", "Trainer", "evaluate", "warmup_cosine"]
 log = get_logger(__name__)
-
-
-@dataclass
-class TrainData:
-    """The datasets a run reads: (image tensor, label) items."""
-
-    train: Dataset  # training images through the training (augmenting) transform
-    train_plain: Dataset  # the same images through the eval transform: the feature-cache source
-    val: Dataset
-    augmented: bool  # whether ``train`` draws random augmentations
 
 
 @dataclass
@@ -108,7 +100,6 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.no_grad()
 def evaluate(module: nn.Module, loader: DataLoader, device: torch.device, precision: Precision) -> dict[str, float]:
     """Mean cross-entropy (no smoothing) and accuracy of a module over a loader.
 
@@ -120,18 +111,11 @@ def evaluate(module: nn.Module, loader: DataLoader, device: torch.device, precis
     Returns:
         {"loss", "accuracy", "count"}.
     """
-    module.eval()
-    loss = correct = count = 0.0
-    for inputs, labels in loader:
-        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with precision.autocast():
-            logits = module(inputs).float()
-        loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += labels.numel()
-    if count == 0:
-        raise ValueError("evaluation set is empty")
-    return {"loss": loss / count, "accuracy": correct / count, "count": int(count)}
+    out = run_batches(module, lambda inputs: {"logits": module(inputs)}, loader, device,
+                      autocast=precision.autocast, desc="validation", show_progress=False)
+    logits, labels = out["logits"], out.labels
+    return {"loss": nn.functional.cross_entropy(logits, labels).item(),
+            "accuracy": (logits.argmax(1) == labels).float().mean().item(), "count": len(labels)}
 
 
 class Trainer:

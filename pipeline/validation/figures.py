@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.validation.checks import SPLITS  # noqa: E402
+from pipeline.common.figures import plt, save_figure
+from pipeline.validation.checks import SPLITS
 
 __all__ = ["plot_profile"]
 _DESCRIPTORS = (("brightness_mean", "brightness (mean, 0-1)"), ("contrast", "contrast (p99-p1, 0-1)"),
@@ -24,7 +21,7 @@ def plot_profile(profile: pd.DataFrame, classes: pd.DataFrame, target: Path) -> 
     Args:
         profile: the profile table.
         classes: the class table (label, n_train, n_val, n_test).
-        target: the PNG to write (the caller makes the write atomic).
+        target: the PNG to write.
     Returns:
         ``target``.
     """
@@ -45,9 +42,7 @@ def plot_profile(profile: pd.DataFrame, classes: pd.DataFrame, target: Path) -> 
     bad = int((~profile["decode_ok"]).sum())
     fig.suptitle(f"image profile: {len(profile)} images, {bad} not decodable")
     fig.tight_layout()
-    fig.savefig(target, dpi=90, format="png")
-    plt.close(fig)
-    return target
+    return save_figure(fig, target, dpi=90, tight=False)
 
 
 def _class_bars(ax, classes: pd.DataFrame) -> None:

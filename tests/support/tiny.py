@@ -1,5 +1,6 @@
-"""Tiny params for running the whole chain in tests and benches: small enough for a 2-core CI box,
-large enough that every stage does its real work (32 px, one candidate, one fine-tune epoch)."""
+"""Tiny params and data for running the whole chain in tests and benches: small enough for a 2-core CI
+box, large enough that every stage does its real work (32 px, one real pretrained candidate, one
+fine-tune epoch, 30 real digits per class read from a folder as a user's images would be)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["TINY", "make_tiny_project"]
+__all__ = ["TINY", "PER_CLASS", "write_digit_folder", "make_tiny_project"]
 
+PER_CLASS = 30
 TINY = {
     "common": {"image_size": 32},
-    "ingest": {"digits_size": 32, "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]}},
+    "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]},
     "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
                "latency_runs": 2},
     "freeze": {"epochs": 1, "lp_epochs": 3},
@@ -29,9 +31,25 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return base
 
 
+def write_digit_folder(folder: Path, per_class: int = PER_CLASS, size: int = 32) -> Path:
+    """The first ``per_class`` scikit-learn digits of each class as PNGs in an ImageFolder layout."""
+    from pipeline.data.sources.digits import DigitsSource
+
+    counts: dict[str, int] = {}
+    for record in DigitsSource(size).records():
+        if counts.get(record.label, 0) >= per_class:
+            continue
+        counts[record.label] = counts.get(record.label, 0) + 1
+        (folder / record.label).mkdir(parents=True, exist_ok=True)
+        (folder / record.label / f"{counts[record.label]:03d}.png").write_bytes(record.data)
+    return folder
+
+
 def make_tiny_project(project: Path, remote: Path) -> Path:
-    """Turn a project copy (a git repo) into a tiny one with its own DVC remote, committed."""
+    """Turn a project copy (a git repo) into a tiny one with its own image folder and DVC remote, committed."""
+    source = write_digit_folder(remote.parent / "tiny-digits")
     params = _deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY)
+    params["ingest"]["source"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)],
                    cwd=project, check=True)

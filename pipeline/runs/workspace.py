@@ -1,0 +1,201 @@
+"""Versioned runs: each run works in its own git worktree, runs stages through DVC, and is committed.
+
+A run gets a worktree on branch ``runs/<name>`` (so two runs never share DVC's lock), with the run's
+param overrides written into its params.yaml. Stages run with ``dvc repro <stage>`` so dvc.yaml stays
+the one definition of the graph and unchanged stages are skipped (or restored from DVC's run cache,
+shared through one cache directory). At the end, params.yaml and dvc.lock are committed and tagged
+``run-<name>``, and the outputs are pushed to the DVC remote: ``git checkout run-<name> && dvc pull``
+restores exactly that run. Nothing here knows about Prefect.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.common.errors import EXIT_TRANSIENT
+from pipeline.common.io import write_text
+from pipeline.common.logs import get_logger
+from pipeline.config import apply_overrides, validate_params
+from pipeline.project import DVC_YAML
+from pipeline.project import dvc as _dvc
+from pipeline.runs.naming import branch_of, tag_of
+
+__all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure"]
+log = get_logger(__name__)
+
+_EXITED = re.compile(r"exited with (\d+)")
+
+
+class StageFailed(RuntimeError):
+    """A stage failed for a reason a retry cannot fix (bad data, bad params, a bug)."""
+
+
+class TransientFailure(RuntimeError):
+    """A stage or a push failed on the network or storage; a retry may succeed."""
+
+
+@dataclass
+class StageResult:
+    """What happened to one stage in one run."""
+
+    stage: str
+    status: str  # "ran" | "skipped" (up to date) | "restored" (from DVC's run cache)
+    seconds: float
+    log_tail: str = field(repr=False, default="")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "status": self.status, "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class RunWorkspace:
+    """One run's git worktree inside ``<project>/<runs_dir>/<name>``."""
+
+    project: Path
+    name: str
+    path: Path
+
+    @property
+    def branch(self) -> str:
+        return branch_of(self.name)
+
+    @property
+    def tag(self) -> str:
+        return tag_of(self.name)
+
+    @classmethod
+    def create(cls, project: Path, name: str, runs_dir: str = "runs",
+               overrides: dict[str, Any] | None = None, base: str = "HEAD") -> "RunWorkspace":
+        """Make the worktree from the project's HEAD and write the run's param overrides.
+
+        Args:
+            project: the project root (a git repository with DVC initialised).
+            name: the run name (branch ``runs/<name>``, tag ``run-<name>``).
+            runs_dir: folder under the project that holds run worktrees (gitignored).
+            overrides: ``{"finetune.epochs": 3, ...}``; validated before anything is created.
+            base: the commit or tag to start from (e.g. ``run-<name>`` to revisit an earlier run).
+        Returns:
+            The workspace.
+        """
+        project = project.resolve()
+        path = project / runs_dir / name
+        raw = yaml.safe_load(_git(project, "show", f"{base}:params.yaml").stdout) or {}
+        pairs = [(key.split("."), value) for key, value in (overrides or {}).items()]
+        merged = apply_overrides(raw, pairs)
+        validate_params(merged, source=f"run {name} parameters")  # bad UI input fails before any git work
+        if path.exists():
+            raise FileExistsError(f"{path}: a run named {name!r} already exists")
+        _git(project, "worktree", "add", "-q", "-b", branch_of(name), str(path), base)
+        workspace = cls(project, name, path)
+        workspace._share_dvc_state()
+        if overrides:
+            write_text(path / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
+        if not (path / "dvc.lock").exists():
+            workspace._resume_from_last_run()
+        return workspace
+
+    def _resume_from_last_run(self) -> None:
+        """Start from the newest earlier run's dvc.lock and outputs, so that DVC re-runs only what changed.
+
+        dvc.lock is DVC's record of what each stage last ran on; with it and the outputs checked out of
+        the shared cache, `dvc repro` compares the current code, data and params against that record and
+        skips every stage whose inputs are unchanged.
+        """
+        tags = _git(self.project, "for-each-ref", "--sort=-creatordate", "--format=%(refname:short)",
+                    "refs/tags/run-*").stdout.split()
+        for tag in tags:
+            lock = subprocess.run(["git", "show", f"{tag}:dvc.lock"], cwd=self.project, capture_output=True, text=True)
+            if lock.returncode == 0:
+                write_text(self.path / "dvc.lock", lock.stdout)
+                # outputs missing from the cache just make their stages run again
+                _dvc(self.path, "checkout", "--relink", check=False)
+                log.info("run %s starts from the state of %s", self.name, tag)
+                return
+
+    @classmethod
+    def open(cls, project: Path, name: str, runs_dir: str = "runs") -> "RunWorkspace":
+        """Return the existing workspace of run ``name``."""
+        project = project.resolve()
+        path = project / runs_dir / name
+        if not (path / DVC_YAML).is_file():
+            raise FileNotFoundError(f"{path}: no run workspace named {name!r}")
+        return cls(project, name, path)
+
+    def _share_dvc_state(self) -> None:
+        """Point the worktree at the project's DVC cache (so the run cache is shared) and remotes."""
+        local = self.path / ".dvc" / "config.local"
+        main_local = self.project / ".dvc" / "config.local"
+        if main_local.exists():
+            local.write_text(main_local.read_text())
+        _dvc(self.path, "cache", "dir", "--local", str(self.project / ".dvc" / "cache"))
+        from dvc.repo import Repo  # DVC's own config reader resolves relative remote paths
+
+        with Repo(str(self.project)) as repo:
+            remotes = {name: str(conf["url"]) for name, conf in repo.config["remote"].items()}
+        for name, url in remotes.items():
+            if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
+                _dvc(self.path, "remote", "modify", "--local", name, "url", url)
+
+    def repro(self, stage: str) -> StageResult:
+        """Run ``dvc repro <stage>`` in the worktree and say whether it ran, was skipped or restored.
+
+        Raises:
+            StageFailed: the stage failed on bad input or a bug (no retry).
+            TransientFailure: the stage reported a network or storage failure (retry).
+        """
+        started = time.perf_counter()
+        proc = _dvc(self.path, "repro", stage, check=False)
+        output = proc.stdout + proc.stderr
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            codes = [int(c) for c in _EXITED.findall(output)]
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            if EXIT_TRANSIENT in codes:
+                raise TransientFailure(f"stage {stage} hit a transient failure:\n{tail}")
+            raise StageFailed(f"stage {stage} failed (exit {codes[-1] if codes else proc.returncode}):\n{tail}")
+        if f"Running stage '{stage}'" in output:
+            status = "ran"
+        elif re.search(rf"Stage '{stage}' is cached", output):
+            status = "restored"
+        else:
+            status = "skipped"
+        log.info("stage %s %s in %.1fs", stage, status, seconds)
+        return StageResult(stage, status, seconds, output[-4000:])
+
+    def commit(self, message: str) -> str:
+        """Commit params.yaml and dvc.lock on the run branch, tag it, and return the commit sha."""
+        _git(self.path, "add", "params.yaml", "dvc.lock")
+        # a machine with no git identity (a fresh CI box, a container) still gets its runs versioned
+        who = [] if _git(self.path, "config", "user.email", check=False).stdout.strip() else [
+            "-c", "user.name=tlops", "-c", "user.email=tlops@localhost"]
+        _git(self.path, *who, "commit", "-q", "--allow-empty", "-m", message)
+        _git(self.path, "tag", "-f", self.tag)
+        return _git(self.path, "rev-parse", "HEAD").stdout.strip()
+
+    def checkout(self) -> None:
+        """Materialise the outputs that this checkout's dvc.lock names (from the cache, else the remote)."""
+        if _dvc(self.path, "checkout", check=False).returncode != 0:
+            proc = _dvc(self.path, "pull", check=False)
+            if proc.returncode != 0:
+                raise TransientFailure(f"dvc pull failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
+
+    def push(self) -> None:
+        """Push the run's DVC outputs to the default remote."""
+        proc = _dvc(self.path, "push", check=False)
+        if proc.returncode != 0:
+            raise TransientFailure(f"dvc push failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
+
+
+def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", *args], cwd=cwd, text=True, capture_output=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
+    return proc
+

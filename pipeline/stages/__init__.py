@@ -1,0 +1,54 @@
+"""The stages, one thin module each, and the table of them in chain order.
+
+A stage module exposes ``Args`` (a dataclass: ``Path`` fields are input/output paths, ``bool`` fields
+are flags) and ``run(params, args) -> dict`` (a small JSON-able summary); the work lives in the
+library packages it calls (pipeline/data, validation, shift, selection, freezing, training,
+evaluation, drift, models). The CLI, DVC (through the CLI) and the Prefect flow all call that one ``run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+__all__ = ["StageSpec", "STAGES", "get_stage"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the chain."""
+
+    name: str
+    summary: str
+    module: str  # dotted module path
+
+    def load(self) -> ModuleType:
+        """Import the stage module (lazily: torch and friends load only when a stage runs)."""
+        return importlib.import_module(self.module)
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("ingest", "read images from a source, pack shards, split train/val/test", "pipeline.stages.ingest"),
+    StageSpec("validate", "profile every image and run the Great Expectations gate", "pipeline.stages.validate"),
+    StageSpec("shift", "make the domain-shift 'current' set (corrupted test split or a new batch)",
+              "pipeline.stages.shift"),
+    StageSpec("select", "score pretrained candidates on cached features and pick one", "pipeline.stages.select"),
+    StageSpec("freeze", "write the freeze plan: frozen blocks, per-group learning rates", "pipeline.stages.freeze"),
+    StageSpec("finetune", "train by the freeze plan; checkpoints, resume, curves", "pipeline.stages.finetune"),
+    StageSpec("baseline", "train the same architecture from scratch on the same budget", "pipeline.stages.baseline"),
+    StageSpec("evaluate", "transfer vs scratch: accuracy, label efficiency, robustness, verdict",
+              "pipeline.stages.evaluate"),
+    StageSpec("drift", "calibrated drift test and Evidently report on the current set", "pipeline.stages.drift"),
+    StageSpec("promote", "promote the model to champion only when it earns it", "pipeline.stages.promote"),
+)
+
+_BY_NAME = {spec.name: spec for spec in STAGES}
+
+
+def get_stage(name: str) -> StageSpec:
+    """Return a stage by name, or raise listing the valid ones."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r} (stages: {', '.join(_BY_NAME)})") from None

@@ -1,0 +1,121 @@
+"""Stage ``finetune``: train the selected model by the freeze plan.
+
+Inputs: the dataset directory (train rows inside the label budget; val for early stopping; test is
+scored once at the end), ``freeze_plan.json`` from ``tlops freeze`` (the model and the weights the
+selection chose).
+Outputs: the model directory (``model.pt`` state dict + ``card.json``), ``metrics.json``, the
+per-epoch ``history.csv`` (for ``dvc plots``), a PNG of the curves, and the checkpoint directory
+(``last.pt``, kept between runs so that ``--resume`` continues after a crash).
+Params: ``common`` (seed, device, image_size, num_workers) and ``finetune``.
+
+Runs as one process, or under ``torchrun --nproc_per_node N -m pipeline.cli finetune ...`` with
+DistributedDataParallel (NCCL on CUDA, gloo on the CPU); only rank 0 writes outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from pipeline.common.device import select_device
+from pipeline.common.io import write_json
+from pipeline.common.logs import get_logger
+from pipeline.common.seeding import seed_everything
+from pipeline.config import Params
+from pipeline.data.shards import (dataset_version, read_classes, read_manifest, train_in_budget, use_validated,
+                                  validation_field)
+from pipeline.freezing.plan import FreezePlan, load_plan
+from pipeline.models import LoadedModel, get_spec
+from pipeline.models.loaded import weights_ref
+from pipeline.training.curves import plot_history, write_history
+from pipeline.training.data import training_data
+from pipeline.training.ddp import barrier, init_distributed, shutdown
+from pipeline.training.loop import FitResult, Precision, RunContext, Trainer, evaluate
+
+__all__ = ["Args", "run"]
+log = get_logger(__name__)
+
+
+@dataclass
+class Args:
+    """Paths and flags of the finetune stage."""
+
+    dataset: Path = field(metadata={"help": "dataset directory (manifest + shards)"})
+    plan: Path = field(metadata={"help": "freeze_plan.json written by `tlops freeze`"})
+    model_dir: Path = field(metadata={"help": "model directory to write (model.pt + card.json)"})
+    metrics: Path = field(metadata={"help": "metrics.json to write"})
+    history: Path = field(metadata={"help": "per-epoch history CSV to write (dvc plots)"})
+    plot: Path = field(metadata={"help": "PNG of the training curves to write"})
+    checkpoints: Path = field(metadata={"help": "checkpoint directory (kept between runs for --resume)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
+    validation: Path | None = validation_field()
+
+
+def run(params: Params, args: Args) -> dict:
+    """Fine-tune by the plan and write the model, metrics, history and curves.
+
+    Args:
+        params: validated params (reads ``common`` and ``finetune``).
+        args: stage paths and the ``resume`` flag.
+    Returns:
+        Summary: best val accuracy and epoch, test accuracy, epochs run, throughput, output paths.
+    """
+    use_validated(args.dataset, args.validation)
+    common, cfg = params.common, params.finetune
+    seed_everything(common.seed)
+    plan = load_plan(args.plan)
+    info, device = init_distributed(select_device(common.device))
+    try:
+        classes = read_classes(args.dataset)
+        # the weights the selection scored (sha256-checked), a fresh head
+        model = LoadedModel.pretrained(plan.model, len(classes), common.image_size,
+                                       weights=weights_ref(plan.weights, get_spec(plan.model)),
+                                       hub_dir=plan.weights.get("hub_dir"), seed=common.seed, classes=classes)
+        ids = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
+        data = training_data(model.preprocessing, args.dataset, ids, cfg.augment)
+        ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers, args.resume, info)
+        started = time.perf_counter()
+        result = Trainer(model.network, plan, data, cfg, ctx).fit()
+        seconds = time.perf_counter() - started
+        summary = {}
+        if info.is_main:
+            summary = _write_outputs(params, args, plan, model.to(device), result, seconds, info.world_size)
+        barrier(info)
+        return summary
+    finally:
+        shutdown(info)
+
+
+def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedModel, result: FitResult,
+                   seconds: float, world_size: int) -> dict:
+    device, precision = model.device, Precision.choose(model.device, params.finetune)
+    test = model.inputs(args.dataset, "test")
+    test_scores = {}
+    if len(test):
+        loader = DataLoader(test, batch_size=params.finetune.eval_batch_size, num_workers=params.common.num_workers)
+        test_scores = evaluate(model.network, loader, device, precision)
+    body = [row["images_per_s"] for row in result.history if result.cache_modes[row["phase_index"]] == "off"]
+    metrics = {"best_epoch": result.best["epoch"], "best_phase": result.best["phase"],
+               "val_accuracy": result.best["val_accuracy"], "val_loss": result.best["val_loss"],
+               "test_accuracy": test_scores.get("accuracy"), "test_loss": test_scores.get("loss"),
+               "epochs_run": len(result.history), "train_seconds": round(seconds, 2),
+               "images_per_s_backbone": round(sum(body) / len(body), 1) if body else None,
+               "strategy": plan.strategy, "cache": result.cache_modes, "device": str(device),
+               "precision": str(precision.dtype or "float32"), "world_size": world_size,
+               "weights_sha256": model.weights.get("sha256")}
+    manifest = read_manifest(args.dataset)
+    card = {"freeze_plan": plan.to_json(),
+            "data": {"dataset": str(args.dataset), "version": dataset_version(manifest["sha256"].tolist()),
+                     "train_images": len(train_in_budget(manifest, args.dataset))},
+            "params": {"common": params.common.model_dump(), "finetune": params.finetune.model_dump()},
+            "metrics": metrics}
+    model.save(args.model_dir, card)
+    write_json(args.metrics, metrics)
+    write_history(args.history, result.history)
+    plot_history(args.plot, result.history, f"{plan.model}: {plan.strategy} (best val acc "
+                 f"{metrics['val_accuracy']:.3f}, test acc {metrics['test_accuracy'] or 0:.3f})")
+    log.info("fine-tuned %s: val acc %.4f, test acc %s", plan.model, metrics["val_accuracy"], metrics["test_accuracy"])
+    return {**metrics, "model_dir": str(args.model_dir), "plot": str(args.plot)}
