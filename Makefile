@@ -28,8 +28,9 @@ setup:
 # so the server's telemetry is off (it would only log failed connections)
 PREFECT_ENV = PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 
+# PROFILE=gpu applies params.gpu.yaml over params.yaml for this run (committed with the run's params)
 run: setup
-	$(PREFECT_ENV) $(BIN)/python -m flows.retrain
+	$(PREFECT_ENV) $(BIN)/python -m flows.retrain $(if $(PROFILE),--profile $(PROFILE))
 
 test: setup
 	$(BIN)/python -m pytest -q

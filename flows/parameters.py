@@ -6,9 +6,12 @@ Every field left empty keeps the value in params.yaml; a value given overrides i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import profile_overrides
 
 __all__ = ["RetrainParameters", "DriftCheckParameters"]
 
@@ -28,17 +31,24 @@ class RetrainParameters(BaseModel):
     image_size: int | None = Field(None, ge=8, le=1024, description="network input side, pixels")
     device: str | None = Field(None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, mps")
     seed: int | None = Field(None, ge=0)
+    profile: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
+                                description="a params profile applied first, e.g. gpu (params.gpu.yaml)")
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description='any other params.yaml key, e.g. {"finetune.lr": 0.001}')
 
-    def overrides(self) -> dict[str, Any]:
-        """The params.yaml keys this run overrides, as ``{"section.key": value}``."""
+    def overrides(self, params_path: Path | None = None) -> dict[str, Any]:
+        """The params.yaml keys this run overrides, as ``{"section.key": value}``: the profile's, then the form's.
+
+        Args:
+            params_path: the project's params.yaml (the profile file lies beside it); needed with a profile.
+        """
         keys = {"source": "ingest.source", "candidates": "select.candidates", "strategy": "freeze.strategy",
                 "epochs": "freeze.epochs", "image_size": "common.image_size", "device": "common.device",
                 "seed": "common.seed"}
-        chosen = {keys[name]: value for name, value in self.model_dump(exclude={"extra"}).items()
+        chosen = {keys[name]: value for name, value in self.model_dump(exclude={"extra", "profile"}).items()
                   if value is not None}
-        return {**chosen, **self.extra}
+        profile = profile_overrides(params_path or Path("params.yaml"), self.profile) if self.profile else {}
+        return {**profile, **chosen, **self.extra}
 
 
 class DriftCheckParameters(BaseModel):

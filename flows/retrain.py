@@ -60,7 +60,7 @@ def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "
     """Run the stage chain in a fresh versioned worktree, then publish a summary artifact."""
     project = str(find_root())
     name = run_name(flow_run.get_name() or "local")
-    overrides = parameters.overrides()
+    overrides = parameters.overrides(Path(project) / "params.yaml")
     workspace = prepare(project, name, overrides)
     stages = [run_stage(project, name, stage) for stage in built_stages(Path(workspace))]
     sha = version(project, name, f"run {name}: {reason}")
@@ -73,9 +73,14 @@ def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "
     return {"run": name, "workspace": workspace, "commit": sha, "stages": stages}
 
 
-def main() -> int:
-    """`make run`: one retrain run, end to end, then say where the reports are."""
-    result = retrain(reason="make run")
+def main(argv: list[str] | None = None) -> int:
+    """`make run [PROFILE=gpu]`: one retrain run, end to end, then say where the reports are."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=main.__doc__)
+    parser.add_argument("--profile", default=None, help="a params profile, e.g. gpu (params.gpu.yaml)")
+    ns = parser.parse_args(argv)
+    result = retrain(RetrainParameters(profile=ns.profile or None), reason="make run")
     print(f"\nRun {result['run']} done. Its worktree (data, model, reports): {result['workspace']}")
     print(f"Reports: {Path(result['workspace']) / 'reports'}")
     return 0

@@ -63,6 +63,8 @@ def _usage() -> str:
 def _common_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--params", type=Path, default=None, help="params file (default: <project>/params.yaml)")
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="apply params.<NAME>.yaml over params.yaml first, e.g. --profile gpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one param for this run, e.g. --set freeze.epochs=3 (repeatable)")
     return parser
@@ -86,7 +88,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
                                 required=default is None and field.default is dataclasses.MISSING,
                                 help=field.metadata.get("help"))
     ns = parser.parse_args(argv)
-    params = load_params(ns.params or root / "params.yaml", ns.overrides)
+    params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
     setup_logging(params.common.log_level)
     args = module.Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Args)})
     summary = module.run(params, args)
@@ -101,22 +103,23 @@ def _run_tool(command: str, argv: list[str]) -> int:
     if command == "params":
         import yaml
 
-        params = load_params(ns.params or root / "params.yaml", ns.overrides)
+        params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
         print(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False), end="")
         return 0
     if command == "status":
         return _status(root)
     if command == "run-all":
-        load_params(ns.params or root / "params.yaml", ns.overrides)  # fail fast on bad params
-        if ns.overrides:
-            raise ValueError("run-all runs dvc repro on params.yaml as it is: edit params.yaml instead of --set")
+        load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)  # fail fast on bad params
+        if ns.overrides or ns.profile:
+            raise ValueError("run-all runs dvc repro on params.yaml as it is: edit params.yaml instead of "
+                             "--set / --profile (or start a run: make run PROFILE=gpu)")
         dvc(root, "repro", capture=False)
         _status(root)
         _print_outputs(root)
         return 0
     from pipeline.drift.workspace import serve_ui  # drift-ui: the one tool left
 
-    params = load_params(ns.params or root / "params.yaml", ns.overrides)
+    params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
     workspace = main_checkout(root) / declared_options(root, "drift")["workspace"]
     return serve_ui(workspace, params.drift.ui_host, params.drift.ui_port)
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Params", "ConfigError", "load_params", "parse_overrides", "apply_overrides"]
+__all__ = ["Params", "ConfigError", "load_params", "profile_overrides", "parse_overrides", "apply_overrides"]
 
 
 class ConfigError(ValueError):
@@ -182,10 +182,11 @@ class FreezeParams(Section):
         "auto", description="auto picks strategy and depth from data size, classes and selection scores")
     depth: int | None = Field(None, ge=0, description="blocks kept frozen (partial; floor of gradual/lp_ft); "
                                                       "None: 0 for gradual/lp_ft, the auto rule's choice for auto")
-    epochs: int = Field(5, ge=1, le=1000, description="epochs of the fine-tune phase (full/partial/gradual/lp_ft)")
-    lp_epochs: int = Field(10, ge=1, le=1000, description="epochs of the linear probe (linear_probe, lp_ft)")
+    epochs: int = Field(10, ge=1, le=1000,
+                        description="epochs of the fine-tune phase, at most (full/partial/gradual/lp_ft)")
+    probe_cs: list[float] = Field([1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0, 10.0], min_length=1,
+                                  description="inverse L2 strengths the linear probe is solved at; val picks one")
     lr: float = Field(3e-4, gt=0, le=10, description="head lr while fine-tuning; lower blocks get lr * decay^depth")
-    lp_lr: float = Field(1e-2, gt=0, le=10, description="head lr of the linear probe phase")
     layer_decay: float = Field(0.7, gt=0, le=1, description="layer-wise lr decay per block below the head")
     gradual_every: int = Field(2, ge=1, description="gradual: epochs between two unfreezing steps")
     gradual_step: int = Field(1, ge=1, description="gradual: blocks unfrozen per step")
@@ -199,7 +200,10 @@ class FinetuneParams(Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov)")
-    batch_size: int = Field(64, ge=1, le=65536, description="global batch size (split across DDP ranks)")
+    batch_size: int = Field(64, ge=1, le=65536, description="global batch size (split across DDP ranks); a small "
+                                                            "train set gets at most a quarter of its images (>= 8)")
+    min_epoch_steps: int = Field(20, ge=1, le=100000, description="a small train set is repeated within an epoch "
+                                                                  "so that one epoch is at least this many steps")
     eval_batch_size: int = Field(256, ge=1, le=65536)
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each phase, then cosine")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
@@ -212,34 +216,32 @@ class FinetuneParams(Section):
                                                       "0 = they train on clean (unaugmented) features")
     amp: bool = Field(True, description="CUDA: autocast bf16 where supported, else fp16 + grad scaler")
     cpu_bf16: bool = Field(False, description="CPU: bf16 autocast")
-    channels_last: bool = Field(True, description="CUDA: channels_last memory format")
+    channels_last: bool = Field(True, description="CPU and CUDA: the channels_last memory format (faster convolutions)")
     compile: bool = Field(False, description="torch.compile the trained module")
 
 
 class BaselineParams(Section):
-    """From-scratch baseline (pipeline/baseline.py); its loop settings are the fine-tune's (finetune section)."""
+    """From-scratch training (stage baseline, and the scratch side of the label-efficiency curve): trained to
+    convergence under one stopping rule; optimizer, augmentation and loop are the fine-tune's (finetune section)."""
 
     lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block (scratch needs more than a fine-tune)")
-    budget: Literal["steps", "wall_clock"] = Field(
-        "steps", description="steps: as many optimizer steps as the fine-tune took; wall_clock: as much training time")
-    steps: int | None = Field(None, ge=1, description="optimizer steps; None: the steps the fine-tune took")
-    patience: int = Field(0, ge=0, description="early stopping for scratch; 0 = spend the whole budget")
+    patience: int = Field(5, ge=1, description="epochs without a better val accuracy that stop a scratch run")
+    max_epochs: int = Field(60, ge=1, le=100000, description="the cap; a run that hits it still improving is "
+                                                             "reported as not converged")
 
 
 class EvaluateParams(Section):
-    """Transfer vs scratch: metrics, label efficiency, robustness, interpretation (pipeline/evaluate.py)."""
+    """Transfer vs scratch: the verdict, label efficiency, robustness, interpretation (stage evaluate)."""
 
-    budgets: list[int | None] = Field([1, 5, 25, None], min_length=1,
-                                      description="label budgets of the curve: k train images per class; None = all")
+    budgets: list[int] = Field([10], description="label budgets of the curve: k train images per class "
+                                                   "(above the run's label budget: not drawn); all labels are "
+                                                   "compared by the fine-tuned and baseline models")
     seeds: list[int] = Field([0, 1, 2], min_length=3, description="seeds per budget (>= 3 for an interval)")
-    curve_transfer: Literal["linear_probe", "plan"] = Field(
-        "linear_probe", description="transfer side of the curve: cached-feature linear probe, or the freeze plan")
-    curve_steps: int = Field(25, ge=1, le=100000, description="optimizer steps of every curve run (both sides)")
-    curve_image_size: int | None = Field(32, ge=8, le=1024, description="input side of the curve runs; None = common")
-    curve_val_per_class: int | None = Field(10, ge=1, description="val images per class picking each run's best "
-                                                                  "epoch; None = all")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="coverage of the intervals over seeds")
-    interval: Literal["t", "bootstrap"] = Field("t", description="interval over seeds: Student t or bootstrap")
+    curve_image_size: int | None = Field(None, ge=8, le=1024, description="input side of the curve runs; None = common")
+    curve_val_per_class: int | None = Field(10, ge=1, description="val images per class that stop each scratch run "
+                                                                  "and choose each probe's penalty; None = all")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="coverage of every interval")
+    alpha: float = Field(0.05, gt=0, lt=1, description="level of the paired tests (full labels, shift set)")
     min_gain: float = Field(0.0, ge=0, le=1, description="smallest accuracy lead of transfer that counts as positive")
     ece_bins: int = Field(15, ge=2, le=100, description="bins of the expected calibration error")
     shift_per_cell: int | None = Field(40, ge=1, description="images per corruption x severity scored; None = all")
@@ -254,9 +256,9 @@ class EvaluateParams(Section):
 
     @model_validator(mode="after")
     def _budgets_and_seeds_distinct(self) -> "EvaluateParams":
-        bad = [b for b in self.budgets if b is not None and b < 1]
+        bad = [b for b in self.budgets if b < 1]
         if bad or len(set(self.budgets)) != len(self.budgets):
-            raise ValueError(f"budgets {self.budgets}: each >= 1 (or null = all) and listed once")
+            raise ValueError(f"budgets {self.budgets}: each >= 1 and listed once")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds}: listed twice; the interval needs distinct seeds")
         if any(not 0 <= e <= 1 for e in self.fgsm_epsilons):
@@ -324,18 +326,7 @@ class Params(Section):
         return getattr(self, "validate_" if stage == "validate" else stage)
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read, override and validate params.
-
-    Args:
-        path: the params.yaml file.
-        overrides: ``key.path=value`` strings (values parsed as YAML), applied before validation.
-    Returns:
-        The validated params.
-    Raises:
-        ConfigError: one line per problem, naming file, key path, bad value and what is allowed.
-    """
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -346,8 +337,49 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of stage sections, got {type(raw).__name__}")
+    return raw
+
+
+def profile_overrides(params_path: str | Path, profile: str) -> dict[str, Any]:
+    """The overrides of a named profile (``params.<profile>.yaml`` beside params.yaml) as ``{"a.b": value}``.
+
+    Raises:
+        ConfigError: no such profile (the message lists the ones there are).
+    """
+    params_path = Path(params_path)
+    path = params_path.with_name(f"{params_path.stem}.{profile}.yaml")
+    if not path.is_file():
+        found = sorted(p.name.split(".")[1] for p in params_path.parent.glob(f"{params_path.stem}.*.yaml"))
+        raise ConfigError(f"profile {profile!r}: {path} not found (profiles here: {', '.join(found) or 'none'})")
+
+    def flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    return flat(_read_yaml(path))
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None,
+                profile: str | None = None) -> Params:
+    """Read, override and validate params.
+
+    Args:
+        path: the params.yaml file.
+        overrides: ``key.path=value`` strings (values parsed as YAML), applied before validation (after the profile).
+        profile: a named profile applied first (``params.<profile>.yaml`` beside ``path``, e.g. ``gpu``).
+    Returns:
+        The validated params.
+    Raises:
+        ConfigError: one line per problem, naming file, key path, bad value and what is allowed.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    if profile:
+        raw = apply_overrides(raw, [(key.split("."), value) for key, value in profile_overrides(path, profile).items()])
     raw = apply_overrides(raw, parse_overrides(overrides or []))
-    return validate_params(raw, source=str(path))
+    return validate_params(raw, source=str(path) + (f" + profile {profile}" if profile else ""))
 
 
 def validate_params(raw: dict[str, Any], source: str = "params") -> Params:

@@ -49,7 +49,7 @@ def chain(tmp_path_factory) -> dict[str, Path]:
 
 
 def _drift(chain: dict[str, Path], out: Path) -> int:
-    return main(["drift", "--dataset", str(chain["dataset"]), "--profile", str(chain["profile"]),
+    return main(["drift", "--dataset", str(chain["dataset"]), "--image-profile", str(chain["profile"]),
                  "--current", str(chain["current"]), "--model", str(chain["model"]),
                  "--drift", str(out / "drift.json"), "--report-dir", str(out / "reports"),
                  "--workspace", str(out.parent / "workspace"), "--validation", str(passed_gate(out)),

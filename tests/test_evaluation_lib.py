@@ -1,4 +1,5 @@
-"""Evaluation library: metrics and intervals, the verdict rule, label efficiency, interpretation."""
+"""Evaluation library: metrics, label efficiency on a real task, interpretation, the report
+(the verdict rule and the intervals: tests/test_verdict.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from torch import nn
 
 from pipeline.evaluation.interpret import (PixelModel, adversarial_pair, class_ideal_inputs, fgsm_accuracy,
                                            total_variation)
-from pipeline.evaluation.label_efficiency import (labels_saved, run_curve, sample_per_class, summarise_curve,
-                                                  time_saved)
+from pipeline.evaluation.label_efficiency import run_curve, sample_per_class, summarise_curve, time_saved
 from pipeline.evaluation.metrics import (classification_metrics, confusion_matrix, expected_calibration_error,
-                                         interval, per_class_scores)
-from pipeline.evaluation.verdict import compare_intervals, overall_verdict
+                                         per_class_scores)
+from pipeline.training.probe import fit_linear_probe
 from pipeline.models import Preprocessing
 
 
@@ -51,30 +51,6 @@ def test_classification_metrics_names_the_bad_shape_and_scores_a_perfect_model()
         classification_metrics(probs, [0, 1, 2, 2], ["a", "b"])
 
 
-def test_t_interval_matches_formula_and_bootstrap_stays_in_range():
-    out = interval([0.8, 0.9, 1.0])
-    assert out["mean"] == 0.9 and out["n"] == 3
-    assert out["high"] - out["mean"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), abs=1e-3)
-    boot = interval([0.8, 0.9, 1.0], method="bootstrap")
-    assert 0.8 <= boot["low"] < 0.9 < boot["high"] <= 1.0
-    assert interval([0.5])["low"] == interval([0.5])["high"] == 0.5
-    with pytest.raises(ValueError, match="'z'"):
-        interval([1, 2], method="z")
-
-
-def test_verdict_rule():
-    hi, lo, mid = ({"mean": m, "low": m - 0.02, "high": m + 0.02} for m in (0.9, 0.6, 0.89))
-    assert compare_intervals(hi, lo) == "positive"
-    assert compare_intervals(lo, hi) == "negative"
-    assert compare_intervals(hi, mid) == "no_gain"
-    assert compare_intervals(hi, lo, min_gain=0.5) == "no_gain"
-    assert overall_verdict(["positive", "no_gain"]) == "positive"
-    assert overall_verdict(["positive", "negative"]) == "negative"
-    assert overall_verdict(["no_gain"]) == "no_gain"
-    with pytest.raises(ValueError, match="low <= mean <= high"):
-        compare_intervals({"mean": 1, "low": 2, "high": 3}, lo)
-
-
 def test_sample_per_class_is_stratified_and_seeded():
     labels = np.array([0] * 10 + [1] * 10 + [2] * 2)
     picked = sample_per_class(labels, 3, seed=1)
@@ -95,33 +71,34 @@ def _features_task(seed: int = 0):
 
 def test_label_efficiency_curve_on_a_real_task():
     y, good, raw = _features_task()
-    train, test = np.arange(0, 300, 2), np.arange(1, 300, 2)
+    train, val, test = np.arange(0, 300, 3), np.arange(1, 300, 3), np.arange(2, 300, 3)
 
-    def train_fn(idx, seed, pretrained):
-        feats = good if pretrained else raw
-        clf = LogisticRegression(max_iter=500, random_state=seed).fit(feats[train][idx], y[train][idx])
-        return {"accuracy": float(clf.score(feats[test], y[test]))}
+    def side(features):
+        def run(idx, seed):
+            fit = fit_linear_probe(features[train][idx], y[train][idx], features[val], y[val], 3, [0.01, 0.1, 1.0])
+            accuracy = float((fit.logits(features[test]).argmax(1) == y[test]).mean())
+            return {"accuracy": accuracy, "converged": True, "steps": fit.iterations, "seconds": fit.seconds}
+        return run
 
-    rows = run_curve(y[train], [2, 10, None], [0, 1, 2], train_fn)
-    assert len(rows) == 3 * 3 * 2 and {r["n_labels"] for r in rows} == {6, 30, 150}
-    summary = summarise_curve(rows)
-    assert [s["name"] for s in summary] == ["2/class", "10/class", "all"]
-    assert summary[0]["verdict"] == "positive"
-    saved = labels_saved(summary)
-    assert saved["bound"] in ("at_most", "exact") and saved["labels_saved"] > 0.5
-
-
-def _summary(points):
-    return [{"name": f"{n}", "n_labels": n, "transfer": {"mean": t}, "scratch": {"mean": s}} for n, t, s in points]
+    rows = run_curve(y[train], [2, 10], [0, 1, 2], side(good), side(raw))
+    assert len(rows) == 2 * 3 * 2 and {r["n_labels"] for r in rows} == {6, 30}
+    summary = summarise_curve(rows, n_test=len(test))
+    assert [s["name"] for s in summary] == ["2/class", "10/class"]
+    assert summary[1]["verdict"] == "positive" and summary[1]["transfer"]["low"] > summary[1]["scratch"]["high"]
 
 
-def test_labels_saved_interpolates_and_says_never():
-    saved = labels_saved(_summary([(10, 0.5, 0.3), (50, 0.9, 0.6), (100, 0.95, 0.7)]))
-    assert saved["labels_needed"] == pytest.approx(10 + (0.7 - 0.5) / 0.4 * 40)
-    assert saved["labels_saved"] == pytest.approx(1 - 30 / 100) and saved["bound"] == "exact"
-    assert labels_saved(_summary([(10, 0.8, 0.3), (100, 0.9, 0.7)]))["bound"] == "at_most"
-    never = labels_saved(_summary([(10, 0.2, 0.3), (100, 0.5, 0.7)]))
-    assert never["bound"] == "never" and never["labels_saved"] is None
+def test_the_solved_probe_is_the_optimum_a_trained_head_only_approaches():
+    _, good, _ = _features_task(1)
+    y = np.repeat(np.arange(3), 100)
+    fit = fit_linear_probe(good[::2], y[::2], good[1::2], y[1::2], 3, [0.001, 0.1, 10.0])
+    mean = good[::2].mean(0)
+    scale = np.linalg.norm(good[::2] - mean, axis=1).mean()  # centred, then one scale for every feature
+    reference = LogisticRegression(C=fit.c, max_iter=5000, tol=1e-10).fit((good[::2] - mean) / scale, y[::2])
+    np.testing.assert_allclose(fit.logits(good[1::2]), reference.decision_function((good[1::2] - mean) / scale),
+                               atol=1e-3)
+    assert {c["c"] for c in fit.candidates} == {0.001, 0.1, 10.0} and fit.val_accuracy > 0.9
+    two = fit_linear_probe(good[y < 2][::2], y[y < 2][::2], good[y < 2][1::2], y[y < 2][1::2], 3, [1.0])
+    assert two.weight.shape == (3, 3) and two.bias[2] < -10  # a class absent from training is never predicted
 
 
 def test_time_saved():
@@ -181,19 +158,29 @@ def test_fgsm_accuracy_starts_clean_and_falls(stripes_model):
 
 
 def _tiny_metrics() -> dict:
-    side = {"mean": 0.8, "low": 0.7, "high": 0.9, "std": 0.05, "n": 3}
-    scratch = {"mean": 0.3, "low": 0.2, "high": 0.4, "std": 0.05, "n": 3}
+    side = {"mean": 0.8, "low": 0.7, "high": 0.9, "std": 0.05, "n_seeds": 3, "identical_seeds": False,
+            "converged": True, "not_converged_seeds": [], "failed_seeds": [], "steps": 30, "seconds": 0.5}
+    scratch = {**side, "mean": 0.3, "low": 0.2, "high": 0.4, "steps": 400, "seconds": 20.0}
     scores = {"n": 10, "accuracy": 0.8, "macro_f1": 0.7812, "ece": 0.0421, "confusion": [[4, 1], [1, 4]],
               "per_class": {"a": {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 5}}}
-    return {"verdict": "negative", "verdict_reason": "at 10/class: scratch wins",
+    full = {"n": 10, "finetuned_accuracy": 0.81, "scratch_accuracy": 0.93, "p_value": 0.031, "verdict": "negative",
+            "reason": "all labels: scratch ahead", "test": "exact McNemar", "baseline_problem": None,
+            "finetuned_interval": {"low": 0.5, "high": 0.95}, "scratch_interval": {"low": 0.66, "high": 0.99},
+            "finetuned_only": 0, "scratch_only": 5, "difference": {"mean": -0.12, "low": -0.2, "high": -0.04}}
+    return {"verdict": "negative", "verdict_reason": "all labels: scratch ahead", "interval_method": "t and Wilson",
+            "recommended_model": "scratch", "recommended_reason": "the scratch baseline is better with all labels",
             "test_accuracy": {"finetuned": 0.81, "scratch": 0.93},
             "models": {"test": {"finetuned": scores}, "shift": {"finetuned": scores}},
             "cost": {"finetuned": {"trainable_params": 12810, "train_seconds": 3.5, "images_per_s": 99.1}},
-            "label_efficiency": {"curve": [{"name": "10/class", "budget": 10, "n_labels": 20, "transfer": side,
-                                            "scratch": scratch, "gain": 0.5, "verdict": "positive"}],
-                                 "steps": 25, "image_size": 32,
-                                 "labels_saved": {"bound": "never", "reference": "10/class", "target_accuracy": 0.3,
-                                                  "labels_needed": None}},
+            "label_efficiency": {"budgets": [{"name": "10/class", "budget": 10, "n_labels": 20, "transfer": side,
+                                              "scratch": scratch, "gain": 0.5, "verdict": "positive",
+                                              "reason": "at 10/class: transfer ahead"}],
+                                 "skipped": ["25/class: above the 12 labels per class the run has"],
+                                 "val_images": 20},
+            "full_labels": full, "shift": None,
+            "references": {"majority_class": 0.5, "pixel_logistic_regression": 0.6},
+            "labels_saved": {"bound": "never", "reference": "the converged scratch baseline with all labels",
+                             "target_accuracy": 0.93, "n_reference": 24, "labels_needed": None},
             "time_saved": {"target_accuracy": 0.5, "transfer_s": 1.25, "scratch_s": 9.5, "reached": "yes"}}
 
 
@@ -204,11 +191,13 @@ def test_report_puts_the_summary_first_embeds_figures_and_holds_every_number(tmp
     metrics = _tiny_metrics()
     png = plot_fgsm({"finetuned": {"0": 0.9, "0.01": 0.5}}, tmp_path / "fgsm.png")
     html = write_report(tmp_path / "r" / "report.html", metrics, {"fgsm": png}).read_text()
-    assert html.index("NEGATIVE") < html.index("With 10 labels per class (20 images), transfer reaches 0.8")
-    assert "scratch 0.3 (0.2-0.4)" in html and html.count("data:image/png;base64,") == 1
-    # the trained models side by side: a scratch model ahead with all labels is said, not hidden by the curve
-    assert "the fine-tuned model reaches 0.81 test accuracy and scratch 0.93: scratch is ahead" in html
-    assert "(25 steps at 32 px)" in html and "transfer 1.25 s, scratch 9.5 s" in html
+    # the headline first, then the all-labels comparison in words, with the numbers of the table below it
+    assert html.index("NEGATIVE") < html.index("With all 24 labels, the fine-tuned model reaches 0.81 and the "
+                                               "scratch baseline 0.93") < html.index("Label budgets")
+    assert "With 10 labels per class (20 images, 3 seeds), the linear probe reaches 0.8 (0.7-0.9)" in html
+    assert "scratch trained to convergence 0.3 (0.2-0.4) (scratch converged, about 400 steps" in html
+    assert "25/class: above the 12 labels per class the run has" in html and "fine-tuned 1.25 s" in html
+    assert "Promotion considers the scratch model" in html and html.count("data:image/png;base64,") == 1
     assert all(f">{fmt(v)}<" in html for v in flatten(metrics).values())
     assert flatten({"a": [{"b": 1}], "c": None}) == {"a.0.b": 1, "c": None}
 

@@ -22,7 +22,7 @@ from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
 
 PARAMS = """
 common: {image_size: 32, seed: 0}
-freeze: {strategy: lp_ft, depth: 4, lp_epochs: 2, epochs: 3}
+freeze: {strategy: lp_ft, depth: 4, epochs: 3}
 finetune: {batch_size: 16, eval_batch_size: 64, augment: none, patience: 0}
 """
 
@@ -65,10 +65,13 @@ def uninterrupted(workdir) -> dict:
 
 def test_finetune_writes_model_card_metrics_history_and_curves(workdir, uninterrupted):
     metrics = uninterrupted
-    assert metrics["epochs_run"] == 5 and metrics["cache"] == ["features", "off"]
+    assert metrics["epochs_run"] == 4 and metrics["cache"] == ["features", "off"]
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["val_accuracy"] >= 1 / 3
     rows = list(csv.DictReader((workdir / "a/history.csv").open()))
-    assert [r["phase"] for r in rows] == ["linear_probe"] * 2 + ["finetune"] * 3
+    assert [r["phase"] for r in rows] == ["linear_probe"] + ["finetune"] * 3
+    # a fine-tune phase replaces the solved probe only when it beats it on val
+    assert metrics["val_accuracy"] >= metrics["probe_val_accuracy"]
+    assert ("the linear probe (val accuracy" in metrics["kept_reason"]) == (metrics["best_phase"] == "linear_probe")
     assert Image.open(workdir / "a/curves.png").format == "PNG"
 
     loaded = LoadedModel.load(workdir / "a/model")

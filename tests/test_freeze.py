@@ -77,16 +77,17 @@ def test_layer_decay_and_param_groups_hold_only_trainable_blocks(tiny):
 
 
 @pytest.mark.parametrize("strategy,expected", [
-    ("linear_probe", [("linear_probe", 6, 4)]),
+    ("linear_probe", [("linear_probe", 6, 1)]),  # solved once, not trained for epochs
     ("partial", [("partial", 2, 5)]),
     ("full", [("full", 0, 5)]),
-    ("lp_ft", [("linear_probe", 6, 4), ("finetune", 2, 5)]),
+    ("lp_ft", [("linear_probe", 6, 1), ("finetune", 2, 5)]),
     ("gradual", [("unfreeze_0", 6, 1), ("unfreeze_2", 4, 1), ("unfreeze_4", 2, 3)]),
 ])
 def test_strategies_compose_phases(strategy, expected):
-    cfg = FreezeParams(lp_epochs=4, epochs=5, gradual_every=1, gradual_step=2)
+    cfg = FreezeParams(epochs=5, gradual_every=1, gradual_step=2)
     phases = build_phases(strategy, 2, cfg, BLOCKS, [1] * len(BLOCKS))
     assert [(p.name, p.n_frozen, p.epochs) for p in phases] == expected
+    assert all(bool(p.probe_cs) == (p.name == "linear_probe") for p in phases)
     assert all(p.cacheable == (p.n_frozen == len(BLOCKS) - 1) for p in phases)
     assert all(p.trainable_params == len(BLOCKS) - p.n_frozen for p in phases)
 
@@ -131,7 +132,8 @@ def test_freeze_stage_writes_a_plan_that_loads_back(tmp_path, monkeypatch):
     assert plan.weights == {"uri": "random-init", "sha256": None}
     assert any("probe accuracy" in reason for reason in plan.why)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["total_params"] == sum(p.numel() for p in LoadedModel.scratch(TINY_MODEL, 3, 32).network.parameters())
+    network = LoadedModel.scratch(TINY_MODEL, 3, 32).network
+    assert metrics["total_params"] == sum(p.numel() for p in network.parameters())
 
 
 def test_freeze_stage_errors_name_the_file(tmp_path, monkeypatch, capsys):

@@ -50,19 +50,17 @@ def test_s3_registry(tmp_path, s3_endpoint, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("verdict", "accuracy", "champion", "champion_accuracy", "same", "promoted", "why"),
+    ("accuracy", "champion", "champion_accuracy", "same", "promoted", "why"),
     [
-        ("negative", 0.99, None, None, False, False, "negative transfer"),
-        ("positive", 0.90, None, None, False, True, "no champion yet"),
-        ("no_gain", 0.90, None, None, False, True, "no champion yet"),
-        ("positive", 0.95, {"version": "v1"}, 0.94, False, True, "beats the champion's 0.9400"),
-        ("positive", 0.942, {"version": "v1"}, 0.94, False, False, "does not beat the champion's 0.9400 by the margin"),
-        ("positive", 0.99, {"version": "v1"}, 0.94, True, False, "already the champion (v1)"),
-        ("positive", 0.50, {"version": "v1"}, None, False, True, "trained on other classes"),
-        ("negative", 0.99, {"version": "v1"}, 0.10, False, False, "negative transfer"),
+        (0.90, None, None, False, True, "no champion yet"),
+        (0.95, {"version": "v1"}, 0.94, False, True, "beats the champion's 0.9400"),
+        (0.942, {"version": "v1"}, 0.94, False, False, "does not beat the champion's 0.9400 by the margin"),
+        (0.99, {"version": "v1"}, 0.94, True, False, "already the champion (v1)"),
+        (0.50, {"version": "v1"}, None, False, True, "trained on other classes"),
     ],
 )
-def test_promotion_rule(verdict, accuracy, champion, champion_accuracy, same, promoted, why):
-    decided, reason = promotion_decision(verdict, accuracy, champion, champion_accuracy, same, margin=0.005)
+def test_promotion_rule(accuracy, champion, champion_accuracy, same, promoted, why):
+    # the candidate is already the run's better model (the evaluation's recommendation): only the champion matters
+    decided, reason = promotion_decision(accuracy, champion, champion_accuracy, same, margin=0.005)
     assert decided is promoted
     assert why in reason

@@ -2,64 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
 from pipeline.config import Params
-from pipeline.data.shards import SHARDS_DIR, ShardWriter, write_classes, write_manifest
 from pipeline.models import LoadedModel
 from pipeline.models.feature_cache import cached_embeddings
 from pipeline.selection.candidates import rank_candidates
 from pipeline.stages.select import Args, run
 from pipeline.selection.scoring import logme
+from tests.support.photos import write_photo_dataset
 
-PER_CLASS = 10  # 7 classes x 10 train crops, 64 px: seconds per candidate on a small CPU
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "brick", "grass", "gravel")
+PER_CLASS = 10  # 7 classes x 10 train crops: seconds per candidate on a small CPU
 
 
 @pytest.fixture(scope="module")
 def photo_dataset(tmp_path_factory) -> Path:
-    """Grayscale crops of skimage's photos (class = source photo; random place, scale, rotation).
+    """Grayscale crops of skimage's photos (tests/support/photos.py).
 
     Natural images, unlike upscaled digits, where an untrained network's features feed a linear
     probe about as well as pixels do (measured: random-init lite0 beat pretrained lite0 on digits at
     12 per class), so this is where "pretrained beats a random init" is a fair claim.
     """
-    from skimage import color, data
+    return write_photo_dataset(tmp_path_factory.mktemp("photos"), {"train": PER_CLASS, "val": 2})
 
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("photos")
-    rows = []
-    with ShardWriter(root / SHARDS_DIR, 1 << 20) as writer:
-        for label, name in enumerate(PHOTOS):
-            image = getattr(data, name)()
-            gray = (color.rgb2gray(image) * 255).astype(np.uint8) if image.ndim == 3 else image
-            for j in range(PER_CLASS + 2):
-                rows.append(_add_crop(writer, gray, rng, label, j, "train" if j < PER_CLASS else "val"))
-    write_manifest(root, pd.DataFrame(rows))
-    write_classes(root, list(PHOTOS))
-    return root
-
-
-def _add_crop(writer: ShardWriter, gray: np.ndarray, rng: np.random.Generator, label: int, j: int, split: str) -> dict:
-    h, w = gray.shape
-    side = int(min(h, w) * rng.uniform(0.25, 0.5))
-    top, left = rng.integers(0, h - side), rng.integers(0, w - side)
-    buf = io.BytesIO()
-    Image.fromarray(gray[top:top + side, left:left + side]).rotate(90 * int(rng.integers(4))).save(buf, format="PNG")
-    data = buf.getvalue()
-    image_id = f"{PHOTOS[label]}-{j:02d}"
-    shard, offset, length = writer.add(image_id + ".png", data)
-    return {"id": image_id, "source_path": image_id, "label": PHOTOS[label], "label_idx": label, "split": split,
-            "sha256": hashlib.sha256(data).hexdigest(), "width": side, "height": side, "mode": "L",
-            "bytes": len(data), "shard": shard, "offset": offset, "length": length, "in_budget": True}
 
 
 def _params(**select) -> Params:

@@ -40,10 +40,10 @@ def chain(tmp_path_factory) -> dict:
         "shift": {"corruptions": ["gaussian_noise"], "severities": [5]},
         "select": {"candidates": [MODEL], "weights": {MODEL: {"uri": str(weights), "sha256": sha}},
                    "sample_per_class": 6, "cv_folds": 2, "bootstrap": 20, "logme_subsamples": 4, "latency_runs": 2},
-        "freeze": {"strategy": "linear_probe", "lp_epochs": 2},
-        "finetune": {"batch_size": 16, "augment": "none"},
-        "baseline": {"steps": 2},
-        "evaluate": {"budgets": [2], "seeds": [0, 1, 2], "curve_steps": 2, "curve_val_per_class": 2,
+        "freeze": {"strategy": "linear_probe"},
+        "finetune": {"batch_size": 16, "augment": "none", "min_epoch_steps": 1},
+        "baseline": {"max_epochs": 2},
+        "evaluate": {"budgets": [2], "seeds": [0, 1, 2], "curve_val_per_class": 2,
                      "shift_per_cell": 4, "attack_images": 4, "interpret_classes": 1, "ideal_steps": 2,
                      "adversarial_max_steps": 2, "fgsm_epsilons": [0.0]},
         "drift": {"permutations": 50, "top_outliers": 2},
@@ -58,9 +58,8 @@ def chain(tmp_path_factory) -> dict:
     finetune.run(params, finetune.Args(ds, p["plan"] / "plan.json", p["ft"] / "model", p["ft"] / "m.json",
                                        p["ft"] / "history.csv", p["ft"] / "curves.png", p["ft"] / "ckpt",
                                        validation=gate))
-    baseline.run(params, baseline.Args(ds, p["plan"] / "plan.json", p["ft"] / "model", p["bl"] / "model",
-                                       p["bl"] / "m.json", p["bl"] / "history.csv", p["bl"] / "curves.png",
-                                       p["bl"] / "ckpt", gate))
+    baseline.run(params, baseline.Args(ds, p["plan"] / "plan.json", p["bl"] / "model", p["bl"] / "m.json",
+                                       p["bl"] / "history.csv", p["bl"] / "curves.png", p["bl"] / "ckpt", gate))
     shift.run(params, shift.Args(ds, p["current"], work / "shift.json", work / "shift-report", gate))
     evaluate.run(params, evaluate.Args(ds, p["current"], p["plan"] / "plan.json", p["ft"] / "model",
                                        p["ft"] / "history.csv", p["bl"] / "model", p["bl"] / "history.csv",

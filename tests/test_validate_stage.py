@@ -30,7 +30,7 @@ def _validate(tmp_path: Path, items: list[Item], classes: list[str], *overrides:
     dataset = bad.write_dataset(tmp_path / "dataset", items, classes)
     (tmp_path / "params.yaml").write_text("validate:\n  workers: 1\n")
     argv = ["validate", "--params", str(tmp_path / "params.yaml"), "--dataset", str(dataset),
-            "--profile", str(tmp_path / "profile.parquet"), "--metrics", str(tmp_path / "metrics.json"),
+            "--image-profile", str(tmp_path / "profile.parquet"), "--metrics", str(tmp_path / "metrics.json"),
             "--report-dir", str(tmp_path / "reports")]
     for item in overrides:
         argv += ["--set", item]

@@ -44,7 +44,8 @@ def shift_sample(current_dir: str | os.PathLike, per_cell: int | None, seed: int
 
 
 def score(model: LoadedModel, name: str, dataset_dir: str | os.PathLike, current_dir: str | os.PathLike,
-          shift_ids: Sequence[str], classes: Sequence[str], ece_bins: int, batch_size: int) -> dict:
+          shift_ids: Sequence[str], classes: Sequence[str], ece_bins: int,
+          batch_size: int) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics of one model on the test split and on the domain-shift set, plus robustness.
 
     Args:
@@ -57,15 +58,19 @@ def score(model: LoadedModel, name: str, dataset_dir: str | os.PathLike, current
         ece_bins: calibration bins.
         batch_size: images per forward pass.
     Returns:
-        ``{"test": metrics, "shift": metrics, "robustness": {corruption: {severity: acc}}, "images_per_s"}``.
+        (``{"test": metrics, "shift": metrics, "robustness": {corruption: {severity: acc}}, "images_per_s",
+        "classes_predicted"}``, per image whether the model is right: ``{"test": [...], "shift": [...]}``,
+        in the order of the test split and of ``shift_ids``, for paired comparisons).
     """
     probs, labels, speed = model.predict(model.inputs(dataset_dir, "test"), batch_size=batch_size,
                                          desc=f"{name} test")
     shift = model.inputs(current_dir, None, ids=shift_ids)
     s_probs, s_labels, _ = model.predict(shift, batch_size=batch_size, desc=f"{name} shift")
-    return {"test": classification_metrics(probs, labels, classes, ece_bins),
-            "shift": classification_metrics(s_probs, s_labels, classes, ece_bins),
-            "robustness": robustness(shift.rows, s_probs, s_labels), "images_per_s": round(speed, 1)}
+    scores = {"test": classification_metrics(probs, labels, classes, ece_bins),
+              "shift": classification_metrics(s_probs, s_labels, classes, ece_bins),
+              "robustness": robustness(shift.rows, s_probs, s_labels), "images_per_s": round(speed, 1),
+              "classes_predicted": int(np.unique(probs.argmax(1)).size)}
+    return scores, {"test": probs.argmax(1) == labels, "shift": s_probs.argmax(1) == s_labels}
 
 
 def explain(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, show: Sequence[int],

@@ -1,35 +1,54 @@
-"""The pieces of the evaluate stage: the linear probe's settings, the learning curves, the label-efficiency
-curve, the verdict and its reason, and the metrics.json the report renders.
+"""The evaluate stage's comparison of transfer against scratch: the curve runs, the probe, the paired
+full-label and shift tests, the trivial references, the verdict, and the metrics.json the report renders.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
-from pipeline.config import EvaluateParams, FreezeParams
-from pipeline.data.shards import read_manifest, train_in_budget
-from pipeline.evaluation.label_efficiency import (curve_train_fn, elapsed_curve, labels_saved, run_curve,
-                                                  sample_per_class, summarise_curve, time_saved)
-from pipeline.evaluation.verdict import overall_verdict
-from pipeline.freezing.plan import FreezePlan
+from pipeline.config import BaselineParams, EvaluateParams
+from pipeline.evaluation.intervals import INTERVAL_METHOD, PAIRED_TEST, paired_comparison, wilson
+from pipeline.evaluation.label_efficiency import elapsed_curve, run_curve, summarise_curve, time_saved
+from pipeline.evaluation.verdict import overall_verdict, paired_verdict
 from pipeline.models import LoadedModel
-from pipeline.training.recipes import Setup, Trained
+from pipeline.training.probe import fit_linear_probe
+from pipeline.training.recipes import Setup, train_scratch
 
-__all__ = ["MODELS", "probe_settings", "history_curve", "label_efficiency", "verdict_of", "assemble_metrics"]
+__all__ = ["MODELS", "Features", "embed_splits", "history_curve", "label_efficiency",
+           "full_label_comparison", "recommend", "assemble_metrics"]
 MODELS = ("finetuned", "linear_probe", "scratch")
 
 
-def probe_settings(plan: FreezePlan) -> tuple[int, float]:
-    """Epochs and lr of the linear probe: the plan's probe phase, else the freeze defaults."""
-    for phase in plan.phases:
-        if phase.name == "linear_probe":
-            return phase.epochs, max(phase.lrs.values())
-    defaults = FreezeParams()
-    return defaults.lp_epochs, defaults.lp_lr
+@dataclass
+class Features:
+    """Pretrained embeddings of the train pool, the val images and the test split, computed once."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    seconds_per_image: float
+    weights_sha256: str | None
+
+
+def embed_splits(model: LoadedModel, dataset: Path, train_ids: Sequence[str], val_ids: Sequence[str],
+                 batch_size: int) -> Features:
+    """Embed the train pool, the val images and the test split with a pretrained (headless) model."""
+    started, parts = time.perf_counter(), []
+    for split, ids in (("train", train_ids), ("val", val_ids), ("test", None)):
+        out = model.outputs(model.inputs(dataset, split, ids), ("embeddings",), batch_size=batch_size,
+                            desc=f"features {split}")
+        parts += [out["embeddings"].numpy(), out.labels.numpy()]
+    seconds = time.perf_counter() - started
+    return Features(*parts, seconds / sum(len(p) for p in parts[1::2]), model.weights.get("sha256"))
 
 
 def history_curve(path: Path, card: dict) -> list[dict]:
@@ -44,63 +63,105 @@ def history_curve(path: Path, card: dict) -> list[dict]:
     return elapsed_curve(rows.to_dict("records"), card["metrics"].get("train_seconds"), upfront=cached)
 
 
-def label_efficiency(cfg: EvaluateParams, seed: int, setup: Setup, plan: FreezePlan, probe_lr: float,
-                     scratch_lr: float) -> dict:
-    """Label-efficiency runs on the budgeted train labels, their summary, labels saved, per-budget verdicts."""
-    manifest = read_manifest(setup.dataset)
-    train, val = train_in_budget(manifest, setup.dataset), manifest[manifest["split"] == "val"]
-    val_ids = val["id"].to_numpy()[sample_per_class(val["label_idx"], cfg.curve_val_per_class, seed)].tolist()
-    # every curve run spends its whole step budget: early stopping would cut the slow starter (scratch)
-    curve_setup = replace(setup, image_size=cfg.curve_image_size or setup.image_size,
-                          cfg=setup.cfg.model_copy(update={"patience": 0}))
-    train_fn = curve_train_fn(curve_setup, train["id"].tolist(), val_ids, cfg.curve_steps, probe_lr, scratch_lr,
-                              plan if cfg.curve_transfer == "plan" else None)
-    rows = run_curve(train["label_idx"].to_numpy(), cfg.budgets, cfg.seeds, train_fn)
-    summary = summarise_curve(rows, cfg.confidence, cfg.interval, cfg.min_gain)
-    transfer_weights = sorted({r["weights_sha256"] for r in rows if r["side"] == "transfer" and r["weights_sha256"]})
-    return {"transfer": cfg.curve_transfer, "image_size": curve_setup.image_size, "steps": cfg.curve_steps,
-            "seeds": cfg.seeds, "confidence": cfg.confidence, "interval": cfg.interval, "curve": summary,
-            "labels_saved": labels_saved(summary), "transfer_weights_sha256": transfer_weights, "runs": rows}
+def label_efficiency(cfg: EvaluateParams, scratch_cfg: BaselineParams, setup: Setup, features: Features,
+                     train_ids: Sequence[str], val_ids: Sequence[str], budgets: Sequence[int], majority: float,
+                     cs: Sequence[float]) -> dict:
+    """Both sides at every budget x seed on the same subsets: runs, per-budget summaries and verdicts."""
+    num_classes = len(setup.classes)
+
+    def transfer(indices: np.ndarray, seed: int) -> dict:
+        fit = fit_linear_probe(features.train[indices], features.train_labels[indices], features.val,
+                               features.val_labels, num_classes, cs)
+        predicted = fit.logits(features.test).argmax(1)
+        return {"accuracy": round(float((predicted == features.test_labels).mean()), 4), "converged": True,
+                "steps": fit.iterations, "c": fit.c,
+                "seconds": round(fit.seconds + features.seconds_per_image * (len(indices) + len(features.val)), 3),
+                "classes_predicted": int(np.unique(predicted).size), "weights_sha256": features.weights_sha256}
+
+    def scratch(indices: np.ndarray, seed: int) -> dict:
+        run = train_scratch(setup, scratch_cfg, seed, [train_ids[i] for i in indices], val_ids)
+        accuracy = round(run.test["accuracy"], 4)
+        return {"accuracy": accuracy, "converged": run.fit.converged, "steps": run.fit.steps,
+                "epochs": run.fit.phases[-1]["epochs"], "seconds": round(run.seconds, 3), "batch_size": run.batch_size,
+                "classes_predicted": run.test["classes_predicted"],
+                "failed": run.test["classes_predicted"] <= 1 or accuracy <= majority}
+
+    rows = run_curve(features.train_labels, budgets, cfg.seeds, transfer, scratch)
+    return {"budgets": summarise_curve(rows, len(features.test_labels), cfg.confidence, cfg.min_gain), "runs": rows}
 
 
-def verdict_of(curve: list[dict]) -> tuple[str, str]:
-    """The overall verdict over the curve's budgets, and the comparison that decided it."""
-    verdict = overall_verdict([p["verdict"] for p in curve])
-    deciding = next((p for p in curve if p["verdict"] == verdict), curve[-1])
-    t, s = deciding["transfer"], deciding["scratch"]
-    reason = (f"at {deciding['name']} ({deciding['n_labels']} labels): transfer {t['mean']} [{t['low']}, {t['high']}] "
-              f"vs scratch {s['mean']} [{s['low']}, {s['high']}]")
-    return verdict, reason
+def full_label_comparison(name: str, finetuned_correct: np.ndarray, scratch_correct: np.ndarray,
+                          baseline_problem: str | None, cfg: EvaluateParams, seed: int) -> dict:
+    """The fine-tuned model against the scratch baseline on the same images: paired test and verdict."""
+    paired = paired_comparison(finetuned_correct, scratch_correct, cfg.confidence, seed=seed)
+    verdict, reason = paired_verdict(name, paired, cfg.alpha, baseline_problem)
+    intervals = {side: dict(zip(("low", "high"), (round(v, 4) for v in wilson(paired[key], paired["n"],
+                                                                              cfg.confidence))))
+                 for side, key in (("finetuned", "accuracy_a"), ("scratch", "accuracy_b"))}
+    return {"n": paired["n"], "finetuned_accuracy": paired["accuracy_a"], "scratch_accuracy": paired["accuracy_b"],
+            "finetuned_interval": intervals["finetuned"], "scratch_interval": intervals["scratch"],
+            "finetuned_only": paired["a_only"], "scratch_only": paired["b_only"], "test": PAIRED_TEST,
+            "p_value": paired["p_value"], "difference": paired["difference"], "verdict": verdict, "reason": reason,
+            "baseline_problem": baseline_problem}
 
 
-def assemble_metrics(verdict: str, reason: str, scores: dict, curve: dict, learning: dict, explained: dict,
-                     models: dict[str, LoadedModel], probe: Trained, classes: list[str], show: list[int]) -> dict:
-    """Everything metrics.json holds (the report renders exactly this)."""
+def recommend(full_labels: dict) -> tuple[str, str]:
+    """The model the promotion gate should consider: scratch only when it beats the fine-tune on all labels."""
+    if full_labels["verdict"] == "negative":
+        return "scratch", f"the scratch baseline is better with all labels ({full_labels['reason']})"
+    return "finetuned", f"the fine-tuned model is not worse with all labels ({full_labels['reason']})"
+
+
+def assemble_metrics(parts: dict[str, Any], scores: dict, learning: dict, explained: dict,
+                     models: dict[str, LoadedModel], probe_seconds: float, classes: list[str],
+                     show: list[int]) -> dict:
+    """Everything metrics.json holds (the report renders exactly this).
+
+    Args:
+        parts: curve, full_labels, shift, references, labels_saved, recommended_model/_reason, budgets_skipped,
+            image_size, val_images.
+        scores: per model: test and shift metrics, robustness, images/s.
+        learning: the fine-tuned and scratch learning curves.
+        explained: per model: ideal inputs, adversarial pairs, FGSM.
+        models: the three models (their weights fingerprints).
+        probe_seconds: the full-label probe's fit time.
+        classes: class names.
+        show: the visualised class indices.
+    """
     ft_card, sc_card = models["finetuned"].card, models["scratch"].card
     cost = {
         "finetuned": {"trainable_params": ft_card["freeze_plan"]["trainable_params"],
                       "train_seconds": ft_card["metrics"].get("train_seconds")},
-        "linear_probe": {"trainable_params": probe.plan.phases[0].trainable_params,
-                         "train_seconds": round(probe.seconds, 2)},
+        "linear_probe": {"trainable_params": int(np.prod(models["linear_probe"].network.get_classifier().weight.shape))
+                         + len(classes), "train_seconds": round(probe_seconds, 2)},
         "scratch": {"trainable_params": sc_card["metrics"]["trainable_params"],
                     "train_seconds": sc_card["metrics"]["train_seconds"]},
     }
     for name in MODELS:
         cost[name]["images_per_s"] = scores[name]["images_per_s"]
+    curve = parts["curve"]
+    verdict, reason = overall_verdict(curve["budgets"], parts["full_labels"], parts["shift"])
     adversarial = {name: [{k: v for k, v in pair.items() if k not in ("original", "adversarial")}
                           for pair in e["pairs"]] for name, e in explained.items()}
-    weights: dict[str, Any] = {name: model.fingerprint() for name, model in models.items()}
+    transfer_weights = sorted({r["weights_sha256"] for r in curve["runs"] if r["side"] == "transfer"
+                               and r["weights_sha256"]})
     return {
-        "verdict": verdict, "verdict_reason": reason,
+        "verdict": verdict, "verdict_reason": reason, "interval_method": INTERVAL_METHOD,
+        "recommended_model": parts["recommended_model"], "recommended_reason": parts["recommended_reason"],
+        "full_labels": parts["full_labels"], "shift": parts["shift"], "references": parts["references"],
+        "label_efficiency": {"budgets": curve["budgets"], "skipped": parts["budgets_skipped"],
+                             "image_size": parts["image_size"], "val_images": parts["val_images"],
+                             "transfer_weights_sha256": transfer_weights, "runs": curve["runs"]},
+        "labels_saved": parts["labels_saved"],
+        "time_saved": time_saved(learning["finetuned"], learning["scratch"]),
         "test_accuracy": {name: scores[name]["test"]["accuracy"] for name in MODELS},
         "shift_accuracy": {name: scores[name]["shift"]["accuracy"] for name in MODELS},
         "models": {split: {name: scores[name][split] for name in MODELS} for split in ("test", "shift")},
         "robustness": {name: scores[name]["robustness"] for name in MODELS},
         "cost": cost,
-        "weights": weights,
-        "label_efficiency": curve,
-        "time_saved": time_saved(learning["finetuned"], learning["scratch"]),
+        "weights": {name: model.fingerprint() for name, model in models.items()},
         "fgsm": {name: e["fgsm"] for name, e in explained.items()},
         "adversarial": adversarial,
         "ideal_inputs": {name: {classes[c]: p for c, p in zip(show, e["ideal"][1])} for name, e in explained.items()},
     }
+

@@ -1,32 +1,39 @@
-"""Label-efficiency curve: transfer and scratch trained at several label budgets x seeds.
+"""Label-efficiency curve: transfer and scratch at several label budgets x seeds, both sides at their best.
 
-A budget is ``k`` labelled train images per class (or ``None``: all of them). For each budget and
-seed one stratified subset is drawn and *both* sides train on that same subset with that seed, so
-the comparison is paired. From the curve come "labels saved" (the share of labels the transfer
-model needs to match scratch trained on all of them) and, from learning curves, "time saved".
+A budget is ``k`` labelled train images per class, drawn from the labels the run has (inside
+``ingest.budget_per_class`` / ``budget_fraction``; a budget above that is not drawn). For each budget
+and seed one stratified subset is drawn and *both* sides learn from that same subset:
+
+- transfer: the linear probe on the pretrained features, solved to the optimum (pipeline.training.probe),
+  its penalty chosen on the held-out val images;
+- scratch: the same architecture from a seeded random start, trained to convergence by the one
+  stopping rule (pipeline.training.recipes), stopped by the same val images.
+
+Every run records its steps (L-BFGS iterations for the probe, optimizer steps for scratch), its
+seconds and whether it converged; a scratch run that predicts one class, or does no better than the
+majority class, is a failed training. "Labels saved" is measured against the converged scratch
+baseline trained on all the labels, never against an under-trained one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from pipeline.common.logs import get_logger, progress
-from pipeline.evaluation.metrics import interval, rnd
-from pipeline.evaluation.verdict import compare_intervals
-from pipeline.freezing.plan import FreezePlan
-from pipeline.training.recipes import Setup, epochs_for_steps, train_one
+from pipeline.evaluation.intervals import seed_interval
+from pipeline.evaluation.verdict import budget_verdict
 
-__all__ = ["SIDES", "TrainFn", "budget_name", "sample_per_class", "run_curve", "summarise_curve",
-           "labels_saved", "time_to_reach", "time_saved", "curve_train_fn", "elapsed_curve"]
+__all__ = ["SIDES", "RunFn", "budget_name", "sample_per_class", "drawable_budgets", "run_curve", "summarise_curve",
+           "labels_saved", "time_to_reach", "time_saved", "elapsed_curve"]
 
 SIDES = ("transfer", "scratch")
 log = get_logger(__name__)
-# train_fn(train indices, seed, pretrained) -> metrics with at least "accuracy" (on the held-out set)
-TrainFn = Callable[[np.ndarray, int, bool], dict]
+# fn(train indices, seed) -> {"accuracy", "converged", "steps", "seconds", "classes_predicted", ...}
+RunFn = Callable[[np.ndarray, int], dict]
 
 
 def budget_name(k: int | None) -> str:
@@ -38,7 +45,7 @@ def sample_per_class(labels: Sequence[int], k: int | None, seed: int) -> np.ndar
     """Draw ``k`` indices of each class (all of a class that has fewer), seeded.
 
     Args:
-        labels: label index of every train item.
+        labels: label index of every item.
         k: items per class, or None for every item.
         seed: seed of the draw; the same seed gives the same subset.
     Returns:
@@ -54,94 +61,122 @@ def sample_per_class(labels: Sequence[int], k: int | None, seed: int) -> np.ndar
     return np.sort(np.concatenate(picked))
 
 
+def drawable_budgets(labels: Sequence[int], budgets: Sequence[int]) -> tuple[list[int], list[str]]:
+    """The budgets the labels the run has can give (k per class for every class), and why others are not drawn."""
+    smallest = int(np.unique(np.asarray(labels, dtype=int), return_counts=True)[1].min())
+    drawn = [k for k in budgets if k <= smallest]
+    skipped = [f"{k}/class: above the {smallest} labels per class the run has (its label budget)"
+               for k in budgets if k > smallest]
+    return sorted(drawn), skipped
+
+
 @dataclass(frozen=True)
 class _Run:
-    budget: int | None
+    budget: int
     seed: int
     side: str
 
 
-def run_curve(labels: Sequence[int], budgets: Sequence[int | None], seeds: Sequence[int],
-              train_fn: TrainFn) -> list[dict]:
-    """Train both sides at every budget and seed.
+def run_curve(labels: Sequence[int], budgets: Sequence[int], seeds: Sequence[int], transfer_fn: RunFn,
+              scratch_fn: RunFn) -> list[dict]:
+    """Both sides at every budget and seed, on the same subsets.
 
     Args:
-        labels: label index of every train item (the pool budgets are drawn from).
-        budgets: k per class for each budget (None = all labels).
-        seeds: seeds; each gives its own subset and its own initialisation/order.
-        train_fn: trains one model on the given indices and returns its metrics.
+        labels: label index of every train item the run has (the pool budgets are drawn from).
+        budgets: k per class.
+        seeds: seeds; each gives its own subset and its own initialisation and data order.
+        transfer_fn: learns the transfer side from the given train indices.
+        scratch_fn: learns the scratch side from the given train indices.
     Returns:
-        One row per run: budget, name, n_labels, seed, side, accuracy, seconds (+ train_fn's extras).
+        One row per run: budget, name, n_labels, max_per_class, seed, side and the run's own figures.
     """
+    labels = np.asarray(labels, dtype=int)
     runs = [_Run(b, s, side) for b in budgets for s in seeds for side in SIDES]
     rows = []
     for run in progress(runs, desc="label-efficiency runs", unit="run"):
         indices = sample_per_class(labels, run.budget, run.seed)
         started = time.perf_counter()
-        metrics = train_fn(indices, run.seed, run.side == "transfer")
-        if "accuracy" not in metrics:
-            raise ValueError(f"train_fn returned {sorted(metrics)}: it must return at least 'accuracy'")
+        metrics = (transfer_fn if run.side == "transfer" else scratch_fn)(indices, run.seed)
+        missing = {"accuracy", "converged", "steps", "seconds"} - set(metrics)
+        if missing:
+            raise ValueError(f"the {run.side} run returned {sorted(metrics)}: it lacks {sorted(missing)}")
         rows.append({**metrics, "budget": run.budget, "name": budget_name(run.budget), "n_labels": len(indices),
-                     "seed": run.seed, "side": run.side, "seconds": rnd(time.perf_counter() - started)})
-        log.debug("%s %s seed %d: accuracy %.4f", run.side, budget_name(run.budget), run.seed, metrics["accuracy"])
+                     "max_per_class": int(np.bincount(labels[indices]).max()), "seed": run.seed, "side": run.side,
+                     "wall_seconds": round(time.perf_counter() - started, 3)})
+        log.info("%s %s seed %d: accuracy %.4f, %s, %d steps, %.1fs", run.side, budget_name(run.budget), run.seed,
+                 metrics["accuracy"], "converged" if metrics["converged"] else "NOT converged", metrics["steps"],
+                 metrics["seconds"])
     return rows
 
 
-def summarise_curve(rows: Sequence[dict], confidence: float = 0.95, method: str = "t",
-                    min_gain: float = 0.0) -> list[dict]:
-    """Mean and interval of each side at each budget, with the per-budget verdict.
+def _side(rows: list[dict], n_test: int, confidence: float) -> dict:
+    interval = seed_interval([r["accuracy"] for r in rows], n_test, confidence)
+    return {**interval, "converged": all(r["converged"] for r in rows),
+            "not_converged_seeds": [r["seed"] for r in rows if not r["converged"]],
+            "failed_seeds": [r["seed"] for r in rows if r.get("failed")],
+            "steps": int(round(np.mean([r["steps"] for r in rows]))),
+            "seconds": round(float(np.mean([r["seconds"] for r in rows])), 3)}
+
+
+def summarise_curve(rows: Sequence[dict], n_test: int, confidence: float = 0.95, min_gain: float = 0.0) -> list[dict]:
+    """Each budget: both sides' mean, interval (valid accuracies), convergence, steps and seconds, and its verdict.
 
     Args:
         rows: output of :func:`run_curve`.
+        n_test: test images each accuracy was measured on.
         confidence: interval coverage.
-        method: ``t`` or ``bootstrap`` (see :func:`pipeline.evaluation.metrics.interval`).
         min_gain: smallest transfer lead that counts as positive.
     Returns:
-        One entry per budget, in increasing label count: name, budget, n_labels, transfer, scratch
-        (intervals), gain (transfer mean - scratch mean), verdict.
+        One entry per budget, in increasing label count.
     """
-    names = list(dict.fromkeys(r["name"] for r in rows))
     summary = []
-    for name in names:
+    for name in dict.fromkeys(r["name"] for r in rows):
         mine = [r for r in rows if r["name"] == name]
-        sides = {side: interval([r["accuracy"] for r in mine if r["side"] == side], confidence, method)
-                 for side in SIDES}
+        sides = {side: _side([r for r in mine if r["side"] == side], n_test, confidence) for side in SIDES}
+        verdict, reason = budget_verdict(name, sides["transfer"], sides["scratch"], min_gain)
+        more_compute = sides["scratch"]["seconds"] >= sides["transfer"]["seconds"]
         summary.append({"name": name, "budget": mine[0]["budget"],
                         "n_labels": int(round(np.mean([r["n_labels"] for r in mine]))), **sides,
-                        "gain": rnd(sides["transfer"]["mean"] - sides["scratch"]["mean"]),
-                        "verdict": compare_intervals(sides["transfer"], sides["scratch"], min_gain)})
+                        "gain": round(sides["transfer"]["mean"] - sides["scratch"]["mean"], 4),
+                        "scratch_compute_at_least_transfer": more_compute,
+                        "verdict": verdict, "reason": reason})
     return sorted(summary, key=lambda s: s["n_labels"])
 
 
-def labels_saved(summary: Sequence[dict]) -> dict:
-    """Share of labels transfer needs to match scratch trained on the largest budget.
+def labels_saved(curve: Sequence[dict], n_all: int, transfer_all: float, scratch_all: float,
+                 scratch_problem: str | None) -> dict:
+    """Share of the labels transfer needs to match the converged scratch baseline trained on all of them.
 
-    The transfer mean accuracy is interpolated linearly in label count between budgets; the target is
-    the scratch mean at the largest budget (all labels when the curve includes ``all``).
+    The transfer accuracy is interpolated linearly in label count between the curve's budgets and the
+    fine-tuned model at all labels; the target is the scratch baseline's test accuracy with all labels.
 
     Args:
-        summary: output of :func:`summarise_curve` (sorted by label count).
+        curve: output of :func:`summarise_curve` (sorted by label count).
+        n_all: the labels the run has.
+        transfer_all: the fine-tuned model's test accuracy with all of them.
+        scratch_all: the scratch baseline's test accuracy with all of them.
+        scratch_problem: why the baseline cannot be the target (failed, not converged), or None.
     Returns:
-        target_accuracy, reference (budget name), n_reference, labels_needed, share_needed,
-        labels_saved (1 - share_needed) and bound: ``exact`` (reached between two budgets),
-        ``at_most`` (already reached at the smallest budget) or ``never`` (labels_saved None).
+        target_accuracy, reference, n_reference, labels_needed, share_needed, labels_saved and bound:
+        ``exact`` (reached between two points), ``at_most`` (already at the smallest budget), ``never``,
+        or ``unknown`` (no valid target: ``why`` says).
     """
-    if not summary:
-        raise ValueError("labels saved: the label-efficiency curve is empty")
-    ref = summary[-1]
-    target, n_ref = ref["scratch"]["mean"], ref["n_labels"]
-    points = [(s["n_labels"], s["transfer"]["mean"]) for s in summary]
-    out = {"target_accuracy": target, "reference": ref["name"], "n_reference": n_ref}
-    for i, (n, acc) in enumerate(points):
-        if acc < target:
+    out = {"target_accuracy": scratch_all, "reference": "the converged scratch baseline with all labels",
+           "n_reference": n_all}
+    if scratch_problem:
+        return {**out, "labels_needed": None, "share_needed": None, "labels_saved": None, "bound": "unknown",
+                "why": f"the scratch baseline {scratch_problem}"}
+    points = [(p["n_labels"], p["transfer"]["mean"]) for p in curve] + [(n_all, transfer_all)]
+    for i, (n, accuracy) in enumerate(points):
+        if accuracy < scratch_all:
             continue
         if i == 0:
             needed, bound = float(n), "at_most"
         else:
-            (n0, a0) = points[i - 1]
-            needed, bound = n0 + (target - a0) / (acc - a0) * (n - n0), "exact"
-        return {**out, "labels_needed": rnd(needed), "share_needed": rnd(needed / n_ref),
-                "labels_saved": rnd(1 - needed / n_ref), "bound": bound}
+            n0, a0 = points[i - 1]
+            needed, bound = n0 + (scratch_all - a0) / (accuracy - a0) * (n - n0), "exact"
+        return {**out, "labels_needed": round(needed, 1), "share_needed": round(needed / n_all, 4),
+                "labels_saved": round(1 - needed / n_all, 4), "bound": bound}
     return {**out, "labels_needed": None, "share_needed": None, "labels_saved": None, "bound": "never"}
 
 
@@ -165,11 +200,11 @@ def time_to_reach(curve: Sequence[dict], target: float, key: str = "val_accuracy
 
 def time_saved(transfer_curve: Sequence[dict], scratch_curve: Sequence[dict], key: str = "val_accuracy",
                clock: str = "elapsed_s") -> dict:
-    """Time for transfer to reach scratch's best validation accuracy, against scratch's own time.
+    """Time for transfer to reach the converged scratch model's best validation accuracy, against scratch's own.
 
     Args:
-        transfer_curve: the transfer model's learning curve.
-        scratch_curve: the scratch model's learning curve.
+        transfer_curve: the fine-tuned model's learning curve.
+        scratch_curve: the scratch baseline's learning curve.
         key: the accuracy field of each point.
         clock: the elapsed-seconds field of each point.
     Returns:
@@ -181,47 +216,11 @@ def time_saved(transfer_curve: Sequence[dict], scratch_curve: Sequence[dict], ke
     transfer_s, scratch_s = time_to_reach(transfer_curve, target, key, clock), time_to_reach(scratch_curve, target,
                                                                                                key, clock)
     if transfer_s is None:
-        return {"target_accuracy": rnd(target), "transfer_s": None, "scratch_s": rnd(scratch_s),
+        return {"target_accuracy": round(target, 4), "transfer_s": None, "scratch_s": round(scratch_s, 3),
                 "saved_s": None, "speedup": None, "reached": "never"}
-    return {"target_accuracy": rnd(target), "transfer_s": rnd(transfer_s), "scratch_s": rnd(scratch_s),
-            "saved_s": rnd(scratch_s - transfer_s), "speedup": rnd(scratch_s / transfer_s) if transfer_s > 0 else None,
-            "reached": "yes"}
-
-
-def curve_train_fn(setup: Setup, train_ids: Sequence[str], val_ids: Sequence[str] | None, steps: int,
-                   probe_lr: float, scratch_lr: float, transfer_plan: FreezePlan | None = None) -> TrainFn:
-    """The ``train_fn`` of the label-efficiency curve: one engine run per (subset, seed, side).
-
-    Both sides train on the same subset for the same number of optimizer steps: ``steps`` (linear
-    probe vs scratch), or the transfer plan's planned epochs when a plan is given. The transfer side
-    starts from the selection's weights (``setup.weights``), whose sha256 each run records.
-
-    Args:
-        setup: what the runs share (image size of the curve included).
-        train_ids: the train pool; the curve's indices point into it.
-        val_ids: val images picking each run's best epoch.
-        steps: optimizer steps per run (without a transfer plan).
-        probe_lr: learning rate of the linear probe.
-        scratch_lr: learning rate of scratch.
-        transfer_plan: replay this freeze plan on the transfer side instead of a linear probe.
-    Returns:
-        ``train_fn(indices, seed, pretrained) -> {"accuracy", "train_seconds", "epochs", "weights_sha256"}``.
-    """
-    # curve runs are throwaway: an epoch of a tiny run costs less than writing its checkpoint
-    throwaway = replace(setup, checkpoints=None)
-
-    def train_fn(indices: Sequence[int], seed: int, pretrained: bool) -> dict:
-        ids = [train_ids[i] for i in indices]
-        if transfer_plan is not None:
-            epochs = sum(phase.epochs for phase in transfer_plan.phases)
-        else:
-            epochs = epochs_for_steps(steps, len(ids), setup.cfg.batch_size)
-        plan = transfer_plan if pretrained else None
-        run = train_one(throwaway, plan, pretrained, seed, ids, val_ids, epochs, probe_lr if pretrained else scratch_lr)
-        return {"accuracy": run.test["accuracy"], "train_seconds": round(run.seconds, 3), "epochs": epochs,
-                "weights_sha256": run.model.weights.get("sha256")}
-
-    return train_fn
+    return {"target_accuracy": round(target, 4), "transfer_s": round(transfer_s, 3), "scratch_s": round(scratch_s, 3),
+            "saved_s": round(scratch_s - transfer_s, 3),
+            "speedup": round(scratch_s / transfer_s, 4) if transfer_s > 0 else None, "reached": "yes"}
 
 
 def elapsed_curve(history: Sequence[dict], total_seconds: float | None = None, upfront: bool = False) -> list[dict]:

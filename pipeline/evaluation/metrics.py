@@ -1,4 +1,4 @@
-"""Classification metrics and intervals over seeds.
+"""Classification metrics of one model on one labelled set.
 
 Everything works on plain arrays (labels, class probabilities), so the same functions score a
 network, a linear probe or a stored prediction file. Numbers are rounded to :data:`DIGITS` places
@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 from sklearn import metrics as sk_metrics
 
 __all__ = ["DIGITS", "rnd", "confusion_matrix", "per_class_scores", "expected_calibration_error",
-           "classification_metrics", "interval"]
+           "classification_metrics"]
 
 DIGITS = 4
 
@@ -125,36 +124,3 @@ def classification_metrics(probs: np.ndarray, y_true: Sequence[int], classes: Se
             "macro_f1": rnd(scores["f1"][present].mean()),
             "ece": rnd(expected_calibration_error(probs, y_true, ece_bins)),
             "per_class": per_class, "confusion": cm.tolist()}
-
-
-def interval(values: Sequence[float], confidence: float = 0.95, method: str = "t",
-             resamples: int = 2000, seed: int = 0) -> dict:
-    """Mean and confidence interval of a figure measured over seeds.
-
-    Args:
-        values: one value per seed.
-        confidence: coverage of the interval, e.g. 0.95.
-        method: ``t`` (Student t on the mean; honest with 3-5 seeds) or ``bootstrap`` (percentile
-            bootstrap of the mean; too narrow with few seeds, offered for many).
-        resamples: bootstrap resamples.
-        seed: bootstrap seed.
-    Returns:
-        ``{"mean", "low", "high", "std", "n"}``; with one value low = high = mean (no spread known).
-    """
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    if arr.size == 0:
-        raise ValueError("interval of no values")
-    if method not in ("t", "bootstrap"):
-        raise ValueError(f"interval method {method!r}: use 't' or 'bootstrap'")
-    mean = arr.mean()
-    if arr.size == 1 or np.ptp(arr) == 0:
-        low = high = mean
-    elif method == "t":
-        half = stats.t.ppf(0.5 + confidence / 2, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size)
-        low, high = mean - half, mean + half
-    else:
-        result = stats.bootstrap((arr,), np.mean, n_resamples=resamples, confidence_level=confidence,
-                                 method="percentile", random_state=np.random.default_rng(seed))
-        low, high = result.confidence_interval.low, result.confidence_interval.high
-    std = arr.std(ddof=1) if arr.size > 1 else 0.0
-    return {"mean": rnd(mean), "low": rnd(low), "high": rnd(high), "std": rnd(std), "n": int(arr.size)}

@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pipeline.common.io import write_text
-from pipeline.evaluation.plots import (plot_adversarial_pairs, plot_confusions, plot_fgsm, plot_ideal_inputs,
-                                       plot_label_efficiency, plot_learning_curves, plot_robustness)
+from pipeline.evaluation.plots import (curve_points, plot_adversarial_pairs, plot_confusions, plot_fgsm,
+                                       plot_ideal_inputs, plot_label_efficiency, plot_learning_curves, plot_robustness)
 
 __all__ = ["plot_tables", "write_plots"]
 
@@ -29,9 +29,7 @@ def plot_tables(metrics: Mapping, learning: Mapping[str, Sequence[Mapping]]) -> 
     Returns:
         File stem -> table.
     """
-    curve = [{"budget": p["name"], "n_labels": p["n_labels"], "side": side, "accuracy": p[side]["mean"],
-              "low": p[side]["low"], "high": p[side]["high"]}
-             for p in metrics["label_efficiency"]["curve"] for side in ("transfer", "scratch")]
+    curve = curve_points(metrics)
     robust = [{"model": m, "corruption": c, "severity": int(s), "accuracy": a}
               for m, table in metrics["robustness"].items() for c, levels in table.items() for s, a in levels.items()]
     curves = [{"model": m, **point} for m, points in learning.items() for point in points]
@@ -60,8 +58,7 @@ def write_plots(plots_dir: str | os.PathLike, metrics: Mapping, learning: Mappin
         write_text(out / f"{stem}.csv", table.to_csv(index=False))
     confusions = {m: scores["confusion"] for m, scores in metrics["models"]["test"].items()}
     return {
-        "label_efficiency": plot_label_efficiency(metrics["label_efficiency"]["curve"], out / "label_efficiency.png",
-                                                  metrics["label_efficiency"]["confidence"]),
+        "label_efficiency": plot_label_efficiency(curve_points(metrics), out / "label_efficiency.png"),
         "robustness": plot_robustness(metrics["robustness"], out / "robustness.png"),
         "confusion": plot_confusions(confusions, classes, out / "confusion.png"),
         "learning_curves": plot_learning_curves(learning, out / "learning_curves.png"),

@@ -15,38 +15,58 @@ import torch
 
 from pipeline.common.figures import plt, save_figure
 
-__all__ = ["SIDE_COLOURS", "plot_label_efficiency", "plot_robustness", "plot_confusions", "plot_learning_curves",
+__all__ = ["SIDE_COLOURS", "curve_points", "plot_label_efficiency", "plot_robustness", "plot_confusions",
+           "plot_learning_curves",
            "plot_ideal_inputs", "plot_adversarial_pairs", "plot_fgsm"]
 
 SIDE_COLOURS = {"transfer": "tab:blue", "finetuned": "tab:blue", "linear_probe": "tab:green", "scratch": "tab:red"}
 
 
-def plot_label_efficiency(curve: Sequence[Mapping], path: str | os.PathLike, confidence: float = 0.95) -> Path:
-    """Mean test accuracy against labels used, with the interval band, for transfer and scratch.
+def curve_points(metrics: Mapping) -> list[dict]:
+    """Every plotted point of the label-efficiency figure: the budgets (both sides over seeds) and all labels
+    (the fine-tuned model and the converged scratch baseline)."""
+    points = [{"budget": p["name"], "n_labels": p["n_labels"], "side": side, "accuracy": p[side]["mean"],
+               "low": p[side]["low"], "high": p[side]["high"], "converged": p[side]["converged"]}
+              for p in metrics["label_efficiency"]["budgets"] for side in ("transfer", "scratch")]
+    full, n_all = metrics["full_labels"], metrics["labels_saved"]["n_reference"]
+    for side in ("finetuned", "scratch"):
+        points.append({"budget": "all", "n_labels": n_all, "side": "transfer" if side == "finetuned" else "scratch",
+                       "accuracy": full[f"{side}_accuracy"], **full[f"{side}_interval"],
+                       "converged": side == "finetuned" or not full["baseline_problem"]})
+    return points
+
+
+def plot_label_efficiency(points: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Test accuracy against labels used with the intervals: the linear probe and scratch at each budget
+    (over seeds), the fine-tuned model and the scratch baseline with all labels; a scratch point that did
+    not converge is hollow.
 
     Args:
-        curve: per-budget summaries (n_labels, name, transfer/scratch intervals).
+        points: from :func:`curve_points`.
         path: PNG to write.
-        confidence: coverage of the bands, for the legend.
     Returns:
         The path.
     """
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    n = [c["n_labels"] for c in curve]
+    names = {"transfer": "transfer (probe; fine-tuned at all labels)", "scratch": "scratch, trained to convergence"}
     for side in ("transfer", "scratch"):
-        mean = [c[side]["mean"] for c in curve]
-        ax.plot(n, mean, "o-", color=SIDE_COLOURS[side], label=f"{side} (mean, {confidence:.0%} interval)")
-        ax.fill_between(n, [c[side]["low"] for c in curve], [c[side]["high"] for c in curve],
-                        color=SIDE_COLOURS[side], alpha=0.2)
+        mine = sorted((p for p in points if p["side"] == side), key=lambda p: p["n_labels"])
+        n = [p["n_labels"] for p in mine]
+        ax.plot(n, [p["accuracy"] for p in mine], "-", color=SIDE_COLOURS[side], label=names[side])
+        ax.fill_between(n, [p["low"] for p in mine], [p["high"] for p in mine], color=SIDE_COLOURS[side], alpha=0.2)
+        for p in mine:
+            ax.plot(p["n_labels"], p["accuracy"], "o", color=SIDE_COLOURS[side],
+                    mfc=SIDE_COLOURS[side] if p["converged"] else "white")
+    ticks = sorted({(p["n_labels"], p["budget"]) for p in points})
     ax.set_xscale("log")
     ax.minorticks_off()  # only the budgets themselves are labelled
-    ax.set_xticks(n, [f"{c['n_labels']}\n({c['name']})" for c in curve], fontsize=8)
+    ax.set_xticks([n for n, _ in ticks], [f"{n}\n({name})" for n, name in ticks], fontsize=8)
     ax.set_xlabel("labelled training images")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    ax.set_title("Label efficiency: transfer vs from scratch")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Label efficiency: transfer vs scratch trained to convergence")
     return save_figure(fig, path)
 
 

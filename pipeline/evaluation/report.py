@@ -46,48 +46,59 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _span(side: Mapping[str, Any]) -> str:
+    return f"{fmt(side['mean'])} ({fmt(side['low'])}-{fmt(side['high'])})"
+
+
+def _paired_sentence(what: str, c: Mapping[str, Any]) -> str:
+    d = c["difference"]
+    return (f"{what}, the fine-tuned model reaches {fmt(c['finetuned_accuracy'])} and the scratch baseline "
+            f"{fmt(c['scratch_accuracy'])} on the same {c['n']} images (difference {fmt(d['mean'])}, "
+            f"{fmt(d['low'])} to {fmt(d['high'])}; McNemar p = {fmt(c['p_value'])}): {c['verdict']}.")
+
+
 def plain_summary(metrics: Mapping[str, Any]) -> list[str]:
-    """Plain-language sentences for the top of the report.
+    """Plain-language sentences for the top of the report, from the very numbers of metrics.json.
 
     Args:
-        metrics: the evaluation metrics (keys written by pipeline/evaluate.py).
+        metrics: the evaluation metrics (keys written by pipeline/stages/evaluate.py).
     Returns:
         Sentences, most important first.
     """
-    lines = []
-    for point in metrics["label_efficiency"]["curve"]:
+    full, curve = metrics["full_labels"], metrics["label_efficiency"]
+    lines = [_paired_sentence(f"With all {metrics['labels_saved']['n_reference']} labels", full)]
+    if full["baseline_problem"]:
+        lines.append(f"The scratch baseline {full['baseline_problem']}: it is no evidence either way.")
+    for point in curve["budgets"]:
         t, s = point["transfer"], point["scratch"]
-        labels = "all labels" if point["budget"] is None else f"{point['budget']} labels per class"
-        lines.append(f"With {labels} ({point['n_labels']} images), transfer reaches {fmt(t['mean'])} test accuracy "
-                     f"({fmt(t['low'])}-{fmt(t['high'])}), "
-                     f"scratch {fmt(s['mean'])} ({fmt(s['low'])}-{fmt(s['high'])}).")
-    saved = metrics["label_efficiency"]["labels_saved"]
-    if saved["bound"] == "never":
-        lines.append(f"Transfer never matched scratch trained on {saved['reference']} labels "
-                     f"({fmt(saved['target_accuracy'])}): no labels saved.")
+        state = "converged" if s["converged"] else "NOT converged"
+        lines.append(f"With {point['budget']} labels per class ({point['n_labels']} images, "
+                     f"{t['n_seeds']} seeds), the linear probe reaches {_span(t)} and scratch trained to convergence "
+                     f"{_span(s)} (scratch {state}, about {s['steps']} steps and {fmt(s['seconds'])} s a run): "
+                     f"{point['verdict']}.")
+    lines += [f"Budget {skip}: not drawn." for skip in curve["skipped"]]
+    if metrics["shift"]:
+        lines.append(_paired_sentence("On the domain-shift set", metrics["shift"]))
+    saved = metrics["labels_saved"]
+    if saved["bound"] == "unknown":
+        lines.append(f"Labels saved: unknown, {saved['why']}.")
+    elif saved["bound"] == "never":
+        lines.append(f"Transfer never matched {saved['reference']} ({fmt(saved['target_accuracy'])}): no labels saved.")
     else:
         qualifier = "at most " if saved["bound"] == "at_most" else ""
         lines.append(f"Transfer needs {qualifier}{fmt(saved['labels_needed'])} labels ({fmt(saved['share_needed'])} "
-                     f"of {saved['n_reference']}) to match scratch trained on {saved['reference']} "
-                     f"({fmt(saved['target_accuracy'])}): labels saved {fmt(saved['labels_saved'])}.")
-    lines.append(_full_label_sentence(metrics))
-    time = metrics.get("time_saved")
-    if time:
-        transfer = f"{fmt(time['transfer_s'])} s" if time["reached"] == "yes" else "never"
-        lines.append(f"Time to reach scratch's best validation accuracy ({fmt(time['target_accuracy'])}): "
-                     f"transfer {transfer}, scratch {fmt(time['scratch_s'])} s.")
+                     f"of {saved['n_reference']}) to match {saved['reference']} ({fmt(saved['target_accuracy'])}): "
+                     f"labels saved {fmt(saved['labels_saved'])}.")
+    time = metrics["time_saved"]
+    transfer = f"{fmt(time['transfer_s'])} s" if time["reached"] == "yes" else "never"
+    lines.append(f"Time to reach the converged scratch baseline's best validation accuracy "
+                 f"({fmt(time['target_accuracy'])}): fine-tuned {transfer}, scratch {fmt(time['scratch_s'])} s.")
+    refs = metrics["references"]
+    lines.append(f"Trivial references on the test split: the majority class {fmt(refs['majority_class'])}, a logistic "
+                 f"regression on raw pixels {fmt(refs['pixel_logistic_regression'])}.")
+    lines.append(f"Promotion considers the {metrics['recommended_model']} model: {metrics['recommended_reason']}.")
+    lines.append(f"Intervals: {metrics['interval_method']}.")
     return lines
-
-
-def _full_label_sentence(metrics: Mapping[str, Any]) -> str:
-    """The trained models side by side: the curve's short runs must not hide a scratch model that wins."""
-    acc, curve = metrics["test_accuracy"], metrics["label_efficiency"]
-    gap = acc["finetuned"] - acc["scratch"]
-    lead = "the fine-tuned model is ahead" if gap > 0 else "scratch is ahead" if gap < 0 else "they tie"
-    return (f"With all labels and the same optimizer steps, the fine-tuned model reaches {fmt(acc['finetuned'])} "
-            f"test accuracy and scratch {fmt(acc['scratch'])}: {lead}. The curve above uses shorter runs "
-            f"({fmt(curve['steps'])} steps at {fmt(curve['image_size'])} px), where scratch is further from "
-            f"converged; raise evaluate.curve_steps to compare at convergence.")
 
 
 def _row(item: tuple[str, Mapping[str, Any]], keys: Sequence[str]) -> list[Any]:
@@ -108,11 +119,15 @@ def render_report(metrics: Mapping[str, Any], figures: Mapping[str, str | os.Pat
         The HTML.
     """
     curve_rows = [[p["name"], p["n_labels"], p["transfer"]["mean"],
-                   f"{fmt(p['transfer']['low'])} - {fmt(p['transfer']['high'])}", p["scratch"]["mean"],
-                   f"{fmt(p['scratch']['low'])} - {fmt(p['scratch']['high'])}", p["gain"], p["verdict"]]
-                  for p in metrics["label_efficiency"]["curve"]]
+                   f"{fmt(p['transfer']['low'])} - {fmt(p['transfer']['high'])}", p["transfer"]["seconds"],
+                   p["scratch"]["mean"], f"{fmt(p['scratch']['low'])} - {fmt(p['scratch']['high'])}",
+                   p["scratch"]["converged"], p["scratch"]["steps"], p["scratch"]["seconds"], p["gain"], p["verdict"]]
+                  for p in metrics["label_efficiency"]["budgets"]]
+    paired = [[name, c["n"], c["finetuned_accuracy"], c["scratch_accuracy"], c["difference"]["mean"],
+               f"{fmt(c['difference']['low'])} - {fmt(c['difference']['high'])}", c["p_value"], c["verdict"]]
+              for name, c in (("all labels (test)", metrics["full_labels"]), ("shift set", metrics["shift"])) if c]
     return render(__file__, "report.html.j2", filters={"fmt": fmt, "model_row": _row}, title=title, m=metrics,
-                  summary=plain_summary(metrics), curve_rows=curve_rows, figures=dict(figures),
+                  summary=plain_summary(metrics), curve_rows=curve_rows, paired=paired, figures=dict(figures),
                   every=list(flatten(metrics).items()))
 
 

@@ -2,7 +2,8 @@
 
 Strategies are small compositions of one phase builder (itself a use of ``freeze_to``'s depth):
 
-- ``linear_probe``: everything below the head frozen, a new head trained (``lp_epochs``, ``lp_lr``).
+- ``linear_probe``: everything below the head frozen, a new head solved to the optimum of a
+  logistic regression on the frozen features (its penalty chosen on val among ``probe_cs``).
 - ``partial``: the first ``depth`` blocks frozen.
 - ``full``: nothing frozen.
 - ``gradual``: head first, then one more block (``gradual_step``) every ``gradual_every`` epochs,
@@ -44,6 +45,8 @@ class Phase:
     trainable_params: int = 0
     # Only the head trains on a fixed backbone: its features can be computed once and cached.
     cacheable: bool = False
+    # The linear probe: solved (no epochs, no learning rate) at each of these inverse penalties, val picks.
+    probe_cs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class FreezePlan:
     why: list[str]
     data: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)  # the selection's weights: uri and sha256
+    probe_cs: list[float] = field(default_factory=list)  # penalties every linear probe of this model is solved at
 
     def to_json(self) -> dict[str, Any]:
         """The plan as a JSON-able dict (with the largest trainable parameter count on top)."""
@@ -101,7 +105,8 @@ def load_plan(path: str | Path) -> FreezePlan:
         phases = [Phase(**p) for p in raw["phases"]]
         plan = FreezePlan(**{k: raw[k] for k in ("model", "strategy", "requested", "blocks", "bn_policy",
                                                  "block_params", "why")},
-                          phases=phases, data=raw.get("data", {}), weights=raw.get("weights", {}))
+                          phases=phases, data=raw.get("data", {}), weights=raw.get("weights", {}),
+                          probe_cs=raw.get("probe_cs", []))
     except KeyError as err:
         raise ValueError(f"{path}: freeze plan lacks key {err.args[0]!r} (re-run `tlops freeze`)") from None
     except TypeError as err:
@@ -140,7 +145,8 @@ def build_phases(strategy: str, depth: int, cfg: FreezeParams, blocks: Sequence[
     def make(name: str, epochs: int, n_frozen: int, lr: float) -> Phase:
         return _phase(name, epochs, n_frozen, lr, blocks, cfg.layer_decay, block_params)
 
-    probe = make("linear_probe", cfg.lp_epochs, head_only, cfg.lp_lr)
+    probe = Phase(name="linear_probe", epochs=1, n_frozen=head_only, lrs={}, frozen_blocks=list(blocks[:head_only]),
+                  trainable_params=block_params[head_only], cacheable=True, probe_cs=list(cfg.probe_cs))
     if strategy == "linear_probe":
         return [probe]
     if strategy in ("partial", "full"):
@@ -227,4 +233,4 @@ def make_plan(cfg: FreezeParams, model: str, blocks: Sequence[str], block_params
                       phases=phases, block_params=list(block_params), why=why,
                       data={"train_images": stats.train_images, "num_classes": stats.num_classes,
                             "per_class": round(stats.per_class, 2), "probe_accuracy": stats.probe_accuracy},
-                      weights=dict(weights or {}))
+                      weights=dict(weights or {}), probe_cs=list(cfg.probe_cs))

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from pipeline.common.device import memory_format
 from pipeline.common.logs import progress
 
 __all__ = ["BatchOutputs", "run_batches", "split_forward"]
@@ -84,12 +85,15 @@ def run_batches(module: nn.Module, forward: Forward, batches: Iterable, device: 
         The outputs, concatenated.
     """
     module.eval()
+    layout = memory_format(device)
     collected: dict[str, list[torch.Tensor]] = {}
     labels: list[torch.Tensor] = []
     seconds = 0.0
     items = progress(batches, desc, total=total, unit="batch") if show_progress else batches
     for inputs, targets in items:
         inputs = inputs.to(device, non_blocking=True)
+        if inputs.dim() == 4:  # images: the layout the networks are kept in (pipeline.common.device)
+            inputs = inputs.contiguous(memory_format=layout)
         began = _clock(device)
         with autocast():
             out = forward(inputs)

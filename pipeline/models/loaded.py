@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.common.device import memory_format
 from pipeline.common.io import atomic_dir, read_json, sha256_file, write_json
 from pipeline.data.shards import ShardImageDataset
 from pipeline.models.build import build_network
@@ -161,9 +162,9 @@ class LoadedModel:
                 "state_dict_sha256": self.card.get("state_dict_sha256")}
 
     def to(self, device: torch.device | str) -> "LoadedModel":
-        """Move the network to ``device`` (in place) and return self."""
+        """Move the network to ``device`` in its fastest layout there (in place) and return self."""
         self.device = torch.device(device)
-        self.network.to(self.device)
+        self.network.to(self.device, memory_format=memory_format(self.device))
         return self
 
     # --- inputs and inference --------------------------------------------------------------------

@@ -92,10 +92,12 @@ def _headlines(metrics: dict[str, dict[str, Any]]) -> list[str]:
                                         "candidate within tolerance of the best, see selection.json)"),
              ("freeze", "Freeze plan", "{strategy}: {trainable_params} of {total_params} parameters trainable, "
                                        "BatchNorm {bn_policy}"),
-             ("finetune", "Fine-tuned", "val accuracy {val_accuracy}, test accuracy {test_accuracy}"),
+             ("finetune", "Fine-tuned", "val accuracy {val_accuracy}, test accuracy {test_accuracy} ({kept_reason})"),
+             ("baseline", "Scratch baseline", "converged {converged} ({stopped_by} after {epochs_run} epochs), "
+                                              "test accuracy {test_accuracy}"),
              ("evaluate", "Transfer verdict", "{verdict}: {verdict_reason}"),
              ("drift", "Drift detected", "{drift_detected} (p = {p_value}; moved: {descriptors_moved})"),
-             ("promote", "Promotion", "{decision}: {reason}")]
+             ("promote", "Promotion", "{decision} (the {candidate} model): {reason}")]
     lines = []
     for stage, label, template in picks:
         values = {key: _fmt(value) for key, value in metrics.get(stage, {}).items()}

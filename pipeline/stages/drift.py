@@ -1,6 +1,6 @@
 """Stage `drift`: is the current set drifting away from the reference, and how?
 
-Inputs: ``--dataset`` (reference images: its ``drift.reference_split``), ``--profile`` (the validation
+Inputs: ``--dataset`` (reference images: its ``drift.reference_split``), ``--image-profile`` (the validation
 profile of that dataset: its per-image descriptors), ``--current`` (the current set: the domain-shift
 set by default, or any newly ingested batch), ``--model`` (the fine-tuned model directory).
 Outputs: ``--drift`` (drift.json: drift_detected, p-values, effect sizes, moved descriptors, report
@@ -38,7 +38,7 @@ class Args:
     """Paths of the drift stage (defaults come from its cmd in dvc.yaml)."""
 
     dataset: Path = field(metadata={"help": "reference dataset directory (its drift.reference_split)"})
-    profile: Path = field(metadata={"help": "validation profile of the reference dataset (profile.parquet)"})
+    image_profile: Path = field(metadata={"help": "validation profile of the reference dataset (profile.parquet)"})
     current: Path = field(metadata={"help": "current dataset directory (domain-shift set or a new batch)"})
     model: Path = field(metadata={"help": "fine-tuned model directory (model.pt + card.json)"})
     drift: Path = field(metadata={"help": "drift.json to write (decision, p-values, effect sizes, report paths)"})
@@ -62,7 +62,7 @@ def run(params: Params, args: Args) -> dict:
     seed_everything(params.common.seed)
     started = time.perf_counter()
     model = LoadedModel.load(args.model, select_device(params.common.device))
-    reference = set_outputs(args.dataset, cfg.reference_split, model, cfg, reference_descriptors(args.profile))
+    reference = set_outputs(args.dataset, cfg.reference_split, model, cfg, reference_descriptors(args.image_profile))
     current = set_outputs(args.current, None, model, cfg, current_descriptors(args.current, params.common))
     summary = analyse(reference, current, cfg, params.common.seed)
     summary.update(reference=f"{args.dataset} ({cfg.reference_split})", current=str(args.current),

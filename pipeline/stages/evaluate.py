@@ -1,17 +1,22 @@
 """Stage ``evaluate``: transfer vs scratch on the user's own data, honestly.
 
-Scores the fine-tuned model, a linear probe (trained here on the selection's weights, by the engine)
-and the scratch baseline on the test split and the domain-shift set (accuracy, macro-F1, per-class
-P/R/F1, confusion, calibration error, robustness per corruption and severity, cost); trains the
-label-efficiency curve (transfer and scratch at each budget x seed, same subsets and steps) and from
-it decides the verdict (pipeline/evaluation/verdict.py), "labels saved" and, from the learning
-curves, "time saved"; shows what the models learned (ideal inputs, adversarial pairs, FGSM).
+The verdict (pipeline/evaluation/verdict.py) reads every comparison, each against a converged scratch
+model: the label-efficiency curve (at each budget x seed, the probe solved on the pretrained features
+against the architecture trained from scratch to convergence, on the same labels), the fine-tuned
+model against the scratch baseline with all labels (exact McNemar on the same test images), and the
+same on the domain-shift set. A scratch model that failed (one class, or below the majority class or
+a logistic regression on raw pixels) or did not converge makes its comparison inconclusive, never
+evidence for transfer. "Labels saved" and "time saved" are measured against the converged baseline.
+It also scores the fine-tuned model, the linear probe and the scratch baseline on the test split and
+the shift set (accuracy, macro-F1, per-class P/R/F1, confusion, calibration, robustness per corruption
+and severity, cost) and shows what they learned (ideal inputs, adversarial pairs, FGSM).
 Inputs: the dataset, the domain-shift set, ``freeze_plan.json``, the fine-tuned and baseline model
 directories and their ``history.csv``.
-Outputs: ``metrics.json`` (DVC metrics; ``weights`` names the weights behind every model), a plots
-folder (CSV for ``dvc plots`` + PNGs), and ``report.html`` (self-contained) in the report folder.
-Params: ``common`` and ``evaluate``; the loop settings and learning rates of the extra runs come from
-the fine-tuned and baseline model cards, so that they match the models being compared.
+Outputs: ``metrics.json`` (DVC metrics; ``weights`` names the weights behind every model;
+``recommended_model`` tells promotion which model is better), a plots folder (CSV for ``dvc plots`` +
+PNGs), and ``report.html`` (self-contained) in the report folder.
+Params: ``common`` and ``evaluate``; the scratch runs' settings come from the baseline's card and the
+loop's from the fine-tune's, so that the curve's scratch side is the baseline's recipe.
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ from pipeline.common.device import select_device
 from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
-from pipeline.config import FinetuneParams, Params
+from pipeline.config import BaselineParams, FinetuneParams, FreezeParams, Params
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
 from pipeline.evaluation.assess import attack_set, explain, score, shift_sample
-from pipeline.evaluation.comparison import (MODELS, assemble_metrics, history_curve, label_efficiency,
-                                            probe_settings, verdict_of)
+from pipeline.evaluation.comparison import (MODELS, assemble_metrics, embed_splits, full_label_comparison,
+                                            history_curve, label_efficiency, recommend)
+from pipeline.evaluation.label_efficiency import drawable_budgets, labels_saved, sample_per_class
 from pipeline.evaluation.outputs import write_plots
+from pipeline.evaluation.references import majority_accuracy, pixel_probe_accuracy, training_problem
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.verdict import announce
 from pipeline.freezing.plan import load_plan
-from pipeline.models import LoadedModel
-from pipeline.training.recipes import Setup, train_one
+from pipeline.models import LoadedModel, get_spec
+from pipeline.models.loaded import weights_ref
+from pipeline.training.probe import fit_linear_probe, set_head
+from pipeline.training.recipes import Setup
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -45,7 +54,7 @@ class Args:
 
     dataset: Path = field(metadata={"help": "dataset directory (test split scored, train split for the curve)"})
     current: Path = field(metadata={"help": "domain-shift set written by `tlops shift`"})
-    plan: Path = field(metadata={"help": "freeze_plan.json (architecture, weights, linear-probe phase)"})
+    plan: Path = field(metadata={"help": "freeze_plan.json (architecture, weights, the probe's penalties)"})
     finetuned: Path = field(metadata={"help": "fine-tuned model directory"})
     finetune_history: Path = field(metadata={"help": "the fine-tune's history.csv (learning curve)"})
     baseline: Path = field(metadata={"help": "scratch baseline model directory"})
@@ -57,13 +66,13 @@ class Args:
 
 
 def run(params: Params, args: Args) -> dict:
-    """Evaluate, decide the verdict and write metrics, plots and the HTML report.
+    """Compare, decide the verdict and write metrics, plots and the HTML report.
 
     Args:
         params: validated params (reads ``common`` and ``evaluate``).
         args: stage paths.
     Returns:
-        Summary: verdict, test accuracy of each model, labels saved, output paths.
+        Summary: verdict, its reason, test accuracy of each model, labels saved, the recommended model, paths.
     """
     use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.evaluate
@@ -72,19 +81,50 @@ def run(params: Params, args: Args) -> dict:
     plan, classes = load_plan(args.plan), read_classes(args.dataset)
     finetuned, scratch = LoadedModel.load(args.finetuned, device), LoadedModel.load(args.baseline, device)
     loop_cfg = FinetuneParams(**finetuned.card["params"]["finetune"])
-    probe_epochs, probe_lr = probe_settings(plan)
-    budget = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
-    # every run here is throwaway (none is resumed or kept), so none writes checkpoints; the transfer side
-    # starts from the weights the selection chose
-    setup = Setup(Path(args.dataset), plan.model, classes, common.image_size, loop_cfg, device, None,
-                  common.num_workers, weights=plan.weights, hub_dir=plan.weights.get("hub_dir"))
-    probe = train_one(setup, None, True, common.seed, budget, epochs=probe_epochs, lr=probe_lr, score_test=False)
-    curve = label_efficiency(cfg, common.seed, setup, plan, probe_lr, scratch.card["params"]["baseline"]["lr"])
-    models = {"finetuned": finetuned, "linear_probe": probe.model.to(device), "scratch": scratch}
+    scratch_cfg = BaselineParams(**scratch.card["params"]["baseline"])
+    cs = plan.probe_cs or FreezeParams().probe_cs  # plans written before the probe was solved: the defaults
+    manifest = read_manifest(args.dataset)
+    pool = train_in_budget(manifest, args.dataset)  # "all" means the labels the run has
+    val = manifest[manifest["split"] == "val"]
+    val_ids = val["id"].to_numpy()[sample_per_class(val["label_idx"], cfg.curve_val_per_class, common.seed)].tolist()
+    size = cfg.curve_image_size or common.image_size
+
+    # the transfer side: the selection's weights, its embeddings computed once
+    backbone = LoadedModel.pretrained(plan.model, len(classes), size, weights=weights_ref(plan.weights,
+                                      get_spec(plan.model)), hub_dir=plan.weights.get("hub_dir"), seed=common.seed,
+                                      classes=classes, device=device)
+    features = embed_splits(backbone, args.dataset, pool["id"].tolist(), val_ids, loop_cfg.eval_batch_size)
+    probe = fit_linear_probe(features.train, features.train_labels, features.val, features.val_labels,
+                             len(classes), cs)
+    set_head(backbone.network, probe)
+    references = {"majority_class": majority_accuracy(features.test_labels),
+                  "pixel_logistic_regression": pixel_probe_accuracy(args.dataset, pool["id"].tolist(), val_ids,
+                                                                    len(classes), cs)}
+    budgets, skipped = drawable_budgets(pool["label_idx"], cfg.budgets)
+    setup = Setup(Path(args.dataset), plan.model, classes, size, loop_cfg, device, None, common.num_workers)
+    curve = label_efficiency(cfg, scratch_cfg, setup, features, pool["id"].tolist(), val_ids, budgets,
+                             references["majority_class"], cs)
+
+    models = {"finetuned": finetuned, "linear_probe": backbone.to(device), "scratch": scratch}
     shift_ids = shift_sample(args.current, cfg.shift_per_cell, common.seed)
-    batch = loop_cfg.eval_batch_size
-    scores = {name: score(model, name, args.dataset, args.current, shift_ids, classes, cfg.ece_bins, batch)
-              for name, model in models.items()}
+    scored = {name: score(model, name, args.dataset, args.current, shift_ids, classes, cfg.ece_bins,
+                          loop_cfg.eval_batch_size) for name, model in models.items()}
+    scores, correct = {n: s for n, (s, _) in scored.items()}, {n: c for n, (_, c) in scored.items()}
+    baseline = scratch.card["metrics"]
+    problem = training_problem(scores["scratch"]["test"]["accuracy"], scores["scratch"]["classes_predicted"],
+                               baseline.get("converged", False), references, scratch_cfg.max_epochs)
+    full = full_label_comparison("all labels (test split)", correct["finetuned"]["test"], correct["scratch"]["test"],
+                                 problem, cfg, common.seed)
+    labelled = bool(read_manifest(args.current)["label"].astype(str).str.len().gt(0).all())
+    shift = (full_label_comparison("shift set", correct["finetuned"]["shift"], correct["scratch"]["shift"], problem,
+                                   cfg, common.seed) if labelled else None)
+    recommended, why = recommend(full)
+    parts = {"curve": curve, "full_labels": full, "shift": shift, "references": references,
+             "budgets_skipped": skipped, "image_size": size, "val_images": len(val_ids),
+             "recommended_model": recommended, "recommended_reason": why,
+             "labels_saved": labels_saved(curve["budgets"], len(pool), full["finetuned_accuracy"],
+                                          full["scratch_accuracy"], problem)}
+
     images, labels = attack_set(args.dataset, finetuned.preprocessing, cfg.attack_images, common.seed)
     show = list(range(min(cfg.interpret_classes, len(classes))))
     explained = {name: explain(models[name], images, labels, show, cfg.fgsm_epsilons, cfg.ideal_steps,
@@ -92,11 +132,11 @@ def run(params: Params, args: Args) -> dict:
                  for name in MODELS}
     learning = {"finetuned": history_curve(args.finetune_history, finetuned.card),
                 "scratch": history_curve(args.baseline_history, scratch.card)}
-    verdict, reason = verdict_of(curve["curve"])
-    announce(verdict, reason)
-    metrics = assemble_metrics(verdict, reason, scores, curve, learning, explained, models, probe, classes, show)
+    metrics = assemble_metrics(parts, scores, learning, explained, models, probe.seconds, classes, show)
+    announce(metrics["verdict"], metrics["verdict_reason"])
     figures = write_plots(args.plots, metrics, learning, explained, classes, show)
     write_json(args.metrics, metrics)
     report = write_report(Path(args.report_dir) / "report.html", metrics, figures)
-    return {"verdict": verdict, "reason": reason, "test_accuracy": metrics["test_accuracy"],
-            "labels_saved": curve["labels_saved"]["labels_saved"], "report": str(report), "metrics": str(args.metrics)}
+    return {"verdict": metrics["verdict"], "reason": metrics["verdict_reason"],
+            "test_accuracy": metrics["test_accuracy"], "labels_saved": metrics["labels_saved"]["labels_saved"],
+            "recommended_model": recommended, "report": str(report), "metrics": str(args.metrics)}

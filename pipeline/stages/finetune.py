@@ -31,7 +31,7 @@ from pipeline.freezing.plan import FreezePlan, load_plan
 from pipeline.models import LoadedModel, get_spec
 from pipeline.models.loaded import weights_ref
 from pipeline.training.curves import plot_history, write_history
-from pipeline.training.data import training_data
+from pipeline.training.data import small_data_batch, training_data
 from pipeline.training.ddp import barrier, init_distributed, shutdown
 from pipeline.training.loop import FitResult, Precision, RunContext, Trainer, evaluate
 
@@ -75,10 +75,12 @@ def run(params: Params, args: Args) -> dict:
                                        weights=weights_ref(plan.weights, get_spec(plan.model)),
                                        hub_dir=plan.weights.get("hub_dir"), seed=common.seed, classes=classes)
         ids = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
-        data = training_data(model.preprocessing, args.dataset, ids, cfg.augment)
+        loop = cfg.model_copy(update={"batch_size": small_data_batch(len(ids), cfg.batch_size)})
+        data = training_data(model.preprocessing, args.dataset, ids, cfg.augment,
+                             min_epoch_items=loop.min_epoch_steps * loop.batch_size)
         ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers, args.resume, info)
         started = time.perf_counter()
-        result = Trainer(model.network, plan, data, cfg, ctx).fit()
+        result = Trainer(model.network, plan, data, loop, ctx).fit()
         seconds = time.perf_counter() - started
         summary = {}
         if info.is_main:
@@ -87,6 +89,23 @@ def run(params: Params, args: Args) -> dict:
         return summary
     finally:
         shutdown(info)
+
+
+def _kept(result: FitResult) -> dict:
+    """Which phase's weights were kept, and why: a fine-tune phase replaces the probe only when it beats it on val."""
+    probe = [row["val_accuracy"] for row in result.history if row["phase"] == "linear_probe"]
+    if not probe:
+        return {"probe_val_accuracy": None, "kept_reason": f"best val accuracy in phase {result.best['phase']}"}
+    later = [row["val_accuracy"] for row in result.history if row["phase"] != "linear_probe"]
+    best = result.best
+    if best["phase"] == "linear_probe":
+        why = (f"the linear probe (val accuracy {probe[0]:.4f}) was kept: the fine-tune phase never beat it on val "
+               f"(its best {max(later):.4f})" if later else "the plan is a linear probe")
+    elif best["val_accuracy"] > probe[0]:
+        why = f"the {best['phase']} phase beat the linear probe on val ({best['val_accuracy']:.4f} > {probe[0]:.4f})"
+    else:
+        why = f"the {best['phase']} phase matched the linear probe's val accuracy ({probe[0]:.4f}) at a lower loss"
+    return {"probe_val_accuracy": probe[0], "kept_reason": why}
 
 
 def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedModel, result: FitResult,
@@ -98,7 +117,7 @@ def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedMo
         loader = DataLoader(test, batch_size=params.finetune.eval_batch_size, num_workers=params.common.num_workers)
         test_scores = evaluate(model.network, loader, device, precision)
     body = [row["images_per_s"] for row in result.history if result.cache_modes[row["phase_index"]] == "off"]
-    metrics = {"best_epoch": result.best["epoch"], "best_phase": result.best["phase"],
+    metrics = {"best_epoch": result.best["epoch"], "best_phase": result.best["phase"], **_kept(result),
                "val_accuracy": result.best["val_accuracy"], "val_loss": result.best["val_loss"],
                "test_accuracy": test_scores.get("accuracy"), "test_loss": test_scores.get("loss"),
                "epochs_run": len(result.history), "train_seconds": round(seconds, 2),

@@ -1,13 +1,16 @@
-"""Stage `promote`: the new model becomes champion only when it earns it.
+"""Stage `promote`: the better of this run's two models becomes champion only when it earns it.
 
-Inputs: the dataset (its test split), the fine-tuned model directory, the evaluation metrics (for
-the transfer verdict). Output: the decision JSON (also a DVC metric). Params: `promote`.
+Inputs: the dataset (its test split), the fine-tuned and the scratch baseline model directories, the
+evaluation metrics (the verdict and ``recommended_model``). Output: the decision JSON (also a DVC
+metric). Params: `promote`.
 
-Rule: promote when the transfer verdict is not `negative` AND (there is no champion, or the new model's
-test accuracy beats the champion's by at least `promote.margin`, both measured here by the same code
-on the same test split). Every evaluated model is registered as a version with its card and decision;
-only a promotion moves the champion pointer (one atomic write), so a failed or rejected run never
-touches the current champion.
+Rule: the candidate is the model the evaluation recommends: the fine-tuned one, unless the scratch
+baseline beat it on all labels by the paired test (a negative full-label verdict), so the user gets
+the better classifier either way. The candidate is promoted when there is no champion, or its test
+accuracy beats the champion's by at least `promote.margin`, both measured here by the same code on the
+same test split. Every candidate is registered as a version with its card and decision; only a
+promotion moves the champion pointer (one atomic write), so a failed or rejected run never touches the
+current champion.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ class Args:
     """Paths of the promote stage."""
 
     dataset: Path = field(metadata={"help": "dataset directory (its test split compares the models)"})
-    model: Path = field(metadata={"help": "the fine-tuned model directory (the candidate)"})
+    model: Path = field(metadata={"help": "the fine-tuned model directory"})
+    baseline: Path = field(metadata={"help": "the scratch baseline model directory (the candidate when it is "
+                                             "the better model)"})
     evaluation: Path = field(metadata={"help": "the evaluate stage's metrics.json (the transfer verdict)"})
     decision: Path = field(metadata={"help": "decision.json to write"})
     validation: Path | None = validation_field()
@@ -69,11 +74,13 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     cfg = params.promote
     root = Path.cwd()
     registry = open_registry(cfg.registry, main_checkout(root))
-    verdict = read_json(args.evaluation).get("verdict")
-    if verdict is None:
-        raise ValueError(f"{args.evaluation}: no 'verdict' key (run the evaluate stage first)")
+    evaluation = read_json(args.evaluation)
+    verdict, recommended = evaluation.get("verdict"), evaluation.get("recommended_model")
+    if verdict is None or recommended not in ("finetuned", "scratch"):
+        raise ValueError(f"{args.evaluation}: no 'verdict' / 'recommended_model' (re-run the evaluate stage)")
     device = select_device(params.common.device)
-    candidate = LoadedModel.load(args.model, device)
+    model_dir = args.model if recommended == "finetuned" else args.baseline
+    candidate = LoadedModel.load(model_dir, device)
     classes = read_classes(args.dataset)
     new_accuracy = test_accuracy(candidate, args.dataset)
     champion = registry.champion()
@@ -84,16 +91,17 @@ def run(params: Params, args: Args) -> dict[str, Any]:
             same_model = champion_model.card["state_dict_sha256"] == candidate.card["state_dict_sha256"]
             if sorted(champion_model.classes) == sorted(classes):
                 champion_accuracy = test_accuracy(champion_model, args.dataset)
-    promoted, reason = promotion_decision(verdict, new_accuracy, champion, champion_accuracy, same_model, cfg.margin)
+    promoted, reason = promotion_decision(new_accuracy, champion, champion_accuracy, same_model, cfg.margin)
     run = run_identity(root)
     decision = {"decision": "promoted" if promoted else "kept champion", "promoted": promoted, "reason": reason,
-                "verdict": verdict, "test_accuracy": round(new_accuracy, 4),
+                "verdict": verdict, "candidate": recommended,
+                "candidate_reason": evaluation.get("recommended_reason", ""), "test_accuracy": round(new_accuracy, 4),
                 "champion_test_accuracy": None if champion_accuracy is None else round(champion_accuracy, 4),
                 "previous_champion": champion["version"] if champion else None, "margin": cfg.margin,
                 "version": None, "registry": registry.location, **run}
     if not same_model:
         decision["version"] = run["run_name"]
-        registry.register(run["run_name"], args.model, decision)
+        registry.register(run["run_name"], model_dir, decision)
     if promoted:
         registry.set_champion(run["run_name"], {"test_accuracy": decision["test_accuracy"], "run_tag": run["run_tag"],
                                                  "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -103,13 +111,11 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     return decision
 
 
-def promotion_decision(verdict: str, accuracy: float, champion: dict | None, champion_accuracy: float | None,
-            same_model: bool, margin: float) -> tuple[bool, str]:
-    """The promotion rule; returns (promote?, why) in words."""
-    if verdict == "negative":
-        return False, "negative transfer: the from-scratch baseline beat the fine-tuned model"
+def promotion_decision(accuracy: float, champion: dict | None, champion_accuracy: float | None,
+                       same_model: bool, margin: float) -> tuple[bool, str]:
+    """The promotion rule for the run's better model; returns (promote?, why) in words."""
     if champion is None:
-        return True, f"no champion yet; transfer verdict {verdict}, test accuracy {accuracy:.4f}"
+        return True, f"no champion yet; test accuracy {accuracy:.4f}"
     if same_model:
         return False, f"this model is already the champion ({champion['version']})"
     if champion_accuracy is None:

@@ -1,7 +1,7 @@
 """Stage `validate`: decode and profile every image, then run the Great Expectations gate on the table.
 
 Inputs: ``--dataset`` (a dataset directory written by ingest: manifest.parquet, classes.json, shards/).
-Outputs: ``--profile`` (profile.parquet: one row per image with its descriptors, ``quarantined`` and the
+Outputs: ``--image-profile`` (profile.parquet: one row per image with its descriptors, ``quarantined`` and the
 leak/conflict partner columns; the drift stage reuses the descriptors), ``--metrics`` (gate outcome:
 per check severity, passed, observed value, up to 20 offending files; the quarantine list; class
 counts), ``--report-dir`` (GX project under gx/, Data Docs HTML under data_docs/, profile.png).
@@ -37,7 +37,7 @@ class Args:
     """Paths of the validate stage (defaults come from its cmd in dvc.yaml)."""
 
     dataset: Path = field(metadata={"help": "dataset directory to check (written by tlops ingest)"})
-    profile: Path = field(metadata={"help": "profile table to write (parquet, one row per image)"})
+    image_profile: Path = field(metadata={"help": "image profile table to write (parquet, one row per image)"})
     metrics: Path = field(metadata={"help": "gate outcome JSON: per-check results, quarantine list"})
     report_dir: Path = field(metadata={"help": "folder for the GX project, Data Docs HTML and profile.png"})
 
@@ -64,7 +64,7 @@ def run(params: Params, args: Args) -> dict:
         plot_profile(profile, counts, tmp / "profile.png")
     log.info("profile %.1fs (%.0f img/s), gate %.1fs", profiled - started,
              len(profile) / max(profiled - started, 1e-9), time.perf_counter() - profiled)
-    with atomic_path(args.profile, suffix=".parquet") as tmp:
+    with atomic_path(args.image_profile, suffix=".parquet") as tmp:
         profile.to_parquet(tmp, index=False)
     metrics = gate_metrics(checks, profile, counts, str(args.report_dir / DOCS_DIR / "index.html"))
     write_json(args.metrics, metrics)

@@ -12,7 +12,7 @@ from pipeline.common.io import write_text
 
 __all__ = ["HISTORY_COLUMNS", "write_history", "plot_history"]
 HISTORY_COLUMNS = ("epoch", "phase", "phase_index", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                   "head_lr", "images_per_s", "seconds")
+                   "head_lr", "images_per_s", "seconds", "steps")
 
 
 def write_history(path: str | Path, history: Sequence[dict[str, Any]]) -> Path:

@@ -12,7 +12,7 @@ from pipeline.data.shards import ShardImageDataset
 from pipeline.models.preprocess import Preprocessing
 from pipeline.training.augment import augment_steps, resolve_augment
 
-__all__ = ["TrainData", "training_data"]
+__all__ = ["TrainData", "Repeated", "small_data_batch", "training_data"]
 
 
 @dataclass
@@ -25,8 +25,27 @@ class TrainData:
     augmented: bool  # whether ``train`` draws random augmentations
 
 
+class Repeated(Dataset):
+    """A dataset cycled to at least ``length`` items an epoch (each visit draws its own augmentation)."""
+
+    def __init__(self, dataset: Dataset, length: int):
+        self.dataset, self.length = dataset, max(len(dataset), int(length))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+
+def small_data_batch(n_train: int, batch_size: int) -> int:
+    """The batch of a run on ``n_train`` images: ``batch_size``, at most a quarter of them (at least 8, at most all),
+    so that a small train set still takes several steps per pass."""
+    return max(2, min(batch_size, max(8, n_train // 4), n_train))
+
+
 def training_data(preprocessing: Preprocessing, dataset: str | os.PathLike, train_ids: Sequence[str],
-                  augment: str, val_ids: Sequence[str] | None = None) -> TrainData:
+                  augment: str, val_ids: Sequence[str] | None = None, min_epoch_items: int = 0) -> TrainData:
     """Train (augmented and plain) and val datasets of a run.
 
     Args:
@@ -35,8 +54,10 @@ def training_data(preprocessing: Preprocessing, dataset: str | os.PathLike, trai
         train_ids: the training images (inside the label budget, or a curve subset).
         augment: ``finetune.augment`` (``auto`` is resolved by the input size).
         val_ids: the val images that pick the best epoch (default: the whole val split).
+        min_epoch_items: a smaller train set is cycled to this many items an epoch (``min_epoch_steps x
+            batch``): with 20 images, an epoch of one step would end runs on noise.
     Returns:
-        The datasets.
+        The datasets (``train_plain`` never repeated: the feature cache and the solved probe see each image once).
     Raises:
         ValueError: no training images, or an empty val split (early stopping needs it).
     """
@@ -44,7 +65,8 @@ def training_data(preprocessing: Preprocessing, dataset: str | os.PathLike, trai
         raise ValueError(f"{dataset}: no training images to train on")
     name = resolve_augment(augment, preprocessing.image_size)
     steps = augment_steps(name, preprocessing.image_size)
-    data = TrainData(train=ShardImageDataset(dataset, "train", preprocessing.transform(steps), ids=train_ids),
+    data = TrainData(train=Repeated(ShardImageDataset(dataset, "train", preprocessing.transform(steps), ids=train_ids),
+                                    min_epoch_items),
                      train_plain=ShardImageDataset(dataset, "train", preprocessing.transform(), ids=train_ids),
                      val=ShardImageDataset(dataset, "val", preprocessing.transform(), ids=val_ids),
                      augmented=bool(steps))

@@ -1,12 +1,23 @@
-"""The fine-tuning engine: trains a model through the phases of a freeze plan.
+"""The training engine: trains a model through the phases of a freeze plan.
 
-Per phase: ``freeze_to`` the planned depth, one optimizer group per trainable block at its planned
-learning rate (AdamW or Nesterov SGD), linear warmup then cosine, label smoothing, gradient clipping,
-early stopping on validation accuracy. Head-only phases train on cached backbone features
-(pipeline.training.featcache). CUDA gets autocast (bf16 where supported, else fp16 with a grad
-scaler), channels_last and pinned memory; the CPU may use bf16 autocast. Under torchrun the trained
-module is wrapped in DDP. A checkpoint is written atomically after every epoch; ``resume`` continues
-from it and, since every epoch reseeds from (seed, phase, epoch), reaches the same numbers.
+The linear-probe phase is solved, not trained: the frozen backbone's features are computed once and
+the head is the optimum of a logistic regression whose penalty is chosen on val
+(pipeline.training.probe). Every other phase: ``freeze_to`` the planned depth, one optimizer group per
+trainable block at its planned learning rate (AdamW or Nesterov SGD), linear warmup then cosine,
+label smoothing, gradient clipping, early stopping on validation accuracy; head-only phases train on
+cached backbone features (pipeline.training.featcache). The best val epoch over all phases is kept, so
+a fine-tune phase replaces the probe only when it beats it on val.
+
+The stopping rule (docs/finetune.md): a phase stops after ``patience`` epochs without a better val
+accuracy than its own best so far (a fine-tune phase that starts below the probe is not cut off for
+that), or at its planned epochs (the cap). A run is *converged* when its last phase stopped that
+way, or reached the cap with no better val accuracy in its last ``patience`` epochs; a run that hit the
+cap while val accuracy was still rising is not, and says so (``FitResult.converged``).
+
+CUDA gets autocast (bf16 where supported, else fp16 with a grad scaler) and pinned memory; the CPU
+may use bf16 autocast; both train in the channels_last layout. Under torchrun the trained module is wrapped in DDP. A
+checkpoint is written atomically after every epoch; ``resume`` continues from it and, since every
+epoch reseeds from (seed, phase, epoch), reaches the same numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pipeline.common.device import memory_format
 from pipeline.common.logs import get_logger, progress
 from pipeline.common.seeding import seed_everything
 from pipeline.config import FinetuneParams
@@ -30,6 +42,7 @@ from pipeline.training.checkpoint import fingerprint, load_checkpoint, save_chec
 from pipeline.training.data import TrainData
 from pipeline.training.ddp import DistInfo, all_reduce_sum, wrap_ddp
 from pipeline.training.featcache import CachedHead, FeatureViews, as_batch, cache_views, supports_cache
+from pipeline.training.probe import fit_linear_probe, scale_to_loss, set_head
 from pipeline.freezing.blocks import freeze_to, param_groups, set_train_mode
 from pipeline.freezing.plan import FreezePlan, Phase
 
@@ -84,6 +97,17 @@ class FitResult:
     history: list[dict[str, Any]]
     best: dict[str, Any]
     cache_modes: list[str]
+    phases: list[dict[str, Any]] = field(default_factory=list)  # per phase: epochs, steps, stopped_by, since_best
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken (a solved probe counts none)."""
+        return int(sum(row.get("steps", 0) for row in self.history))
+
+    @property
+    def converged(self) -> bool:
+        """The last phase stopped on its own, or hit its cap with val accuracy no longer rising."""
+        return bool(self.phases) and self.phases[-1]["converged"]
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
@@ -109,13 +133,16 @@ def evaluate(module: nn.Module, loader: DataLoader, device: torch.device, precis
         device: where the module is.
         precision: autocast settings.
     Returns:
-        {"loss", "accuracy", "count"}.
+        {"loss", "accuracy", "count", "classes_predicted"} (how many classes the module ever predicts:
+        1 for a collapsed model).
     """
     out = run_batches(module, lambda inputs: {"logits": module(inputs)}, loader, device,
                       autocast=precision.autocast, desc="validation", show_progress=False)
     logits, labels = out["logits"], out.labels
+    predicted = logits.argmax(1)
     return {"loss": nn.functional.cross_entropy(logits, labels).item(),
-            "accuracy": (logits.argmax(1) == labels).float().mean().item(), "count": len(labels)}
+            "accuracy": (predicted == labels).float().mean().item(), "count": len(labels),
+            "classes_predicted": int(predicted.unique().numel())}
 
 
 class Trainer:
@@ -125,9 +152,10 @@ class Trainer:
         self.model, self.plan, self.data, self.cfg, self.ctx = model, plan, data, cfg, ctx
         self.device = ctx.device
         self.precision = Precision.choose(ctx.device, cfg)
-        self.channels_last = ctx.device.type == "cuda" and cfg.channels_last
-        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.memory_format = memory_format(ctx.device, cfg.channels_last)
+        self.model.to(self.device, memory_format=self.memory_format)
         self.history: list[dict[str, Any]] = []
+        self.outcomes: list[dict[str, Any]] = []  # per finished phase
         self.best: dict[str, Any] = {}
         self.best_state: dict[str, torch.Tensor] = {}
         self.cache_modes = [self._cache_mode(phase) for phase in plan.phases]
@@ -135,6 +163,7 @@ class Trainer:
                                        len(data.val), ctx.dist.world_size)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer: torch.optim.Optimizer | None = None  # the current phase's
+        self.phase_best: tuple[float, float] | None = None  # the current phase's best (val accuracy, -val loss)
 
     def fit(self) -> FitResult:
         """Train through every phase (resuming when asked), then load the best weights into the model."""
@@ -145,6 +174,7 @@ class Trainer:
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.history, self.best, self.best_state = state["history"], state["best"], state["best_state"]
+            self.outcomes = state.get("outcomes", [])
             start = (state["phase"], state["epoch"])
             log.info("resuming at phase %d epoch %d from %s", start[0] + 1, start[1] + 1, self.ctx.ckpt_dir)
         for index, phase in enumerate(self.plan.phases):
@@ -152,11 +182,14 @@ class Trainer:
                 self._run_phase(index, phase, state if index == start[0] and start[1] > 0 else None)
         if self.best_state:
             self.model.load_state_dict(self.best_state)
-        return FitResult(self.history, self.best, self.cache_modes)
+        return FitResult(self.history, self.best, self.cache_modes, self.outcomes)
 
     # --- one phase -------------------------------------------------------------------------------
     def _run_phase(self, index: int, phase: Phase, state: dict[str, Any] | None) -> None:
         freeze_to(self.model, self.plan.blocks, phase.n_frozen)
+        if phase.probe_cs:
+            self._solve_probe(index, phase)
+            return
         cached = self.cache_modes[index]
         train_ds, val_ds, module = self._phase_data(index, cached)
         loader, sampler = self._train_loader(train_ds)
@@ -165,13 +198,13 @@ class Trainer:
         self.optimizer = optimizer = self._optimizer(phase)  # kept for on_step hooks
         schedule = warmup_cosine(optimizer, phase.epochs * len(loader), round(self.cfg.warmup_epochs * len(loader)))
         scaler = self.precision.scaler()
-        since_best, first = 0, 0
+        since_best, first, self.phase_best = 0, 0, None
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            since_best, first = state["since_best"], state["epoch"]
+            since_best, first, self.phase_best = state["since_best"], state["epoch"], state.get("phase_best")
         log.info("phase %d/%d %s: %d frozen blocks, %d trainable params, features %s", index + 1,
                  len(self.plan.phases), phase.name, phase.n_frozen, phase.trainable_params, cached)
         for epoch in range(first, phase.epochs):
@@ -182,13 +215,52 @@ class Trainer:
             train = self._train_epoch(trained, module, loader, optimizer, schedule, scaler, phase,
                                       f"{phase.name} epoch {epoch + 1}/{phase.epochs}")
             val = evaluate(module, val_loader, self.device, self.precision)
-            since_best = 0 if self._record(index, phase, train, val, optimizer) else since_best + 1
+            self._record(index, phase, train, val, optimizer.param_groups[-1]["lr"])
+            key = (val["accuracy"], -val["loss"])
+            improved = self.phase_best is None or key > tuple(self.phase_best)
+            self.phase_best = key if improved else self.phase_best
+            since_best = 0 if improved else since_best + 1
             stop = self.cfg.patience > 0 and since_best >= self.cfg.patience
             done = stop or epoch + 1 == phase.epochs
+            if done:
+                self._finish_phase(phase, epoch + 1, "patience" if stop else "cap", since_best)
             self._checkpoint((index + 1, 0) if done else (index, epoch + 1), optimizer, schedule, scaler, since_best)
             if stop:
                 log.info("early stop in %s after %d epochs without a better val accuracy", phase.name, since_best)
                 break
+
+    def _finish_phase(self, phase: Phase, epochs: int, stopped_by: str, since_best: int, **details: Any) -> None:
+        converged = stopped_by in ("patience", "solved") or (self.cfg.patience > 0 and since_best >= self.cfg.patience)
+        self.outcomes.append({"phase": phase.name, "epochs": epochs, "stopped_by": stopped_by,
+                              "since_best": since_best, "converged": converged,
+                              "steps": int(sum(r["steps"] for r in self.history if r["phase"] == phase.name)),
+                              **details})
+        if not converged:
+            log.warning("%s reached its cap of %d epochs while val accuracy was still rising (best %d epoch(s) "
+                        "ago): not converged", phase.name, epochs, since_best)
+
+    def _solve_probe(self, index: int, phase: Phase) -> None:
+        """The probe phase: the head is the optimum of a val-tuned logistic regression on frozen features."""
+        seed, batch = self.ctx.seed * 1_000_003 + index * 1009, self.cfg.eval_batch_size
+        started = time.perf_counter()
+        train, val = (cache_views(self.model, lambda ds=ds: self._loader(ds, batch), 1, seed, self.device,
+                                  self.precision.autocast) for ds in (self.data.train_plain, self.data.val))
+        arrays = (train.views[0].numpy(), train.labels.numpy(), val.views[0].numpy(), val.labels.numpy())
+        fit = fit_linear_probe(*arrays, self.model.get_classifier().out_features, phase.probe_cs)
+        # a later phase fine-tunes from this head under its own (smoothed) loss: start it at that loss's minimum
+        fit = scale_to_loss(fit, *arrays, self.cfg.label_smoothing)
+        set_head(self.model, fit)
+        head = CachedHead(self.model)
+        scores = [evaluate(head, self._loader(views, batch), self.device, self.precision) for views in (train, val)]
+        seconds = time.perf_counter() - started
+        train_scores = {**scores[0], "seconds": seconds, "images_per_s": len(train) / seconds, "steps": 0}
+        log.info("linear probe solved: C = %g (val accuracy over C: %s), %d L-BFGS iterations, head scaled by %.3g",
+                 fit.c, ", ".join(f"{c['c']:g}: {c['val_accuracy']:.3f}" for c in fit.candidates), fit.iterations,
+                 fit.scale)
+        self._record(index, phase, train_scores, scores[1], None)
+        self._finish_phase(phase, 1, "solved", 0, c=fit.c, iterations=fit.iterations, head_scale=fit.scale,
+                           candidates=fit.candidates)
+        self._checkpoint((index + 1, 0), None, None, None, 0)
 
     def _cache_mode(self, phase: Phase) -> str:
         """'off', 'features' (one clean pass) or 'views:K' (K augmented passes) for this phase."""
@@ -251,8 +323,9 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         totals = torch.zeros(3, device=self.device)  # loss sum, correct, count: one sync per epoch
         batches = progress(loader, desc, unit="batch") if self.ctx.dist.is_main else loader
-        started = time.perf_counter()
+        started, steps = time.perf_counter(), 0
         for inputs, labels in batches:
+            steps += 1
             inputs, labels = self._to_device(inputs), labels.to(self.device, non_blocking=True)
             with self.precision.autocast():
                 logits = trained(inputs)
@@ -267,12 +340,12 @@ class Trainer:
         seconds = time.perf_counter() - started
         loss_sum, correct, count = all_reduce_sum(totals, self.ctx.dist).tolist()
         return {"loss": loss_sum / count, "accuracy": correct / count, "seconds": seconds,
-                "images_per_s": count / seconds}
+                "images_per_s": count / seconds, "steps": steps}
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
         inputs = inputs.to(self.device, non_blocking=True)
-        if self.channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=self.memory_format)
         return inputs
 
     def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any, params: list) -> None:
@@ -291,29 +364,30 @@ class Trainer:
         scaler.update()
 
     # --- bookkeeping -----------------------------------------------------------------------------
-    def _record(self, index: int, phase: Phase, train: dict, val: dict, optimizer: torch.optim.Optimizer) -> bool:
-        """Append the epoch to the history; returns whether it is the best so far (val acc, then loss)."""
+    def _record(self, index: int, phase: Phase, train: dict, val: dict, head_lr: float | None) -> None:
+        """Append the epoch to the history; keep the weights when they are the best so far (val acc, then loss)."""
         row = {"epoch": len(self.history) + 1, "phase": phase.name, "phase_index": index,
                "train_loss": train["loss"], "train_accuracy": train["accuracy"], "val_loss": val["loss"],
-               "val_accuracy": val["accuracy"], "head_lr": optimizer.param_groups[-1]["lr"],
-               "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
+               "val_accuracy": val["accuracy"], "head_lr": head_lr, "images_per_s": train["images_per_s"],
+               "seconds": train["seconds"], "steps": train["steps"]}
         self.history.append(row)
         log.info("epoch %d (%s): train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s", row["epoch"],
                  phase.name, train["loss"], train["accuracy"], val["loss"], val["accuracy"], train["images_per_s"])
         key = (val["accuracy"], -val["loss"])
         if self.best and key <= (self.best["val_accuracy"], -self.best["val_loss"]):
-            return False
+            return
         self.best = {"epoch": row["epoch"], "phase": phase.name, "val_accuracy": val["accuracy"],
                      "val_loss": val["loss"]}
         self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        return True
 
-    def _checkpoint(self, position: tuple[int, int], optimizer: torch.optim.Optimizer, schedule: Any,
+    def _checkpoint(self, position: tuple[int, int], optimizer: torch.optim.Optimizer | None, schedule: Any,
                     scaler: Any, since_best: int) -> None:
         if not self.ctx.dist.is_main or self.ctx.ckpt_dir is None:
             return
         save_checkpoint(self.ctx.ckpt_dir, {
             "fingerprint": self.fingerprint, "phase": position[0], "epoch": position[1],
-            "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {},
-            "since_best": since_best, "history": self.history, "best": self.best, "best_state": self.best_state})
+            "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
+            "schedule": schedule.state_dict() if schedule else {},
+            "scaler": scaler.state_dict() if scaler is not None else {}, "since_best": since_best,
+            "phase_best": self.phase_best,
+            "history": self.history, "outcomes": self.outcomes, "best": self.best, "best_state": self.best_state})

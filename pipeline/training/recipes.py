@@ -1,49 +1,49 @@
-"""One comparison run through the training engine: a linear probe on the pretrained backbone, or the same
-architecture trained from scratch.
+"""From-scratch training to convergence: the scratch baseline stage and the scratch side of the
+label-efficiency curve are the same recipe.
 
-The scratch baseline and the label-efficiency curve train many models that differ only in their
-initialisation (the selection's pretrained weights, or random), their train subset, their seed and
-their plan. This module builds those plans with the freeze stage's own strategy builder and runs the
-engine's loop; it holds no training loop of its own.
+The same architecture starts from a seeded random initialisation and trains every block through the
+engine's loop (the fine-tune's optimizer, augmentation, schedule shape and clipping) at its own
+learning rate, with BatchNorm learning its statistics, until the stopping rule ends it: ``patience``
+epochs without a better val accuracy, or the ``max_epochs`` cap, which a run still improving reports
+as not converged. A small train set is repeated within an epoch so that one epoch is at least
+``finetune.min_epoch_steps`` optimizer steps, so that the patience window is never shorter than
+``patience x min_epoch_steps`` steps (with 20 images, a 50-step window stopped scratch at 0.44 test
+accuracy where a 100-step one let it reach 0.86), and its batch is at most a quarter of it
+(pipeline.training.data.small_data_batch), so that every run takes several steps per pass.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import FinetuneParams, FreezeParams
+from pipeline.config import BaselineParams, FinetuneParams, FreezeParams
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import FreezePlan, build_phases
-from pipeline.models.catalog import get_spec
-from pipeline.models.loaded import LoadedModel, weights_ref
-from pipeline.training.data import training_data
+from pipeline.models.loaded import LoadedModel
+from pipeline.training.data import small_data_batch, training_data
 from pipeline.training.loop import FitResult, Precision, RunContext, Trainer, evaluate
 
-__all__ = ["Setup", "Trained", "steps_per_epoch", "epochs_for_steps", "comparison_plan", "new_model", "train_one"]
+__all__ = ["Setup", "Trained", "scratch_plan", "train_scratch"]
 
 
 @dataclass
 class Setup:
-    """What every run of one comparison shares."""
+    """What every scratch run of one comparison shares."""
 
     dataset: Path
     model_name: str
     classes: list[str]
     image_size: int
-    cfg: FinetuneParams  # the fine-tune's loop settings (batch, optimizer, augmentation, ...)
+    cfg: FinetuneParams  # the fine-tune's loop settings (optimizer, augmentation, clipping, ...)
     device: torch.device
     checkpoints: Path | None  # checkpoint folder of a kept run; None: throwaway runs write none
     num_workers: int = 0
-    weights: dict[str, Any] = field(default_factory=dict)  # the selection's weights (uri, sha256): {} = the spec's
-    hub_dir: str | os.PathLike | None = None
 
 
 @dataclass
@@ -54,85 +54,50 @@ class Trained:
     fit: FitResult
     plan: FreezePlan
     seconds: float
-    test: dict | None  # {"loss", "accuracy", "count"} on the test split, when asked for
+    batch_size: int
+    test: dict | None  # {"loss", "accuracy", "count", "classes_predicted"} on the test split, when asked for
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps of one epoch, as the engine's loader counts them (ragged tail dropped)."""
-    return max(1, n_train // batch_size) if n_train > batch_size else 1
+def scratch_plan(model_name: str, blocks: Sequence[str], block_params: Sequence[int], epochs: int,
+                 lr: float) -> FreezePlan:
+    """One phase training every block from scratch at one learning rate, BatchNorm learning its statistics."""
+    cfg = FreezeParams(epochs=epochs, lr=lr, layer_decay=1.0)
+    phases = build_phases("full", 0, cfg, blocks, block_params)
+    why = [f"from scratch: every block at lr {lr:g}, at most {epochs} epochs, early stopping on val"]
+    return FreezePlan(model=model_name, strategy="full", requested="scratch", blocks=list(blocks),
+                      bn_policy="train", phases=phases, block_params=list(block_params), why=why)
 
 
-def epochs_for_steps(steps: int, n_train: int, batch_size: int) -> int:
-    """Epochs needed for at least ``steps`` optimizer steps on ``n_train`` images."""
-    return max(1, math.ceil(steps / steps_per_epoch(n_train, batch_size)))
-
-
-def comparison_plan(model_name: str, blocks: Sequence[str], block_params: Sequence[int], pretrained: bool,
-                    epochs: int, lr: float, bn_policy: str) -> FreezePlan:
-    """A one-phase plan: a linear probe on the pretrained backbone, or every block trained from scratch.
-
-    Args:
-        model_name: the catalog name.
-        blocks: ordered block names, head last.
-        block_params: parameters per block.
-        pretrained: True for the linear probe (all but the head frozen), False for scratch (nothing frozen).
-        epochs: epochs of the phase.
-        lr: its learning rate (one for every block).
-        bn_policy: BatchNorm policy (scratch needs ``train``: its statistics start from nothing).
-    Returns:
-        The plan.
-    """
-    cfg = FreezeParams(epochs=epochs, lp_epochs=epochs, lr=lr, lp_lr=lr, layer_decay=1.0)
-    strategy = "linear_probe" if pretrained else "full"
-    phases = build_phases(strategy, len(blocks) - 1 if pretrained else 0, cfg, blocks, block_params)
-    why = [f"comparison run: {strategy} for {epochs} epochs at lr {lr:g}"]
-    return FreezePlan(model=model_name, strategy=strategy, requested="comparison", blocks=list(blocks),
-                      bn_policy=bn_policy, phases=phases, block_params=list(block_params), why=why)
-
-
-def new_model(setup: Setup, pretrained: bool, seed: int) -> LoadedModel:
-    """The run's starting model: the selection's pretrained weights, or a seeded random initialisation."""
-    if pretrained:
-        ref = weights_ref(setup.weights, get_spec(setup.model_name))
-        return LoadedModel.pretrained(setup.model_name, len(setup.classes), setup.image_size, weights=ref,
-                                      hub_dir=setup.hub_dir, seed=seed, classes=setup.classes)
-    return LoadedModel.scratch(setup.model_name, len(setup.classes), setup.image_size, seed=seed,
-                               classes=setup.classes)
-
-
-def train_one(setup: Setup, plan: FreezePlan | None, pretrained: bool, seed: int,
-              train_ids: Sequence[str], val_ids: Sequence[str] | None = None, epochs: int = 1,
-              lr: float = 1e-3, score_test: bool = True) -> Trained:
-    """Build the model (pretrained or random), train it with the engine, and score it on the test split.
+def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Sequence[str],
+                  val_ids: Sequence[str] | None = None, score_test: bool = True) -> Trained:
+    """Train the architecture from a seeded random start to convergence and score it on the test split.
 
     Args:
         setup: what the runs share.
-        plan: the plan to follow, or None for :func:`comparison_plan` (``epochs``, ``lr``).
-        pretrained: start from the selection's pretrained weights (False: seeded random initialisation).
+        cfg: the ``baseline`` params (lr, patience, cap).
         seed: seed of the initialisation, the data order and the augmentation.
-        train_ids: the train images to use.
-        val_ids: the val images that pick the best epoch (default: the whole val split).
-        epochs: epochs of the comparison plan.
-        lr: learning rate of the comparison plan.
+        train_ids: the train images.
+        val_ids: the val images that stop the run and pick its best epoch (default: the whole val split).
         score_test: also evaluate on the test split.
     Returns:
-        The trained model and its record.
+        The trained model and its record (``fit.converged``, ``fit.steps``).
     """
-    model = new_model(setup, pretrained, seed)
+    model = LoadedModel.scratch(setup.model_name, len(setup.classes), setup.image_size, seed=seed,
+                                classes=setup.classes)
+    batch = small_data_batch(len(train_ids), setup.cfg.batch_size)
+    loop = setup.cfg.model_copy(update={"patience": cfg.patience, "batch_size": batch})
     blocks = model.spec.blocks
-    if plan is None:
-        # a probe keeps the pretrained statistics (and can cache features); scratch must learn its own
-        plan = comparison_plan(setup.model_name, blocks, block_param_counts(model.network, blocks), pretrained,
-                               epochs, lr, "eval_all" if pretrained else "train")
-    data = training_data(model.preprocessing, setup.dataset, train_ids, setup.cfg.augment, val_ids)
+    plan = scratch_plan(setup.model_name, blocks, block_param_counts(model.network, blocks), cfg.max_epochs, cfg.lr)
+    data = training_data(model.preprocessing, setup.dataset, train_ids, loop.augment, val_ids,
+                         loop.min_epoch_steps * batch)
     ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.checkpoints, num_workers=setup.num_workers)
     started = time.perf_counter()
-    fit = Trainer(model.network, plan, data, setup.cfg, ctx).fit()
+    fit = Trainer(model.network, plan, data, loop, ctx).fit()
     seconds = time.perf_counter() - started
     model.to(setup.device)
     test = None
     if score_test:
-        loader = DataLoader(model.inputs(setup.dataset, "test"), batch_size=setup.cfg.eval_batch_size,
+        loader = DataLoader(model.inputs(setup.dataset, "test"), batch_size=loop.eval_batch_size,
                             num_workers=setup.num_workers)
-        test = evaluate(model.network, loader, setup.device, Precision.choose(setup.device, setup.cfg))
-    return Trained(model, fit, plan, seconds, test)
+        test = evaluate(model.network, loader, setup.device, Precision.choose(setup.device, loop))
+    return Trained(model, fit, plan, seconds, batch, test)

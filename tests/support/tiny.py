@@ -18,9 +18,11 @@ TINY = {
     "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]},
     "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
                "latency_runs": 2},
-    "freeze": {"epochs": 1, "lp_epochs": 3},
-    "evaluate": {"budgets": [5, None], "seeds": [0, 1, 2], "curve_steps": 10, "attack_images": 20,
-                 "interpret_classes": 2, "ideal_steps": 5, "adversarial_max_steps": 10, "shift_per_cell": 20},
+    "freeze": {"epochs": 1},
+    "finetune": {"min_epoch_steps": 3},
+    "baseline": {"patience": 2, "max_epochs": 8},
+    "evaluate": {"budgets": [3], "seeds": [0, 1, 2], "attack_images": 20, "interpret_classes": 2, "ideal_steps": 5,
+                 "adversarial_max_steps": 10, "shift_per_cell": 20},
     "drift": {"permutations": 100, "max_samples": 200},
 }
 
