@@ -233,7 +233,7 @@ class BaselineParams(Section):
 class EvaluateParams(Section):
     """Transfer vs scratch: the verdict, label efficiency, robustness, interpretation (stage evaluate)."""
 
-    budgets: list[int] = Field([10], description="label budgets of the curve: k train images per class "
+    budgets: list[int] = Field([2, 10], description="label budgets of the curve: k train images per class "
                                                    "(above the run's label budget: not drawn); all labels are "
                                                    "compared by the fine-tuned and baseline models")
     seeds: list[int] = Field([0, 1, 2], min_length=3, description="seeds per budget (>= 3 for an interval)")

@@ -77,3 +77,18 @@ def test_overrides_apply_and_are_validated(tmp_path):
     assert "unknown key 'ingest.nope'" in _error(path, ["ingest.nope=1"])
     assert "expected key.path=value" in _error(path, ["common.seed"])
     assert "is a value, not a section" in _error(path, ["common.seed.deeper=1"])
+
+
+def test_the_gpu_profile_applies_over_params_and_a_run_form_can_ask_for_it():
+    from flows.parameters import RetrainParameters
+
+    root = Path(__file__).resolve().parents[1]
+    cpu, gpu = load_params(root / "params.yaml"), load_params(root / "params.yaml", profile="gpu")
+    assert (cpu.common.image_size, gpu.common.image_size) == (64, 224)
+    assert len(gpu.evaluate.budgets) > len(cpu.evaluate.budgets) and gpu.evaluate.shift_per_cell is None
+    assert load_params(root / "params.yaml", ["common.image_size=96"], profile="gpu").common.image_size == 96
+    with pytest.raises(ConfigError, match="profile 'tpu'.*profiles here: gpu"):
+        load_params(root / "params.yaml", profile="tpu")
+    overrides = RetrainParameters(profile="gpu", seed=3).overrides(root / "params.yaml")
+    assert overrides["common.image_size"] == 224 and overrides["common.seed"] == 3
+    assert RetrainParameters(profile="gpu", image_size=128).overrides(root / "params.yaml")["common.image_size"] == 128
