@@ -209,3 +209,18 @@ def test_elapsed_curve_charges_the_overhead_up_front_for_cached_runs_else_spread
     assert [p["elapsed_s"] for p in elapsed_curve(history, 10.0, upfront=True)] == [9.0, 10.0]
     assert [p["elapsed_s"] for p in elapsed_curve(history, 10.0)] == [5.0, 10.0]
     assert [p["elapsed_s"] for p in elapsed_curve(history)] == [1.0, 2.0]
+
+
+def test_the_report_says_when_scratch_training_failed_or_did_not_converge(tmp_path):
+    from pipeline.evaluation.report import write_report
+
+    metrics = _tiny_metrics()
+    point = metrics["label_efficiency"]["budgets"][0]
+    point.update(verdict="inconclusive", reason="at 10/class: scratch training failed for seed(s) [0, 2] (one class "
+                                                "predicted for every image, or no better than the majority class)")
+    point["scratch"].update(failed_seeds=[0, 2])
+    metrics["full_labels"].update(verdict="inconclusive", baseline_problem="did not converge: it reached its cap "
+                                                                           "while val accuracy was still rising")
+    html = write_report(tmp_path / "report.html", metrics, {}).read_text()
+    assert "scratch training failed for seed(s) [0, 2]" in html
+    assert "The scratch baseline did not converge: it reached its cap while val accuracy was still rising" in html

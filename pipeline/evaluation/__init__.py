@@ -1,9 +1,11 @@
 """Evaluation against a from-scratch baseline: metrics, label efficiency, verdict, interpretation, report.
 
-    metrics.py           accuracy, macro-F1, per-class P/R/F1, confusion (scikit-learn), ECE, intervals over seeds
-    verdict.py           positive / no_gain / negative from intervals (the documented rule)
-    label_efficiency.py  budgets x seeds orchestration, the curve's runs, labels saved, time saved
-    comparison.py        the evaluate stage's pieces: probe settings, learning curves, verdict, metrics.json
+    metrics.py           accuracy, macro-F1, per-class P/R/F1, confusion (scikit-learn), ECE
+    intervals.py         intervals that are accuracies (over seeds, Wilson), the paired McNemar comparison
+    references.py        trivial references (majority class, pixel logistic regression) and failed training
+    verdict.py           positive / no_gain / negative / inconclusive per comparison and overall (the documented rule)
+    label_efficiency.py  budgets x seeds on the same subsets, both sides at their best; labels saved, time saved
+    comparison.py        the evaluate stage's pieces: embeddings, the curve's runs, paired tests, metrics.json
     assess.py            scores and explanations of one loaded model
     robustness.py        accuracy per corruption and severity
     interpret.py         class ideal inputs, adversarial pairs, FGSM accuracy

@@ -2,8 +2,9 @@
 
     loop.py        Trainer: phases of a freeze plan, AdamW/SGD, warmup+cosine, AMP, early stopping,
                    checkpoints, resume
-    data.py        the train/val datasets of a run (the model's preprocessing plus augmentation)
-    recipes.py     one comparison run: a linear probe or a from-scratch model, by the engine
+    data.py        the train/val datasets of a run (the model's preprocessing plus augmentation, small sets cycled)
+    probe.py       the linear probe solved to the optimum (logistic regression, val-chosen penalty)
+    recipes.py     training from scratch to convergence (the baseline and the curve's scratch runs)
     featcache.py   frozen-backbone feature caching (head-only phases)
     ddp.py         torchrun + DistributedDataParallel (NCCL on CUDA, gloo on the CPU)
     augment.py     the augmentation suited to the input size
