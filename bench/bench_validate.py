@@ -89,7 +89,7 @@ class PeakMemory:
 def measure(dataset: Path, workers: int, out_dir: Path) -> dict:
     """Child process: profile the dataset, then run the checks and the GX suite; time and peak memory."""
     from pipeline.config import ValidateParams
-    from pipeline.validation.profile import profile_dataset
+    from pipeline.validation.dataset import profile_dataset
     from pipeline.validation.checks import add_class_columns, class_table
     from pipeline.validation.suite import run_suite
 

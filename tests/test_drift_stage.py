@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.config import validate_params
 from pipeline.data.shards import read_classes
 from pipeline.data.sources.digits import DigitsSource
-from pipeline.validation.profile import profile_dataset
+from pipeline.validation.dataset import profile_dataset
 from pipeline.models import LoadedModel
 from tests.support.gate import passed_gate
 

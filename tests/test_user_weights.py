@@ -20,7 +20,7 @@ import torch
 from pipeline.config import validate_params
 from pipeline.models import LoadedModel
 from pipeline.stages import baseline, drift, evaluate, finetune, freeze, select, shift
-from pipeline.validation.profile import profile_dataset
+from pipeline.validation.dataset import profile_dataset
 from tests.support.gate import passed_gate
 from tests.test_training_data import write_dataset
 

@@ -19,6 +19,7 @@ from pipeline.common.logs import get_logger
 from pipeline.config import CommonParams, DriftParams
 from pipeline.data.shards import iter_records, read_classes, read_manifest
 from pipeline.models import LoadedModel
+from pipeline.models.inference import probabilities
 
 __all__ = ["SetOutputs", "set_outputs", "reference_descriptors", "current_descriptors"]
 log = get_logger(__name__)
@@ -81,7 +82,7 @@ def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: Drift
                         desc=f"embed {dataset.name}")
     rows = images.rows.reset_index(drop=True)
     return SetOutputs(dataset, rows, _align(descriptors, rows["id"], dataset), out["embeddings"].numpy(),
-                      out["logits"].double().softmax(1).numpy(), classes)
+                      probabilities(out["logits"]), classes)
 
 
 def _check_classes(dataset: Path, model: LoadedModel) -> list[str]:

@@ -12,13 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.common.device import memory_format
 from pipeline.common.logs import progress
 
-__all__ = ["BatchOutputs", "run_batches", "split_forward"]
+__all__ = ["BatchOutputs", "run_batches", "split_forward", "probabilities"]
 
 # maps an input batch (on the device) to named output tensors, e.g. {"logits": ..., "embeddings": ...}
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -104,3 +105,9 @@ def run_batches(module: nn.Module, forward: Forward, batches: Iterable, device: 
     if not labels:
         raise ValueError(f"{desc}: no images to run the model on")
     return BatchOutputs({name: torch.cat(parts) for name, parts in collected.items()}, torch.cat(labels), seconds)
+
+
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Class probabilities [N, C] in float64, rows renormalised to sum to 1 (metrics check that they do)."""
+    probs = logits.double().softmax(1).numpy()
+    return probs / probs.sum(axis=1, keepdims=True)

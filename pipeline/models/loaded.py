@@ -32,22 +32,14 @@ from pipeline.data.shards import ShardImageDataset
 from pipeline.models.build import build_network
 from pipeline.models.catalog import get_spec
 from pipeline.models.cost import measure_latency_ms
-from pipeline.models.inference import BatchOutputs, run_batches, split_forward
+from pipeline.models.inference import BatchOutputs, probabilities, run_batches, split_forward
 from pipeline.models.preprocess import Preprocessing
 from pipeline.models.specs import ModelSpec, WeightsRef
 
-__all__ = ["LoadedModel", "STATE_DICT", "CARD", "weights_ref", "read_card"]
+__all__ = ["LoadedModel", "STATE_DICT", "CARD", "read_card"]
 STATE_DICT = "model.pt"
 CARD = "card.json"
 _REQUIRED = ("model", "classes", "preprocessing", "state_dict_sha256")
-
-
-def weights_ref(recorded: Mapping[str, Any] | None, spec: ModelSpec) -> WeightsRef | None:
-    """The WeightsRef of weights recorded by selection or a card (``{"uri", "sha256"}``); None = the spec's."""
-    if not recorded or not recorded.get("uri"):
-        return None
-    return WeightsRef(recorded["uri"], recorded.get("sha256"), key_map=spec.weights.key_map,
-                      url=recorded.get("url"))
 
 
 def read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -100,6 +92,15 @@ class LoadedModel:
         loaded = {"uri": ref.uri, "sha256": digest} if digest else {"uri": "random-init", "seed": seed}
         return cls(name, spec, network, Preprocessing.for_spec(spec, image_size), loaded,
                    list(classes) if classes is not None else None).to(device)
+
+    @classmethod
+    def selected(cls, name: str, recorded: Mapping[str, Any] | None, num_classes: int, image_size: int,
+                 **kwargs: Any) -> "LoadedModel":
+        """The pretrained model with the weights the selection recorded (``{"uri", "sha256", "hub_dir"}``),
+        so every stage trains exactly the checked weights that were scored; ``kwargs`` as :meth:`pretrained`."""
+        recorded = recorded or {}
+        return cls.pretrained(name, num_classes, image_size, weights=_recorded_weights(recorded, get_spec(name)),
+                              hub_dir=recorded.get("hub_dir"), **kwargs)
 
     @classmethod
     def scratch(cls, name: str, num_classes: int, image_size: int, *, seed: int = 0,
@@ -200,7 +201,7 @@ class LoadedModel:
     def predict(self, data: Dataset | Iterable, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """(class probabilities [N, C] float64 with rows summing to 1, labels [N], images per second)."""
         out = self.outputs(data, ("logits",), **kwargs)
-        return _softmax(out["logits"]), out.labels.numpy(), out.images_per_s
+        return probabilities(out["logits"]), out.labels.numpy(), out.images_per_s
 
     def image_batches(self, images: Sequence[Image.Image], batch_size: int = 64) -> Iterator[tuple[torch.Tensor,
                                                                                                    torch.Tensor]]:
@@ -222,6 +223,9 @@ class LoadedModel:
         return measure_latency_ms(self.network, self.preprocessing.image_size, self.device, runs=runs)
 
 
-def _softmax(logits: torch.Tensor) -> np.ndarray:
-    probs = logits.double().softmax(1).numpy()
-    return probs / probs.sum(axis=1, keepdims=True)
+def _recorded_weights(recorded: Mapping[str, Any] | None, spec: ModelSpec) -> WeightsRef | None:
+    """The WeightsRef of weights recorded by selection or a card (``{"uri", "sha256"}``); None = the spec's."""
+    if not recorded or not recorded.get("uri"):
+        return None
+    return WeightsRef(recorded["uri"], recorded.get("sha256"), key_map=spec.weights.key_map,
+                      url=recorded.get("url"))

@@ -39,8 +39,7 @@ from pipeline.evaluation.references import majority_accuracy, pixel_probe_accura
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.verdict import announce
 from pipeline.freezing.plan import load_plan
-from pipeline.models import LoadedModel, get_spec
-from pipeline.models.loaded import weights_ref
+from pipeline.models import LoadedModel
 from pipeline.training.probe import fit_linear_probe, set_head
 from pipeline.training.recipes import Setup
 
@@ -90,9 +89,8 @@ def run(params: Params, args: Args) -> dict:
     size = cfg.curve_image_size or common.image_size
 
     # the transfer side: the selection's weights, its embeddings computed once
-    backbone = LoadedModel.pretrained(plan.model, len(classes), size, weights=weights_ref(plan.weights,
-                                      get_spec(plan.model)), hub_dir=plan.weights.get("hub_dir"), seed=common.seed,
-                                      classes=classes, device=device)
+    backbone = LoadedModel.selected(plan.model, plan.weights, len(classes), size, seed=common.seed,
+                                    classes=classes, device=device)
     features = embed_splits(backbone, args.dataset, pool["id"].tolist(), val_ids, loop_cfg.eval_batch_size)
     probe = fit_linear_probe(features.train, features.train_labels, features.val, features.val_labels,
                              len(classes), cs)
@@ -115,9 +113,9 @@ def run(params: Params, args: Args) -> dict:
                                baseline.get("converged", False), references, scratch_cfg.max_epochs)
     full = full_label_comparison("all labels (test split)", correct["finetuned"]["test"], correct["scratch"]["test"],
                                  problem, cfg, common.seed)
-    labelled = bool(read_manifest(args.current)["label"].astype(str).str.len().gt(0).all())
-    shift = (full_label_comparison("shift set", correct["finetuned"]["shift"], correct["scratch"]["shift"], problem,
-                                   cfg, common.seed) if labelled else None)
+    # the shift set is labelled (the shift stage requires every label to be a training class)
+    shift = full_label_comparison("shift set", correct["finetuned"]["shift"], correct["scratch"]["shift"], problem,
+                                  cfg, common.seed)
     recommended, why = recommend(full)
     parts = {"curve": curve, "full_labels": full, "shift": shift, "references": references,
              "budgets_skipped": skipped, "image_size": size, "val_images": len(val_ids),

@@ -28,8 +28,7 @@ from pipeline.config import Params
 from pipeline.data.shards import (dataset_version, read_classes, read_manifest, train_in_budget, use_validated,
                                   validation_field)
 from pipeline.freezing.plan import FreezePlan, load_plan
-from pipeline.models import LoadedModel, get_spec
-from pipeline.models.loaded import weights_ref
+from pipeline.models import LoadedModel
 from pipeline.training.curves import plot_history, write_history
 from pipeline.training.data import small_data_batch, training_data
 from pipeline.training.ddp import barrier, init_distributed, shutdown
@@ -71,9 +70,8 @@ def run(params: Params, args: Args) -> dict:
     try:
         classes = read_classes(args.dataset)
         # the weights the selection scored (sha256-checked), a fresh head
-        model = LoadedModel.pretrained(plan.model, len(classes), common.image_size,
-                                       weights=weights_ref(plan.weights, get_spec(plan.model)),
-                                       hub_dir=plan.weights.get("hub_dir"), seed=common.seed, classes=classes)
+        model = LoadedModel.selected(plan.model, plan.weights, len(classes), common.image_size, seed=common.seed,
+                                     classes=classes)
         ids = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
         loop = cfg.model_copy(update={"batch_size": small_data_batch(len(ids), cfg.batch_size)})
         data = training_data(model.preprocessing, args.dataset, ids, cfg.augment,

@@ -25,7 +25,7 @@ from pipeline.data.shards import read_classes
 from pipeline.validation.checks import add_class_columns, class_table
 from pipeline.validation.figures import plot_profile
 from pipeline.validation.gate import gate_error, gate_metrics, text_summary
-from pipeline.validation.profile import profile_dataset
+from pipeline.validation.dataset import profile_dataset
 from pipeline.validation.suite import DOCS_DIR, run_suite
 
 __all__ = ["Args", "run"]
