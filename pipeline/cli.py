@@ -12,13 +12,17 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientError
+from pipeline.common.errors import (BAD_INPUT_ERRORS, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_TRANSIENT,
+                                    TransientError, describe_error, raised_in_pipeline)
+from pipeline.common.io import replaced_as_set
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.config import ConfigError, load_params
-from pipeline.project import declared_options, declared_paths, dvc, dvc_stages, dvc_status, find_root, main_checkout
+from pipeline.project import (declared_options, declared_paths, dvc, dvc_stages, dvc_status, find_root, main_checkout,
+                              replaced_outputs)
 from pipeline.stages import STAGES, get_stage
 
 __all__ = ["main"]
@@ -42,13 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in _TOOLS:
             return _run_tool(command, rest)
         return _run_stage(command, rest)
-    except (ConfigError, KeyError, FileNotFoundError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) else str(err)
-        print(f"tlops {command}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except (TransientError, ConnectionError, TimeoutError) as err:
-        print(f"tlops {command}: transient error (worth a retry): {err}", file=sys.stderr)
+        print(f"tlops {command}: transient error (worth a retry): {describe_error(err)}", file=sys.stderr)
         return EXIT_TRANSIENT
+    except (ConfigError, *BAD_INPUT_ERRORS) as err:
+        if isinstance(err, ConfigError) or raised_in_pipeline(err):
+            print(f"tlops {command}: error: {describe_error(err)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return _internal_error(command, err)
+    except Exception as err:  # noqa: BLE001 (every failure ends in one line naming its cause)
+        return _internal_error(command, err)
+
+
+def _internal_error(command: str, err: Exception) -> int:
+    """A failure no input check caught: the traceback for whoever debugs it, then the one line."""
+    traceback.print_exception(err, file=sys.stderr)
+    print(f"tlops {command}: internal error: {describe_error(err, internal=True)}", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _usage() -> str:
@@ -91,9 +105,21 @@ def _run_stage(name: str, argv: list[str]) -> int:
     params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
     setup_logging(params.common.log_level)
     args = module.Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Args)})
-    summary = module.run(params, args)
+    with replaced_as_set(_output_args(args, declared, replaced_outputs(root, name))):
+        summary = module.run(params, args)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def _output_args(args: object, declared: dict, outputs: list[str]) -> list[Path]:
+    """The paths given for the options whose dvc.yaml value is an output (or a folder of outputs)."""
+    chosen = []
+    for field in dataclasses.fields(args):
+        default, value = declared.get(field.name), getattr(args, field.name)
+        if isinstance(default, str) and value is not None and any(
+                Path(out) == Path(default) or Path(default) in Path(out).parents for out in outputs):
+            chosen.append(Path(value))
+    return chosen
 
 
 def _run_tool(command: str, argv: list[str]) -> int:

@@ -51,6 +51,9 @@ class ShiftParams(Section):
     assignment: Literal["grid", "random"] = Field(
         "grid", description="grid: every image at every corruption x severity; random: one seeded pair per image")
     include_clean: bool = Field(True, description="also keep each image uncorrupted (corruption 'none', severity 0)")
+    per_cell: int | None = Field(40, ge=1, description="test images per corruption x severity cell (the same "
+                                                       "seeded images in every cell); null = all. A batch is "
+                                                       "taken whole")
 
     @model_validator(mode="after")
     def _severities_in_range(self) -> "ShiftParams":
@@ -244,7 +247,6 @@ class EvaluateParams(Section):
     alpha: float = Field(0.05, gt=0, lt=1, description="level of the paired tests (full labels, shift set)")
     min_gain: float = Field(0.0, ge=0, le=1, description="smallest accuracy lead of transfer that counts as positive")
     ece_bins: int = Field(15, ge=2, le=100, description="bins of the expected calibration error")
-    shift_per_cell: int | None = Field(40, ge=1, description="images per corruption x severity scored; None = all")
     fgsm_epsilons: list[float] = Field([0.0, 0.004, 0.008, 0.016, 0.031], min_length=1,
                                        description="FGSM sizes in pixel units ([0, 1] scale; 0.004 ~ 1/255)")
     attack_images: int = Field(100, ge=1, description="test images attacked with FGSM")
@@ -269,9 +271,12 @@ class EvaluateParams(Section):
 class DriftParams(Section):
     """Drift detection and reports (pipeline/drift/stage.py)."""
 
-    reference_split: Literal["train", "val", "test"] = Field(
-        "val", description="reference images; not train: the model's outputs on its own training images are "
-                           "overconfident, which reads as drift on any fresh data")
+    reference_split: Literal["train", "val", "test", "train+val"] = Field(
+        "val", description="reference images. train alone reads as drift on any fresh data (the model is "
+                           "overconfident on its own training images); train+val adds train to each test "
+                           "only where a train-vs-val check finds no such difference")
+    min_reference: int = Field(50, ge=2, description="fewer reference images than this: the report warns that "
+                                                    "the decision can only catch large shifts")
     alpha: float = Field(0.05, gt=0, lt=1, description="false-positive rate of the whole drift decision")
     permutations: int = Field(1000, ge=50, le=100000, description="permutations of the MMD test")
     pca_dims: int | None = Field(32, ge=1, description="PCA components of the embeddings before the MMD (null: none)")
@@ -292,6 +297,8 @@ class PromoteParams(Section):
                                       "all runs) or s3://bucket/prefix")
     margin: float = Field(0.005, ge=0, le=1,
                           description="test accuracy the new model must gain over the champion to replace it")
+    allow_task_change: bool = Field(False, description="let a model trained on other classes than the champion's "
+                                                       "replace it (a change of task); refused otherwise")
 
 
 class OrchestrateParams(Section):

@@ -56,6 +56,19 @@ def declared_paths(root: Path, stage: str, kind: str) -> list[str]:
     return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries]
 
 
+def replaced_outputs(root: Path, stage: str) -> list[str]:
+    """The outputs a stage replaces on each run: its outs, metrics and plots, less ``persist: true``
+    ones (a cache or Workspace that grows across runs)."""
+    stage_yaml = dvc_stages(root).get(stage, {})
+    paths = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in stage_yaml.get(kind) or []:
+            path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            if not (options or {}).get("persist"):
+                paths.append(path)
+    return paths
+
+
 def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
     """Parse the ``--option value`` pairs (and bare ``--flag``s) of a stage's cmd in dvc.yaml."""
     stages = dvc_stages(root)

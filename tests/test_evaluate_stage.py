@@ -32,11 +32,11 @@ MODEL = "efficientnet_lite0"
 SMALL = {
     "common": {"image_size": 32},
     "ingest": {"digits_size": 32, "budget_per_class": 5},
-    "shift": {"corruptions": ["gaussian_noise"], "severities": [5]},
+    "shift": {"corruptions": ["gaussian_noise"], "severities": [5], "per_cell": 8},
     "finetune": {"augment": "none", "batch_size": 32, "min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 12},
     "evaluate": {"budgets": [2, 10], "seeds": [0, 1, 2], "curve_val_per_class": 3,
-                 "shift_per_cell": 8, "attack_images": 16, "interpret_classes": 2, "ideal_steps": 5,
+                 "attack_images": 16, "interpret_classes": 2, "ideal_steps": 5,
                  "adversarial_max_steps": 10, "fgsm_epsilons": [0.0, 0.03]},
 }
 OVERRIDES = [f"{section}.{key}={json.dumps(value)}" for section, values in SMALL.items() if section == "evaluate"

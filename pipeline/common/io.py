@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
 
 A crash mid-write leaves the previous file (or nothing) in place, never a half-written one, so a
-failed run cannot damage the last good output.
+failed run cannot damage the last good output. :func:`replaced_as_set` extends that to every output
+of a stage: a failed stage leaves its previous outputs whole, never half old and half new.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 __all__ = [
     "atomic_path",
     "atomic_dir",
+    "replaced_as_set",
     "write_bytes",
     "write_text",
     "write_json",
@@ -82,6 +84,84 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_PREVIOUS = ".tlops-previous"  # sibling folder holding the outputs of the last whole run while a stage runs
+
+
+def _backup(path: Path) -> Path:
+    return path.parent / _PREVIOUS / path.name
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _journal(paths: list[Path]) -> Path:
+    return _backup(paths[0]).with_name(paths[0].name + ".journal.json")
+
+
+def _finish_interrupted(paths: list[Path]) -> None:
+    """A run killed mid-stage left its journal: put the last whole set back (or, if the new set was
+    already committed, drop the old one)."""
+    journal = _journal(paths)
+    if not journal.exists():
+        return
+    state = json.loads(journal.read_text(encoding="utf-8"))
+    for name in state["moved"]:
+        path = Path(name)
+        if _backup(path).exists() or _backup(path).is_symlink():
+            if state["state"] == "set_aside":
+                _remove(path)
+                os.replace(_backup(path), path)
+            else:
+                _remove(_backup(path))
+    if state["state"] == "set_aside":  # the new outputs of a killed run are partial
+        for path in map(Path, state["paths"]):
+            if str(path) not in state["moved"]:
+                _remove(path)
+    journal.unlink()
+    for folder in {_backup(p).parent for p in map(Path, state["paths"])}:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
+@contextlib.contextmanager
+def replaced_as_set(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Let a stage write its outputs in place, but replace them as one set.
+
+    The existing outputs are moved aside (a rename into a ``.tlops-previous`` sibling folder, recorded in
+    a journal) before the body runs. If the body raises, its partial outputs are removed and the old
+    ones put back; on success the old ones are deleted. A run killed in between leaves the journal,
+    and the next call restores the last whole set before it starts.
+
+    Args:
+        paths: the stage's output files and folders (persistent outputs excluded by the caller).
+    """
+    paths = [Path(p).absolute() for p in dict.fromkeys(map(str, paths))]
+    if not paths:
+        yield
+        return
+    _finish_interrupted(paths)
+    journal = _journal(paths)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    moved = [p for p in paths if p.exists() or p.is_symlink()]
+    record = {"state": "set_aside", "paths": [str(p) for p in paths], "moved": [str(p) for p in moved]}
+    write_json(journal, record)
+    for path in moved:
+        _backup(path).parent.mkdir(parents=True, exist_ok=True)
+        _remove(_backup(path))
+        os.replace(path, _backup(path))
+    try:
+        yield
+    except BaseException:
+        _finish_interrupted(paths)
+        raise
+    write_json(journal, {**record, "state": "committed"})
+    _finish_interrupted(paths)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> Path:

@@ -1,4 +1,5 @@
-"""Which per-image descriptors moved, in words ("blur up", "brightness down"), with effect sizes.
+"""Which per-image descriptors moved, in words that say what was measured ("sharpness (Laplacian
+variance) up: noise or sharpening"), with effect sizes.
 
 Each numeric descriptor column (from the validation profile) gets a two-sample KS test, a direction
 from the change of the median, and an effect size: the median shift in units of the reference's
@@ -15,15 +16,40 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["DESCRIPTOR_WORDS", "DescriptorShift", "describe_shifts", "moved_words"]
+__all__ = ["Descriptor", "DESCRIPTORS", "DescriptorShift", "describe_shifts", "moved_words"]
 
-# Descriptor column of the validation profile -> (word people use, sign). A sign of -1 says the word
-# grows when the column falls: blur_var is the variance of the Laplacian, which drops as images blur.
-DESCRIPTOR_WORDS: dict[str, tuple[str, int]] = {
-    "brightness_mean": ("brightness", 1), "brightness_std": ("brightness spread", 1),
-    "contrast": ("contrast", 1), "blur_var": ("blur", -1), "saturated_frac": ("clipped pixels", 1),
-    "width": ("width", 1), "height": ("height", 1), "aspect_ratio": ("aspect ratio", 1),
-    "file_bytes": ("file size", 1),
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What a profile column measures, and what its moving up or down usually means."""
+
+    label: str  # what was measured, named so a reviewer can trust it
+    explains: str  # one line for the report
+    up: str  # the usual causes when it rises
+    down: str  # ... and when it falls
+
+
+# The validation profile's columns (pipeline/validation/profile.py), each described by what it
+# measures: a fall in the Laplacian's variance is blur or smoothing, but noise raises it, so it is
+# named "sharpness" and never reads "blur down" on a noisy batch.
+DESCRIPTORS: dict[str, Descriptor] = {
+    "brightness_mean": Descriptor("brightness (mean grey level)", "mean grey level of the image, 0 black to 1 white",
+                                  "lighter images or overexposure", "darker images or underexposure"),
+    "brightness_std": Descriptor("grey-level spread (std)", "standard deviation of the grey levels in the image",
+                                 "more contrast or noise", "faded or flatter images"),
+    "contrast": Descriptor("contrast (1st-99th percentile range)", "range between the 1st and 99th percentile grey levels",
+                           "more contrast", "washed-out or low-contrast images"),
+    "blur_var": Descriptor("sharpness (Laplacian variance)", "variance of the Laplacian: fine detail and edges",
+                           "noise or sharpening", "blur, smoothing or lower resolution"),
+    "saturated_frac": Descriptor("clipped pixels (share at 0 or 255)", "share of pixels that are pure black or white",
+                                 "clipping: over/underexposure or high contrast", "fewer pure black/white pixels: "
+                                 "faded or noisy images"),
+    "width": Descriptor("width (pixels)", "stored image width", "larger images", "smaller images"),
+    "height": Descriptor("height (pixels)", "stored image height", "larger images", "smaller images"),
+    "aspect_ratio": Descriptor("aspect ratio (width / height)", "stored width over height", "wider images",
+                               "taller images"),
+    "file_bytes": Descriptor("file size (bytes)", "size of the stored file", "more detail or noise, or a lighter "
+                             "compression", "less detail, or a stronger compression"),
 }
 
 
@@ -32,9 +58,11 @@ class DescriptorShift:
     """How one descriptor changed from reference to current."""
 
     descriptor: str  # column name
-    label: str  # the word people use for it ("blur" for blur_var)
-    direction: str  # "up" | "down" | "same", of the word (so blur_var falling is "blur up")
-    effect_size: float  # median shift of the column / reference robust spread (signed, of the column)
+    label: str  # what it measures ("sharpness (Laplacian variance)" for blur_var)
+    direction: str  # "up" | "down" | "same", of the measured value
+    meaning: str  # the usual causes of that direction ("" when unknown or same)
+    explains: str  # one line on what the descriptor measures
+    effect_size: float  # median shift of the column / reference robust spread (signed)
     ks_distance: float
     p_value: float  # Bonferroni-corrected over the descriptors tested
     reference_median: float
@@ -43,8 +71,8 @@ class DescriptorShift:
 
     @property
     def words(self) -> str:
-        """E.g. ``"blur up"``."""
-        return f"{self.label} {self.direction}"
+        """E.g. ``"sharpness (Laplacian variance) down: blur, smoothing or lower resolution"``."""
+        return f"{self.label} {self.direction}" + (f": {self.meaning}" if self.meaning else "")
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict with the words included."""
@@ -67,7 +95,7 @@ def describe_shifts(reference: pd.DataFrame, current: pd.DataFrame, alpha: float
         current: descriptor table of the current images.
         alpha: family-wise error rate over the descriptors (Bonferroni).
         min_effect: smallest |median shift / reference spread| reported as moved.
-        columns: descriptors to test; default: the columns of DESCRIPTOR_WORDS present in both tables,
+        columns: descriptors to test; default: the columns of DESCRIPTORS present in both tables,
             else every numeric column present in both.
     Returns:
         One DescriptorShift per descriptor, largest |effect| first.
@@ -82,7 +110,7 @@ def describe_shifts(reference: pd.DataFrame, current: pd.DataFrame, alpha: float
 
 
 def _default_columns(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
-    known = [c for c in DESCRIPTOR_WORDS if c in reference.columns and c in current.columns]
+    known = [c for c in DESCRIPTORS if c in reference.columns and c in current.columns]
     if known:
         return known
 
@@ -102,12 +130,15 @@ def _shift(name: str, ref: np.ndarray, cur: np.ndarray, alpha: float, min_effect
     effect = (cur_median - ref_median) / _robust_spread(ref)
     if effect == 0:  # medians equal: fall back to the mean shift for the direction
         effect = (float(cur.mean()) - float(ref.mean())) / _robust_spread(ref)
-    label, sign = DESCRIPTOR_WORDS.get(name, (name, 1))
-    direction = "up" if effect * sign > 0 else "down" if effect * sign < 0 else "same"
+    known = DESCRIPTORS.get(name, Descriptor(name, f"profile column {name}", "", ""))
+    direction = "up" if effect > 0 else "down" if effect < 0 else "same"
+    meaning = {"up": known.up, "down": known.down}.get(direction, "")
     moved = p_value < alpha and abs(effect) >= min_effect
-    return DescriptorShift(name, label, direction, float(effect), float(ks.statistic), p_value, ref_median, cur_median, moved)
+    return DescriptorShift(name, known.label, direction, meaning, known.explains, float(effect), float(ks.statistic),
+                           p_value, ref_median, cur_median, moved)
 
 
 def moved_words(shifts: list[DescriptorShift]) -> list[str]:
-    """The words of the descriptors that moved, largest effect first (e.g. ``["blur up", "contrast down"]``)."""
+    """The words of the descriptors that moved, largest effect first (e.g.
+    ``["sharpness (Laplacian variance) up: noise or sharpening"]``)."""
     return [s.words for s in shifts if s.moved]

@@ -19,9 +19,10 @@ from pipeline.common.io import atomic_path
 
 os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently sends usage telemetry unless told not to
 
-__all__ = ["EMBEDDING_PREFIX", "report_frame", "build_snapshot", "save_snapshot"]
+__all__ = ["EMBEDDING_PREFIX", "report_frame", "histogram_safe", "build_snapshot", "save_snapshot"]
 
 EMBEDDING_PREFIX = "emb_"
+_MIN_RELATIVE_RANGE = 1e-6  # a column spanning less than this share of its magnitude cannot be binned
 
 
 def report_frame(descriptors: pd.DataFrame, probs: np.ndarray, embeddings: np.ndarray, classes: list[str],
@@ -50,39 +51,94 @@ def report_frame(descriptors: pd.DataFrame, probs: np.ndarray, embeddings: np.nd
     return frame
 
 
+def histogram_safe(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[list[str], list[str]]:
+    """Split numeric columns into those Evidently can plot and those it cannot.
+
+    Evidently draws a 10-bin histogram of every numeric column; numpy refuses bins narrower than the
+    float resolution ("Too many bins for data range"), which a column constant or nearly constant on
+    both sides (1e-16 apart at 0.5) produces, and a constant column breaks its correlations. Such a
+    column carries no drift worth a chart; the calibrated tests still see it.
+
+    Args:
+        reference, current: the two frames.
+        columns: numeric columns to check.
+    Returns:
+        (kept, left out) column names.
+    """
+    kept, dropped = [], []
+    for column in columns:
+        pooled = pd.concat([reference[column], current[column]]).to_numpy(dtype=float)
+        pooled = pooled[np.isfinite(pooled)]
+        low, high = (float(pooled.min()), float(pooled.max())) if pooled.size else (0.0, 0.0)
+        wide = high - low > _MIN_RELATIVE_RANGE * max(abs(low), abs(high))
+        (kept if wide and high > low else dropped).append(column)
+    return kept, dropped
+
+
+def _classification(reference: pd.DataFrame, current: pd.DataFrame, classes: list[str]) -> Any | None:
+    """The classification Evidently should assume, or None when it cannot score this pair of frames.
+
+    Evidently's quality metrics take any frame with exactly two distinct labels as binary and look up
+    its positive label (1 unless told), so string labels fail with ``KeyError: 1``. Two-class models
+    name their positive class; a multi-class model whose frames show two classes needs one positive
+    label present in each such frame.
+    """
+    from evidently import BinaryClassification, MulticlassClassification
+
+    columns = {"target": "label", "prediction_labels": "prediction"}
+    if len(classes) == 2:
+        return BinaryClassification(**columns, pos_label=classes[1])
+    seen = [set(f["label"]) | set(f["prediction"]) for f in (reference, current)]
+    pairs = [s for s in seen if len(s) == 2]
+    if not pairs:
+        return MulticlassClassification(**columns)
+    shared = sorted(set.intersection(*pairs))
+    return BinaryClassification(**columns, pos_label=shared[0]) if shared else None
+
+
 def build_snapshot(reference: pd.DataFrame, current: pd.DataFrame, descriptor_columns: list[str],
-                   metadata: dict[str, str], tags: list[str], name: str) -> Any:
+                   metadata: dict[str, str], tags: list[str], name: str, classes: list[str]) -> Any:
     """Run the Evidently Report on reference vs current frames (from :func:`report_frame`).
 
     Args:
         reference: reference frame.
         current: current frame (with ``label`` when accuracy should be reported).
-        descriptor_columns: the descriptor columns DataDriftPreset covers.
+        descriptor_columns: the descriptor columns DataDriftPreset covers (those it cannot plot are
+            left out, see :func:`histogram_safe`, and named in the metadata).
         metadata: string metadata stored with the snapshot (the calibrated result).
-        tags: tags stored with the snapshot (e.g. "drift", "blur up").
+        tags: tags stored with the snapshot (e.g. "drift", "sharpness down").
         name: snapshot name shown in the Workspace.
+        classes: the model's class names (a two-class model gets a binary definition).
     Returns:
         The evidently Snapshot.
     """
-    from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+    from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import Accuracy, EmbeddingsDrift, ValueDrift
     from evidently.presets import DataDriftPreset
 
-    embedding_columns = [c for c in reference.columns if c.startswith(EMBEDDING_PREFIX)]
+    embeddings = [c for c in reference.columns if c.startswith(EMBEDDING_PREFIX)]
+    numeric, left_out = histogram_safe(reference, current, [*descriptor_columns, "confidence", *embeddings])
+    descriptor_columns = [c for c in descriptor_columns if c in numeric]
+    embeddings = [c for c in embeddings if c in numeric]
     labelled = "label" in reference.columns and "label" in current.columns
+    classification = _classification(reference, current, classes) if labelled else None
     definition = DataDefinition(
-        numerical_columns=[*descriptor_columns, "confidence", *embedding_columns],
-        categorical_columns=["prediction", "label"] if labelled else ["prediction"],
-        embeddings={"embeddings": embedding_columns} if embedding_columns else None,
-        classification=[MulticlassClassification(target="label", prediction_labels="prediction")] if labelled else None)
-    metrics: list[Any] = [DataDriftPreset(columns=descriptor_columns), ValueDrift(column="prediction"),
-                          ValueDrift(column="confidence")]
-    if embedding_columns:
+        numerical_columns=numeric, categorical_columns=["prediction", "label"] if labelled else ["prediction"],
+        embeddings={"embeddings": embeddings} if embeddings else None,
+        classification=[classification] if classification is not None else None)
+    metrics: list[Any] = [ValueDrift(column="prediction")]
+    if descriptor_columns:
+        metrics.insert(0, DataDriftPreset(columns=descriptor_columns))
+    if "confidence" in numeric:
+        metrics.append(ValueDrift(column="confidence"))
+    if embeddings:
         metrics.append(EmbeddingsDrift(embeddings_name="embeddings"))
-    if labelled:
+    if classification is not None:
         metrics.append(Accuracy())
+    if left_out:
+        metadata = {**metadata, "left_out_of_evidently": ", ".join(left_out)}
     report = Report(metrics, metadata=metadata, tags=tags)
-    columns = [*descriptor_columns, "prediction", "confidence", *embedding_columns, *(["label"] if labelled else [])]
+    columns = [*numeric, "prediction", *(["label"] if labelled else [])]
     return report.run(Dataset.from_pandas(current[columns], data_definition=definition),
                       Dataset.from_pandas(reference[columns], data_definition=definition), name=name)
 

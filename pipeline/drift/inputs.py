@@ -52,6 +52,12 @@ class SetOutputs:
         predicted = np.asarray(self.classes, dtype=object)[self.probs[index].argmax(1)]
         return float((predicted == labels.to_numpy()[index]).mean())
 
+    def subset(self, rows: np.ndarray) -> "SetOutputs":
+        """The same set restricted to ``rows`` (positions), e.g. one split of a train+val reference."""
+        return SetOutputs(self.dataset, self.manifest.iloc[rows].reset_index(drop=True),
+                          self.descriptors.iloc[rows].reset_index(drop=True), self.embeddings[rows], self.probs[rows],
+                          self.classes)
+
     def origin(self, i: int) -> dict[str, Any]:
         """Corruption and severity of row ``i`` when the set is a shift set, else {}."""
         row = self.manifest.iloc[i]
@@ -66,7 +72,7 @@ def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: Drift
 
     Args:
         dataset: dataset directory.
-        split: "train"/"val"/"test", or None for every row.
+        split: "train"/"val"/"test", several joined by "+" ("train+val"), or None for every row.
         model: the loaded fine-tuned model.
         cfg: ``params.drift`` (inference batch size).
         descriptors: descriptor table with an ``id`` column covering these images.
@@ -74,7 +80,11 @@ def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: Drift
         The set's outputs, rows in manifest order.
     """
     classes = _check_classes(dataset, model)
-    images = model.inputs(dataset, split)
+    if split is None or "+" not in split:
+        images = model.inputs(dataset, split)
+    else:  # e.g. "train+val": the splits' rows (quarantined images left out, as in any split read)
+        ids = [i for part in split.split("+") for i in model.inputs(dataset, part).rows["id"]]
+        images = model.inputs(dataset, None, ids=ids)
     if len(images) == 0:
         splits = sorted(read_manifest(dataset)["split"].unique())
         raise ValueError(f"{dataset}: no images in split {split!r} (splits: {splits})")

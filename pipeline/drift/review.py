@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.common.html import png_data_uri, write_html
 from pipeline.config import DriftParams
@@ -44,10 +43,7 @@ def write_reports(reference: SetOutputs, current: SetOutputs, summary: dict[str,
     summary["most_unlike"] = [{"id": current.manifest["id"].iloc[i], "knn_distance": float(scores[i]),
                                **current.origin(i)} for i in top]
     thumbnails = _thumbnails(current, top, scores, Path(reports["outliers"])) if len(top) else None
-    # Constant descriptors (e.g. width on a fixed-size set) carry no drift and break Evidently's correlations.
-    descriptor_columns = [s["descriptor"] for s in summary["descriptors"]
-                          if pd.concat([reference.descriptors[s["descriptor"]],
-                                        current.descriptors[s["descriptor"]]]).nunique() > 1]
+    descriptor_columns = [s["descriptor"] for s in summary["descriptors"]]
     frames = [report_frame(s.descriptors[descriptor_columns], s.probs, pca, s.classes, s.labels())
               for s, pca in ((reference, ref_pca), (current, cur_pca))]
     metadata = {"drift_detected": str(summary["drift_detected"]), "p_value": f"{summary['p_value']:.4g}",
@@ -55,7 +51,8 @@ def write_reports(reference: SetOutputs, current: SetOutputs, summary: dict[str,
                 "descriptors_moved": ", ".join(summary["descriptors_moved"]) or "none",
                 "current": str(current.dataset), "n_current": str(summary["n_current"])}
     tags = ["drift" if summary["drift_detected"] else "no drift", *summary["descriptors_moved"]]
-    snapshot = build_snapshot(*frames, descriptor_columns, metadata, tags, name=f"drift {current.dataset.name}")
+    snapshot = build_snapshot(*frames, descriptor_columns, metadata, tags, name=f"drift {current.dataset.name}",
+                              classes=current.classes)
     summary["evidently"] = save_snapshot(snapshot, Path(reports["evidently_html"]), Path(reports["evidently_json"]))
     write_review_page(Path(reports["html"]), summary, thumbnails, Path(reports["evidently_html"]))
     return {"reports": reports, "workspace": add_snapshot(workspace, snapshot)}
@@ -90,6 +87,7 @@ def write_review_page(target: Path, summary: dict[str, Any], thumbnails: Path | 
         The path written.
     """
     tests = [{"test": name, "p_value": t["p_value"], "effect": t["effect_size"], "effect_name": t["effect_name"],
-              "n_reference": t["n_reference"], "n_current": t["n_current"]} for name, t in summary["tests"].items()]
+              "detectable_share": t["details"].get("detectable_share"), "n_reference": t["n_reference"],
+              "n_current": t["n_current"]} for name, t in summary["tests"].items()]
     return write_html(target, __file__, "review.html.j2", filters={"cell": _cell}, s=summary, tests=tests,
                       thumbnails=png_data_uri(thumbnails), evidently=evidently_html.name)

@@ -14,6 +14,13 @@ by construction and measured in tests/test_drift_tests.py:
 Decision rule: Bonferroni over the tests that ran, ``p = min(1, k * min(p_i))``; drift when
 ``p < alpha``. So the whole decision has a false-positive rate of at most ``alpha`` at the sample
 sizes actually tested (reported as ``n_reference``/``n_current``).
+
+What a decision at those sizes can detect is reported with it, as the *detectable share*: the
+smallest share of the current batch that must be unlike anything in the reference before a test can
+flag it at its level. For the KS test that is its critical distance (a share f of foreign images
+moves an output's distribution by at most f); for the MMD, a share f of far-away images raises MMD^2
+by about f^2 times the mean reference kernel, to be compared with the null's quantile. Smaller or
+subtler changes can pass unnoticed, which is what a small reference must say out loud.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["TestResult", "DriftDecision", "pca_project", "median_bandwidth", "mmd_permutation_test",
-           "ks_softmax_test", "combine", "detect", "subsample"]
+           "ks_softmax_test", "ks_detectable_share", "combine", "detect", "subsample", "holm"]
 
 _PERMUTATION_CHUNK = 100  # permutations scored per matrix product: bounds memory at N x 100
 
@@ -54,10 +61,17 @@ class DriftDecision:
     rule: str
     tests: list[TestResult]
 
+    @property
+    def detectable_share(self) -> float | None:
+        """The smallest share of foreign images any of the tests can flag at its level (None if unknown)."""
+        shares = [t.details["detectable_share"] for t in self.tests if "detectable_share" in t.details]
+        return min(shares) if shares else None
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict (tests keyed by name)."""
         out = asdict(self)
         out["tests"] = {t.name: asdict(t) for t in self.tests}
+        out["detectable_share"] = self.detectable_share
         return out
 
 
@@ -121,7 +135,7 @@ def _mmd2_unbiased(kernel: np.ndarray, member: np.ndarray, n: int, m: int) -> np
 
 
 def mmd_permutation_test(reference: np.ndarray, current: np.ndarray, permutations: int = 1000,
-                         seed: int = 0, bandwidth: float | None = None) -> TestResult:
+                         seed: int = 0, bandwidth: float | None = None, level: float | None = None) -> TestResult:
     """Permutation two-sample test with an RBF-kernel MMD.
 
     Args:
@@ -130,6 +144,8 @@ def mmd_permutation_test(reference: np.ndarray, current: np.ndarray, permutation
         permutations: number of label permutations for the null distribution.
         seed: seed of the permutations.
         bandwidth: RBF sigma; ``None`` uses the median heuristic on the pooled sample.
+        level: the level this test is judged at (alpha over the tests combined); when given, details
+            hold ``detectable_share``: about the smallest share of far-away current images it flags.
     Returns:
         A TestResult: statistic = unbiased MMD^2, p = (1 + #null >= observed) / (1 + permutations),
         effect size = (MMD^2 - null mean) / null std.
@@ -154,16 +170,34 @@ def mmd_permutation_test(reference: np.ndarray, current: np.ndarray, permutation
     null_stats = np.concatenate(null)
     p_value = (1.0 + float((null_stats >= observed).sum())) / (1.0 + permutations)
     spread = float(null_stats.std()) or 1e-12
+    details = {"bandwidth": sigma, "permutations": permutations, "dims": int(pooled.shape[1])}
+    if level is not None:
+        # a share f of far-away rows (kernel ~0 to all) gives MMD^2 ~ f^2 * mean reference kernel
+        reference_kernel = float(kernel[:n, :n].sum()) / (n * (n - 1))
+        critical = max(float(np.quantile(null_stats, 1.0 - level)), 0.0)
+        details["detectable_share"] = min(1.0, float(np.sqrt(critical / reference_kernel))) if reference_kernel > 0 else 1.0
     return TestResult("mmd", observed, p_value, (observed - float(null_stats.mean())) / spread, "mmd2_z",
-                      n, m, {"bandwidth": sigma, "permutations": permutations, "dims": int(pooled.shape[1])})
+                      n, m, details)
 
 
-def ks_softmax_test(reference_probs: np.ndarray, current_probs: np.ndarray) -> TestResult:
+def ks_detectable_share(n: int, m: int, level: float) -> float:
+    """The smallest two-sample KS distance significant at ``level`` with n and m rows (asymptotic
+    critical value ``sqrt(-ln(level/2) / 2 * (n + m) / (n m))``), capped at 1.
+
+    A share f of foreign images moves an empirical distribution by at most f, so this is also the
+    smallest share of them the test can flag.
+    """
+    return min(1.0, float(np.sqrt(-np.log(level / 2.0) / 2.0 * (n + m) / (n * m))))
+
+
+def ks_softmax_test(reference_probs: np.ndarray, current_probs: np.ndarray, level: float | None = None) -> TestResult:
     """KS test on each softmax output (BBSD), Bonferroni-corrected over the outputs.
 
     Args:
         reference_probs: (n, C) softmax outputs on the reference.
         current_probs: (m, C) softmax outputs on the current set.
+        level: the level this test is judged at; when given, details hold ``detectable_share`` (the KS
+            critical distance at ``level / C``).
     Returns:
         A TestResult: statistic = largest KS distance, p = min(1, C * min p_c),
         effect size = that largest KS distance; per-class p-values and distances in details.
@@ -176,9 +210,11 @@ def ks_softmax_test(reference_probs: np.ndarray, current_probs: np.ndarray) -> T
     p_values = [float(r.pvalue) for r in results]
     distances = [float(r.statistic) for r in results]
     worst = int(np.argmin(p_values))
+    details: dict[str, Any] = {"p_values": p_values, "distances": distances, "worst_output": worst}
+    if level is not None:
+        details["detectable_share"] = ks_detectable_share(len(reference_probs), len(current_probs), level / n_out)
     return TestResult("ks_softmax", max(distances), min(1.0, n_out * p_values[worst]), max(distances), "ks_distance",
-                      len(reference_probs), len(current_probs),
-                      {"p_values": p_values, "distances": distances, "worst_output": worst})
+                      len(reference_probs), len(current_probs), details)
 
 
 def combine(results: list[TestResult], alpha: float) -> DriftDecision:
@@ -218,12 +254,31 @@ def detect(reference_emb: np.ndarray | None, current_emb: np.ndarray | None,
         The decision with each test's p-value and effect size.
     """
     results = []
-    if reference_emb is not None and current_emb is not None:
+    run_mmd = reference_emb is not None and current_emb is not None
+    run_ks = reference_probs is not None and current_probs is not None
+    level = alpha / max(1, run_mmd + run_ks)  # each test's share of alpha under the Bonferroni rule
+    if run_mmd:
         rng = np.random.default_rng(seed)
         ref = reference_emb[subsample(reference_emb, max_samples, rng)]
         cur = current_emb[subsample(current_emb, max_samples, rng)]
         ref, cur = pca_project(ref, cur, pca_dims)
-        results.append(mmd_permutation_test(ref, cur, permutations, seed))
-    if reference_probs is not None and current_probs is not None:
-        results.append(ks_softmax_test(reference_probs, current_probs))
+        results.append(mmd_permutation_test(ref, cur, permutations, seed, level=level))
+    if run_ks:
+        results.append(ks_softmax_test(reference_probs, current_probs, level=level))
     return combine(results, alpha)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm step-down adjusted p-values (family-wise error over the list at any alpha).
+
+    Args:
+        p_values: raw p-values (e.g. one per group of the current set).
+    Returns:
+        Adjusted p-values in the same order.
+    """
+    order = np.argsort(p_values, kind="stable")
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

@@ -19,28 +19,23 @@ from pipeline.evaluation.robustness import robustness
 from pipeline.models import LoadedModel, Preprocessing
 from pipeline.models.inference import run_batches
 
-__all__ = ["shift_sample", "score", "explain", "attack_set"]
+__all__ = ["shift_ids", "score", "explain", "attack_set"]
 
 
-def shift_sample(current_dir: str | os.PathLike, per_cell: int | None, seed: int) -> list[str]:
-    """Ids of the domain-shift images to score: ``per_cell`` per corruption x severity (all when None).
+def shift_ids(current_dir: str | os.PathLike) -> list[str]:
+    """Ids of every domain-shift image, in manifest order: the whole set, as drift scores it, so the
+    two stages report one "accuracy on the shifted set" (its size is set by ``shift.per_cell``).
 
     Args:
         current_dir: the domain-shift dataset directory.
-        per_cell: images per (corruption, severity) cell.
-        seed: seed of the draw.
     Returns:
-        The ids, in manifest order.
+        The ids.
     """
     rows = read_manifest(current_dir)
     missing = [c for c in ("corruption", "severity") if c not in rows.columns]
     if missing:
         raise ValueError(f"{current_dir}: manifest lacks {missing}; expected a set written by `tlops shift`")
-    if per_cell is None:
-        return rows["id"].tolist()
-    order = np.random.default_rng(seed).permutation(len(rows))  # a seeded shuffle, then the first k per cell
-    picked = rows.iloc[order].groupby(["corruption", "severity"]).head(per_cell)
-    return rows[rows["id"].isin(set(picked["id"]))]["id"].tolist()
+    return rows["id"].tolist()
 
 
 def score(model: LoadedModel, name: str, dataset_dir: str | os.PathLike, current_dir: str | os.PathLike,

@@ -1,5 +1,8 @@
-"""Building the current set: every test image under each corruption x severity (or one seeded pair per
-image), clean copies kept, or a new batch from any ingest source taken as it is; and its figure.
+"""Building the current set: seeded test images under each corruption x severity (or one seeded pair per
+image), clean copies kept, or a new batch from any ingest source taken as it is (its own group,
+``batch:<name>``); and its figure.
+
+The set is what evaluate and drift both score whole, so "accuracy on the shifted set" is one figure.
 """
 
 from __future__ import annotations
@@ -17,18 +20,28 @@ from pipeline.data.build import index_labels, pack_source
 from pipeline.data.images import decode_rgb
 from pipeline.data.pack import describe_image, store_image
 from pipeline.data.plots import plot_image_grid
-from pipeline.data.shards import ShardWriter, iter_records, read_image_bytes
+from pipeline.data.shards import ShardWriter, iter_records, read_image_bytes, read_manifest
 from pipeline.data.sources import open_source
 from pipeline.data.sources.base import Skipped
 from pipeline.shift.corruptions import corrupt, corruption_seed, encode_png
 
-__all__ = ["CLEAN", "corruption_plan", "corrupt_test_split", "pack_batch", "plot_current"]
+__all__ = ["CLEAN", "BATCH_PREFIX", "batch_group", "corruption_plan", "corrupt_test_split", "pack_batch",
+           "plot_current"]
 CLEAN = ("none", 0)
+BATCH_PREFIX = "batch:"  # the corruption column of a new batch: its own group, never the clean control's
+
+
+def batch_group(source_uri: str) -> str:
+    """The group label of a new batch: ``batch:`` and the last part of its folder, manifest or prefix."""
+    name = source_uri.rstrip("/").rsplit("/", 1)[-1] or source_uri
+    for suffix in (".csv", ".parquet"):
+        name = name.removesuffix(suffix)
+    return BATCH_PREFIX + name
 
 
 def pack_batch(source_uri: str, ingest: IngestParams, dataset_dir: Path, shard_bytes: int,
                classes: list[str]) -> tuple[pd.DataFrame, list[Skipped], str]:
-    """A new batch from any ingest source, packed as a current set (corruption ``none``, severity 0).
+    """A new batch from any ingest source, packed as a current set (corruption ``batch:<name>``, severity 0).
 
     Args:
         source_uri: the batch (a folder, a manifest, s3://...).
@@ -42,7 +55,8 @@ def pack_batch(source_uri: str, ingest: IngestParams, dataset_dir: Path, shard_b
     source = open_source(source_uri, ingest)
     manifest, skipped = pack_source(source, dataset_dir, shard_bytes)
     manifest["label_idx"] = index_labels(manifest, classes, source.description)
-    manifest = manifest.assign(split="test", in_budget=True, corruption=CLEAN[0], severity=CLEAN[1], origin_id="")
+    manifest = manifest.assign(split="test", in_budget=True, corruption=batch_group(source_uri), severity=0,
+                               origin_id="")
     return manifest, skipped, f"new batch {source.description}"
 
 
@@ -64,13 +78,25 @@ def corruption_plan(image_id: str, cfg: ShiftParams, seed: int) -> list[tuple[st
 
 def corrupt_test_split(dataset: Path, shards_dir: Path, cfg: ShiftParams, seed: int,
                         shard_bytes: int) -> pd.DataFrame:
+    """Write the corrupted (and clean) test images, at most ``cfg.per_cell`` per cell, as shards.
+
+    Args:
+        dataset: the ingested dataset (its test split).
+        shards_dir: where the current set's shards go.
+        cfg: the shift params.
+        seed: the common seed.
+        shard_bytes: target shard size.
+    Returns:
+        The manifest rows (corruption, severity and origin_id per image).
+    """
     rows = []
+    plans = _capped_plans(read_manifest(dataset), cfg, seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny images: thread start-up costs more than it saves (measured 25x on blur)
     try:
         with ShardWriter(shards_dir, shard_bytes) as writer:
-            for origin, data, corruption, severity in progress(_corrupted(dataset, cfg, seed), desc="shift",
-                                                                unit="img"):
+            for origin, data, corruption, severity in progress(_corrupted(dataset, plans, seed), desc="shift",
+                                                                unit="img", total=sum(map(len, plans.values()))):
                 fields = {k: origin[k] for k in ("source_path", "label", "label_idx")}
                 rows.append(store_image(writer, f"{origin['id']}-{corruption}-{severity}", data,
                                         describe_image(data), **fields, split="test", in_budget=True,
@@ -82,10 +108,31 @@ def corrupt_test_split(dataset: Path, shards_dir: Path, cfg: ShiftParams, seed: 
     return pd.DataFrame(rows)
 
 
-def _corrupted(dataset: Path, cfg: ShiftParams, seed: int) -> Iterator[tuple[dict, bytes, str, int]]:
+def _capped_plans(manifest: pd.DataFrame, cfg: ShiftParams, seed: int) -> dict[str, list[tuple[str, int]]]:
+    """Each test image's pairs, keeping at most ``per_cell`` images per cell. Images are taken in a
+    seeded order, so in grid mode every cell holds the same images (a paired ladder of severities)."""
+    ids = manifest.loc[manifest["split"] == "test", "id"].tolist()
+    ids.sort(key=lambda i: (corruption_seed(seed, i, "pick", 0), i))
+    filled: dict[tuple[str, int], int] = {}
+    plans = {}
+    for image_id in ids:
+        pairs = [p for p in corruption_plan(image_id, cfg, seed)
+                 if cfg.per_cell is None or filled.get(p, 0) < cfg.per_cell]
+        for pair in pairs:
+            filled[pair] = filled.get(pair, 0) + 1
+        if pairs:
+            plans[image_id] = pairs
+    return plans
+
+
+def _corrupted(dataset: Path, plans: dict[str, list[tuple[str, int]]],
+               seed: int) -> Iterator[tuple[dict, bytes, str, int]]:
+    ids = set(plans)
     for origin, data in iter_records(dataset, split="test"):
+        if origin["id"] not in ids:
+            continue
         image = decode_rgb(data)  # upright, as the models see the clean copy
-        for corruption, severity in corruption_plan(origin["id"], cfg, seed):
+        for corruption, severity in plans[origin["id"]]:
             if (corruption, severity) == CLEAN:
                 yield origin, data, corruption, severity
             else:

@@ -67,6 +67,8 @@ def run(params: Params, args: Args) -> dict:
     summary = analyse(reference, current, cfg, params.common.seed)
     summary.update(reference=f"{args.dataset} ({cfg.reference_split})", current=str(args.current),
                    model=model.fingerprint())
+    for warning in summary["warnings"]:
+        log.warning("drift: %s", warning)
     # one Workspace for all runs: relative paths resolve against the main checkout, as the registry does
     workspace = main_checkout(Path.cwd()) / args.workspace
     paths = write_reports(reference, current, summary, args.report_dir, workspace, cfg)
@@ -76,6 +78,7 @@ def run(params: Params, args: Args) -> dict:
     log.info("drift %s (p = %.3g); descriptors moved: %s; report %s", summary["drift_detected"],
              summary["p_value"], ", ".join(summary["descriptors_moved"]) or "none", paths["reports"]["html"])
     return {key: summary[key] for key in ("drift_detected", "p_value", "p_values", "descriptors_moved", "model",
-                                          "accuracy_current", "n_reference", "n_current", "reports")}
+                                          "accuracy_current", "n_reference", "n_current", "detectable", "warnings",
+                                          "reports")}
 
 

@@ -30,7 +30,7 @@ from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import BaselineParams, FinetuneParams, FreezeParams, Params
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
-from pipeline.evaluation.assess import attack_set, explain, score, shift_sample
+from pipeline.evaluation.assess import attack_set, explain, score, shift_ids
 from pipeline.evaluation.comparison import (MODELS, assemble_metrics, embed_splits, full_label_comparison,
                                             history_curve, label_efficiency, recommend)
 from pipeline.evaluation.label_efficiency import drawable_budgets, labels_saved, sample_per_class
@@ -104,8 +104,8 @@ def run(params: Params, args: Args) -> dict:
                              references["majority_class"], cs)
 
     models = {"finetuned": finetuned, "linear_probe": backbone.to(device), "scratch": scratch}
-    shift_ids = shift_sample(args.current, cfg.shift_per_cell, common.seed)
-    scored = {name: score(model, name, args.dataset, args.current, shift_ids, classes, cfg.ece_bins,
+    shifted = shift_ids(args.current)
+    scored = {name: score(model, name, args.dataset, args.current, shifted, classes, cfg.ece_bins,
                           loop_cfg.eval_batch_size) for name, model in models.items()}
     scores, correct = {n: s for n, (s, _) in scored.items()}, {n: c for n, (_, c) in scored.items()}
     baseline = scratch.card["metrics"]

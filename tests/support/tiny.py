@@ -15,14 +15,14 @@ __all__ = ["TINY", "PER_CLASS", "write_digit_folder", "make_tiny_project"]
 PER_CLASS = 30
 TINY = {
     "common": {"image_size": 32},
-    "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5]},
+    "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5], "per_cell": 20},
     "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
                "latency_runs": 2},
     "freeze": {"epochs": 1},
     "finetune": {"min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 8},
     "evaluate": {"budgets": [3], "seeds": [0, 1, 2], "attack_images": 20, "interpret_classes": 2, "ideal_steps": 5,
-                 "adversarial_max_steps": 10, "shift_per_cell": 20},
+                 "adversarial_max_steps": 10},
     "drift": {"permutations": 100, "max_samples": 200},
 }
 

@@ -1,0 +1,103 @@
+"""The reference a drift check compares with: which images, how many, and what that size can detect.
+
+``drift.reference_split`` picks the images. ``train+val`` gives more reference rows than val alone,
+but the model has fitted its training images: on them its softmax is overconfident (and a fine-tuned
+backbone clusters their embeddings), which reads as drift on any fresh data. The over-confidence guard
+measures that on this model: train against val with the decision's own tests. Each test takes train
+rows into its reference only when that check finds no difference at alpha; otherwise it uses val alone,
+and the report says which rows each test used and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import DriftParams
+from pipeline.drift.inputs import SetOutputs
+from pipeline.drift.tests import ks_detectable_share, ks_softmax_test, mmd_permutation_test, pca_project, subsample
+
+__all__ = ["Reference", "choose_reference", "size_warnings", "detectable_table"]
+_TABLE_SIZES = (25, 50, 100, 200, 500, 1000)
+
+
+@dataclass
+class Reference:
+    """Reference rows per test: embeddings for the MMD, softmax outputs for the KS test."""
+
+    embeddings: np.ndarray
+    probs: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_reference(outputs: SetOutputs, cfg: DriftParams, seed: int) -> Reference:
+    """The reference rows of each test, with the over-confidence guard when train is in the reference.
+
+    Args:
+        outputs: the reference set's outputs (its manifest has a ``split`` column).
+        cfg: ``params.drift``.
+        seed: ``common.seed``.
+    Returns:
+        The rows per test and ``info``: splits, sizes per test, and the guard's p-values and choice.
+    """
+    splits = cfg.reference_split.split("+")
+    info: dict[str, Any] = {"split": cfg.reference_split, "n": len(outputs.manifest)}
+    if "train" not in splits or len(splits) == 1:
+        info.update(embeddings_from=cfg.reference_split, softmax_from=cfg.reference_split)
+        return Reference(outputs.embeddings, outputs.probs, info)
+    is_train = (outputs.manifest["split"] == "train").to_numpy()
+    held_out = np.flatnonzero(~is_train)
+    if len(held_out) < 2 or is_train.sum() < 2:
+        raise ValueError(f"drift.reference_split = {cfg.reference_split!r}: the over-confidence guard needs >= 2 "
+                         f"train and >= 2 other images, got {int(is_train.sum())} and {len(held_out)}")
+    train, other = outputs.subset(np.flatnonzero(is_train)), outputs.subset(held_out)
+    rng = np.random.default_rng(seed)
+    ref_emb = train.embeddings[subsample(train.embeddings, cfg.max_samples, rng)]
+    cur_emb = other.embeddings[subsample(other.embeddings, cfg.max_samples, rng)]
+    mmd = mmd_permutation_test(*pca_project(ref_emb, cur_emb, cfg.pca_dims), cfg.permutations, seed)
+    ks = ks_softmax_test(train.probs, other.probs)
+    rest = "+".join(s for s in splits if s != "train")
+    embeddings_pool = mmd.p_value >= cfg.alpha
+    softmax_pool = ks.p_value >= cfg.alpha
+    info.update(
+        embeddings_from=cfg.reference_split if embeddings_pool else rest,
+        softmax_from=cfg.reference_split if softmax_pool else rest,
+        guard={"embeddings_p": mmd.p_value, "softmax_p": ks.p_value, "alpha": cfg.alpha,
+               "n_train": int(is_train.sum()), f"n_{rest}": len(held_out),
+               "says": _guard_words(embeddings_pool, softmax_pool, rest, mmd.p_value, ks.p_value)})
+    return Reference(outputs.embeddings if embeddings_pool else other.embeddings,
+                     outputs.probs if softmax_pool else other.probs, info)
+
+
+def _guard_words(embeddings_pool: bool, softmax_pool: bool, rest: str, p_emb: float, p_soft: float) -> str:
+    def part(name: str, pooled: bool, p: float) -> str:
+        if pooled:
+            return f"{name}: train looks like {rest} (p = {p:.3g}), so train joins the reference"
+        return f"{name}: train differs from {rest} (p = {p:.3g}, the model fits its own training images), so {rest} alone"
+    return "; ".join([part("embeddings", embeddings_pool, p_emb), part("softmax", softmax_pool, p_soft)])
+
+
+def size_warnings(n_reference: int, n_current: int, detectable: float | None, cfg: DriftParams) -> list[str]:
+    """Plain warnings about what this reference size can decide."""
+    warnings = []
+    if n_reference < cfg.min_reference:
+        share = f" only a batch with at least {detectable:.0%} of its images unlike the reference can be flagged;" \
+            if detectable is not None else ""
+        advice = " use drift.reference_split: train+val, or more val images" \
+            if cfg.reference_split != "train+val" else " add labelled images"
+        warnings.append(f"the reference has {n_reference} images (< drift.min_reference = {cfg.min_reference}):"
+                        f"{share}{advice}")
+    if detectable is not None and detectable >= 1.0:
+        warnings.append(f"at {n_reference} reference and {n_current} current images no test can reach alpha = "
+                        f"{cfg.alpha:g} even for a batch entirely unlike the reference: the decision is blind")
+    return warnings
+
+
+def detectable_table(n_reference: int, n_current: int, n_outputs: int, n_tests: int, alpha: float) -> list[dict]:
+    """The softmax test's detectable share at this batch size for other reference sizes (its power table)."""
+    sizes = sorted({n_reference, *(s for s in _TABLE_SIZES if s > n_reference)})
+    level = alpha / max(1, n_tests) / max(1, n_outputs)
+    return [{"n_reference": n, "n_current": n_current, "detectable_share": round(ks_detectable_share(n, n_current, level), 3)}
+            for n in sizes]
