@@ -1,4 +1,4 @@
-"""Descriptor shifts in words: direction, the blur sign flip, effect thresholds, bad input."""
+"""Descriptor shifts in words that say what was measured: direction, effect thresholds, bad input."""
 
 from __future__ import annotations
 
@@ -15,12 +15,21 @@ def _profile(n: int, seed: int, brightness: float = 0.8, blur_var: float = 900.0
                          "blur_var": rng.normal(blur_var, 80, n), "width": np.full(n, 64), "id": [f"i{i}" for i in range(n)]})
 
 
-def test_blurred_darker_images_read_blur_up_brightness_down():
+def test_blurred_darker_images_read_sharpness_down_and_brightness_down():
     shifts = describe_shifts(_profile(300, 0), _profile(100, 1, brightness=0.6, blur_var=300.0))
-    words = moved_words(shifts)
-    assert set(words) == {"blur up", "brightness down"}
-    blur = next(s for s in shifts if s.descriptor == "blur_var")
-    assert blur.effect_size < -3 and blur.to_dict()["words"] == "blur up"  # the column fell: images blurrier
+    assert set(moved_words(shifts)) == {
+        "sharpness (Laplacian variance) down: blur, smoothing or lower resolution",
+        "brightness (mean grey level) down: darker images or underexposure"}
+    sharpness = next(s for s in shifts if s.descriptor == "blur_var")
+    assert sharpness.effect_size < -3 and sharpness.direction == "down"
+    assert "Laplacian" in sharpness.to_dict()["explains"]
+
+
+def test_noise_reads_sharpness_up_never_blur_down():
+    # noise raises the Laplacian variance: the words name the measurement and its usual causes
+    shifts = describe_shifts(_profile(300, 0), _profile(100, 1, blur_var=2500.0))
+    assert moved_words(shifts) == ["sharpness (Laplacian variance) up: noise or sharpening"]
+    assert not any("blur down" in w for w in moved_words(shifts))
 
 
 def test_no_shift_moves_nothing_and_constant_columns_are_safe():
@@ -37,5 +46,5 @@ def test_tiny_effect_on_a_big_batch_is_not_reported_as_moved():
 
 
 def test_unknown_columns_are_named():
-    with pytest.raises(ValueError, match="sharpness"):
-        describe_shifts(_profile(10, 0), _profile(10, 1), columns=["sharpness"])
+    with pytest.raises(ValueError, match="edge_density"):
+        describe_shifts(_profile(10, 0), _profile(10, 1), columns=["edge_density"])

@@ -149,7 +149,8 @@ def test_latency_is_timed_after_a_warm_up():
             calls.append(len(calls))
             return x
 
-    from pipeline.models.cost import measure_latency_ms
+    from pipeline.models.cost import measure_latency
 
-    ms = measure_latency_ms(Counting(), 8, torch.device("cpu"), runs=5, warmup=4, warmup_seconds=0.0)
-    assert len(calls) == 4 + 5 and ms >= 0
+    latency = measure_latency(Counting(), 8, torch.device("cpu"), runs=5, warmup=4, warmup_seconds=0.0)
+    assert len(calls) == 4 + 5 and latency.runs == 5
+    assert 0 <= latency.min_ms <= latency.q1_ms <= latency.median_ms <= latency.q3_ms <= latency.max_ms

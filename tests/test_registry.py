@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stages.promote import promotion_decision
+from pipeline.stages.promote import class_change, promotion_decision
 from pipeline.registry import open_registry
 from tests.support.s3server import make_client
 
@@ -49,18 +49,27 @@ def test_s3_registry(tmp_path, s3_endpoint, monkeypatch):
     assert "tlops/registry/versions/20260101-000000-a/model.pt" in keys
 
 
+CHANGE = "the candidate's classes differ from the champion's: it adds ['fox'] and drops ['cat']"
+
+
 @pytest.mark.parametrize(
-    ("accuracy", "champion", "champion_accuracy", "same", "promoted", "why"),
+    ("accuracy", "champion", "champion_accuracy", "same", "change", "allow", "promoted", "why"),
     [
-        (0.90, None, None, False, True, "no champion yet"),
-        (0.95, {"version": "v1"}, 0.94, False, True, "beats the champion's 0.9400"),
-        (0.942, {"version": "v1"}, 0.94, False, False, "does not beat the champion's 0.9400 by the margin"),
-        (0.99, {"version": "v1"}, 0.94, True, False, "already the champion (v1)"),
-        (0.50, {"version": "v1"}, None, False, True, "trained on other classes"),
+        (0.90, None, None, False, None, False, True, "no champion yet"),
+        (0.95, {"version": "v1"}, 0.94, False, None, False, True, "beats the champion's 0.9400"),
+        (0.942, {"version": "v1"}, 0.94, False, None, False, False, "does not beat the champion's 0.9400 by the margin"),
+        (0.99, {"version": "v1"}, 0.94, True, None, False, False, "already the champion (v1)"),
+        (0.99, {"version": "v1"}, None, False, CHANGE, False, False, "refused: " + CHANGE),
+        (0.50, {"version": "v1"}, None, False, CHANGE, True, True, "task change allowed by promote.allow_task_change"),
     ],
 )
-def test_promotion_rule(accuracy, champion, champion_accuracy, same, promoted, why):
+def test_promotion_rule(accuracy, champion, champion_accuracy, same, change, allow, promoted, why):
     # the candidate is already the run's better model (the evaluation's recommendation): only the champion matters
-    decided, reason = promotion_decision(accuracy, champion, champion_accuracy, same, margin=0.005)
+    decided, reason = promotion_decision(accuracy, champion, champion_accuracy, same, 0.005, change, allow)
     assert decided is promoted
     assert why in reason
+
+
+def test_class_change_names_added_and_dropped_classes():
+    assert class_change(["cat", "dog"], ["dog", "cat"]) is None  # order is not a change of task
+    assert class_change(["cat", "dog"], ["dog", "fox"]) == CHANGE

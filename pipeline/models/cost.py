@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import statistics
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "measure_gflops", "measure_latency_ms"]
+__all__ = ["count_params", "measure_gflops", "Latency", "measure_latency"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -36,23 +37,41 @@ def measure_gflops(model: nn.Module, image_size: int, channels: int = 3) -> floa
     return counter.get_total_flops() / 1e9
 
 
-def measure_latency_ms(model: nn.Module, image_size: int, device: torch.device, runs: int = 10,
-                       warmup: int = 3, warmup_seconds: float = 0.25) -> float:
-    """Median wall time of a batch-of-one forward pass on ``device``, in milliseconds, after a warm-up.
+@dataclass(frozen=True)
+class Latency:
+    """Timed batch-of-one passes: their median and spread, in milliseconds."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+
+    def spread(self) -> dict[str, float]:
+        """The quartiles and extremes, rounded for a report."""
+        return {"q1": round(self.q1_ms, 3), "q3": round(self.q3_ms, 3), "min": round(self.min_ms, 3),
+                "max": round(self.max_ms, 3), "runs": self.runs}
+
+
+def measure_latency(model: nn.Module, image_size: int, device: torch.device, runs: int = 10,
+                    warmup: int = 3, warmup_seconds: float = 0.25) -> Latency:
+    """Batch-of-one forward passes on ``device``, timed after a warm-up: median and spread in ms.
 
     The first passes of a network pay one-off costs (allocator growth, oneDNN/cuDNN kernel choice,
     thread-pool start-up) that made a single model's figure swing 50x between runs; they are run
-    untimed until both ``warmup`` passes and ``warmup_seconds`` have gone by.
+    untimed until both ``warmup`` passes and ``warmup_seconds`` have gone by. The spread (quartiles,
+    extremes) shows how far one figure can be trusted on a noisy machine.
 
     Args:
         model: the model (moved to ``device`` by the caller).
         image_size: side of the square input.
         device: where it runs; CUDA work is synchronised before the clock stops.
-        runs: timed passes (the median is reported).
+        runs: timed passes.
         warmup: untimed passes first, at least.
         warmup_seconds: untimed time first, at least.
     Returns:
-        Milliseconds per image.
+        The median and spread of milliseconds per image.
     """
     x = torch.zeros(1, 3, image_size, image_size, device=device)
 
@@ -69,4 +88,6 @@ def measure_latency_ms(model: nn.Module, image_size: int, device: torch.device, 
         while passes < warmup or time.perf_counter() - began < warmup_seconds:
             timed()
             passes += 1
-        return statistics.median(timed() for _ in range(runs))
+        times = np.array([timed() for _ in range(runs)])
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return Latency(float(median), float(q1), float(q3), float(times.min()), float(times.max()), runs)

@@ -31,7 +31,7 @@ from pipeline.common.io import atomic_dir, read_json, sha256_file, write_json
 from pipeline.data.shards import ShardImageDataset
 from pipeline.models.build import build_network
 from pipeline.models.catalog import get_spec
-from pipeline.models.cost import measure_latency_ms
+from pipeline.models.cost import Latency, measure_latency
 from pipeline.models.inference import BatchOutputs, probabilities, run_batches, split_forward
 from pipeline.models.preprocess import Preprocessing
 from pipeline.models.specs import ModelSpec, WeightsRef
@@ -218,9 +218,9 @@ class LoadedModel:
         probs, _, _ = self.predict(self.image_batches(images), desc=f"{self.name} predict")
         return [self.classes[i] for i in probs.argmax(1)], probs
 
-    def latency_ms(self, runs: int = 10) -> float:
-        """Median ms of a batch-of-one forward pass on this model's device, after a warm-up."""
-        return measure_latency_ms(self.network, self.preprocessing.image_size, self.device, runs=runs)
+    def latency(self, runs: int = 10) -> Latency:
+        """Batch-of-one forward passes on this model's device after a warm-up: median and spread (ms)."""
+        return measure_latency(self.network, self.preprocessing.image_size, self.device, runs=runs)
 
 
 def _recorded_weights(recorded: Mapping[str, Any] | None, spec: ModelSpec) -> WeightsRef | None:

@@ -103,7 +103,8 @@ def assess(spec: ModelSpec, ctx: Candidates) -> dict:
     except WeightsRejected as err:
         return {**row, "status": "rejected", "reason": f"weights refused: {err}"}
     row["weights"] = {**model.weights, **({"hub_dir": ctx.cfg.hub_dir} if ctx.cfg.hub_dir else {})}
-    row["latency_ms"] = round(model.latency_ms(ctx.cfg.latency_runs), 3)
+    latency = model.latency(ctx.cfg.latency_runs)
+    row["latency_ms"], row["latency_spread_ms"] = round(latency.median_ms, 3), latency.spread()
     if ctx.cfg.max_latency_ms is not None and row["latency_ms"] > ctx.cfg.max_latency_ms:
         return {**row, "status": "filtered",
                 "reason": f"latency {row['latency_ms']:.2f} ms > select.max_latency_ms {ctx.cfg.max_latency_ms}"}

@@ -8,9 +8,11 @@ Rule: the candidate is the model the evaluation recommends: the fine-tuned one, 
 baseline beat it on all labels by the paired test (a negative full-label verdict), so the user gets
 the better classifier either way. The candidate is promoted when there is no champion, or its test
 accuracy beats the champion's by at least `promote.margin`, both measured here by the same code on the
-same test split. Every candidate is registered as a version with its card and decision; only a
-promotion moves the champion pointer (one atomic write), so a failed or rejected run never touches the
-current champion.
+same test split. A candidate trained on another set of classes than the champion's is a change of
+task: it is refused unless `promote.allow_task_change` is true, and the decision names the classes
+added and removed either way. Every candidate is registered as a version with its card and decision;
+only a promotion moves the champion pointer (one atomic write), so a failed or rejected run never
+touches the current champion.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from pipeline.common.device import select_device
 from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
-from pipeline.data.shards import read_classes, use_validated, validation_field
+from pipeline.data.shards import use_validated, validation_field
 from pipeline.models import LoadedModel
 from pipeline.project import main_checkout
 from pipeline.registry import open_registry
 from pipeline.runs.naming import run_identity
 
-__all__ = ["Args", "run", "test_accuracy", "promotion_decision"]
+__all__ = ["Args", "run", "test_accuracy", "class_change", "promotion_decision"]
 log = get_logger(__name__)
 
 
@@ -81,19 +83,22 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     device = select_device(params.common.device)
     model_dir = args.model if recommended == "finetuned" else args.baseline
     candidate = LoadedModel.load(model_dir, device)
-    classes = read_classes(args.dataset)
     new_accuracy = test_accuracy(candidate, args.dataset)
     champion = registry.champion()
-    champion_accuracy, same_model = None, False
+    champion_accuracy, same_model, change = None, False, None
     if champion is not None:
         with tempfile.TemporaryDirectory() as scratch:
             champion_model = LoadedModel.load(registry.model_dir(champion["version"], Path(scratch)), device)
             same_model = champion_model.card["state_dict_sha256"] == candidate.card["state_dict_sha256"]
-            if sorted(champion_model.classes) == sorted(classes):
+            change = class_change(champion_model.classes, candidate.classes)
+            if change is None:
                 champion_accuracy = test_accuracy(champion_model, args.dataset)
-    promoted, reason = promotion_decision(new_accuracy, champion, champion_accuracy, same_model, cfg.margin)
+    promoted, reason = promotion_decision(new_accuracy, champion, champion_accuracy, same_model, cfg.margin,
+                                          change, cfg.allow_task_change)
     run = run_identity(root)
-    decision = {"decision": "promoted" if promoted else "kept champion", "promoted": promoted, "reason": reason,
+    refused = change is not None and not cfg.allow_task_change
+    decision = {"decision": "promoted" if promoted else "refused: task change" if refused else "kept champion",
+                "promoted": promoted, "reason": reason, "task_change": change,
                 "verdict": verdict, "candidate": recommended,
                 "candidate_reason": evaluation.get("recommended_reason", ""), "test_accuracy": round(new_accuracy, 4),
                 "champion_test_accuracy": None if champion_accuracy is None else round(champion_accuracy, 4),
@@ -111,15 +116,40 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     return decision
 
 
+def class_change(champion: list[str], candidate: list[str]) -> str | None:
+    """None when both models know the same classes; else which classes the candidate adds and drops."""
+    added, removed = sorted(set(candidate) - set(champion)), sorted(set(champion) - set(candidate))
+    if not added and not removed:
+        return None
+    parts = ([f"adds {added}"] if added else []) + ([f"drops {removed}"] if removed else [])
+    return f"the candidate's classes differ from the champion's: it {' and '.join(parts)}"
+
+
 def promotion_decision(accuracy: float, champion: dict | None, champion_accuracy: float | None,
-                       same_model: bool, margin: float) -> tuple[bool, str]:
-    """The promotion rule for the run's better model; returns (promote?, why) in words."""
+                       same_model: bool, margin: float, change: str | None = None,
+                       allow_task_change: bool = False) -> tuple[bool, str]:
+    """The promotion rule for the run's better model; returns (promote?, why) in words.
+
+    Args:
+        accuracy: the candidate's test accuracy.
+        champion: the champion's record, or None.
+        champion_accuracy: the champion's accuracy on the same test split (None when not comparable).
+        same_model: the candidate's weights are the champion's.
+        margin: ``promote.margin``.
+        change: :func:`class_change` of the two models (None: the same classes).
+        allow_task_change: ``promote.allow_task_change``.
+    """
     if champion is None:
         return True, f"no champion yet; test accuracy {accuracy:.4f}"
     if same_model:
         return False, f"this model is already the champion ({champion['version']})"
+    if change is not None:
+        if allow_task_change:
+            return True, f"task change allowed by promote.allow_task_change: {change}; it replaces the champion"
+        return False, (f"refused: {change} ({champion['version']}); a model for another task replaces the champion "
+                       "only with promote.allow_task_change: true")
     if champion_accuracy is None:
-        return True, "the champion was trained on other classes; the new model replaces it for the current task"
+        raise ValueError("promotion_decision: the champion's accuracy is needed when the classes are the same")
     if accuracy >= champion_accuracy + margin:
         return True, f"test accuracy {accuracy:.4f} beats the champion's {champion_accuracy:.4f} by >= {margin}"
     return False, (f"test accuracy {accuracy:.4f} does not beat the champion's {champion_accuracy:.4f} "
