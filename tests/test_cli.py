@@ -39,3 +39,46 @@ def test_status_lists_every_stage(project):
                          capture_output=True, text=True).stdout
     for spec in STAGES:
         assert spec.name in out
+
+
+def _fail_with(monkeypatch, error: BaseException) -> None:
+    """Make the freeze stage raise ``error`` from this file: code outside pipeline/, like a library."""
+    from pipeline.stages import freeze
+
+    def run(params, args):
+        raise error
+
+    monkeypatch.setattr(freeze, "run", run)
+
+
+def test_a_library_error_ends_in_one_line_naming_its_type_and_place(capsys, project, monkeypatch):
+    monkeypatch.chdir(project)
+    _fail_with(monkeypatch, KeyError(1))  # what Evidently raised on string labels: once printed as "error: 1"
+    assert main(["freeze"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("tlops freeze: internal error: KeyError: 1 (raised in tests/test_cli.py:")
+
+
+def test_our_own_checks_stay_bad_input_with_their_sentence(capsys, project, monkeypatch):
+    monkeypatch.chdir(project)
+    assert main(["freeze", "--selection", "nowhere.json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tlops freeze: error: ") and "Traceback" not in err[0]
+
+
+def test_a_failed_stage_leaves_its_previous_outputs_whole(project, monkeypatch):
+    monkeypatch.chdir(project)
+    plan, metrics = project / "results" / "freeze" / "freeze_plan.json", project / "results" / "freeze" / "metrics.json"
+    plan.parent.mkdir(parents=True)
+    plan.write_text("previous plan")
+    metrics.write_text("previous metrics")
+    from pipeline.stages import freeze
+
+    def half_then_fail(params, args):
+        args.plan.write_text("new plan")  # one output written, then the stage dies
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(freeze, "run", half_then_fail)
+    assert main(["freeze"]) == 1
+    assert plan.read_text() == "previous plan" and metrics.read_text() == "previous metrics"
+    assert not list(plan.parent.glob(".tlops-previous*"))

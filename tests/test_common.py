@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.common.device import select_device
-from pipeline.common.io import atomic_dir, atomic_path, read_json, sha256_file, write_json
+from pipeline.common.io import atomic_dir, atomic_path, read_json, replaced_as_set, sha256_file, write_json
 from pipeline.common.seeding import seed_everything
 
 
@@ -92,3 +97,48 @@ def test_log_lines_follow_the_current_stderr(capsys):
     setup_logging("INFO")
     get_logger("pipeline.test").info("hello %s", "there")
     assert "tlops.test: hello there" in capsys.readouterr().err
+
+
+def _outputs(tmp_path):
+    report, metrics = tmp_path / "reports" / "drift", tmp_path / "results" / "drift.json"
+    report.mkdir(parents=True)
+    (report / "report.html").write_text("old page")
+    metrics.parent.mkdir()
+    metrics.write_text("old metrics")
+    return report, metrics
+
+
+def test_outputs_replaced_as_a_set_on_success_and_restored_on_failure(tmp_path):
+    report, metrics = _outputs(tmp_path)
+    with pytest.raises(RuntimeError):
+        with replaced_as_set([report, metrics]):
+            report.mkdir()
+            (report / "outliers.png").write_text("new, partial")
+            raise RuntimeError("the stage died")
+    assert sorted(p.name for p in report.iterdir()) == ["report.html"] and metrics.read_text() == "old metrics"
+    with replaced_as_set([report, metrics]):
+        report.mkdir()
+        (report / "report.html").write_text("new page")
+        metrics.write_text("new metrics")
+    assert (report / "report.html").read_text() == "new page" and metrics.read_text() == "new metrics"
+    assert not list(tmp_path.rglob(".tlops-previous"))  # no backups left behind
+
+
+def test_a_killed_stage_gets_its_last_whole_set_back_on_the_next_run(tmp_path):
+    report, metrics = _outputs(tmp_path)
+    killed = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from pipeline.common.io import replaced_as_set
+        with replaced_as_set([Path({str(report)!r}), Path({str(metrics)!r})]):
+            Path({str(report)!r}).mkdir()
+            Path({str(report)!r}, "outliers.png").write_text("new, partial")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", killed], cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == -signal.SIGKILL
+    assert not metrics.exists()  # set aside, the new set half-written
+    with pytest.raises(RuntimeError):
+        with replaced_as_set([report, metrics]):  # restores the last whole set first, then fails itself
+            raise RuntimeError("fails again")
+    assert sorted(p.name for p in report.iterdir()) == ["report.html"] and metrics.read_text() == "old metrics"

@@ -85,7 +85,7 @@ def test_review_page_leads_with_the_calibrated_decision(tmp_path):
     page = write_review_page(tmp_path / "report.html", summary, thumbs, tmp_path / "evidently.html").read_text()
     assert page.index("DRIFT DETECTED") < page.index("Warning: the reference has 26 images") < page.index(moved) \
         < page.index("evidently.html")
-    assert "<b>26</b> reference images" in page and "<b>41%</b> of the images" in page
+    assert "<b>26</b> reference images" in page and "<b>41%</b> of the images are unlike" in page
     assert "data:image/png;base64," in page and "gaussian_blur 5" in page and "0.5000" in page
 
 

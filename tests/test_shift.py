@@ -1,4 +1,5 @@
-"""`tlops shift`: the corrupted 'current' set (grid and random), reproducible; a new batch as current."""
+"""`tlops shift`: the corrupted 'current' set (grid and random, capped per cell), reproducible; a new batch as
+current, in its own group."""
 
 from __future__ import annotations
 
@@ -73,9 +74,22 @@ def test_new_batch_becomes_the_current_set(dataset, tmp_path, capsys):
         (tmp_path / "batch" / "c1" / f"{i}.png").write_bytes(good_png(500 + i, 12))
     assert _shift(dataset, tmp_path, f"shift.source={tmp_path / 'batch'}") == 0
     current = read_manifest(tmp_path / "current")
-    assert len(current) == 4 and set(current["label_idx"]) == {1} and set(current["corruption"]) == {"none"}
+    # its own group, never the clean control's ("none", 0)
+    assert len(current) == 4 and set(current["label_idx"]) == {1} and set(current["corruption"]) == {"batch:batch"}
     (tmp_path / "batch" / "zebra").mkdir()
     (tmp_path / "batch" / "zebra" / "z.png").write_bytes(good_png(900, 12))
     capsys.readouterr()
     assert _shift(dataset, tmp_path, f"shift.source={tmp_path / 'batch'}") == 2
     assert "label 'zebra' (e.g. " in capsys.readouterr().err
+
+
+def test_per_cell_keeps_the_same_seeded_images_in_every_cell(dataset, tmp_path):
+    settings = ("shift.corruptions=[jpeg, gaussian_noise]", "shift.severities=[1, 5]", "shift.per_cell=3")
+    assert _shift(dataset, tmp_path / "a", *settings) == 0
+    current = read_manifest(tmp_path / "a" / "current")
+    cells = current.groupby(["corruption", "severity"])["origin_id"].apply(frozenset)
+    assert len(cells) == 1 + 2 * 2 and set(cells.map(len)) == {3}
+    assert len(set(cells)) == 1  # one paired ladder: the same three images at every level
+    assert _shift(dataset, tmp_path / "b", *settings, "common.seed=1") == 0
+    other = read_manifest(tmp_path / "b" / "current")
+    assert set(other["origin_id"]) != set(current["origin_id"])  # the choice is seeded

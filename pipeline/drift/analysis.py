@@ -31,7 +31,8 @@ def analyse(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: 
         seed: ``common.seed``.
     Returns:
         The drift.json content (without paths), plus ``_scores`` (each current row's distance to its
-        nearest reference embeddings) and ``_pca`` (the reduced embeddings) for the reports.
+        nearest reference embeddings), ``_pca`` (the reduced embeddings) and ``_reference`` (the
+        reference rows those embeddings belong to) for the reports.
     """
     chosen = choose_reference(reference, cfg, seed)
     decision = _decide(chosen, current, cfg, seed)
@@ -62,7 +63,7 @@ def analyse(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: 
                                                              current.probs.shape[1], len(tests), cfg.alpha)},
         "warnings": size_warnings(n_reference, len(current.manifest), detectable, cfg),
         "groups": _group_tests(chosen, current, cfg, seed) if cfg.per_group else [],
-        "_scores": scores, "_pca": (ref_pca, cur_pca),
+        "_scores": scores, "_pca": (ref_pca, cur_pca), "_reference": chosen.embedding_rows,
     }
 
 

@@ -139,8 +139,11 @@ def build_snapshot(reference: pd.DataFrame, current: pd.DataFrame, descriptor_co
         metadata = {**metadata, "left_out_of_evidently": ", ".join(left_out)}
     report = Report(metrics, metadata=metadata, tags=tags)
     columns = [*numeric, "prediction", *(["label"] if labelled else [])]
-    return report.run(Dataset.from_pandas(current[columns], data_definition=definition),
-                      Dataset.from_pandas(reference[columns], data_definition=definition), name=name)
+    # A column constant on one side only is drift worth showing, but Evidently's correlation table
+    # divides by its zero spread; numpy's warning about that NaN cell is noise here.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return report.run(Dataset.from_pandas(current[columns], data_definition=definition),
+                          Dataset.from_pandas(reference[columns], data_definition=definition), name=name)
 
 
 def save_snapshot(snapshot: Any, html_path: Path, json_path: Path) -> dict[str, Any]:

@@ -25,11 +25,20 @@ _TABLE_SIZES = (25, 50, 100, 200, 500, 1000)
 
 @dataclass
 class Reference:
-    """Reference rows per test: embeddings for the MMD, softmax outputs for the KS test."""
+    """Reference rows per test: those whose embeddings the MMD uses (also the rows the reports show),
+    and those whose softmax outputs the KS test uses."""
 
-    embeddings: np.ndarray
-    probs: np.ndarray
+    embedding_rows: SetOutputs
+    softmax_rows: SetOutputs
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self.embedding_rows.embeddings
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.softmax_rows.probs
 
 
 def choose_reference(outputs: SetOutputs, cfg: DriftParams, seed: int) -> Reference:
@@ -46,7 +55,7 @@ def choose_reference(outputs: SetOutputs, cfg: DriftParams, seed: int) -> Refere
     info: dict[str, Any] = {"split": cfg.reference_split, "n": len(outputs.manifest)}
     if "train" not in splits or len(splits) == 1:
         info.update(embeddings_from=cfg.reference_split, softmax_from=cfg.reference_split)
-        return Reference(outputs.embeddings, outputs.probs, info)
+        return Reference(outputs, outputs, info)
     is_train = (outputs.manifest["split"] == "train").to_numpy()
     held_out = np.flatnonzero(~is_train)
     if len(held_out) < 2 or is_train.sum() < 2:
@@ -67,8 +76,7 @@ def choose_reference(outputs: SetOutputs, cfg: DriftParams, seed: int) -> Refere
         guard={"embeddings_p": mmd.p_value, "softmax_p": ks.p_value, "alpha": cfg.alpha,
                "n_train": int(is_train.sum()), f"n_{rest}": len(held_out),
                "says": _guard_words(embeddings_pool, softmax_pool, rest, mmd.p_value, ks.p_value)})
-    return Reference(outputs.embeddings if embeddings_pool else other.embeddings,
-                     outputs.probs if softmax_pool else other.probs, info)
+    return Reference(outputs if embeddings_pool else other, outputs if softmax_pool else other, info)
 
 
 def _guard_words(embeddings_pool: bool, softmax_pool: bool, rest: str, p_emb: float, p_soft: float) -> str:
@@ -83,8 +91,8 @@ def size_warnings(n_reference: int, n_current: int, detectable: float | None, cf
     """Plain warnings about what this reference size can decide."""
     warnings = []
     if n_reference < cfg.min_reference:
-        share = f" only a batch with at least {detectable:.0%} of its images unlike the reference can be flagged;" \
-            if detectable is not None else ""
+        share = f" a batch is unlikely to be flagged unless at least {detectable:.0%} of its images are unlike " \
+            "the reference;" if detectable is not None else ""
         advice = " use drift.reference_split: train+val, or more val images" \
             if cfg.reference_split != "train+val" else " add labelled images"
         warnings.append(f"the reference has {n_reference} images (< drift.min_reference = {cfg.min_reference}):"

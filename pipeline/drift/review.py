@@ -21,21 +21,21 @@ from pipeline.drift.workspace import add_snapshot
 __all__ = ["write_reports", "write_review_page"]
 
 
-def write_reports(reference: SetOutputs, current: SetOutputs, summary: dict[str, Any], report_dir: Path,
-                  workspace: Path, cfg: DriftParams) -> dict[str, Any]:
+def write_reports(current: SetOutputs, summary: dict[str, Any], report_dir: Path, workspace: Path,
+                  cfg: DriftParams) -> dict[str, Any]:
     """Write outliers.png, the Evidently report (HTML + JSON), report.html, and the Workspace snapshot.
 
     Args:
-        reference, current: the two sets' outputs.
-        summary: from :func:`pipeline.drift.analysis.analyse` (its private ``_scores``/``_pca`` entries are
-            consumed here).
+        current: the current set's outputs.
+        summary: from :func:`pipeline.drift.analysis.analyse` (its private ``_scores``, ``_pca`` and
+            ``_reference`` entries are consumed here).
         report_dir: the folder of the reports.
         workspace: the Evidently Workspace folder (shared by every run).
         cfg: ``params.drift``.
     Returns:
         ``{"reports": {name: path}, "workspace": {...}}``.
     """
-    scores, (ref_pca, cur_pca) = summary.pop("_scores"), summary.pop("_pca")
+    scores, (ref_pca, cur_pca), reference = summary.pop("_scores"), summary.pop("_pca"), summary.pop("_reference")
     out = Path(report_dir)
     reports = {"html": str(out / "report.html"), "evidently_html": str(out / "evidently.html"),
                "evidently_json": str(out / "evidently.json"), "outliers": str(out / "outliers.png")}

@@ -71,7 +71,7 @@ def run(params: Params, args: Args) -> dict:
         log.warning("drift: %s", warning)
     # one Workspace for all runs: relative paths resolve against the main checkout, as the registry does
     workspace = main_checkout(Path.cwd()) / args.workspace
-    paths = write_reports(reference, current, summary, args.report_dir, workspace, cfg)
+    paths = write_reports(current, summary, args.report_dir, workspace, cfg)
     summary.update(reports=paths["reports"], workspace=paths["workspace"],
                    seconds=round(time.perf_counter() - started, 1))
     write_json(args.drift, summary)
