@@ -119,3 +119,10 @@ def test_missing_workspace_is_named(tmp_path):
 def test_report_frame_rejects_misaligned_rows():
     with pytest.raises(ValueError, match="row counts differ"):
         report_frame(pd.DataFrame({"a": [1.0, 2.0]}), np.ones((3, 2)) / 2, np.zeros((2, 1)), ["x", "y"])
+
+
+def test_report_on_tiny_sets_leaves_out_the_embedding_view(tmp_path):
+    # Evidently's embedding view needs a t-SNE over > 30 rows: 12 + 8 rows used to raise
+    snapshot = build_snapshot(_frame(12, 0), _frame(8, 1, 0.3), DESCRIPTORS, {}, [], name="tiny", classes=CLASSES)
+    values = save_snapshot(snapshot, tmp_path / "evidently.html", tmp_path / "evidently.json")
+    assert not any(k.startswith("EmbeddingsDrift") for k in values) and any(k.startswith("Accuracy") for k in values)

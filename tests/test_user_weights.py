@@ -101,3 +101,10 @@ def test_drift_embeds_with_the_fine_tuned_model_of_the_users_weights(chain):
     model = _json(chain["drift"] / "drift.json")["model"]
     assert model["pretrained_weights"]["sha256"] == chain["sha"]
     assert model["state_dict_sha256"] == _json(chain["ft"] / "model" / "card.json")["state_dict_sha256"]
+
+
+def test_evaluate_and_drift_report_one_accuracy_on_the_shifted_set(chain):
+    # both score the whole current set (shift.per_cell images per cell) with the same fine-tuned model
+    evaluation, drifted = _json(chain["ev"] / "metrics.json"), _json(chain["drift"] / "drift.json")
+    assert evaluation["shift_accuracy"]["finetuned"] == pytest.approx(drifted["accuracy_current"], abs=1e-4)
+    assert evaluation["models"]["shift"]["finetuned"]["n"] == drifted["n_current"]

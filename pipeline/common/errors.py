@@ -15,7 +15,7 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-__all__ = ["TransientError", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "BAD_INPUT_ERRORS",
+__all__ = ["TransientError", "GateFailed", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "BAD_INPUT_ERRORS",
            "raised_in_pipeline", "describe_error"]
 
 EXIT_INTERNAL = 1  # an unexpected failure: the traceback is shown
@@ -30,6 +30,13 @@ class TransientError(RuntimeError):
 
     Raise it (from the original error) after a stage's own retries are used up.
     """
+
+
+class GateFailed(ValueError):
+    """A gate said no after writing its report whole (the validation gate): bad input, and the outputs
+    stand, because they explain the failure (:func:`pipeline.common.io.replaced_as_set` keeps them)."""
+
+    outputs_written = True
 
 
 # The kinds our own input checks raise, each with a sentence naming the file, key or value.

@@ -135,7 +135,8 @@ def replaced_as_set(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
 
     The existing outputs are moved aside (a rename into a ``.tlops-previous`` sibling folder, recorded in
     a journal) before the body runs. If the body raises, its partial outputs are removed and the old
-    ones put back; on success the old ones are deleted. A run killed in between leaves the journal,
+    ones put back, unless the error says its outputs were written whole (``outputs_written``, e.g.
+    :class:`pipeline.common.errors.GateFailed`); on success the old ones are deleted. A run killed in between leaves the journal,
     and the next call restores the last whole set before it starts.
 
     Args:
@@ -157,7 +158,9 @@ def replaced_as_set(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
         os.replace(path, _backup(path))
     try:
         yield
-    except BaseException:
+    except BaseException as err:
+        if getattr(err, "outputs_written", False):  # e.g. a failed gate's report: the new set is whole
+            write_json(journal, {**record, "state": "committed"})
         _finish_interrupted(paths)
         raise
     write_json(journal, {**record, "state": "committed"})

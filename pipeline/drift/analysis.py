@@ -54,7 +54,7 @@ def analyse(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: 
         | {"domain_classifier_auc": auc},
         "descriptors_moved": moved_words(shifts), "descriptors": [s.to_dict() for s in shifts],
         "min_effect": cfg.min_effect,
-        "accuracy_reference": reference.accuracy(), "accuracy_current": current.accuracy(),
+        "accuracy_reference": chosen.softmax_rows.accuracy(), "accuracy_current": current.accuracy(),
         "domain_classifier_auc": auc, "n_reference": n_reference, "n_current": len(current.manifest),
         "reference_set": chosen.info,
         "detectable": {"share": detectable,

@@ -1,7 +1,8 @@
 """The Evidently 0.7 Report of a drift check (saved as HTML and JSON, and added to the Workspace).
 
 It holds DataDriftPreset on the image descriptors, prediction drift (predicted class and confidence),
-Evidently's own embedding drift (shown for context only: it is badly calibrated, see docs/drift.md),
+Evidently's own embedding drift (shown for context only: it is badly calibrated, see docs/drift.md;
+left out when a side is too small for its t-SNE view),
 accuracy on the current set when it has labels, and the calibrated test's result in the snapshot's
 metadata and tags (so the Workspace lists it run by run).
 """
@@ -23,6 +24,10 @@ __all__ = ["EMBEDDING_PREFIX", "report_frame", "histogram_safe", "build_snapshot
 
 EMBEDDING_PREFIX = "emb_"
 _MIN_RELATIVE_RANGE = 1e-6  # a column spanning less than this share of its magnitude cannot be binned
+# Evidently's embedding view runs a t-SNE (perplexity 30: needs more rows than that) over both sides
+# and a 2-d kernel density per side; below these sizes it raises instead of drawing.
+_EMBEDDING_VIEW_MIN_ROWS = 30
+_EMBEDDING_VIEW_MIN_SIDE = 10
 
 
 def report_frame(descriptors: pd.DataFrame, probs: np.ndarray, embeddings: np.ndarray, classes: list[str],
@@ -41,14 +46,12 @@ def report_frame(descriptors: pd.DataFrame, probs: np.ndarray, embeddings: np.nd
     if not len(descriptors) == len(probs) == len(embeddings):
         raise ValueError(f"row counts differ: descriptors {len(descriptors)}, softmax {len(probs)}, "
                          f"embeddings {len(embeddings)}")
-    frame = descriptors.reset_index(drop=True).copy()
-    frame["prediction"] = [classes[i] for i in probs.argmax(axis=1)]
-    frame["confidence"] = probs.max(axis=1)
-    for j in range(embeddings.shape[1]):
-        frame[f"{EMBEDDING_PREFIX}{j}"] = embeddings[:, j]
+    parts = [descriptors.reset_index(drop=True),
+             pd.DataFrame({"prediction": [classes[i] for i in probs.argmax(axis=1)], "confidence": probs.max(axis=1)}),
+             pd.DataFrame(embeddings, columns=[f"{EMBEDDING_PREFIX}{j}" for j in range(embeddings.shape[1])])]
     if labels is not None:
-        frame["label"] = labels.astype(str).to_numpy()
-    return frame
+        parts.append(pd.DataFrame({"label": labels.astype(str).to_numpy()}))
+    return pd.concat(parts, axis=1)  # one concat: a column at a time fragments the frame
 
 
 def histogram_safe(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[list[str], list[str]]:
@@ -131,7 +134,8 @@ def build_snapshot(reference: pd.DataFrame, current: pd.DataFrame, descriptor_co
         metrics.insert(0, DataDriftPreset(columns=descriptor_columns))
     if "confidence" in numeric:
         metrics.append(ValueDrift(column="confidence"))
-    if embeddings:
+    if embeddings and len(reference) >= _EMBEDDING_VIEW_MIN_SIDE and len(current) >= _EMBEDDING_VIEW_MIN_SIDE \
+            and len(reference) + len(current) > _EMBEDDING_VIEW_MIN_ROWS:
         metrics.append(EmbeddingsDrift(embeddings_name="embeddings"))
     if classification is not None:
         metrics.append(Accuracy())

@@ -96,7 +96,8 @@ def _headlines(metrics: dict[str, dict[str, Any]]) -> list[str]:
              ("baseline", "Scratch baseline", "converged {converged} ({stopped_by} after {epochs_run} epochs), "
                                               "test accuracy {test_accuracy}"),
              ("evaluate", "Transfer verdict", "{verdict}: {verdict_reason}"),
-             ("drift", "Drift detected", "{drift_detected} (p = {p_value}; moved: {descriptors_moved})"),
+             ("drift", "Drift detected", "{drift_detected} (p = {p_value}; {n_reference} reference vs {n_current} "
+                                         "current images; moved: {descriptors_moved})"),
              ("promote", "Promotion", "{decision} (the {candidate} model): {reason}")]
     lines = []
     for stage, label, template in picks:
@@ -138,5 +139,10 @@ def drift_summary(workspace: Path, champion: str) -> tuple[dict[str, Any], str]:
     verdict = {"drift_detected": bool(drift["drift_detected"]), "reason": reason or "see the drift report"}
     lines = [f"# Drift check against champion `{champion}`", "",
              f"- **Drift detected**: {verdict['drift_detected']}", f"- **Evidence**: {verdict['reason']}"]
+    if "n_reference" in drift:
+        share = (drift.get("detectable") or {}).get("share")
+        lines.append(f"- **Sizes**: {drift['n_reference']} reference vs {drift['n_current']} current images"
+                     + (f"; detectable share {share:.0%}" if share is not None else ""))
+    lines += [f"- **Warning**: {warning}" for warning in drift.get("warnings", [])]
     lines += [f"- **Report**: [{label}]({link})" for label, link in report_links(workspace) if "drift" in label]
     return verdict, "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ leak/conflict partner columns; the drift stage reuses the descriptors), ``--metr
 per check severity, passed, observed value, up to 20 offending files; the quarantine list; class
 counts), ``--report-dir`` (GX project under gx/, Data Docs HTML under data_docs/, profile.png).
 Params: ``common`` and ``validate`` (thresholds, severities, corrupt-file policy, pixel limit).
-Exits non-zero (ValueError naming each failed critical check and example files) when the gate fails,
+Exits non-zero (GateFailed, a ValueError naming each failed critical check and example files) when the gate fails,
 so `dvc repro` and the flow stop before training. Nothing is dropped silently: quarantined images
 stay in the profile, flagged, and are listed in the metrics.
 """
@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.common.errors import GateFailed
 from pipeline.common.io import atomic_dir, atomic_path, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
@@ -51,7 +52,8 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: passed, images, quarantined, failed checks, Data Docs path.
     Raises:
-        ValueError: the gate failed (each failed critical check is named with example files).
+        GateFailed: the gate failed (each failed critical check is named with example files); the
+            outputs are written first and stand.
     """
     cfg = params.validate_
     classes = cfg.expected_classes or read_classes(args.dataset)
@@ -70,5 +72,5 @@ def run(params: Params, args: Args) -> dict:
     write_json(args.metrics, metrics)
     print(text_summary(metrics), file=sys.stderr)
     if not metrics["passed"]:
-        raise ValueError(gate_error(metrics, str(args.metrics)))
+        raise GateFailed(gate_error(metrics, str(args.metrics)))
     return {key: metrics[key] for key in ("passed", "images", "quarantined", "failed_warning", "data_docs")}
