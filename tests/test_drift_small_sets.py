@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
 from pipeline.common.io import write_json
 from pipeline.config import validate_params
 from pipeline.data.shards import read_classes
@@ -22,13 +21,10 @@ from pipeline.models import LoadedModel
 from pipeline.models.inference import probabilities
 from pipeline.registry import open_registry
 from pipeline.shift.corruptions import corrupt
-from pipeline.stages import ingest, promote, shift
-from pipeline.validation.dataset import profile_dataset
+from pipeline.stages import promote
+from tests.support.drift_chain import MODEL, SIZE, build_chain, run_drift
 from tests.support.gate import passed_gate
 from tests.support.photos import photo_crops, write_photo_folder
-
-MODEL = "efficientnet_lite0"
-SIZE = 32
 
 
 @pytest.fixture(autouse=True)
@@ -38,21 +34,7 @@ def _fresh_log_handler():
 
 
 def _chain(work: Path, photos: list[str], per_class: int, batch: Path | None = None) -> dict[str, Path]:
-    """Ingest a photo folder, make the current set (heavy noise + clean, or a batch), profile, save a model."""
-    write_photo_folder(work / "imgs", photos, per_class)
-    params = validate_params({"common": {"image_size": SIZE},
-                              "ingest": {"source": str(work / "imgs"), "val_fraction": 0.3, "test_fraction": 0.3},
-                              "shift": {"corruptions": ["gaussian_noise"], "severities": [5],
-                                        "source": str(batch) if batch else None}})
-    p = {name: work / name for name in ("dataset", "current", "model")}
-    ingest.run(params, ingest.Args(dataset=p["dataset"], metrics=work / "i.json", report_dir=work / "ri"))
-    shift.run(params, shift.Args(dataset=p["dataset"], current=p["current"], metrics=work / "s.json",
-                                 report_dir=work / "rs"))
-    p["profile"] = work / "profile.parquet"
-    profile_dataset(p["dataset"], params.validate_).to_parquet(p["profile"])
-    classes = read_classes(p["dataset"])  # a real pretrained backbone; drift does not need a trained head
-    LoadedModel.pretrained(MODEL, len(classes), SIZE, classes=classes).save(p["model"], {})
-    return p
+    return build_chain(work, write_photo_folder(work / "imgs", photos, per_class), batch)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +43,7 @@ def two_class(tmp_path_factory) -> dict[str, Path]:
 
 
 def _drift(chain: dict[str, Path], out: Path, *overrides: str) -> int:
-    argv = ["drift", "--dataset", str(chain["dataset"]), "--image-profile", str(chain["profile"]),
-            "--current", str(chain["current"]), "--model", str(chain["model"]), "--drift", str(out / "drift.json"),
-            "--report-dir", str(out / "reports"), "--workspace", str(out.parent / "workspace"),
-            "--validation", str(passed_gate(out)), "--set", "drift.permutations=200",
-            "--set", f"common.image_size={SIZE}", "--set", "drift.top_outliers=4"]
-    for item in overrides:
-        argv += ["--set", item]
-    return main(argv)
+    return run_drift(chain, out, *overrides)
 
 
 @pytest.mark.slow

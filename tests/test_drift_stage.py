@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stages import ingest, shift
-from pipeline.cli import main
-from pipeline.config import validate_params
-from pipeline.data.shards import read_classes
 from pipeline.data.sources.digits import DigitsSource
-from pipeline.validation.dataset import profile_dataset
-from pipeline.models import LoadedModel
-from tests.support.gate import passed_gate
-
-MODEL = "efficientnet_lite0"
+from tests.support.drift_chain import build_chain, run_drift
 
 
 @pytest.fixture(autouse=True)
@@ -33,27 +25,11 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     for i, record in zip(range(120), DigitsSource(32).records()):
         (work / "imgs" / record.label).mkdir(parents=True, exist_ok=True)
         (work / "imgs" / record.label / f"{i}.png").write_bytes(record.data)
-    params = validate_params({"common": {"image_size": 32},
-                              "ingest": {"source": str(work / "imgs"), "val_fraction": 0.3, "test_fraction": 0.3},
-                              "shift": {"corruptions": ["gaussian_noise"], "severities": [5]}})
-    p = {name: work / name for name in ("dataset", "current", "model")}
-    ingest.run(params, ingest.Args(dataset=p["dataset"], metrics=work / "i.json", report_dir=work / "ri"))
-    shift.run(params, shift.Args(dataset=p["dataset"], current=p["current"], metrics=work / "s.json",
-                                 report_dir=work / "rs"))
-    p["profile"] = work / "profile.parquet"
-    profile_dataset(p["dataset"], params.validate_).to_parquet(p["profile"])
-    # a real pretrained backbone; its head is untrained, which drift does not mind
-    classes = read_classes(p["dataset"])
-    LoadedModel.pretrained(MODEL, len(classes), 32, classes=classes).save(p["model"], {})
-    return p
+    return build_chain(work, work / "imgs")
 
 
 def _drift(chain: dict[str, Path], out: Path) -> int:
-    return main(["drift", "--dataset", str(chain["dataset"]), "--image-profile", str(chain["profile"]),
-                 "--current", str(chain["current"]), "--model", str(chain["model"]),
-                 "--drift", str(out / "drift.json"), "--report-dir", str(out / "reports"),
-                 "--workspace", str(out.parent / "workspace"), "--validation", str(passed_gate(out)),
-                 "--set", "drift.permutations=200", "--set", "common.image_size=32", "--set", "drift.top_outliers=6"])
+    return run_drift(chain, out, outliers=6)
 
 
 @pytest.mark.slow

@@ -57,7 +57,8 @@ CHANGE = "the candidate's classes differ from the champion's: it adds ['fox'] an
     [
         (0.90, None, None, False, None, False, True, "no champion yet"),
         (0.95, {"version": "v1"}, 0.94, False, None, False, True, "beats the champion's 0.9400"),
-        (0.942, {"version": "v1"}, 0.94, False, None, False, False, "does not beat the champion's 0.9400 by the margin"),
+        (0.942, {"version": "v1"}, 0.94, False, None, False, False,
+         "does not beat the champion's 0.9400 by the margin"),
         (0.99, {"version": "v1"}, 0.94, True, None, False, False, "already the champion (v1)"),
         (0.99, {"version": "v1"}, None, False, CHANGE, False, False, "refused: " + CHANGE),
         (0.50, {"version": "v1"}, None, False, CHANGE, True, True, "task change allowed by promote.allow_task_change"),

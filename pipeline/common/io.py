@@ -136,8 +136,8 @@ def replaced_as_set(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
     The existing outputs are moved aside (a rename into a ``.tlops-previous`` sibling folder, recorded in
     a journal) before the body runs. If the body raises, its partial outputs are removed and the old
     ones put back, unless the error says its outputs were written whole (``outputs_written``, e.g.
-    :class:`pipeline.common.errors.GateFailed`); on success the old ones are deleted. A run killed in between leaves the journal,
-    and the next call restores the last whole set before it starts.
+    :class:`pipeline.common.errors.GateFailed`); on success the old ones are deleted. A run killed in
+    between leaves the journal, and the next call restores the last whole set before it starts.
 
     Args:
         paths: the stage's output files and folders (persistent outputs excluded by the caller).

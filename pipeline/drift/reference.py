@@ -83,7 +83,8 @@ def _guard_words(embeddings_pool: bool, softmax_pool: bool, rest: str, p_emb: fl
     def part(name: str, pooled: bool, p: float) -> str:
         if pooled:
             return f"{name}: train looks like {rest} (p = {p:.3g}), so train joins the reference"
-        return f"{name}: train differs from {rest} (p = {p:.3g}, the model fits its own training images), so {rest} alone"
+        return (f"{name}: train differs from {rest} (p = {p:.3g}, the model fits its own training images), "
+                f"so {rest} alone")
     return "; ".join([part("embeddings", embeddings_pool, p_emb), part("softmax", softmax_pool, p_soft)])
 
 
@@ -107,5 +108,5 @@ def detectable_table(n_reference: int, n_current: int, n_outputs: int, n_tests: 
     """The softmax test's detectable share at this batch size for other reference sizes (its power table)."""
     sizes = sorted({n_reference, *(s for s in _TABLE_SIZES if s > n_reference)})
     level = alpha / max(1, n_tests) / max(1, n_outputs)
-    return [{"n_reference": n, "n_current": n_current, "detectable_share": round(ks_detectable_share(n, n_current, level), 3)}
-            for n in sizes]
+    return [{"n_reference": n, "n_current": n_current,
+             "detectable_share": round(ks_detectable_share(n, n_current, level), 3)} for n in sizes]

@@ -175,7 +175,8 @@ def mmd_permutation_test(reference: np.ndarray, current: np.ndarray, permutation
         # a share f of far-away rows (kernel ~0 to all) gives MMD^2 ~ f^2 * mean reference kernel
         reference_kernel = float(kernel[:n, :n].sum()) / (n * (n - 1))
         critical = max(float(np.quantile(null_stats, 1.0 - level)), 0.0)
-        details["detectable_share"] = min(1.0, float(np.sqrt(critical / reference_kernel))) if reference_kernel > 0 else 1.0
+        share = float(np.sqrt(critical / reference_kernel)) if reference_kernel > 0 else 1.0
+        details["detectable_share"] = min(1.0, share)
     return TestResult("mmd", observed, p_value, (observed - float(null_stats.mean())) / spread, "mmd2_z",
                       n, m, details)
 
