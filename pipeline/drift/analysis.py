@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.config import DriftParams
 from pipeline.drift.describe import describe_shifts, moved_words
-from pipeline.drift.inputs import SetOutputs
+from pipeline.drift.inputs import SetOutputs, group_name
 from pipeline.drift.outliers import domain_classifier_scores, knn_distances
 from pipeline.drift.reference import Reference, choose_reference, detectable_table, size_warnings
 from pipeline.drift.tests import detect, holm, pca_project
@@ -81,7 +81,7 @@ def _group_tests(reference: Reference, current: SetOutputs, cfg: DriftParams, se
         return []
     groups = []
     for (corruption, severity), rows in current.manifest.groupby(list(_GROUP_COLUMNS), sort=True).indices.items():
-        entry = {"group": _group_name(corruption, int(severity)), "corruption": corruption,
+        entry = {"group": group_name(corruption, int(severity)), "corruption": corruption,
                  "severity": int(severity), "n": len(rows), "accuracy": current.accuracy(rows)}
         if len(rows) >= _MIN_GROUP:
             decision = _decide(reference, current, cfg, seed, rows)
@@ -92,8 +92,3 @@ def _group_tests(reference: Reference, current: SetOutputs, cfg: DriftParams, se
         group.update(p_value=adjusted, drift_detected=adjusted < cfg.alpha)
     return groups
 
-
-def _group_name(corruption: str, severity: int) -> str:
-    if corruption == "none":
-        return "clean control"
-    return corruption if severity == 0 else f"{corruption} {severity}"

@@ -21,7 +21,7 @@ from pipeline.data.shards import iter_records, read_classes, read_manifest
 from pipeline.models import LoadedModel
 from pipeline.models.inference import probabilities
 
-__all__ = ["SetOutputs", "set_outputs", "reference_descriptors", "current_descriptors"]
+__all__ = ["SetOutputs", "group_name", "set_outputs", "reference_descriptors", "current_descriptors"]
 log = get_logger(__name__)
 
 
@@ -59,11 +59,19 @@ class SetOutputs:
                           self.classes)
 
     def origin(self, i: int) -> dict[str, Any]:
-        """Corruption and severity of row ``i`` when the set is a shift set, else {}."""
+        """Group, corruption and severity of row ``i`` when the set is a shift set or a batch, else {}."""
         row = self.manifest.iloc[i]
         if "corruption" not in self.manifest.columns:
             return {}
-        return {"corruption": str(row["corruption"]), "severity": int(row["severity"])}
+        corruption, severity = str(row["corruption"]), int(row["severity"])
+        return {"group": group_name(corruption, severity), "corruption": corruption, "severity": severity}
+
+
+def group_name(corruption: str, severity: int) -> str:
+    """How a group of the current set is shown: "clean control", "gaussian_noise 5", "batch:week-48"."""
+    if corruption == "none":
+        return "clean control"
+    return corruption if severity == 0 else f"{corruption} {severity}"
 
 
 def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: DriftParams,

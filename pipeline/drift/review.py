@@ -64,7 +64,7 @@ def _thumbnails(current: SetOutputs, top: np.ndarray, scores: np.ndarray, target
         row = current.manifest.iloc[i]
         images.append(open_image(current.dataset, row["id"]))
         origin = current.origin(i)
-        where = f"{origin['corruption']} {origin['severity']}" if origin else str(row["id"])[:10]
+        where = origin["group"] if origin else str(row["id"])[:10]
         captions.append(f"{where}\ndistance {scores[i]:.2f}")
     return save_thumbnails(images, captions, target, title="Current images most unlike the reference "
                                                             "(distance to the nearest reference embeddings)")
