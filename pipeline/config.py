@@ -152,8 +152,8 @@ class SelectWeights(Section):
 
     uri: str = Field(..., min_length=1, description="local file, hub:<file in torch hub checkpoints>, "
                                                     "s3://bucket/key, or https:// URL (needs allow_download)")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$",
-                               description="full sha256 or >= 8-hex prefix; null = the catalog's known hash")
+    sha256: str = Field(..., pattern=r"^[0-9a-fA-F]{64}$",
+                        description="the file's full sha256 (64 hex digits); a prefix is refused")
 
 
 class SelectParams(Section):

@@ -49,6 +49,8 @@ def test_empty_file_gives_defaults(tmp_path):
         ("common: 3\n", "common = 3: Input should be a valid dictionary or instance of CommonParams"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("common:\n  seed: [1\n", "not valid YAML"),
+        ("select:\n  weights:\n    resnet18: {uri: r18.pth, sha256: f37072fd}\n",
+         "select.weights.resnet18.sha256 = 'f37072fd': String should match pattern '^[0-9a-fA-F]{64}$'"),
     ],
 )
 def test_bad_params_give_one_clear_line(tmp_path, text, expected):

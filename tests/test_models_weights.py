@@ -62,9 +62,13 @@ def test_sha_mismatch_is_refused(tmp_path):
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
     with pytest.raises(WeightsRejected, match="sha256 mismatch"):
         load_state_dict(path, wrong)
-    with pytest.raises(WeightsRejected, match="no sha256"):
+    with pytest.raises(WeightsRejected, match="no full sha256"):
         load_state_dict(path, None)
-    assert load_state_dict(path, digest[:8])[1] == digest
+    with pytest.raises(WeightsRejected, match="64 hex digits"):  # 32 bits is not a checksum
+        load_state_dict(path, digest[:8])
+    assert load_state_dict(path, digest)[1] == digest
+    # only a publisher's file-name prefix (catalog entries: torchvision, torch hub) may stand for it
+    assert load_state_dict(path, digest[:8], published_prefix=True)[1] == digest
 
 
 class Payload:
@@ -98,7 +102,10 @@ def test_user_supplied_torchvision_weights_from_the_hub_folder(tmp_path):
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
     path, full = _save(hub / "checkpoints", net.state_dict(), "mobilenet_v3_small-047dcff4.pth")
-    ref = WeightsRef("hub:mobilenet_v3_small-047dcff4.pth", full[:8])
+    with pytest.raises(WeightsRejected, match="no full sha256"):  # a user's prefix is refused
+        LoadedModel.pretrained("mobilenet_v3_small", 5, 64,
+                               weights=WeightsRef("hub:mobilenet_v3_small-047dcff4.pth", full[:8]), hub_dir=hub)
+    ref = WeightsRef("hub:mobilenet_v3_small-047dcff4.pth", full)
     model = LoadedModel.pretrained("mobilenet_v3_small", 5, 64, weights=ref, hub_dir=hub)
     assert torch.equal(model.network.net.features[0][0].weight, net.features[0][0].weight)
     assert model.weights == {"uri": ref.uri, "sha256": full}
@@ -119,3 +126,24 @@ def test_weights_from_s3_on_a_real_local_server(tmp_path, s3_endpoint, monkeypat
     assert model.head.out_features == 3
     with pytest.raises(WeightsUnavailable, match="cannot fetch"):
         locate_weights(WeightsRef("s3://models/zoo/missing.pth", full), hub_dir=tmp_path / "hub")
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a malicious "weights" file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"conv.weight": _RunsCode(marker)}))
+    with pytest.raises(WeightsRejected, match="not a plain state dict"):
+        load_state_dict(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert not marker.exists()  # weights_only=True never called os.system

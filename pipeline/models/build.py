@@ -99,7 +99,7 @@ def load_pretrained(model: nn.Module, spec: ModelSpec, weights: WeightsRef | Non
         WeightsUnavailable: the file is not here; WeightsRejected: wrong hash or content.
     """
     ref = weights or spec.weights
-    state, digest = load_state_dict(locate_weights(ref, hub_dir, allow_download), ref.sha256)
+    state, digest = load_state_dict(locate_weights(ref, hub_dir, allow_download), ref.sha256, ref.published_prefix)
     if ref.key_map == "lukemelas_efficientnet":
         state = map_lukemelas_to_timm(state, model.state_dict())
     if isinstance(model, TorchvisionBackbone):

@@ -24,14 +24,17 @@ class WeightsRef:
     ``hub:<file name>`` (the torch hub cache folder, ``<hub_dir>/checkpoints/``), ``s3://bucket/key``,
     ``https://...`` (fetched only when downloads are allowed), a local file path, or ``random-init``
     (deliberately untrained: a control, never a stand-in for missing weights).
-    ``sha256`` is the full hex digest, or a prefix of at least 8 hex digits (torchvision and torch hub
-    file names carry one). ``key_map`` names the key translation applied before loading.
+    ``sha256`` is the full hex digest. Only a catalog entry whose publisher names files
+    ``<arch>-<first hex digits of sha256>.pth`` (torchvision, torch hub) may carry that published
+    prefix instead (``published_prefix``); anything a user supplies needs the full 64 digits.
+    ``key_map`` names the key translation applied before loading.
     """
 
     uri: str
     sha256: str | None = None
     key_map: str = "identity"
     url: str | None = None  # where `hub:` weights can be fetched from when downloads are allowed
+    published_prefix: bool = False  # sha256 is the prefix in a publisher's file name (catalog entries only)
 
     @property
     def is_random_init(self) -> bool:
@@ -94,7 +97,8 @@ def _torchvision(name: str, file: str, params: int, gflops: float, feature_dim: 
     prefix = file.rsplit("-", 1)[1].split(".")[0]
     return ModelSpec(
         name=name, arch=name, family="torchvision",
-        weights=WeightsRef(f"hub:{file}", prefix, url=f"https://download.pytorch.org/models/{file}"),
+        weights=WeightsRef(f"hub:{file}", prefix, url=f"https://download.pytorch.org/models/{file}",
+                           published_prefix=True),
         params=params, gflops=gflops, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         feature_dim=feature_dim, head="head", net_head=head, blocks=(*blocks, "head"),
         licence="BSD-3-Clause (torchvision)",

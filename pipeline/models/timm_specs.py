@@ -59,7 +59,8 @@ def _default_weights(cfg: dict) -> WeightsRef:
     url = cfg.get("url") or ""
     file = url.rsplit("/", 1)[-1] or f"{cfg.get('architecture', 'model')}.pth"
     match = _HASH_IN_NAME.search(file)
-    return WeightsRef(f"hub:{file}", match.group(1) if match else None, url=url or None)
+    return WeightsRef(f"hub:{file}", match.group(1) if match else None, url=url or None,
+                      published_prefix=bool(match))
 
 
 def blocks_from_groups(model: nn.Module, matcher: dict, head: str) -> tuple[str, ...]:

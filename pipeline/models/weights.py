@@ -111,39 +111,45 @@ def _download(url: str, dest: Path, ref: WeightsRef, allow_download: bool) -> Pa
     return dest
 
 
-def check_sha256(path: Path, expected: str | None) -> str:
-    """Hash a weights file and compare with the expected digest (full, or a prefix of >= 8 hex digits).
+def check_sha256(path: Path, expected: str | None, published_prefix: bool = False) -> str:
+    """Hash a weights file and compare with the expected full digest.
 
     Args:
         path: the file.
-        expected: the digest or prefix it must have.
+        expected: the 64-hex-digit sha256 it must have.
+        published_prefix: ``expected`` is the >= 8-digit prefix a publisher (torchvision, torch hub)
+            put in the file name of a catalog entry; nothing else may pass a prefix (32 bits is not a
+            checksum anyone should trust for a file they supply).
     Returns:
         The full hex sha256 of the file.
     Raises:
-        WeightsRejected: no expected digest is known, it is too short, or it does not match.
+        WeightsRejected: no expected digest is known, it is not a full digest, or it does not match.
     """
-    if not expected or len(expected) < 8:
-        raise WeightsRejected(f"{path}: no sha256 to check it against (got {expected!r}); give the file's sha256 "
-                              "(at least 8 hex digits) with the weights")
+    shortest = 8 if published_prefix else 64
+    if not expected or len(expected) < shortest or not all(c in "0123456789abcdefABCDEF" for c in expected):
+        raise WeightsRejected(f"{path}: no full sha256 to check it against (got {expected!r}); give the file's "
+                              "sha256 (64 hex digits, e.g. from `sha256sum`) with the weights")
     actual = sha256_file(path)
     if not actual.startswith(expected.lower()):
         raise WeightsRejected(f"{path}: sha256 mismatch: expected {expected}, file has {actual}")
     return actual
 
 
-def load_state_dict(path: Path, expected_sha256: str | None) -> tuple[dict[str, torch.Tensor], str]:
+def load_state_dict(path: Path, expected_sha256: str | None,
+                    published_prefix: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Hash-check, then load a plain state dict with ``torch.load(weights_only=True)``.
 
     Args:
         path: the weights file.
-        expected_sha256: full digest or prefix it must match.
+        expected_sha256: the full digest it must have.
+        published_prefix: ``expected_sha256`` is a catalog file name's published prefix.
     Returns:
         The state dict and the file's full sha256.
     Raises:
         WeightsRejected: hash mismatch, a pickle with objects other than tensors, or not a
             ``{str: Tensor}`` mapping (a training checkpoint wrapping one is refused too).
     """
-    digest = check_sha256(path, expected_sha256)
+    digest = check_sha256(path, expected_sha256, published_prefix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:

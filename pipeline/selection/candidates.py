@@ -115,7 +115,7 @@ def _weights_ref(spec: ModelSpec, cfg: SelectParams) -> WeightsRef:
     user = cfg.weights.get(spec.name)
     if user is None:
         return spec.weights
-    return WeightsRef(user.uri, user.sha256 or spec.weights.sha256, key_map=spec.weights.key_map)
+    return WeightsRef(user.uri, user.sha256, key_map=spec.weights.key_map)
 
 
 def _incompatible(spec: ModelSpec, image_size: int) -> str:
