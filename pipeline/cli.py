@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.common.errors import (BAD_INPUT_ERRORS, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_TRANSIENT,
+from pipeline.common.errors import (BAD_INPUT_ERRORS, DISK_FULL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_TRANSIENT,
                                     TransientError, describe_error, raised_in_pipeline)
 from pipeline.common.io import replaced_as_set
 from pipeline.common.logs import get_logger, setup_logging
@@ -54,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tlops {command}: error: {describe_error(err)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return _internal_error(command, err)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            return _internal_error(command, err)
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"tlops {command}: error: no space left on the device{where}; free space and rerun (the stage's "
+              "previous outputs are kept)", file=sys.stderr)
+        return EXIT_INTERNAL
     except Exception as err:  # noqa: BLE001 (every failure ends in one line naming its cause)
         return _internal_error(command, err)
 

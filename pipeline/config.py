@@ -80,6 +80,12 @@ class IngestParams(Section):
     s3_profile: str | None = Field(None, description="named AWS profile (credentials never go in params)")
     download_workers: int = Field(8, ge=1, le=256, description="parallel S3 downloads / file reads")
     retries: int = Field(5, ge=0, le=20, description="S3 retries with backoff on throttling and 5xx")
+    allowed_roots: list[str] = Field([], description="folders besides the source folder (or the manifest's folder) "
+                                                     "that symlinks and manifest paths may point into")
+    max_file_mb: float = Field(256, gt=0, description="largest file or S3 object read, in MiB; larger ones are "
+                                                      "refused")
+    max_unreadable_fraction: float = Field(0.0, ge=0, lt=1, description="share of the source's files that may fail "
+                                                                         "to read before ingest fails, naming them")
     allow_download: bool = Field(False, description="let torchvision:<Dataset> sources download from the internet")
     download_root: str = Field("~/.cache/tlops/torchvision", description="where torchvision datasets are kept")
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.cli import main
+from pipeline.common.io import write_bytes
 from pipeline.stages import STAGES
 
 
@@ -82,3 +87,43 @@ def test_a_failed_stage_leaves_its_previous_outputs_whole(project, monkeypatch):
     assert main(["freeze"]) == 1
     assert plan.read_text() == "previous plan" and metrics.read_text() == "previous metrics"
     assert not list(plan.parent.glob(".tlops-previous*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs where the machine lets the test mount one (root, no seccomp), else None."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_old_outputs_stay(project, monkeypatch, capsys, small_disk):
+    monkeypatch.chdir(project)
+    from pipeline.stages import freeze
+
+    plan_dir = small_disk or project / "results" / "freeze"
+    plan, metrics = plan_dir / "freeze_plan.json", plan_dir / "metrics.json"
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    plan.write_text("previous plan")
+    metrics.write_text("previous metrics")
+
+    def fill_the_disk(params, args):
+        if small_disk is None:  # no tmpfs here: the write fails the way a full disk makes it fail
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args.plan))
+        write_bytes(args.plan, b"x" * 2**20)  # 1 MiB into 64 KiB through the stages' write helper: a real ENOSPC
+        return {}
+
+    monkeypatch.setattr(freeze, "run", fill_the_disk)
+    capsys.readouterr()
+    assert main(["freeze", "--plan", str(plan), "--metrics", str(metrics)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tlops freeze: error: no space left on the device writing {plan}; free space and rerun "
+                   "(the stage's previous outputs are kept)"]
+    assert plan.read_text() == "previous plan" and metrics.read_text() == "previous metrics"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 from pathlib import Path
 
@@ -12,10 +13,15 @@ from PIL import Image
 
 from pipeline.config import IngestParams
 from pipeline.data.sources import ordered_parallel, open_source
+from pipeline.data.sources.base import Confinement
 from pipeline.data.sources.digits import DigitsSource
 from pipeline.data.sources.folder import FolderSource
 from pipeline.data.sources.table import TableSource
 from tests.support.badimages import good_png
+
+
+def _confined(root: Path, allowed: list[str] = (), max_mb: float = 256) -> Confinement:
+    return Confinement.of(root, list(allowed), max_mb)
 
 
 def _folder(root: Path) -> Path:
@@ -38,7 +44,7 @@ def test_digits_are_real_rgb_images_at_the_asked_size():
 
 
 def test_folder_source_walks_nested_class_folders_and_lists_skips(tmp_path):
-    source = FolderSource(_folder(tmp_path / "imgs"), workers=2)
+    source = FolderSource(_folder(tmp_path / "imgs"), _confined(tmp_path / "imgs"), workers=2)
     records = list(source.records())
     assert sorted((Path(r.source_path).name, r.label) for r in records) == [
         ("a.png", "cats"), ("b.png", "cats"), ("c.png", "cats"), ("d.png", "dogs"), ("e.png", "dogs")]
@@ -51,13 +57,13 @@ def test_folder_source_walks_nested_class_folders_and_lists_skips(tmp_path):
 
 def test_folder_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing: source folder does not exist"):
-        FolderSource(tmp_path / "missing")
+        FolderSource(tmp_path / "missing", _confined(tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: no class folders"):
-        FolderSource(tmp_path / "empty")
+        FolderSource(tmp_path / "empty", _confined(tmp_path))
     (tmp_path / "empty" / "cats").mkdir()
     with pytest.raises(ValueError, match=r"cats: class folder 'cats' has no files"):
-        list(FolderSource(tmp_path / "empty").records())
+        list(FolderSource(tmp_path / "empty", _confined(tmp_path)).records())
 
 
 def test_table_source_csv_and_parquet(tmp_path):
@@ -68,7 +74,7 @@ def test_table_source_csv_and_parquet(tmp_path):
     table.to_csv(tmp_path / "list.csv", index=False)
     table.to_parquet(tmp_path / "list.parquet")
     for name in ("list.csv", "list.parquet"):
-        source = TableSource(tmp_path / name, s3_client=lambda: None, workers=2)
+        source = TableSource(tmp_path / name, lambda: None, _confined(tmp_path), workers=2)
         assert [(Path(r.source_path).name, r.label) for r in source.records()] == [("a.png", "cat"), ("d.png", "dog")]
         reasons = {Path(s.path).name: s.reason for s in source.skipped}
         assert reasons["none.png"].startswith("unreadable:") and "No such file" in reasons["none.png"]
@@ -79,7 +85,7 @@ def test_table_source_csv_and_parquet(tmp_path):
 def test_table_errors_name_the_file_and_columns(tmp_path):
     pd.DataFrame({"file_name": ["a"], "label": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad.csv: needs a 'label' column .*found: \['file_name', 'label'\]"):
-        TableSource(tmp_path / "bad.csv", s3_client=lambda: None)
+        TableSource(tmp_path / "bad.csv", lambda: None, _confined(tmp_path))
     with pytest.raises(FileNotFoundError, match="nope.csv: manifest table does not exist"):
         open_source(str(tmp_path / "nope.csv"), IngestParams())
 
@@ -130,3 +136,39 @@ def test_ordered_parallel_keeps_order_and_reports_errors():
     out = list(ordered_parallel(work, iter(range(50)), workers=4))
     assert [item for item, _, _ in out] == list(range(50))
     assert out[3][1] is None and str(out[3][2]) == "boom" and out[7][1] == 49
+
+
+def test_links_out_of_the_folder_fifos_and_big_files_are_refused_not_read(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(good_png(50, 8))
+    (root / "cats" / "link.png").symlink_to(secret)
+    os.mkfifo(root / "cats" / "pipe.png")  # reading it would block forever
+    (root / "dogs" / "huge.png").write_bytes(good_png(51, 8) + b"\0" * 2**20)
+    source = FolderSource(root, _confined(root, max_mb=0.5), workers=2)
+    names = {Path(r.source_path).name for r in source.records()}
+    reasons = {Path(s.path).name: s.reason for s in source.skipped}
+    assert not names & {"link.png", "pipe.png", "huge.png"}
+    assert reasons["link.png"].startswith(f"refused: outside the source's folder (it resolves to {secret})")
+    assert "ingest.allowed_roots" in reasons["link.png"]
+    assert reasons["pipe.png"] == "refused: not a regular file (a FIFO, device or socket); only regular files are read"
+    assert reasons["huge.png"].startswith("refused: ") and "over ingest.max_file_mb (0.5 MiB)" in reasons["huge.png"]
+    allowed = FolderSource(root, _confined(root, [str(secret.parent)], max_mb=0.5), workers=2)
+    assert "link.png" in {Path(r.source_path).name for r in allowed.records()}
+
+
+def test_manifest_paths_outside_its_folder_are_refused(tmp_path):
+    _folder(tmp_path / "data" / "imgs")
+    outside = tmp_path / "elsewhere" / "x.png"
+    outside.parent.mkdir()
+    outside.write_bytes(good_png(60, 8))
+    table = tmp_path / "data" / "list.csv"
+    pd.DataFrame({"path": ["imgs/cats/a.png", "../elsewhere/x.png", str(outside), "file://" + str(outside)],
+                  "label": ["cat"] * 4}).to_csv(table, index=False)
+    source = TableSource(table, lambda: None, _confined(table.parent), workers=2)
+    assert [Path(r.source_path).name for r in source.records()] == ["a.png"]
+    assert len(source.skipped) == 3
+    assert all(s.reason.startswith("refused: outside the source's folder") for s in source.skipped)
+    allowed = TableSource(table, lambda: None, _confined(table.parent, [str(outside.parent)]), workers=2)
+    assert len(list(allowed.records())) == 4

@@ -12,7 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.common.io import sha256_file
 from pipeline.data.shards import MANIFEST_COLUMNS, read_classes, read_manifest, read_splits, verify_dataset
-from tests.support.badimages import good_png
+from tests.support.badimages import good_png, huge_png, truncated_jpeg
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +125,30 @@ def test_empty_and_missing_sources(tmp_path, capsys):
     assert f"{tmp_path / 'nope'}: source folder does not exist" in capsys.readouterr().err
     assert _ingest(tmp_path, "ingest.budget_per_class=3", "ingest.budget_fraction=0.5") == 2
     assert "at most one of budget_per_class and budget_fraction" in capsys.readouterr().err
+
+
+def test_an_over_limit_image_and_truncated_jpegs_reach_the_gate_instead_of_crashing_ingest(tmp_path):
+    root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 6})
+    (root / "dogs" / "bomb.png").write_bytes(huge_png())  # 400 MP: over PIL's decompression-bomb limit
+    for i in range(6):  # several, so that some land in train, whose samples the report draws
+        (root / "cats" / f"cut{i}.jpg").write_bytes(truncated_jpeg(i))
+    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    manifest = read_manifest(tmp_path / "dataset").set_index("source_path")
+    assert manifest.loc[str(root / "dogs" / "bomb.png"), "width"] == 20000  # stored: validate judges it by name
+    assert (manifest.index.str.contains("cut") & (manifest["split"] == "train")).any()
+    assert (tmp_path / "report" / "samples.png").stat().st_size > 1000
+
+
+def test_refused_files_fail_the_ingest_naming_them_and_keep_the_old_dataset(tmp_path, capsys):
+    root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 6})
+    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    before = read_manifest(tmp_path / "dataset")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "key.png").write_bytes(good_png(99, 8))
+    (root / "cats" / "key.png").symlink_to(tmp_path / "private" / "key.png")
+    capsys.readouterr()
+    assert _ingest(tmp_path, f"ingest.source={root}") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"1 file(s) refused\n  e.g. {root / 'cats' / 'key.png'}: refused: outside the source's folder" in err
+    assert read_manifest(tmp_path / "dataset").equals(before)
+    assert _ingest(tmp_path, f"ingest.source={root}", f"ingest.allowed_roots=[{tmp_path / 'private'}]") == 0

@@ -62,11 +62,18 @@ def test_ingest_from_s3(s3_endpoint, bucket, tmp_path):
         "s3://pets/v1/README": "not inside a class folder", "s3://pets/v1/dog/notes.txt": "not an image"}
 
 
-def test_s3_table_of_uris(s3_endpoint, bucket, tmp_path):
+def test_s3_table_of_uris(s3_endpoint, bucket, tmp_path, capsys):
     pd.DataFrame({"uri": ["s3://pets/v1/cat/2.png", "s3://pets/v1/dog/1.png", "s3://pets/v1/dog/3.png",
                           "s3://pets/v1/cat/6.png", "s3://pets/v1/cat/gone.png"],
                   "label": ["cat", "dog", "dog", "cat", "cat"]}).to_csv(tmp_path / "list.csv", index=False)
-    assert _ingest(tmp_path, f"ingest.source={tmp_path / 'list.csv'}", f"ingest.s3_endpoint_url={s3_endpoint}") == 0
+    source = (f"ingest.source={tmp_path / 'list.csv'}", f"ingest.s3_endpoint_url={s3_endpoint}")
+    # an object that fails to download fails the ingest by default: no model trained on part of the data
+    assert _ingest(tmp_path, *source) == 2
+    err = capsys.readouterr().err
+    assert "1 of 5 file(s) could not be read (20.0% > ingest.max_unreadable_fraction = 0)" in err
+    assert "e.g. s3://pets/v1/cat/gone.png: unreadable: s3://pets/v1/cat/gone.png: no such object" in err
+    assert not (tmp_path / "dataset").exists()
+    assert _ingest(tmp_path, *source, "ingest.max_unreadable_fraction=0.25") == 0  # a share the user accepts
     report = yaml.safe_load((tmp_path / "report" / "ingest_report.json").read_text())
     assert [(s["path"], s["reason"]) for s in report["skipped"]] == [
         ("s3://pets/v1/cat/gone.png", "unreadable: s3://pets/v1/cat/gone.png: no such object")]

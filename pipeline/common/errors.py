@@ -5,23 +5,26 @@ Exit codes of every ``tlops`` command:
 
 * 0: done.
 * 1: an internal error: a library or a bug failed where no input check caught it. The traceback is
-  printed, then one line naming the exception type, its message and where it was raised.
+  printed, then one line naming the exception type, its message and where it was raised. Also a full
+  disk (ENOSPC, EDQUOT): one line naming the file being written, no traceback.
 * 2: bad input (params, data, paths): retrying cannot help; one line names the file, key or value.
 * 75 (EX_TEMPFAIL): a network or storage hiccup outlived the stage's own retries; a retry may succeed.
 """
 
 from __future__ import annotations
 
+import errno
 import traceback
 from pathlib import Path
 
-__all__ = ["TransientError", "GateFailed", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "BAD_INPUT_ERRORS",
+__all__ = ["TransientError", "GateFailed", "DISK_FULL", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "BAD_INPUT_ERRORS",
            "raised_in_pipeline", "describe_error"]
 
 EXIT_INTERNAL = 1  # an unexpected failure: the traceback is shown
 EXIT_BAD_INPUT = 2  # bad params or data: retrying cannot help
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: a network or storage hiccup; a retry may succeed
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSError numbers of a full disk or quota
 _PIPELINE = Path(__file__).resolve().parents[1]
 
 

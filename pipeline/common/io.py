@@ -38,6 +38,17 @@ _UMASK = _current_umask()
 
 
 @contextlib.contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """A write error that names no file (a full disk says only "No space left on device") names ``target``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed onto ``target``.
 
@@ -54,9 +65,10 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        with _naming(target):
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -73,7 +85,8 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
-        yield tmp
+        with _naming(target):
+            yield tmp
         old = target.with_name(f".{target.name}.old")
         if old.exists():
             shutil.rmtree(old)

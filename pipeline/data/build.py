@@ -6,13 +6,16 @@ taken as the "current" set).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
+from PIL import Image
 
 from pipeline.common.io import write_json
+from pipeline.common.logs import get_logger
 from pipeline.data.pack import pack_records
 from pipeline.data.plots import plot_class_counts, plot_image_grid
 from pipeline.data.shards import SHARDS_DIR, SPLITS, ShardImageDataset, write_classes, write_manifest
@@ -20,27 +23,50 @@ from pipeline.data.sources.base import Skipped, Source
 from pipeline.data.splits import split_summary
 
 __all__ = ["pack_source", "check_class_sizes", "index_labels", "write_dataset", "write_ingest_report"]
+log = get_logger(__name__)
 _SAMPLES_PER_CLASS = 8
 _MAX_CLASSES_SHOWN = 20
 
 
-def pack_source(source: Source, dataset_dir: Path, shard_bytes: int) -> tuple[pd.DataFrame, list[Skipped]]:
+def pack_source(source: Source, dataset_dir: Path, shard_bytes: int,
+                max_unreadable_fraction: float = 0.0) -> tuple[pd.DataFrame, list[Skipped]]:
     """Stream a source into shards under ``dataset_dir``.
+
+    A model trained on part of the data must not pass as trained on all of it: any refused file
+    (outside the declared roots, not a regular file, over the size cap) fails the ingest, and so do
+    read failures above ``max_unreadable_fraction`` of the files tried; both name the files.
 
     Args:
         source: the opened source.
         dataset_dir: the (temporary) dataset directory.
         shard_bytes: target shard size.
+        max_unreadable_fraction: ``ingest.max_unreadable_fraction``.
     Returns:
         (manifest rows so far, everything skipped by the source and the packer).
+    Raises:
+        ValueError: no images, refused files, or too many unreadable ones.
     """
     rows, packer_skipped = pack_records(source.records(), dataset_dir / SHARDS_DIR, shard_bytes)
     skipped = source.skipped + packer_skipped
+    refused = [s for s in skipped if s.kind == "refused"]
+    if refused:
+        raise ValueError(f"{source.description}: {len(refused)} file(s) refused{_listed(refused)}")
+    unreadable = [s for s in skipped if s.kind == "unreadable"]
+    tried = len(rows) + len(unreadable)
+    if unreadable and len(unreadable) > max_unreadable_fraction * tried:
+        raise ValueError(f"{source.description}: {len(unreadable)} of {tried} file(s) could not be read "
+                         f"({len(unreadable) / tried:.1%} > ingest.max_unreadable_fraction = "
+                         f"{max_unreadable_fraction:g}){_listed(unreadable)}")
     if not rows:
-        examples = {s.kind: f"{s.path}: {s.reason}" for s in reversed(skipped)}  # first example of each kind
+        examples = {s.kind: s for s in reversed(skipped)}  # first example of each kind
         raise ValueError(f"{source.description}: no images found ({len(skipped)} item(s) skipped)"
-                         + "".join(f"\n  e.g. {e}" for e in list(examples.values())[::-1][:5]))
+                         + _listed(list(examples.values())[::-1]))
     return pd.DataFrame(rows), skipped
+
+
+def _listed(skipped: list[Skipped], most: int = 5) -> str:
+    more = f"\n  ... and {len(skipped) - most} more" if len(skipped) > most else ""
+    return "".join(f"\n  e.g. {s.path}: {s.reason}" for s in skipped[:most]) + more
 
 
 def check_class_sizes(manifest: pd.DataFrame, declared: set[str], minimum: int, skipped: list[Skipped],
@@ -91,6 +117,15 @@ def write_dataset(dataset_dir: Path, manifest: pd.DataFrame, classes: Sequence[s
     return summary
 
 
+def _decodable(samples: ShardImageDataset, rows: Iterable[int]) -> Iterator[Image.Image]:
+    """The images of ``rows`` that decode; judging the others (truncated, over-limit) is the gate's job."""
+    for i in rows:
+        try:
+            yield samples[i][0]
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            log.info("sample figure leaves out row %s: %s", i, err)
+
+
 def write_ingest_report(report_dir: Path, description: str, summary: dict, skipped: list, dataset: Path) -> None:
     """Write ingest_report.json (every skipped item with its reason) and the two figures.
 
@@ -110,7 +145,7 @@ def write_ingest_report(report_dir: Path, description: str, summary: dict, skipp
     classes = samples.classes[:_MAX_CLASSES_SHOWN]
     grid = []
     for label_idx in range(len(classes)):
-        picks = samples.rows.index[samples.rows["label_idx"] == label_idx][:_SAMPLES_PER_CLASS]
-        grid.append([samples[i][0] for i in picks])
+        rows = samples.rows.index[samples.rows["label_idx"] == label_idx]
+        grid.append(list(itertools.islice(_decodable(samples, rows), _SAMPLES_PER_CLASS)))
     samples.close()
     plot_image_grid(grid, classes, [], report_dir / "samples.png", f"train samples per class: {description}")

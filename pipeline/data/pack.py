@@ -6,10 +6,11 @@ validation stage's job. Nothing is dropped silently: every skip carries its reas
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -38,7 +39,7 @@ def describe_image(data: bytes) -> dict:
         ValueError: the bytes are not an image PIL can identify.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _header_only(), Image.open(io.BytesIO(data)) as image:
             width, height, mode, fmt = image.width, image.height, image.mode, image.format
     except UnidentifiedImageError:
         raise ValueError(f"not an image (no image format recognised in {len(data)} bytes)") from None
@@ -46,6 +47,19 @@ def describe_image(data: bytes) -> dict:
         raise ValueError(f"not an image ({err})") from None
     return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
             "format": fmt, "bytes": len(data)}
+
+
+@contextlib.contextmanager
+def _header_only() -> Iterator[None]:
+    """Lift PIL's decompression-bomb check while only the header is read (no pixel is decoded here), so an
+    over-limit image is stored and judged by the validation gate (``validate.max_pixels``), by name,
+    instead of crashing ingest. Ingest reads headers in one thread, so the global is safe to swap."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def store_image(writer: ShardWriter, image_id: str, data: bytes, info: dict, **fields) -> dict:

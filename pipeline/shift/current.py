@@ -53,7 +53,7 @@ def pack_batch(source_uri: str, ingest: IngestParams, dataset_dir: Path, shard_b
         (manifest rows, what was skipped, a description of the batch).
     """
     source = open_source(source_uri, ingest)
-    manifest, skipped = pack_source(source, dataset_dir, shard_bytes)
+    manifest, skipped = pack_source(source, dataset_dir, shard_bytes, ingest.max_unreadable_fraction)
     manifest["label_idx"] = index_labels(manifest, classes, source.description)
     manifest = manifest.assign(split="test", in_budget=True, corruption=batch_group(source_uri), severity=0,
                                origin_id="")

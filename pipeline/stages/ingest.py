@@ -48,7 +48,7 @@ def run(params: Params, args: Args) -> dict:
     source = open_source(cfg.source, cfg)
     log.info("ingesting %s", source.description)
     with atomic_dir(args.dataset) as tmp:
-        manifest, skipped = pack_source(source, tmp, int(cfg.shard_size_mb * 2**20))
+        manifest, skipped = pack_source(source, tmp, int(cfg.shard_size_mb * 2**20), cfg.max_unreadable_fraction)
         check_class_sizes(manifest, source.labels, cfg.min_images_per_class, skipped, source.description)
         classes = sorted(set(manifest["label"]))
         manifest["label_idx"] = index_labels(manifest, classes, source.description)

@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.data.sources.base import Record, Skipped, Source, ordered_parallel
+from pipeline.data.sources.base import Confinement, Record, Skipped, Source, ordered_parallel
 from pipeline.data.sources.digits import DigitsSource
 from pipeline.data.sources.folder import FolderSource
 from pipeline.data.sources.s3 import S3Source, make_s3_client
@@ -39,10 +40,14 @@ def open_source(spec: str, cfg: "IngestParams") -> Source:
     s3_client = partial(make_s3_client, cfg.s3_endpoint_url, cfg.s3_profile, cfg.retries, cfg.download_workers)
     if spec == "sklearn-digits":
         return DigitsSource(cfg.digits_size)
+    max_bytes = int(cfg.max_file_mb * 2**20)
     if spec.startswith("s3://"):
-        return S3Source(spec, s3_client(), cfg.download_workers)
+        return S3Source(spec, s3_client(), cfg.download_workers, max_bytes)
     if spec.startswith("torchvision:"):
         return TorchvisionSource(spec.removeprefix("torchvision:"), cfg.download_root, cfg.allow_download)
     if spec.lower().endswith((".csv", ".parquet")):
-        return TableSource(spec, s3_client, cfg.download_workers)
-    return FolderSource(spec, cfg.download_workers)
+        table = Path(spec).expanduser()
+        return TableSource(table, s3_client, Confinement.of(table.parent, cfg.allowed_roots, cfg.max_file_mb),
+                           cfg.download_workers)
+    folder = Path(spec).expanduser()
+    return FolderSource(folder, Confinement.of(folder, cfg.allowed_roots, cfg.max_file_mb), cfg.download_workers)

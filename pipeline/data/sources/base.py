@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import collections
+import os
 import re
+import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from pipeline.common.logs import get_logger
 
-__all__ = ["Record", "Skipped", "Source", "ordered_parallel"]
+__all__ = ["Record", "Skipped", "Source", "Refused", "Confinement", "ordered_parallel"]
 log = get_logger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,6 +41,50 @@ class Skipped:
         return re.split(r" of |:| \(", self.reason)[0]
 
 
+class Refused(ValueError):
+    """A file ingest will not read: outside the declared roots, not a regular file, or over the size cap."""
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """Where local reads may go and how much they may read: the source's own folder plus
+    ``ingest.allowed_roots``, regular files only, at most ``max_bytes`` each."""
+
+    roots: tuple[Path, ...]
+    max_bytes: int
+
+    @classmethod
+    def of(cls, root: Path, allowed: Sequence[str], max_mb: float) -> "Confinement":
+        """The confinement of a source rooted at ``root`` (its folder, or its manifest's folder)."""
+        roots = (root.resolve(), *(Path(a).expanduser().resolve() for a in allowed))
+        return cls(roots, int(max_mb * 2**20))
+
+    def read(self, path: Path) -> bytes:
+        """Read a local file after checking where it really is (symlinks resolved), what it is and its size.
+
+        Raises:
+            Refused: outside every root, not a regular file (FIFO, device, socket), or over the cap.
+            OSError: the file could not be read.
+        """
+        real = path.resolve()
+        if not any(real.is_relative_to(root) for root in self.roots):
+            where = f" (it resolves to {real})" if real != path.absolute() else ""
+            raise Refused(f"outside the source's folder{where}; add its folder to ingest.allowed_roots to read it")
+        info = os.stat(real)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused("not a regular file (a FIFO, device or socket); only regular files are read")
+        self.check_size(info.st_size)
+        with open(real, "rb") as fh:  # read at most one byte past the cap: a file growing meanwhile stays capped
+            data = fh.read(self.max_bytes + 1)
+        self.check_size(len(data))
+        return data
+
+    def check_size(self, size: int) -> None:
+        """Refuse ``size`` bytes above the cap."""
+        if size > self.max_bytes:
+            raise Refused(f"{size} bytes, over ingest.max_file_mb ({self.max_bytes / 2**20:g} MiB)")
+
+
 class Source:
     """Base of the sources: ``records()`` streams Records; ``skipped`` and ``labels`` fill as it goes.
 
@@ -58,6 +105,10 @@ class Source:
         """Record one skipped item and log it."""
         log.warning("skipped %s: %s", path, reason)
         self.skipped.append(Skipped(path, reason))
+
+    def skip_failed_read(self, path: str, error: Exception) -> None:
+        """Record a read that failed: ``refused: ...`` for a :class:`Refused` file, else ``unreadable: ...``."""
+        self.skip(path, f"refused: {error}" if isinstance(error, Refused) else f"unreadable: {error}")
 
 
 def ordered_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[tuple[T, R | None, Exception | None]]:

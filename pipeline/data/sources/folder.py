@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.data.sources.base import Record, Source, ordered_parallel
+from pipeline.data.sources.base import Confinement, Record, Source, ordered_parallel
 
 __all__ = ["FolderSource"]
 
 
 class FolderSource(Source):
-    """Stream every file under ``root/<class>/**``; files elsewhere and unreadable files are skipped."""
+    """Stream every file under ``root/<class>/**``; files elsewhere are skipped, and files that fail to read
+    or are refused (links out of the folder, non-regular files, over the size cap) are listed for the
+    packer to judge."""
 
-    def __init__(self, root: str | Path, workers: int = 8):
+    def __init__(self, root: str | Path, confinement: Confinement, workers: int = 8):
         root = Path(root).expanduser()
         super().__init__(f"folder {root}")
         if not root.exists():
@@ -22,6 +24,7 @@ class FolderSource(Source):
             raise ValueError(f"{root}: source is a file, expected a folder with one subfolder per class "
                              "(or a .csv/.parquet manifest)")
         self.root, self.workers = root, workers
+        self.confinement = confinement
         self.class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not self.class_dirs:
             raise ValueError(f"{root}: no class folders (ImageFolder layout: {root}/<class>/<image>)")
@@ -30,9 +33,9 @@ class FolderSource(Source):
     def records(self) -> Iterator[Record]:
         for path in sorted(p for p in self.root.iterdir() if p.is_file()):
             self.skip(str(path), "not inside a class folder")
-        for path, data, error in ordered_parallel(_read, self._files(), self.workers):
+        for path, data, error in ordered_parallel(self.confinement.read, self._files(), self.workers):
             if error is not None:
-                self.skip(str(path), f"unreadable: {error}")
+                self.skip_failed_read(str(path), error)
             else:
                 yield Record(str(path), path.relative_to(self.root).parts[0], data)
 
@@ -47,6 +50,3 @@ class FolderSource(Source):
                 else:
                     yield path
 
-
-def _read(path: Path) -> bytes:
-    return path.read_bytes()

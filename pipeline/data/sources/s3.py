@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from pipeline.common.logs import get_logger
-from pipeline.data.sources.base import Record, Source, ordered_parallel
+from pipeline.data.sources.base import Record, Refused, Source, ordered_parallel
 
 __all__ = ["S3Source", "make_s3_client", "parse_s3_uri", "s3_error", "get_object_bytes"]
 log = get_logger(__name__)
@@ -74,27 +74,31 @@ def s3_error(uri: str, err: Exception) -> Exception:
     return err
 
 
-def get_object_bytes(client: Any, bucket: str, key: str) -> bytes:
-    """Download one object's bytes (botocore retries throttling and 5xx)."""
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+def get_object_bytes(client: Any, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
+    """Download one object's bytes (botocore retries throttling and 5xx), refusing one over ``max_bytes``."""
+    response = client.get_object(Bucket=bucket, Key=key)
+    if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
+        response["Body"].close()
+        raise Refused(f"{response['ContentLength']} bytes, over ingest.max_file_mb ({max_bytes / 2**20:g} MiB)")
+    return response["Body"].read()
 
 
 class S3Source(Source):
     """Stream ``s3://bucket/prefix/<class>/**`` objects, downloaded in parallel, in key order."""
 
-    def __init__(self, uri: str, client: Any, workers: int = 8):
+    def __init__(self, uri: str, client: Any, workers: int = 8, max_bytes: int | None = None):
         super().__init__(uri)
-        self.uri, self.client, self.workers = uri.rstrip("/"), client, workers
+        self.uri, self.client, self.workers, self.max_bytes = uri.rstrip("/"), client, workers, max_bytes
         self.bucket, prefix = parse_s3_uri(self.uri)
         self.prefix = prefix + "/" if prefix else ""
 
     def records(self) -> Iterator[Record]:
         keys = (key for key in self._keys() if self._classify(key))
-        fetch = lambda key: get_object_bytes(self.client, self.bucket, key)  # noqa: E731
+        fetch = lambda key: get_object_bytes(self.client, self.bucket, key, self.max_bytes)  # noqa: E731
         for key, data, error in ordered_parallel(fetch, keys, self.workers):
             path = f"s3://{self.bucket}/{key}"
             if error is not None:
-                self.skip(path, f"unreadable: {s3_error(path, error)}")
+                self.skip_failed_read(path, error if isinstance(error, Refused) else s3_error(path, error))
             else:
                 yield Record(path, key[len(self.prefix):].split("/", 1)[0], data)
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from pipeline.data.sources.base import Record, Source, ordered_parallel
+from pipeline.data.sources.base import Confinement, Record, Refused, Source, ordered_parallel
 from pipeline.data.sources.s3 import get_object_bytes, parse_s3_uri, s3_error
 
 __all__ = ["TableSource", "PATH_COLUMNS"]
@@ -15,9 +15,10 @@ PATH_COLUMNS = ("path", "uri", "source_path", "file")  # first one present names
 
 
 class TableSource(Source):
-    """Stream the images a table lists; missing files and unknown URI schemes are skipped."""
+    """Stream the images a table lists: local paths relative to the table (absolute ones and ``../`` only
+    inside ``ingest.allowed_roots``), file:// and s3:// URIs. Failed reads are listed for the packer."""
 
-    def __init__(self, table: str | Path, s3_client: Callable[[], Any], workers: int = 8):
+    def __init__(self, table: str | Path, s3_client: Callable[[], Any], confinement: Confinement, workers: int = 8):
         table = Path(table).expanduser()
         super().__init__(f"manifest table {table}")
         if not table.is_file():
@@ -30,6 +31,7 @@ class TableSource(Source):
         if frame.empty:
             raise ValueError(f"{table}: manifest table has no rows")
         self.table, self.workers = table, workers
+        self.confinement = confinement
         self.entries = list(zip(frame[path_column].astype(str), frame["label"]))
         # One client made up front: boto3 client creation is not thread-safe.
         self._s3 = s3_client() if any(p.startswith("s3://") for p, _ in self.entries) else None
@@ -37,7 +39,7 @@ class TableSource(Source):
     def records(self) -> Iterator[Record]:
         for (path, label), data, error in ordered_parallel(self._fetch, self._labelled(), self.workers):
             if error is not None:
-                self.skip(path, f"unreadable: {error}")
+                self.skip_failed_read(path, error)
             else:
                 yield Record(path, label, data)
 
@@ -54,9 +56,11 @@ class TableSource(Source):
         path = entry[0]
         if path.startswith("s3://"):
             try:
-                return get_object_bytes(self._s3, *parse_s3_uri(path))
+                return get_object_bytes(self._s3, *parse_s3_uri(path), max_bytes=self.confinement.max_bytes)
+            except Refused:
+                raise
             except Exception as err:  # noqa: BLE001 - made one line naming the URI
                 raise s3_error(path, err) from None
         if "://" in path and not path.startswith("file://"):
             raise ValueError("unsupported URI scheme (local paths, file:// and s3:// are)")
-        return Path(path.removeprefix("file://")).read_bytes()
+        return self.confinement.read(Path(path.removeprefix("file://")))
