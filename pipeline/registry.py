@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.common.io import atomic_dir, read_json, write_json
+from pipeline.runs.naming import check_run_name, check_run_tag
 
 __all__ = ["Registry", "open_registry"]
 
@@ -86,7 +87,11 @@ class _S3Store:
         prefix = self._key(rel) + "/"
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                target = dest / obj["Key"][len(prefix):]
+                relative = obj["Key"][len(prefix):]
+                if relative.startswith("/") or ".." in relative.split("/"):  # would land outside dest
+                    raise ValueError(f"s3://{self.bucket}/{obj['Key']}: refused: a registry key with '..' or a "
+                                     "leading '/' would be written outside the download folder")
+                target = dest / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.s3.download_file(self.bucket, obj["Key"], str(target))
         return dest
@@ -104,20 +109,27 @@ class Registry:
         self.store, self.location = store, location
 
     def champion(self) -> dict[str, Any] | None:
-        """The champion pointer, or None when nothing was promoted yet."""
-        return self.store.get_json("champion.json")
+        """The champion pointer, or None when nothing was promoted yet; its version and run tag are
+        checked, since they go into keys, paths and git commands."""
+        record = self.store.get_json("champion.json")
+        if record is not None:
+            where = f"{self.location}/champion.json"
+            check_run_name(record.get("version"), where)
+            if record.get("run_tag") is not None:
+                check_run_tag(record["run_tag"], where)
+        return record
 
     def versions(self) -> list[str]:
         """Every registered version, oldest first (version names start with a UTC timestamp)."""
-        return self.store.list_dirs("versions")
+        return [v for v in self.store.list_dirs("versions") if _is_run_name(v)]
 
     def card(self, version: str) -> dict[str, Any] | None:
         """The decision record stored with a version."""
-        return self.store.get_json(f"versions/{version}/decision.json")
+        return self.store.get_json(f"versions/{self._checked(version)}/decision.json")
 
     def register(self, version: str, model_dir: Path, decision: dict[str, Any]) -> None:
         """Store a model directory and its decision as a new version (whole or not at all)."""
-        if version in self.versions():
+        if self._checked(version) in self.versions():
             raise FileExistsError(f"{self.location}: version {version!r} is already registered")
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / version
@@ -127,11 +139,22 @@ class Registry:
 
     def set_champion(self, version: str, record: dict[str, Any]) -> None:
         """Point the champion at a registered version (one atomic write)."""
-        self.store.put_json("champion.json", {"version": version, **record})
+        self.store.put_json("champion.json", {"version": self._checked(version), **record})
 
     def model_dir(self, version: str, scratch: Path) -> Path:
         """A local directory holding the version's files (downloaded into ``scratch`` for S3)."""
-        return self.store.fetch_dir(f"versions/{version}", scratch / version)
+        return self.store.fetch_dir(f"versions/{self._checked(version)}", scratch / version)
+
+    def _checked(self, version: str) -> str:
+        return check_run_name(version, f"{self.location}: version")
+
+
+def _is_run_name(name: str) -> bool:
+    try:
+        check_run_name(name, "")
+    except ValueError:
+        return False
+    return True
 
 
 def open_registry(location: str, base: Path) -> Registry:

@@ -74,3 +74,29 @@ def test_promotion_rule(accuracy, champion, champion_accuracy, same, change, all
 def test_class_change_names_added_and_dropped_classes():
     assert class_change(["cat", "dog"], ["dog", "cat"]) is None  # order is not a change of task
     assert class_change(["cat", "dog"], ["dog", "fox"]) == CHANGE
+
+
+def test_forged_champion_records_and_version_names_are_refused(tmp_path):
+    registry = open_registry("reg", tmp_path)
+    registry.register("20260101-000000-a", _model_dir(tmp_path, "a", b"A"), {})
+    with pytest.raises(ValueError, match=r"version: '\.\./\.\./etc' is not a run name"):
+        registry.register("../../etc", _model_dir(tmp_path, "b", b"B"), {})
+    (tmp_path / "reg" / "champion.json").write_text(
+        '{"version": "20260101-000000-a", "run_tag": "run-x; touch /tmp/pwned"}')
+    with pytest.raises(ValueError, match=r"reg/champion.json: 'run-x; touch /tmp/pwned' is not a run tag"):
+        registry.champion()  # it would reach `git worktree add ... <run_tag>` in the drift-check flow
+    (tmp_path / "reg" / "champion.json").write_text('{"version": "../outside", "run_tag": null}')
+    with pytest.raises(ValueError, match="'../outside' is not a run name"):
+        registry.champion()
+
+
+def test_an_s3_registry_key_with_dotdot_is_refused(tmp_path, s3_endpoint, monkeypatch):
+    client = make_client(s3_endpoint)
+    client.create_bucket(Bucket="models")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    registry = open_registry("s3://models/reg", tmp_path)
+    registry.register("20260101-000000-a", _model_dir(tmp_path, "a", b"A"), {})
+    client.put_object(Bucket="models", Key="reg/versions/20260101-000000-a/../../../escaped.txt", Body=b"x")
+    with pytest.raises(ValueError, match=r"escaped.txt: refused: a registry key with '\.\.'"):
+        registry.model_dir("20260101-000000-a", tmp_path / "scratch")
+    assert not list(tmp_path.rglob("escaped.txt"))

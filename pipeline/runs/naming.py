@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_name", "branch_of", "tag_of", "run_identity"]
+__all__ = ["run_name", "branch_of", "tag_of", "run_identity", "check_run_name", "check_run_tag"]
 _BRANCH_PREFIX = "runs/"
+_TAG_PREFIX = "run-"
+_RUN_NAME = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_-]{1,40}$")  # what run_name makes, and nothing else
 
 
 def run_name(label: str) -> str:
@@ -29,7 +31,25 @@ def branch_of(name: str) -> str:
 
 def tag_of(name: str) -> str:
     """The git tag a committed run gets."""
-    return f"run-{name}"
+    return f"{_TAG_PREFIX}{name}"
+
+
+def check_run_name(name: Any, where: str) -> str:
+    """``name`` when it is a run name (``<YYYYmmdd-HHMMSS>-<label>``); else a ValueError naming ``where``.
+
+    Run names become registry keys, branch and tag names: anything read back from storage (a champion
+    record, a version listing) is checked before it reaches a path, an S3 key or a git command.
+    """
+    if not isinstance(name, str) or not _RUN_NAME.match(name):
+        raise ValueError(f"{where}: {name!r} is not a run name (<YYYYmmdd-HHMMSS>-<letters, digits, _ or ->)")
+    return name
+
+
+def check_run_tag(tag: Any, where: str) -> str:
+    """``tag`` when it is a run's git tag (``run-<run name>``); else a ValueError naming ``where``."""
+    if not isinstance(tag, str) or not tag.startswith(_TAG_PREFIX) or not _RUN_NAME.match(tag[len(_TAG_PREFIX):]):
+        raise ValueError(f"{where}: {tag!r} is not a run tag (run-<YYYYmmdd-HHMMSS>-<label>)")
+    return tag
 
 
 def run_identity(checkout: Path) -> dict[str, Any]:
