@@ -16,8 +16,9 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.common.io import sha256_file
-from pipeline.data.shards import read_manifest
+from pipeline.data.shards import read_manifest, verify_dataset
 from tests.support.badimages import good_png
+from flows.server import free_port
 from tests.support.s3server import ThrottlingProxy, make_client
 
 pytestmark = pytest.mark.slow
@@ -94,9 +95,28 @@ def test_throttling_is_retried_with_backoff(s3_endpoint, bucket, tmp_path, capsy
         assert sum(proxy.throttled.values()) == 2 * 13  # every object answered 503 twice before succeeding
     with ThrottlingProxy(s3_endpoint, failures=2) as proxy:
         capsys.readouterr()
+        # still throttled after the retries: transient (exit 75, the flow retries the stage), never bad input
         assert _ingest(tmp_path / "no", "ingest.source=s3://pets/v1", f"ingest.s3_endpoint_url={proxy.url}",
-                       "ingest.retries=0") == 2
-        assert "S3 error SlowDown" in capsys.readouterr().err
+                       "ingest.retries=0") == 75
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("tlops ingest: transient error (worth a retry): s3://pets/v1/")
+        assert "S3 error SlowDown (throttling or a server error)" in err
+    assert not (tmp_path / "no" / "dataset").exists()
+
+
+def test_a_body_cut_off_midway_is_fetched_again(s3_endpoint, bucket, tmp_path):
+    with ThrottlingProxy(s3_endpoint, failures=1, fault="cut") as proxy:
+        assert _ingest(tmp_path, "ingest.source=s3://pets/v1", f"ingest.s3_endpoint_url={proxy.url}",
+                       "ingest.retries=2") == 0
+        assert sum(proxy.throttled.values()) == 13  # every object's first body broke off halfway
+    manifest = read_manifest(tmp_path / "dataset")
+    assert len(manifest) == 12 and verify_dataset(tmp_path / "dataset") == 12  # no half image stored
+
+
+def test_a_stopped_store_is_transient(bucket, tmp_path, capsys):
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    assert _ingest(tmp_path, "ingest.source=s3://pets/v1", f"ingest.s3_endpoint_url={down}", "ingest.retries=1") == 75
+    assert "S3 unreachable or the connection dropped" in capsys.readouterr().err
 
 
 def _dvc(project: Path, *args: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -85,13 +86,14 @@ def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> N
 
 
 class ThrottlingProxy:
-    """HTTP proxy to ``upstream`` answering the first ``failures`` GETs of each object with 503 SlowDown.
+    """HTTP proxy to ``upstream`` failing the first ``failures`` GETs of each object: with 503 SlowDown
+    (``fault="throttle"``), or by cutting the body off halfway and dropping the connection (``"cut"``).
 
-    Use as a context manager; ``url`` is the endpoint to give clients, ``throttled`` counts 503s per path.
+    Use as a context manager; ``url`` is the endpoint to give clients, ``throttled`` counts faults per path.
     """
 
-    def __init__(self, upstream: str, failures: int):
-        self.upstream, self.failures = urlparse(upstream), failures
+    def __init__(self, upstream: str, failures: int, fault: str = "throttle"):
+        self.upstream, self.failures, self.fault = urlparse(upstream), failures, fault
         self.throttled: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -121,7 +123,8 @@ class ThrottlingProxy:
                 pass
 
             def _forward(self) -> None:
-                if proxy._should_throttle(self.command, self.path):
+                faulty = proxy._should_throttle(self.command, self.path)
+                if faulty and proxy.fault == "throttle":
                     body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                     self.send_response(503)
                     self.send_header("Content-Length", str(len(body)))
@@ -141,7 +144,13 @@ class ThrottlingProxy:
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if faulty:  # "cut": half the promised bytes, then the connection drops
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    self.wfile.write(data)
                 conn.close()
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
+from pipeline.common.errors import TransientError
 from pipeline.common.logs import get_logger
 
 __all__ = ["Record", "Skipped", "Source", "Refused", "Confinement", "ordered_parallel"]
@@ -107,7 +108,14 @@ class Source:
         self.skipped.append(Skipped(path, reason))
 
     def skip_failed_read(self, path: str, error: Exception) -> None:
-        """Record a read that failed: ``refused: ...`` for a :class:`Refused` file, else ``unreadable: ...``."""
+        """Record a read that failed: ``refused: ...`` for a :class:`Refused` file, else ``unreadable: ...``.
+
+        Raises:
+            TransientError: ``error`` is one (storage down, throttled after retries): the whole stage
+                fails as transient, so the flow retries it, instead of training on part of the data.
+        """
+        if isinstance(error, TransientError):
+            raise error
         self.skip(path, f"refused: {error}" if isinstance(error, Refused) else f"unreadable: {error}")
 
 

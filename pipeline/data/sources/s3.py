@@ -1,16 +1,21 @@
 """``s3://bucket/prefix`` in ImageFolder layout, read with boto3 (any S3-compatible endpoint).
 
 Credentials come from the environment or a named profile, never from params.yaml, and are never
-logged. Retries with exponential backoff and jitter on throttling and 5xx are botocore's "standard"
-retry mode; downloads run on a bounded pool of threads so memory stays flat.
+logged. Retries with exponential backoff and jitter on throttling, 5xx and dropped connections are
+botocore's "standard" retry mode; a body read that breaks mid-stream (which botocore does not retry)
+is retried here with backoff. What still fails after that is a :class:`TransientError` (exit 75: the
+flow retries the stage), never bad input; downloads run on a bounded pool of threads so memory stays
+flat.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
+from pipeline.common.errors import TransientError
 from pipeline.common.logs import get_logger
 from pipeline.data.sources.base import Record, Refused, Source, ordered_parallel
 
@@ -55,15 +60,22 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 def s3_error(uri: str, err: Exception) -> Exception:
     """Turn a boto3 error into a one-line error naming the URI (no credentials in it)."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import ClientError, NoCredentialsError
 
+    if isinstance(err, TransientError):
+        return err
     if isinstance(err, NoCredentialsError):
         return ValueError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                           "or ingest.s3_profile)")
-    if isinstance(err, EndpointConnectionError):
-        return ValueError(f"{uri}: cannot reach the S3 endpoint ({err})")
+    if _is_connection_error(err):
+        return TransientError(f"{uri}: S3 unreachable or the connection dropped, after the client's retries "
+                              f"({type(err).__name__}: {err})")
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _TRANSIENT_CODES or status >= 500:
+            return TransientError(f"{uri}: S3 error {code or status} (throttling or a server error), after the "
+                                  "client's retries")
         if code in ("NoSuchBucket", "404"):
             return FileNotFoundError(f"{uri}: bucket '{parse_s3_uri(uri)[0]}' does not exist")
         if code in ("NoSuchKey",):
@@ -74,8 +86,40 @@ def s3_error(uri: str, err: Exception) -> Exception:
     return err
 
 
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
+                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def _is_connection_error(err: Exception) -> bool:
+    """Connection refused or reset, a timeout, or a stream cut short: worth a retry, never bad input."""
+    from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
+                                     IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
+    from urllib3.exceptions import ProtocolError
+
+    return isinstance(err, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
+                            ResponseStreamingError, IncompleteReadError, ProtocolError, ConnectionError))
+
+
 def get_object_bytes(client: Any, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
-    """Download one object's bytes (botocore retries throttling and 5xx), refusing one over ``max_bytes``."""
+    """Download one object's bytes, refusing one over ``max_bytes``.
+
+    botocore retries the request (throttling, 5xx, connections); a body that breaks while it streams
+    is fetched again here, with the same number of attempts and exponential backoff.
+    """
+    attempts = int((client.meta.config.retries or {}).get("max_attempts", 3))
+    for attempt in range(1, attempts):
+        try:
+            return _download(client, bucket, key, max_bytes)
+        except Exception as err:  # noqa: BLE001 - only a broken connection is retried; the rest is re-raised
+            if not _is_connection_error(err):
+                raise
+            log.warning("s3://%s/%s: the download broke (%s); attempt %d of %d", bucket, key, err, attempt + 1,
+                        attempts)
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+    return _download(client, bucket, key, max_bytes)
+
+
+def _download(client: Any, bucket: str, key: str, max_bytes: int | None) -> bytes:
     response = client.get_object(Bucket=bucket, Key=key)
     if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
         response["Body"].close()
