@@ -146,7 +146,9 @@ def _run_tool(command: str, argv: list[str]) -> int:
         if ns.overrides or ns.profile:
             raise ValueError("run-all runs dvc repro on params.yaml as it is: edit params.yaml instead of "
                              "--set / --profile (or start a run: make run PROFILE=gpu)")
-        dvc(root, "repro", capture=False)
+        limits = load_params(root / "params.yaml").orchestrate
+        dvc(root, "repro", capture=False, timeout=limits.stage_timeout_s * len(dvc_stages(root)),
+            limit_name="orchestrate.stage_timeout_s x stages")
         _status(root)
         _print_outputs(root)
         return 0
@@ -158,7 +160,7 @@ def _run_tool(command: str, argv: list[str]) -> int:
 
 
 def _status(root: Path) -> int:
-    changes = dvc_status(root)
+    changes = dvc_status(root, load_params(root / "params.yaml").orchestrate.command_timeout_s)
     width = max(len(s.name) for s in STAGES)
     for spec in STAGES:
         if spec.name in changes:

@@ -314,6 +314,11 @@ class OrchestrateParams(Section):
     drift_cron: str = Field("0 6 * * *", min_length=9, description="drift-check: daily at 06:00")
     timezone: str = Field("UTC", min_length=1)
     runs_dir: str = Field("runs", min_length=1, description="folder (in the main checkout) of run worktrees")
+    stage_timeout_s: float = Field(7200, gt=0, description="seconds one stage (`dvc repro <stage>`) may run")
+    stage_timeouts: dict[str, float] = Field({}, description="per-stage limits over stage_timeout_s, e.g. "
+                                                             "{finetune: 14400}")
+    command_timeout_s: float = Field(1800, gt=0, description="seconds a git or DVC bookkeeping command (commit, "
+                                                             "push, pull, checkout) may run")
 
 
 class Params(Section):

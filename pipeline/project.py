@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.common.processes import run_command
 from pipeline.stages import STAGES
 
 __all__ = ["DVC_YAML", "find_root", "main_checkout", "dvc_stages", "built_stages", "declared_options",
-           "declared_paths", "dvc", "dvc_status"]
+           "declared_paths", "replaced_outputs", "dvc", "dvc_status", "GIT_QUERY_TIMEOUT_S"]
 DVC_YAML = "dvc.yaml"
+GIT_QUERY_TIMEOUT_S = 60.0  # a local, read-only git query (rev-parse): a hang here is a broken repository
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -34,8 +36,8 @@ def find_root(start: Path | None = None) -> Path:
 def main_checkout(root: Path) -> Path:
     """The main working tree of the git repository ``root`` belongs to (``root`` itself unless it is a
     run worktree); shared state such as the model registry is resolved against it."""
-    out = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=root,
-                         capture_output=True, text=True)
+    out = run_command(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], root,
+                      timeout=GIT_QUERY_TIMEOUT_S, limit_name="a fixed limit for local git queries")
     return Path(out.stdout.strip()).parent if out.returncode == 0 else root
 
 
@@ -90,14 +92,17 @@ def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
     return options
 
 
-def dvc(root: Path, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
-    """Run the DVC of this environment in ``root``.
+def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeout: float,
+        limit_name: str) -> subprocess.CompletedProcess:
+    """Run the DVC of this environment in ``root``, stopped with everything it started after ``timeout``.
 
     Args:
         root: directory to run in (a DVC project or worktree).
         args: DVC arguments, e.g. ``"repro", "ingest"``.
         check: raise when DVC exits non-zero.
         capture: capture stdout/stderr (otherwise they stream to the terminal).
+        timeout: seconds it may run (:func:`pipeline.common.processes.run_command`).
+        limit_name: the param that sets ``timeout``, for the message.
     Returns:
         The completed process.
     """
@@ -106,16 +111,17 @@ def dvc(root: Path, *args: str, check: bool = True, capture: bool = True) -> sub
     # install's main checkout, so a run's tag names the code that really ran
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, text=True, capture_output=capture, env=env)
+    proc = run_command([sys.executable, "-m", "dvc", *args], root, timeout=timeout, limit_name=limit_name, env=env,
+                       capture=capture)
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip() or f"exit {proc.returncode}"
         raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {detail}")
     return proc
 
 
-def dvc_status(root: Path) -> dict[str, list]:
+def dvc_status(root: Path, timeout: float) -> dict[str, list]:
     """Return ``dvc status --json``: stage name -> list of changes (absent when up to date)."""
-    out = dvc(root, "status", "--json", check=False)
+    out = dvc(root, "status", "--json", check=False, timeout=timeout, limit_name="orchestrate.command_timeout_s")
     if out.returncode != 0:
         raise RuntimeError(f"dvc status failed in {root}: {out.stderr.strip()}")
     raw = json.loads(out.stdout or "{}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,12 @@ TOY_STAGE = {
     "metrics": ["results/toy/metrics.json"],
 }
 TOY_SCRIPT = """
-import json, pathlib, yaml
+import json, os, pathlib, time, yaml
 import pipeline
 seed = yaml.safe_load(open("params.yaml"))["common"]["seed"]
+if seed == 17:  # a stage that hangs
+    pathlib.Path("stage.pid").write_text(str(os.getpid()))
+    time.sleep(300)
 pathlib.Path("data/toy").mkdir(parents=True, exist_ok=True)
 pathlib.Path("data/toy/value.txt").write_text(str(seed * 7))
 pathlib.Path("results/toy").mkdir(parents=True, exist_ok=True)
@@ -102,6 +107,28 @@ def test_failed_stage_is_not_retryable_and_names_the_exit(toy_project: Path):
     workspace = RunWorkspace.create(toy_project, "fails", overrides={"common.seed": 13})
     with pytest.raises(StageFailed, match=r"stage toy failed \(exit 2\)"):
         workspace.repro("toy")
+
+
+def test_a_hung_stage_is_stopped_at_its_limit_with_everything_it_started(toy_project: Path):
+    workspace = RunWorkspace.create(toy_project, "hangs", overrides={"common.seed": 17,
+                                                                     "orchestrate.stage_timeouts": {"toy": 3}})
+    started = time.monotonic()
+    with pytest.raises(StageFailed, match=r"stage toy timed out: .* ran past 3 s \(orchestrate.stage_timeouts.toy\)"):
+        workspace.repro("toy")
+    assert time.monotonic() - started < 60
+    pid = int((workspace.path / "stage.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid)  # the stage dvc launched was stopped too, not only dvc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").is_file() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_duplicate_run_name_is_refused(toy_project: Path):

@@ -7,10 +7,12 @@ when committed; a stage run outside a run worktree (by hand) gets a ``<timestamp
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from pipeline.common.processes import run_command
+from pipeline.project import GIT_QUERY_TIMEOUT_S
 
 __all__ = ["run_name", "branch_of", "tag_of", "run_identity", "check_run_name", "check_run_tag"]
 _BRANCH_PREFIX = "runs/"
@@ -54,8 +56,8 @@ def check_run_tag(tag: Any, where: str) -> str:
 
 def run_identity(checkout: Path) -> dict[str, Any]:
     """The run a checkout belongs to: its name and tag (from the ``runs/<name>`` branch), or a manual name."""
-    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=checkout, capture_output=True,
-                            text=True).stdout.strip()
+    branch = run_command(["git", "rev-parse", "--abbrev-ref", "HEAD"], checkout, timeout=GIT_QUERY_TIMEOUT_S,
+                         limit_name="a fixed limit for local git queries").stdout.strip()
     if branch.startswith(_BRANCH_PREFIX):
         name = branch.removeprefix(_BRANCH_PREFIX)
         return {"run_name": name, "run_tag": tag_of(name)}

@@ -10,6 +10,7 @@ restores exactly that run. Nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import time
@@ -21,8 +22,9 @@ import yaml
 
 from pipeline.common.errors import EXIT_TRANSIENT
 from pipeline.common.io import write_text
+from pipeline.common.processes import CommandTimeout, run_command
 from pipeline.common.logs import get_logger
-from pipeline.config import apply_overrides, validate_params
+from pipeline.config import OrchestrateParams, apply_overrides, load_params, validate_params
 from pipeline.project import DVC_YAML
 from pipeline.project import dvc as _dvc
 from pipeline.runs.naming import branch_of, tag_of
@@ -31,6 +33,8 @@ __all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure"]
 log = get_logger(__name__)
 
 _EXITED = re.compile(r"exited with (\d+)")
+_COMMAND_LIMIT = "orchestrate.command_timeout_s"
+_UNCONFIGURED_S = 600.0  # git commands run before a run's params are read (reading them, making the worktree)
 
 
 class StageFailed(RuntimeError):
@@ -70,6 +74,17 @@ class RunWorkspace:
     def tag(self) -> str:
         return tag_of(self.name)
 
+    @functools.cached_property
+    def limits(self) -> OrchestrateParams:
+        """The run's own time limits (its params.yaml, overrides included)."""
+        return load_params(self.path / "params.yaml").orchestrate
+
+    def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _git(self.path, *args, check=check, timeout=self.limits.command_timeout_s)
+
+    def _dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _dvc(self.path, *args, check=check, timeout=self.limits.command_timeout_s, limit_name=_COMMAND_LIMIT)
+
     @classmethod
     def create(cls, project: Path, name: str, runs_dir: str = "runs",
                overrides: dict[str, Any] | None = None, base: str = "HEAD") -> "RunWorkspace":
@@ -89,14 +104,14 @@ class RunWorkspace:
         raw = yaml.safe_load(_git(project, "show", f"{base}:params.yaml").stdout) or {}
         pairs = [(key.split("."), value) for key, value in (overrides or {}).items()]
         merged = apply_overrides(raw, pairs)
-        validate_params(merged, source=f"run {name} parameters")  # bad UI input fails before any git work
+        limits = validate_params(merged, source=f"run {name} parameters").orchestrate  # bad UI input: no git work
         if path.exists():
             raise FileExistsError(f"{path}: a run named {name!r} already exists")
-        _git(project, "worktree", "add", "-q", "-b", branch_of(name), str(path), base)
+        _git(project, "worktree", "add", "-q", "-b", branch_of(name), str(path), base, timeout=limits.command_timeout_s)
+        if overrides:  # before any command: the run's own limits apply to all of them
+            write_text(path / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
         workspace = cls(project, name, path)
         workspace._share_dvc_state()
-        if overrides:
-            write_text(path / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
         if not (path / "dvc.lock").exists():
             workspace._resume_from_last_run()
         return workspace
@@ -108,14 +123,15 @@ class RunWorkspace:
         the shared cache, `dvc repro` compares the current code, data and params against that record and
         skips every stage whose inputs are unchanged.
         """
+        limit = self.limits.command_timeout_s
         tags = _git(self.project, "for-each-ref", "--sort=-creatordate", "--format=%(refname:short)",
-                    "refs/tags/run-*").stdout.split()
+                    "refs/tags/run-*", timeout=limit).stdout.split()
         for tag in tags:
-            lock = subprocess.run(["git", "show", f"{tag}:dvc.lock"], cwd=self.project, capture_output=True, text=True)
+            lock = _git(self.project, "show", f"{tag}:dvc.lock", check=False, timeout=limit)
             if lock.returncode == 0:
                 write_text(self.path / "dvc.lock", lock.stdout)
                 # outputs missing from the cache just make their stages run again
-                _dvc(self.path, "checkout", "--relink", check=False)
+                self._dvc("checkout", "--relink", check=False)
                 log.info("run %s starts from the state of %s", self.name, tag)
                 return
 
@@ -134,14 +150,14 @@ class RunWorkspace:
         main_local = self.project / ".dvc" / "config.local"
         if main_local.exists():
             local.write_text(main_local.read_text())
-        _dvc(self.path, "cache", "dir", "--local", str(self.project / ".dvc" / "cache"))
+        self._dvc("cache", "dir", "--local", str(self.project / ".dvc" / "cache"))
         from dvc.repo import Repo  # DVC's own config reader resolves relative remote paths
 
         with Repo(str(self.project)) as repo:
             remotes = {name: str(conf["url"]) for name, conf in repo.config["remote"].items()}
         for name, url in remotes.items():
             if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
-                _dvc(self.path, "remote", "modify", "--local", name, "url", url)
+                self._dvc("remote", "modify", "--local", name, "url", url)
 
     def repro(self, stage: str) -> StageResult:
         """Run ``dvc repro <stage>`` in the worktree and say whether it ran, was skipped or restored.
@@ -151,7 +167,13 @@ class RunWorkspace:
             TransientFailure: the stage reported a network or storage failure (retry).
         """
         started = time.perf_counter()
-        proc = _dvc(self.path, "repro", stage, check=False)
+        limit = self.limits.stage_timeouts.get(stage, self.limits.stage_timeout_s)
+        limit_name = (f"orchestrate.stage_timeouts.{stage}" if stage in self.limits.stage_timeouts
+                      else "orchestrate.stage_timeout_s")
+        try:
+            proc = _dvc(self.path, "repro", stage, check=False, timeout=limit, limit_name=limit_name)
+        except CommandTimeout as err:
+            raise StageFailed(f"stage {stage} timed out: {err}") from None
         output = proc.stdout + proc.stderr
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
@@ -171,30 +193,30 @@ class RunWorkspace:
 
     def commit(self, message: str) -> str:
         """Commit params.yaml and dvc.lock on the run branch, tag it, and return the commit sha."""
-        _git(self.path, "add", "params.yaml", "dvc.lock")
+        self._git("add", "params.yaml", "dvc.lock")
         # a machine with no git identity (a fresh CI box, a container) still gets its runs versioned
-        who = [] if _git(self.path, "config", "user.email", check=False).stdout.strip() else [
+        who = [] if self._git("config", "user.email", check=False).stdout.strip() else [
             "-c", "user.name=tlops", "-c", "user.email=tlops@localhost"]
-        _git(self.path, *who, "commit", "-q", "--allow-empty", "-m", message)
-        _git(self.path, "tag", "-f", self.tag)
-        return _git(self.path, "rev-parse", "HEAD").stdout.strip()
+        self._git(*who, "commit", "-q", "--allow-empty", "-m", message)
+        self._git("tag", "-f", self.tag)
+        return self._git("rev-parse", "HEAD").stdout.strip()
 
     def checkout(self) -> None:
         """Materialise the outputs that this checkout's dvc.lock names (from the cache, else the remote)."""
-        if _dvc(self.path, "checkout", check=False).returncode != 0:
-            proc = _dvc(self.path, "pull", check=False)
+        if self._dvc("checkout", check=False).returncode != 0:
+            proc = self._dvc("pull", check=False)
             if proc.returncode != 0:
                 raise TransientFailure(f"dvc pull failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
 
     def push(self) -> None:
         """Push the run's DVC outputs to the default remote."""
-        proc = _dvc(self.path, "push", check=False)
+        proc = self._dvc("push", check=False)
         if proc.returncode != 0:
             raise TransientFailure(f"dvc push failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
 
 
-def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", *args], cwd=cwd, text=True, capture_output=True)
+def _git(cwd: Path, *args: str, check: bool = True, timeout: float = _UNCONFIGURED_S) -> subprocess.CompletedProcess:
+    proc = run_command(["git", *args], cwd, timeout=timeout, limit_name=_COMMAND_LIMIT)
     if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
     return proc
