@@ -62,8 +62,12 @@ def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "
     name = run_name(flow_run.get_name() or "local")
     overrides = parameters.overrides(Path(project) / "params.yaml")
     workspace = prepare(project, name, overrides)
-    stages = [run_stage(project, name, stage) for stage in built_stages(Path(workspace))]
+    chain = built_stages(Path(workspace))
+    stages = [run_stage(project, name, stage) for stage in chain if stage != "promote"]
     sha = version(project, name, f"run {name}: {reason}")
+    if "promote" in chain:  # after the commit, tag and push: a champion never points at data not yet pushed
+        stages.append(run_stage(project, name, "promote"))
+        sha = version(project, name, f"run {name}: promotion decision")
     summary = render_summary(Path(workspace), name=name, reason=reason, overrides=overrides,
                              stages=stages, commit=sha)
     create_markdown_artifact(summary, key="retrain-summary", description=f"run {name}")

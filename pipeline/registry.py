@@ -9,27 +9,44 @@ Layout (a folder by default, or an ``s3://bucket/prefix``):
 Promotion is atomic: a version is written in full before anything points at it, and the champion
 pointer is replaced in one step (a rename on disk, a single PUT on S3). A failed promotion leaves
 the previous champion untouched.
+
+Promotion is serialised: the champion pointer is replaced only if it is still the one the promoter
+compared against (compare-and-swap: under a file lock on a folder, a conditional PUT with If-Match /
+If-None-Match on S3); otherwise :class:`ChampionChanged` tells it to compare again. Registering is
+idempotent: the same model under the same version (a rerun after a crash) is accepted, a different one
+refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
-__all__ = ["Registry", "open_registry"]
+__all__ = ["Registry", "ChampionChanged", "open_registry"]
+_LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
+
+
+class ChampionChanged(RuntimeError):
+    """Another run replaced the champion after this one compared against it: compare again."""
 
 
 class _Store(Protocol):
     def put_dir(self, rel: str, local: Path) -> None: ...
     def put_json(self, rel: str, obj: Any) -> None: ...
     def get_json(self, rel: str) -> Any | None: ...
+    def get_json_token(self, rel: str) -> tuple[Any | None, str | None]: ...
+    def put_json_if(self, rel: str, obj: Any, token: str | None) -> None: ...
     def fetch_dir(self, rel: str, dest: Path) -> Path: ...
     def list_dirs(self, rel: str) -> list[str]: ...
 
@@ -49,12 +66,46 @@ class _FolderStore:
         path = self.root / rel
         return read_json(path) if path.is_file() else None
 
+    def get_json_token(self, rel: str) -> tuple[Any | None, str | None]:
+        path = self.root / rel
+        if not path.is_file():
+            return None, None
+        data = path.read_bytes()
+        return json.loads(data), hashlib.sha256(data).hexdigest()
+
+    def put_json_if(self, rel: str, obj: Any, token: str | None) -> None:
+        with self._locked():
+            if self.get_json_token(rel)[1] != token:
+                raise ChampionChanged(f"{self.root / rel} changed since it was read")
+            write_json(self.root / rel, obj)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on the registry folder (flock: released by the kernel if the holder dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            deadline = time.monotonic() + _LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self.root}/.lock: held by another promoter for {_LOCK_WAIT_S:g} s")
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def fetch_dir(self, rel: str, dest: Path) -> Path:
         return self.root / rel  # already local: nothing to copy
 
     def list_dirs(self, rel: str) -> list[str]:
         base = self.root / rel
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) if base.is_dir() else []
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 class _S3Store:
@@ -78,10 +129,26 @@ class _S3Store:
         self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=body)
 
     def get_json(self, rel: str) -> Any | None:
+        return self.get_json_token(rel)[0]
+
+    def get_json_token(self, rel: str) -> tuple[Any | None, str | None]:
         try:
-            return json.loads(self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read())
+            response = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))
         except self.s3.exceptions.NoSuchKey:
-            return None
+            return None, None
+        return json.loads(response["Body"].read()), response["ETag"]
+
+    def put_json_if(self, rel: str, obj: Any, token: str | None) -> None:
+        from botocore.exceptions import ClientError
+
+        body = json.dumps(obj, indent=2, sort_keys=True).encode()
+        condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=body, **condition)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise ChampionChanged(f"s3://{self.bucket}/{self._key(rel)} changed since it was read") from None
+            raise
 
     def fetch_dir(self, rel: str, dest: Path) -> Path:
         prefix = self._key(rel) + "/"
@@ -111,13 +178,17 @@ class Registry:
     def champion(self) -> dict[str, Any] | None:
         """The champion pointer, or None when nothing was promoted yet; its version and run tag are
         checked, since they go into keys, paths and git commands."""
-        record = self.store.get_json("champion.json")
+        return self.champion_and_token()[0]
+
+    def champion_and_token(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The champion (as :meth:`champion`) and a token of that state for :meth:`set_champion`."""
+        record, token = self.store.get_json_token("champion.json")
         if record is not None:
             where = f"{self.location}/champion.json"
             check_run_name(record.get("version"), where)
             if record.get("run_tag") is not None:
                 check_run_tag(record["run_tag"], where)
-        return record
+        return record, token
 
     def versions(self) -> list[str]:
         """Every registered version, oldest first (version names start with a UTC timestamp)."""
@@ -128,18 +199,32 @@ class Registry:
         return self.store.get_json(f"versions/{self._checked(version)}/decision.json")
 
     def register(self, version: str, model_dir: Path, decision: dict[str, Any]) -> None:
-        """Store a model directory and its decision as a new version (whole or not at all)."""
+        """Store a model directory and its decision as a version (whole or not at all).
+
+        A version already holding the same model (its card's ``state_dict_sha256``: a rerun after a
+        crash) only gets the new decision; a different model under that name is refused.
+        """
         if self._checked(version) in self.versions():
-            raise FileExistsError(f"{self.location}: version {version!r} is already registered")
+            stored = self.store.get_json(f"versions/{version}/card.json") or {}
+            local = read_json(model_dir / "card.json") if (model_dir / "card.json").is_file() else {}
+            if not stored.get("state_dict_sha256") or stored.get("state_dict_sha256") != local.get("state_dict_sha256"):
+                raise FileExistsError(f"{self.location}: version {version!r} is already registered with another model")
+            self.store.put_json(f"versions/{version}/decision.json", decision)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / version
             shutil.copytree(model_dir, staged)
             write_json(staged / "decision.json", decision)
             self.store.put_dir(f"versions/{version}", staged)
 
-    def set_champion(self, version: str, record: dict[str, Any]) -> None:
-        """Point the champion at a registered version (one atomic write)."""
-        self.store.put_json("champion.json", {"version": self._checked(version), **record})
+    def set_champion(self, version: str, record: dict[str, Any], token: str | None) -> None:
+        """Point the champion at a registered version (one atomic write), if the champion is still the
+        one ``token`` (from :meth:`champion_and_token`) was read with.
+
+        Raises:
+            ChampionChanged: another run promoted meanwhile; compare with the new champion and retry.
+        """
+        self.store.put_json_if("champion.json", {"version": self._checked(version), **record}, token)
 
     def model_dir(self, version: str, scratch: Path) -> Path:
         """A local directory holding the version's files (downloaded into ``scratch`` for S3)."""

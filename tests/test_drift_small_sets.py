@@ -142,7 +142,7 @@ def test_promotion_refuses_a_model_for_another_set_of_classes(two_class, tmp_pat
     three = ["brick", "chelsea", "grass"]
     LoadedModel.pretrained(MODEL, 3, SIZE, classes=three).save(tmp_path / "champion", {})
     registry.register("20260101-000000-three", tmp_path / "champion", {"decision": "promoted"})
-    registry.set_champion("20260101-000000-three", {"test_accuracy": 0.9})
+    registry.set_champion("20260101-000000-three", {"test_accuracy": 0.9}, token=None)
     evaluation = write_json(tmp_path / "evaluation.json", {"verdict": "positive", "recommended_model": "finetuned"})
 
     def run(allow: bool) -> dict:
@@ -162,3 +162,29 @@ def test_promotion_refuses_a_model_for_another_set_of_classes(two_class, tmp_pat
     allowed = run(allow=True)
     assert allowed["promoted"] is True and "task change allowed" in allowed["reason"]
     assert registry.champion()["version"] == "20260102-000000-two"
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_crash_inside_promotion_finishes_it(two_class, tmp_path, monkeypatch):
+    from pipeline.registry import Registry
+
+    monkeypatch.setattr("pipeline.stages.promote.run_identity",
+                        lambda root: {"run_name": "20260103-000000-crash", "run_tag": None})
+    evaluation = write_json(tmp_path / "evaluation.json", {"verdict": "positive", "recommended_model": "finetuned"})
+    params = validate_params({"common": {"image_size": SIZE}, "promote": {"registry": str(tmp_path / "registry")}})
+    args = promote.Args(dataset=two_class["dataset"], model=two_class["model"], baseline=two_class["model"],
+                        evaluation=evaluation, decision=tmp_path / "decision.json", validation=passed_gate(tmp_path))
+    real = Registry.set_champion
+
+    def crash(*a, **kw):
+        raise RuntimeError("killed between registering the version and moving the champion")
+
+    monkeypatch.setattr(Registry, "set_champion", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        promote.run(params, args)
+    registry = open_registry(str(tmp_path / "registry"), tmp_path)
+    assert registry.versions() == ["20260103-000000-crash"] and registry.champion() is None
+    monkeypatch.setattr(Registry, "set_champion", real)
+    decision = promote.run(params, args)  # used to fail with FileExistsError on every rerun
+    assert decision["promoted"] is True and registry.champion()["version"] == "20260103-000000-crash"
+    assert registry.versions() == ["20260103-000000-crash"]

@@ -12,7 +12,9 @@ same test split. A candidate trained on another set of classes than the champion
 task: it is refused unless `promote.allow_task_change` is true, and the decision names the classes
 added and removed either way. Every candidate is registered as a version with its card and decision;
 only a promotion moves the champion pointer (one atomic write), so a failed or rejected run never
-touches the current champion.
+touches the current champion. The pointer moves only if the champion is still the one compared
+against (pipeline/registry.py); when another run promoted meanwhile, the comparison is made again with
+its model. A rerun after a crash anywhere in here finds its version registered and finishes the job.
 """
 
 from __future__ import annotations
@@ -24,19 +26,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.common.device import select_device
+from pipeline.common.errors import TransientError
 from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger
-from pipeline.config import Params
+from pipeline.config import Params, PromoteParams
 from pipeline.data.shards import use_validated, validation_field
 from pipeline.models import LoadedModel
 from pipeline.project import main_checkout
-from pipeline.registry import open_registry
+from pipeline.registry import ChampionChanged, Registry, open_registry
 from pipeline.runs.naming import run_identity
 
 __all__ = ["Args", "run", "test_accuracy", "class_change", "promotion_decision"]
 log = get_logger(__name__)
+_ATTEMPTS = 5  # comparisons with a champion that another run keeps replacing, before giving up (transient)
 
 
 @dataclass
@@ -84,36 +89,53 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     model_dir = args.model if recommended == "finetuned" else args.baseline
     candidate = LoadedModel.load(model_dir, device)
     new_accuracy = test_accuracy(candidate, args.dataset)
-    champion = registry.champion()
+    run = run_identity(root)
+    base = {"verdict": verdict, "candidate": recommended, "candidate_reason": evaluation.get("recommended_reason", ""),
+            "test_accuracy": round(new_accuracy, 4), "margin": cfg.margin, "registry": registry.location, **run}
+    for attempt in range(1, _ATTEMPTS + 1):
+        champion, token = registry.champion_and_token()
+        decision = {**base, **_compare(candidate, new_accuracy, champion, registry, args.dataset, device, cfg,
+                                       run["run_name"])}
+        if decision["version"] is not None:  # idempotent: a rerun after a crash finds its version registered
+            registry.register(decision["version"], model_dir, decision)
+        if not decision["promoted"]:
+            break
+        try:
+            registry.set_champion(run["run_name"], {"test_accuracy": decision["test_accuracy"],
+                                                     "run_tag": run["run_tag"], "reason": decision["reason"],
+                                                     "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                  token)
+            break
+        except ChampionChanged:  # another run promoted while this one compared: compare with its model
+            log.warning("promotion: the champion changed during the comparison (attempt %d of %d); comparing again",
+                        attempt, _ATTEMPTS)
+    else:
+        raise TransientError(f"{registry.location}: the champion kept changing during {_ATTEMPTS} comparisons")
+    (log.info if decision["promoted"] else log.warning)("promotion: %s (%s)", decision["decision"], decision["reason"])
+    write_json(args.decision, decision)
+    return decision
+
+
+def _compare(candidate: LoadedModel, accuracy: float, champion: dict | None, registry: Registry, dataset: Path,
+             device: torch.device, cfg: PromoteParams, version: str) -> dict[str, Any]:
+    """The decision's fields for this candidate against this champion (both measured here, same test split);
+    ``version`` is the name the candidate is registered under (none when it already is the champion)."""
     champion_accuracy, same_model, change = None, False, None
     if champion is not None:
         with tempfile.TemporaryDirectory() as scratch:
             champion_model = LoadedModel.load(registry.model_dir(champion["version"], Path(scratch)), device)
             same_model = champion_model.card["state_dict_sha256"] == candidate.card["state_dict_sha256"]
             change = class_change(champion_model.classes, candidate.classes)
-            if change is None:
-                champion_accuracy = test_accuracy(champion_model, args.dataset)
-    promoted, reason = promotion_decision(new_accuracy, champion, champion_accuracy, same_model, cfg.margin,
+            if change is None and not same_model:
+                champion_accuracy = test_accuracy(champion_model, dataset)
+    promoted, reason = promotion_decision(accuracy, champion, champion_accuracy, same_model, cfg.margin,
                                           change, cfg.allow_task_change)
-    run = run_identity(root)
     refused = change is not None and not cfg.allow_task_change
-    decision = {"decision": "promoted" if promoted else "refused: task change" if refused else "kept champion",
-                "promoted": promoted, "reason": reason, "task_change": change,
-                "verdict": verdict, "candidate": recommended,
-                "candidate_reason": evaluation.get("recommended_reason", ""), "test_accuracy": round(new_accuracy, 4),
-                "champion_test_accuracy": None if champion_accuracy is None else round(champion_accuracy, 4),
-                "previous_champion": champion["version"] if champion else None, "margin": cfg.margin,
-                "version": None, "registry": registry.location, **run}
-    if not same_model:
-        decision["version"] = run["run_name"]
-        registry.register(run["run_name"], model_dir, decision)
-    if promoted:
-        registry.set_champion(run["run_name"], {"test_accuracy": decision["test_accuracy"], "run_tag": run["run_tag"],
-                                                 "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                                 "reason": reason})
-    (log.info if promoted else log.warning)("promotion: %s (%s)", decision["decision"], reason)
-    write_json(args.decision, decision)
-    return decision
+    return {"decision": "promoted" if promoted else "refused: task change" if refused else "kept champion",
+            "promoted": promoted, "reason": reason, "task_change": change,
+            "champion_test_accuracy": None if champion_accuracy is None else round(champion_accuracy, 4),
+            "previous_champion": champion["version"] if champion else None,
+            "version": None if same_model else version}
 
 
 def class_change(champion: list[str], candidate: list[str]) -> str | None:
