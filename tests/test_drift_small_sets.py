@@ -71,10 +71,10 @@ def test_train_plus_val_reference_reports_the_guard(two_class, tmp_path):
     assert _drift(two_class, tmp_path, "drift.reference_split=train+val") == 0
     summary = json.loads((tmp_path / "drift.json").read_text())
     guard = summary["reference_set"]["guard"]
-    assert guard["n_train"] > 0 and guard["n_val"] > 0 and 0 <= guard["softmax_p"] <= 1
+    assert guard["n_train"] > 0 and guard["n_held_out"] > 0 and 0 <= guard["softmax_p"] <= 1
     # each test's reference: train+val where train looks like val, else val alone
     used = {summary["tests"]["mmd"]["n_reference"], summary["tests"]["ks_softmax"]["n_reference"]}
-    assert used <= {guard["n_train"] + guard["n_val"], guard["n_val"]}
+    assert used <= {guard["n_train"] + guard["n_held_out"], guard["n_held_out"]}
     assert "Over-confidence guard" in Path(summary["reports"]["html"]).read_text()
 
 

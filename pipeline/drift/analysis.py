@@ -14,7 +14,7 @@ from pipeline.drift.describe import describe_shifts, moved_words
 from pipeline.drift.inputs import SetOutputs, group_name
 from pipeline.drift.outliers import domain_classifier_scores, knn_distances
 from pipeline.drift.reference import Reference, choose_reference, detectable_table, size_warnings
-from pipeline.drift.tests import detect, holm, pca_project
+from pipeline.drift.tests import detect_with, holm, pca_project
 
 __all__ = ["analyse"]
 _GROUP_COLUMNS = ("corruption", "severity")
@@ -70,8 +70,7 @@ def analyse(reference: SetOutputs, current: SetOutputs, cfg: DriftParams, seed: 
 def _decide(reference: Reference, current: SetOutputs, cfg: DriftParams, seed: int, rows: Any = None) -> Any:
     cur_emb = current.embeddings if rows is None else current.embeddings[rows]
     cur_probs = current.probs if rows is None else current.probs[rows]
-    return detect(reference.embeddings, cur_emb, reference.probs, cur_probs, alpha=cfg.alpha,
-                  permutations=cfg.permutations, pca_dims=cfg.pca_dims, max_samples=cfg.max_samples, seed=seed)
+    return detect_with(cfg, reference.embeddings, cur_emb, reference.probs, cur_probs, seed)
 
 
 def _group_tests(reference: Reference, current: SetOutputs, cfg: DriftParams, seed: int) -> list[dict[str, Any]]:

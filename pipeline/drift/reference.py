@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import DriftParams
 from pipeline.drift.inputs import SetOutputs
-from pipeline.drift.tests import ks_detectable_share, ks_softmax_test, mmd_permutation_test, pca_project, subsample
+from pipeline.drift.tests import detect_with, ks_detectable_share
 
 __all__ = ["Reference", "choose_reference", "size_warnings", "detectable_table"]
 _TABLE_SIZES = (25, 50, 100, 200, 500, 1000)
@@ -56,35 +56,34 @@ def choose_reference(outputs: SetOutputs, cfg: DriftParams, seed: int) -> Refere
     if "train" not in splits or len(splits) == 1:
         info.update(embeddings_from=cfg.reference_split, softmax_from=cfg.reference_split)
         return Reference(outputs, outputs, info)
-    is_train = (outputs.manifest["split"] == "train").to_numpy()
-    held_out = np.flatnonzero(~is_train)
-    if len(held_out) < 2 or is_train.sum() < 2:
+    # The images the model was fitted on: train rows inside the label budget (out-of-budget train rows
+    # were never seen, so they sit with val on the held-out side).
+    manifest = outputs.manifest
+    fitted = ((manifest["split"] == "train") & manifest.get("in_budget", True).astype(bool)).to_numpy()
+    held_out = np.flatnonzero(~fitted)
+    if len(held_out) < 2 or fitted.sum() < 2:
         raise ValueError(f"drift.reference_split = {cfg.reference_split!r}: the over-confidence guard needs >= 2 "
-                         f"train and >= 2 other images, got {int(is_train.sum())} and {len(held_out)}")
-    train, other = outputs.subset(np.flatnonzero(is_train)), outputs.subset(held_out)
-    rng = np.random.default_rng(seed)
-    ref_emb = train.embeddings[subsample(train.embeddings, cfg.max_samples, rng)]
-    cur_emb = other.embeddings[subsample(other.embeddings, cfg.max_samples, rng)]
-    mmd = mmd_permutation_test(*pca_project(ref_emb, cur_emb, cfg.pca_dims), cfg.permutations, seed)
-    ks = ks_softmax_test(train.probs, other.probs)
-    rest = "+".join(s for s in splits if s != "train")
-    embeddings_pool = mmd.p_value >= cfg.alpha
-    softmax_pool = ks.p_value >= cfg.alpha
+                         f"fitted train and >= 2 held-out images, got {int(fitted.sum())} and {len(held_out)}")
+    train, other = outputs.subset(np.flatnonzero(fitted)), outputs.subset(held_out)
+    p_values = {t.name: t.p_value for t in detect_with(cfg, train.embeddings, other.embeddings, train.probs,
+                                                        other.probs, seed).tests}
+    rest = "held-out images"
+    embeddings_pool, softmax_pool = p_values["mmd"] >= cfg.alpha, p_values["ks_softmax"] >= cfg.alpha
     info.update(
         embeddings_from=cfg.reference_split if embeddings_pool else rest,
         softmax_from=cfg.reference_split if softmax_pool else rest,
-        guard={"embeddings_p": mmd.p_value, "softmax_p": ks.p_value, "alpha": cfg.alpha,
-               "n_train": int(is_train.sum()), f"n_{rest}": len(held_out),
-               "says": _guard_words(embeddings_pool, softmax_pool, rest, mmd.p_value, ks.p_value)})
+        guard={"embeddings_p": p_values["mmd"], "softmax_p": p_values["ks_softmax"], "alpha": cfg.alpha,
+               "n_train": int(fitted.sum()), "n_held_out": len(held_out),
+               "says": _guard_words(embeddings_pool, softmax_pool, rest, p_values["mmd"], p_values["ks_softmax"])})
     return Reference(outputs if embeddings_pool else other, outputs if softmax_pool else other, info)
 
 
 def _guard_words(embeddings_pool: bool, softmax_pool: bool, rest: str, p_emb: float, p_soft: float) -> str:
     def part(name: str, pooled: bool, p: float) -> str:
         if pooled:
-            return f"{name}: train looks like {rest} (p = {p:.3g}), so train joins the reference"
-        return (f"{name}: train differs from {rest} (p = {p:.3g}, the model fits its own training images), "
-                f"so {rest} alone")
+            return f"{name}: the fitted train images look like the {rest} (p = {p:.3g}), so they join the reference"
+        return (f"{name}: the fitted train images differ from the {rest} (p = {p:.3g}: the model fits its own "
+                f"training images), so the {rest} alone")
     return "; ".join([part("embeddings", embeddings_pool, p_emb), part("softmax", softmax_pool, p_soft)])
 
 

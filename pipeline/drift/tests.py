@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from pipeline.config import DriftParams
+
 __all__ = ["TestResult", "DriftDecision", "pca_project", "median_bandwidth", "mmd_permutation_test",
-           "ks_softmax_test", "ks_detectable_share", "combine", "detect", "subsample", "holm"]
+           "ks_softmax_test", "ks_detectable_share", "combine", "detect", "detect_with", "subsample", "holm"]
 
 _PERMUTATION_CHUNK = 100  # permutations scored per matrix product: bounds memory at N x 100
 
@@ -267,6 +269,13 @@ def detect(reference_emb: np.ndarray | None, current_emb: np.ndarray | None,
     if run_ks:
         results.append(ks_softmax_test(reference_probs, current_probs, level=level))
     return combine(results, alpha)
+
+
+def detect_with(cfg: DriftParams, reference_emb: np.ndarray, current_emb: np.ndarray, reference_probs: np.ndarray,
+                current_probs: np.ndarray, seed: int) -> DriftDecision:
+    """:func:`detect` with the settings of ``params.drift`` (the stage's decision, its groups, its guard)."""
+    return detect(reference_emb, current_emb, reference_probs, current_probs, alpha=cfg.alpha,
+                  permutations=cfg.permutations, pca_dims=cfg.pca_dims, max_samples=cfg.max_samples, seed=seed)
 
 
 def holm(p_values: list[float]) -> list[float]:
