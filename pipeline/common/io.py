@@ -106,10 +106,14 @@ def _backup(path: Path) -> Path:
     return path.parent / _PREVIOUS / path.name
 
 
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link is an output too
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
+    elif _present(path):
         path.unlink()
 
 
@@ -117,16 +121,17 @@ def _journal(paths: list[Path]) -> Path:
     return _backup(paths[0]).with_name(paths[0].name + ".journal.json")
 
 
-def _finish_interrupted(paths: list[Path]) -> None:
-    """A run killed mid-stage left its journal: put the last whole set back (or, if the new set was
-    already committed, drop the old one)."""
+def _settle(paths: list[Path]) -> None:
+    """Finish what the journal says: the new set is partial (``set_aside``: put the last whole set back)
+    or whole (``committed``: drop the old one). Run after every stage, and before the next one in case
+    a stage was killed in between."""
     journal = _journal(paths)
     if not journal.exists():
         return
     state = json.loads(journal.read_text(encoding="utf-8"))
     for name in state["moved"]:
         path = Path(name)
-        if _backup(path).exists() or _backup(path).is_symlink():
+        if _present(_backup(path)):
             if state["state"] == "set_aside":
                 _remove(path)
                 os.replace(_backup(path), path)
@@ -159,25 +164,27 @@ def replaced_as_set(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
     if not paths:
         yield
         return
-    _finish_interrupted(paths)
+    _settle(paths)
     journal = _journal(paths)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    moved = [p for p in paths if p.exists() or p.is_symlink()]
+    moved = [p for p in paths if _present(p)]
     record = {"state": "set_aside", "paths": [str(p) for p in paths], "moved": [str(p) for p in moved]}
     write_json(journal, record)
     for path in moved:
         _backup(path).parent.mkdir(parents=True, exist_ok=True)
         _remove(_backup(path))
         os.replace(path, _backup(path))
+    whole = False
     try:
         yield
+        whole = True
     except BaseException as err:
-        if getattr(err, "outputs_written", False):  # e.g. a failed gate's report: the new set is whole
-            write_json(journal, {**record, "state": "committed"})
-        _finish_interrupted(paths)
+        whole = getattr(err, "outputs_written", False)  # e.g. a failed gate's report: the new set is whole
         raise
-    write_json(journal, {**record, "state": "committed"})
-    _finish_interrupted(paths)
+    finally:
+        if whole:
+            write_json(journal, {**record, "state": "committed"})
+        _settle(paths)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
