@@ -142,11 +142,10 @@ def _run_tool(command: str, argv: list[str]) -> int:
     if command == "status":
         return _status(root)
     if command == "run-all":
-        load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)  # fail fast on bad params
+        limits = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile).orchestrate  # fail fast
         if ns.overrides or ns.profile:
             raise ValueError("run-all runs dvc repro on params.yaml as it is: edit params.yaml instead of "
                              "--set / --profile (or start a run: make run PROFILE=gpu)")
-        limits = load_params(root / "params.yaml").orchestrate
         dvc(root, "repro", capture=False, timeout=limits.stage_timeout_s * len(dvc_stages(root)),
             limit_name="orchestrate.stage_timeout_s x stages")
         _status(root)

@@ -17,8 +17,8 @@ import errno
 import traceback
 from pathlib import Path
 
-__all__ = ["TransientError", "GateFailed", "DISK_FULL", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "BAD_INPUT_ERRORS",
-           "raised_in_pipeline", "describe_error"]
+__all__ = ["TransientError", "GateFailed", "DISK_FULL", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT",
+           "BAD_INPUT_ERRORS", "raised_in_pipeline", "describe_error"]
 
 EXIT_INTERNAL = 1  # an unexpected failure: the traceback is shown
 EXIT_BAD_INPUT = 2  # bad params or data: retrying cannot help
