@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
 from flows.parameters import RetrainParameters
@@ -40,10 +40,11 @@ def prepare(project: str, name: str, overrides: dict[str, Any]) -> str:
 
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
 def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
-    """Run one stage through DVC in the run's worktree."""
-    result = RunWorkspace.open(Path(project), name).repro(stage)
-    get_run_logger().info("stage %s: %s in %.1fs", stage, result.status, result.seconds)
-    return result.as_dict()
+    """Run one stage through DVC in the run's worktree; a retry (after a kill) resumes from its checkpoint."""
+    attempt = task_run.run_count
+    result = RunWorkspace.open(Path(project), name).repro(stage, resume=attempt > 1)
+    get_run_logger().info("stage %s: %s in %.1fs (attempt %d)", stage, result.status, result.seconds, attempt)
+    return {**result.as_dict(), "attempt": attempt}
 
 
 @task(name="version-run", **RETRY_POLICY)

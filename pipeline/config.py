@@ -319,6 +319,9 @@ class OrchestrateParams(Section):
                                                              "{finetune: 14400}")
     command_timeout_s: float = Field(1800, gt=0, description="seconds a git or DVC bookkeeping command (commit, "
                                                              "push, pull, checkout) may run")
+    push_retries: int = Field(3, ge=0, le=20, description="`dvc push` attempts after the first, with backoff (it "
+                                                         "uploads only what the remote lacks)")
+    push_backoff_s: float = Field(2.0, ge=0, description="seconds before the first push retry; doubles each time")
 
 
 class Params(Section):

@@ -93,7 +93,7 @@ def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
 
 
 def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeout: float,
-        limit_name: str) -> subprocess.CompletedProcess:
+        limit_name: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the DVC of this environment in ``root``, stopped with everything it started after ``timeout``.
 
     Args:
@@ -103,6 +103,7 @@ def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeou
         capture: capture stdout/stderr (otherwise they stream to the terminal).
         timeout: seconds it may run (:func:`pipeline.common.processes.run_command`).
         limit_name: the param that sets ``timeout``, for the message.
+        extra_env: variables added to this environment for the command (e.g. the resume request).
     Returns:
         The completed process.
     """
@@ -110,7 +111,8 @@ def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeou
     # PYTHONPATH makes them import the code of `root` (a run's worktree, at its commit), not the editable
     # install's main checkout, so a run's tag names the code that really ran
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")])),
+           **(extra_env or {})}
     proc = run_command([sys.executable, "-m", "dvc", *args], root, timeout=timeout, limit_name=limit_name, env=env,
                        capture=capture)
     if check and proc.returncode != 0:

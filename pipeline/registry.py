@@ -34,6 +34,7 @@ from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
 __all__ = ["Registry", "ChampionChanged", "open_registry"]
+_COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
 
 
@@ -121,8 +122,12 @@ class _S3Store:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def put_dir(self, rel: str, local: Path) -> None:
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            self.s3.upload_file(str(path), self.bucket, self._key(f"{rel}/{path.relative_to(local).as_posix()}"))
+        # S3 has no rename: the marker, written last, is what makes the folder exist for list_dirs, so an
+        # upload cut off by a kill is invisible and a rerun uploads it again in full
+        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        for name in files:
+            self.s3.upload_file(str(local / name), self.bucket, self._key(f"{rel}/{name}"))
+        self.put_json(f"{rel}/{_COMPLETE}", {"files": files})
 
     def put_json(self, rel: str, obj: Any) -> None:
         body = json.dumps(obj, indent=2, sort_keys=True).encode()
@@ -155,6 +160,8 @@ class _S3Store:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 relative = obj["Key"][len(prefix):]
+                if relative == _COMPLETE:
+                    continue
                 if relative.startswith("/") or ".." in relative.split("/"):  # would land outside dest
                     raise ValueError(f"s3://{self.bucket}/{obj['Key']}: refused: a registry key with '..' or a "
                                      "leading '/' would be written outside the download folder")
@@ -166,7 +173,8 @@ class _S3Store:
     def list_dirs(self, rel: str) -> list[str]:
         prefix = self._key(rel) + "/"
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
-        return sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
+        names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
+        return [name for name in names if self.get_json(f"{rel}/{name}/{_COMPLETE}") is not None]
 
 
 class Registry:

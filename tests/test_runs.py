@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.runs.naming import run_name
-from pipeline.runs.workspace import RunWorkspace, StageFailed
+from pipeline.runs.workspace import RunWorkspace, StageFailed, TransientFailure
 
 # A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
 # versioning mechanics are tested in seconds without training anything.
@@ -38,6 +38,11 @@ pathlib.Path("results/toy/metrics.json").write_text(json.dumps({"seed": seed}))
 pathlib.Path("imported.txt").write_text(pipeline.__file__)
 if seed == 13:
     raise SystemExit(2)
+if seed == 19:  # killed (preempted, OOM) unless the orchestrator asks it to resume
+    import signal
+    if os.environ.get("TLOPS_RESUME") != "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    pathlib.Path("data/toy/value.txt").write_text("resumed")
 """
 
 
@@ -107,6 +112,14 @@ def test_failed_stage_is_not_retryable_and_names_the_exit(toy_project: Path):
     workspace = RunWorkspace.create(toy_project, "fails", overrides={"common.seed": 13})
     with pytest.raises(StageFailed, match=r"stage toy failed \(exit 2\)"):
         workspace.repro("toy")
+
+
+def test_a_killed_stage_is_transient_and_its_retry_is_asked_to_resume(toy_project: Path):
+    workspace = RunWorkspace.create(toy_project, "killed", overrides={"common.seed": 19})
+    with pytest.raises(TransientFailure, match=r"stage toy was killed by SIGKILL; a retry resumes it in"):
+        workspace.repro("toy")
+    assert workspace.repro("toy", resume=True).status == "ran"
+    assert (workspace.path / "data/toy/value.txt").read_text() == "resumed"
 
 
 def test_a_hung_stage_is_stopped_at_its_limit_with_everything_it_started(toy_project: Path):

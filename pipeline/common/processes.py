@@ -3,6 +3,9 @@
 ``subprocess.run(timeout=...)`` kills only the direct child: `dvc repro` would die while the stage it
 launched kept training. Here the command gets its own process group, and on timeout the whole group
 is stopped (SIGTERM, then SIGKILL), so nothing it started outlives the limit.
+
+``TLOPS_RESUME=1`` in a stage's environment is the orchestrator's request to continue from the stage's
+checkpoint: the retrain flow sets it when it retries a killed stage in the same worktree.
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["CommandTimeout", "run_command"]
+__all__ = ["CommandTimeout", "run_command", "RESUME_ENV", "resume_requested"]
 _GRACE_S = 10.0  # between SIGTERM and SIGKILL
+RESUME_ENV = "TLOPS_RESUME"
+
+
+def resume_requested() -> bool:
+    """True when the orchestrator asks a training stage to continue from its checkpoint (a retry)."""
+    return os.environ.get(RESUME_ENV) == "1"
 
 
 class CommandTimeout(RuntimeError):

@@ -41,6 +41,12 @@ def data_version(workspace: Path) -> str:
     return f"{outs[0]['path']} md5 {outs[0]['md5']}" if outs else "unknown (ingest not run)"
 
 
+def _retried(stage: dict[str, Any]) -> str:
+    """' (attempt 2, resumed)' for a stage that a retry finished; nothing for a first attempt."""
+    attempt = stage.get("attempt", 1)
+    return f" (attempt {attempt}, resumed)" if attempt > 1 else ""
+
+
 def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str, Any],
                    stages: list[dict[str, Any]], commit: str) -> str:
     """Markdown summary of one run.
@@ -63,7 +69,7 @@ def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str,
              f"- **Workspace**: `{workspace}`", ""]
     lines += _headlines(metrics)
     lines += ["", "| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.1f} |" for s in stages]
+    lines += [f"| {s['stage']} | {s['status']}{_retried(s)} | {s['seconds']:.1f} |" for s in stages]
     ran = [s["stage"] for s in stages if s["status"] == "ran"]
     lines += ["", f"Stages that ran: {', '.join(ran) if ran else 'none (everything up to date)'}."]
     if not set(ran) & set(TRAINING_STAGES):

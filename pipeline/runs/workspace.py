@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import yaml
 
 from pipeline.common.errors import EXIT_TRANSIENT
 from pipeline.common.io import write_text
-from pipeline.common.processes import CommandTimeout, run_command
+from pipeline.common.processes import RESUME_ENV, CommandTimeout, run_command
 from pipeline.common.logs import get_logger
 from pipeline.config import OrchestrateParams, apply_overrides, load_params, validate_params
 from pipeline.project import DVC_YAML
@@ -32,7 +33,7 @@ from pipeline.runs.naming import branch_of, tag_of
 __all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure"]
 log = get_logger(__name__)
 
-_EXITED = re.compile(r"exited with (\d+)")
+_EXITED = re.compile(r"exited with (-?\d+)")
 _COMMAND_LIMIT = "orchestrate.command_timeout_s"
 _UNCONFIGURED_S = 600.0  # git commands run before a run's params are read (reading them, making the worktree)
 
@@ -159,29 +160,38 @@ class RunWorkspace:
             if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
                 self._dvc("remote", "modify", "--local", name, "url", url)
 
-    def repro(self, stage: str) -> StageResult:
+    def repro(self, stage: str, resume: bool = False) -> StageResult:
         """Run ``dvc repro <stage>`` in the worktree and say whether it ran, was skipped or restored.
 
+        Args:
+            stage: the stage name.
+            resume: a retry of a stage that was killed: training stages continue from their last
+                checkpoint in this worktree (``TLOPS_RESUME=1``; the command in dvc.yaml is unchanged).
         Raises:
-            StageFailed: the stage failed on bad input or a bug (no retry).
-            TransientFailure: the stage reported a network or storage failure (retry).
+            StageFailed: the stage failed on bad input or a bug, or ran past its limit (no retry).
+            TransientFailure: the stage reported a network or storage failure, or was killed by a
+                signal (preempted, killed by an operator or the OOM killer): a retry may succeed.
         """
         started = time.perf_counter()
         limit = self.limits.stage_timeouts.get(stage, self.limits.stage_timeout_s)
         limit_name = (f"orchestrate.stage_timeouts.{stage}" if stage in self.limits.stage_timeouts
                       else "orchestrate.stage_timeout_s")
         try:
-            proc = _dvc(self.path, "repro", stage, check=False, timeout=limit, limit_name=limit_name)
+            proc = _dvc(self.path, "repro", stage, check=False, timeout=limit, limit_name=limit_name,
+                        extra_env={RESUME_ENV: "1"} if resume else None)
         except CommandTimeout as err:
             raise StageFailed(f"stage {stage} timed out: {err}") from None
         output = proc.stdout + proc.stderr
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
-            codes = [int(c) for c in _EXITED.findall(output)]
+            codes = [int(c) for c in _EXITED.findall(output)] or [proc.returncode]
             tail = "\n".join(output.strip().splitlines()[-15:])
             if EXIT_TRANSIENT in codes:
                 raise TransientFailure(f"stage {stage} hit a transient failure:\n{tail}")
-            raise StageFailed(f"stage {stage} failed (exit {codes[-1] if codes else proc.returncode}):\n{tail}")
+            if codes[-1] < 0:  # the stage (or DVC itself) died by a signal: no verdict on the data or code
+                raise TransientFailure(f"stage {stage} was killed by {_signal_name(-codes[-1])}; a retry resumes "
+                                       f"it in {self.path}:\n{tail}")
+            raise StageFailed(f"stage {stage} failed (exit {codes[-1]}):\n{tail}")
         if f"Running stage '{stage}'" in output:
             status = "ran"
         elif re.search(rf"Stage '{stage}' is cached", output):
@@ -209,10 +219,48 @@ class RunWorkspace:
                 raise TransientFailure(f"dvc pull failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
 
     def push(self) -> None:
-        """Push the run's DVC outputs to the default remote."""
-        proc = self._dvc("push", check=False)
-        if proc.returncode != 0:
-            raise TransientFailure(f"dvc push failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
+        """Push the run's DVC outputs to the default remote, retried with backoff.
+
+        A retry costs little: DVC uploads only the objects the remote lacks, and an object is visible on
+        the remote only once whole (S3 creates an object when its upload completes; a folder remote gets
+        a temporary file renamed into place), so a push cut off by a fault or a kill leaves nothing
+        partial behind.
+
+        Raises:
+            TransientFailure: still failing after ``orchestrate.push_retries`` retries; names the remote's
+                last error.
+        """
+        attempts, delay = self.limits.push_retries + 1, self.limits.push_backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                proc = self._dvc("push", check=False)
+                failure = None if proc.returncode == 0 else _last_error(proc.stdout + proc.stderr, proc.returncode)
+            except CommandTimeout as err:
+                failure = str(err)
+            if failure is None:
+                return
+            if attempt < attempts:
+                log.warning("dvc push failed (attempt %d of %d), again in %.0f s: %s", attempt, attempts, delay,
+                            failure)
+                time.sleep(delay)
+                delay *= 2
+        raise TransientFailure(f"dvc push from {self.path} failed {attempts} times; last error: {failure}")
+
+
+def _last_error(output: str, code: int) -> str:
+    """DVC's ERROR line (its one-line cause), else its last line, else the exit status."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else (f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _git(cwd: Path, *args: str, check: bool = True, timeout: float = _UNCONFIGURED_S) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.common.device import select_device
+from pipeline.common.faults import kill_point
 from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
@@ -134,6 +135,7 @@ def run(params: Params, args: Args) -> dict:
     announce(metrics["verdict"], metrics["verdict_reason"])
     figures = write_plots(args.plots, metrics, learning, explained, classes, show)
     write_json(args.metrics, metrics)
+    kill_point("evaluate.report")
     report = write_report(Path(args.report_dir) / "report.html", metrics, figures)
     return {"verdict": metrics["verdict"], "reason": metrics["verdict_reason"],
             "test_accuracy": metrics["test_accuracy"], "labels_saved": metrics["labels_saved"]["labels_saved"],

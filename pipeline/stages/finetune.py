@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from pipeline.common.device import select_device
 from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
+from pipeline.common.processes import resume_requested
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
 from pipeline.data.shards import (dataset_version, read_classes, read_manifest, train_in_budget, use_validated,
@@ -76,7 +77,8 @@ def run(params: Params, args: Args) -> dict:
         loop = cfg.model_copy(update={"batch_size": small_data_batch(len(ids), cfg.batch_size)})
         data = training_data(model.preprocessing, args.dataset, ids, cfg.augment,
                              min_epoch_items=loop.min_epoch_steps * loop.batch_size)
-        ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers, args.resume, info)
+        ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers,
+                         args.resume or resume_requested(), info)
         started = time.perf_counter()
         result = Trainer(model.network, plan, data, loop, ctx).fit()
         seconds = time.perf_counter() - started

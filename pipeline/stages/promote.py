@@ -30,6 +30,7 @@ import torch
 
 from pipeline.common.device import select_device
 from pipeline.common.errors import TransientError
+from pipeline.common.faults import kill_point
 from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params, PromoteParams
@@ -94,10 +95,15 @@ def run(params: Params, args: Args) -> dict[str, Any]:
             "test_accuracy": round(new_accuracy, 4), "margin": cfg.margin, "registry": registry.location, **run}
     for attempt in range(1, _ATTEMPTS + 1):
         champion, token = registry.champion_and_token()
+        if champion is not None and champion["version"] == run["run_name"]:  # a rerun after a crash past the swap
+            decision = registry.card(run["run_name"])
+            log.info("promotion: this run's version is already the champion (an earlier attempt promoted it)")
+            break
         decision = {**base, **_compare(candidate, new_accuracy, champion, registry, args.dataset, device, cfg,
                                        run["run_name"])}
         if decision["version"] is not None:  # idempotent: a rerun after a crash finds its version registered
             registry.register(decision["version"], model_dir, decision)
+        kill_point("promote.registered")
         if not decision["promoted"]:
             break
         try:
@@ -111,6 +117,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
                         attempt, _ATTEMPTS)
     else:
         raise TransientError(f"{registry.location}: the champion kept changing during {_ATTEMPTS} comparisons")
+    kill_point("promote.swapped")
     (log.info if decision["promoted"] else log.warning)("promotion: %s (%s)", decision["decision"], decision["reason"])
     write_json(args.decision, decision)
     return decision

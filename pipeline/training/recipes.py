@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.common.processes import resume_requested
 from pipeline.config import BaselineParams, FinetuneParams, FreezeParams
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import FreezePlan, build_phases
@@ -90,7 +91,8 @@ def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Seque
     plan = scratch_plan(setup.model_name, blocks, block_param_counts(model.network, blocks), cfg.max_epochs, cfg.lr)
     data = training_data(model.preprocessing, setup.dataset, train_ids, loop.augment, val_ids,
                          loop.min_epoch_steps * batch)
-    ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.checkpoints, num_workers=setup.num_workers)
+    ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.checkpoints, num_workers=setup.num_workers,
+                     resume=setup.checkpoints is not None and resume_requested())
     started = time.perf_counter()
     fit = Trainer(model.network, plan, data, loop, ctx).fit()
     seconds = time.perf_counter() - started

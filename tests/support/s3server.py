@@ -4,7 +4,8 @@
 from this environment, waits until it answers, yields the endpoint URL and stops the server. The
 ``s3_endpoint`` fixture (module scope) wraps it with dummy credentials in the environment.
 ``ThrottlingProxy`` sits in front of it and answers the first requests for each object with
-503 SlowDown, to prove that retries with backoff really happen."""
+503 SlowDown or 500, cuts bodies off, or slows requests, to prove that retries with backoff really happen
+and that a cut-off transfer leaves nothing partial."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ import pytest
 from flows.server import free_port
 
 __all__ = ["s3_endpoint", "moto_server", "S3_ENV", "make_client", "ThrottlingProxy"]
+_ERRORS = {"throttle": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+           "error": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
+                          b"</Error>")}
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -86,15 +90,20 @@ def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> N
 
 
 class ThrottlingProxy:
-    """HTTP proxy to ``upstream`` failing the first ``failures`` GETs of each object: with 503 SlowDown
-    (``fault="throttle"``), or by cutting the body off halfway and dropping the connection (``"cut"``).
+    """HTTP proxy to ``upstream`` failing the first ``failures`` requests for each object (GETs, or the
+    ``methods`` given): with 503 SlowDown (``fault="throttle"``), 500 InternalError (``"error"``), or by
+    cutting the body off halfway and dropping the connection (``"cut"``); ``delay_s`` slows every
+    request of those methods. ``heal()`` ends the faults (the store recovers).
 
     Use as a context manager; ``url`` is the endpoint to give clients, ``throttled`` counts faults per path.
     """
 
-    def __init__(self, upstream: str, failures: int, fault: str = "throttle"):
+    def __init__(self, upstream: str, failures: int, fault: str = "throttle", methods: tuple[str, ...] = ("GET",),
+                 delay_s: float = 0.0):
         self.upstream, self.failures, self.fault = urlparse(upstream), failures, fault
+        self.methods, self.delay_s = methods, delay_s
         self.throttled: Counter[str] = Counter()
+        self.forwarded: Counter[str] = Counter()  # requests passed upstream, per method
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -107,10 +116,14 @@ class ThrottlingProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _should_throttle(self, method: str, path: str) -> bool:
-        is_object_get = method == "GET" and "list-type" not in path and path.count("/") >= 2
+    def heal(self) -> None:
         with self._lock:
-            if is_object_get and self.throttled[path] < self.failures:
+            self.failures = 0
+
+    def _should_throttle(self, method: str, path: str) -> bool:
+        is_object_request = method in self.methods and "list-type" not in path and path.count("/") >= 2
+        with self._lock:
+            if is_object_request and self.throttled[path] < self.failures:
                 self.throttled[path] += 1
                 return True
         return False
@@ -119,14 +132,21 @@ class ThrottlingProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` (S3 clients send it with uploads)
+
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
             def _forward(self) -> None:
                 faulty = proxy._should_throttle(self.command, self.path)
-                if faulty and proxy.fault == "throttle":
-                    body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                    self.send_response(503)
+                if self.command in proxy.methods and proxy.delay_s:
+                    time.sleep(proxy.delay_s)
+                if faulty and proxy.fault in _ERRORS:
+                    status, body = _ERRORS[proxy.fault]
+                    length = int(self.headers.get("Content-Length") or 0)
+                    if length:
+                        self.rfile.read(length)  # the client sent it; read it so the reply is not a reset
+                    self.send_response(status)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
@@ -136,6 +156,8 @@ class ThrottlingProxy:
                 conn.request(self.command, self.path, self.rfile.read(length) if length else None, dict(self.headers))
                 response = conn.getresponse()
                 data = response.read()
+                with proxy._lock:
+                    proxy.forwarded[self.command] += 1
                 self.send_response(response.status)
                 skip = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
                 for key, value in response.getheaders():
