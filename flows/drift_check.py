@@ -30,9 +30,8 @@ __all__ = ["drift_check"]
 
 
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
-def prepare(project: str, name: str, champion_tag: str, batch_source: str | None) -> str:
+def prepare(project: str, name: str, champion_tag: str, overrides: dict[str, Any]) -> str:
     """A worktree at the champion's run tag, its data and model checked out."""
-    overrides = {"shift.source": batch_source} if batch_source else {}
     workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=champion_tag)
     workspace.checkout()
     return str(workspace.path)
@@ -50,7 +49,8 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
         return {"drift_detected": None, "reason": "no champion"}
     name = run_name(flow_run.get_name() or "drift-check")
     # a champion promoted outside a versioned run has no tag: check against the current checkout then
-    workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD", parameters.batch_source))
+    workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD",
+                                 parameters.overrides(project / "params.yaml")))
     for stage in ("shift", "drift"):
         run_stage(str(project), name, stage)
     version(str(project), name, f"drift check {name} against champion {champion['version']}")

@@ -2,6 +2,8 @@
 
 Every field left empty keeps the value in params.yaml; a value given overrides it for that run only
 (it is written to the run's params.yaml, committed on the run's branch, and shown in the run summary).
+Form values cannot point the run at host locations params.yaml does not admit
+(pipeline/runs/confine.py).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import profile_overrides
+from pipeline.runs.confine import confine_form_overrides
 
 __all__ = ["RetrainParameters", "DriftCheckParameters"]
 
@@ -47,8 +51,11 @@ class RetrainParameters(BaseModel):
                 "seed": "common.seed"}
         chosen = {keys[name]: value for name, value in self.model_dump(exclude={"extra", "profile"}).items()
                   if value is not None}
-        profile = profile_overrides(params_path or Path("params.yaml"), self.profile) if self.profile else {}
-        return {**profile, **chosen, **self.extra}
+        params_path = Path(params_path or "params.yaml")
+        form = {**chosen, **self.extra}
+        confine_form_overrides(form, params_path.parent, _committed(params_path))
+        profile = profile_overrides(params_path, self.profile) if self.profile else {}
+        return {**profile, **form}
 
 
 class DriftCheckParameters(BaseModel):
@@ -62,3 +69,14 @@ class DriftCheckParameters(BaseModel):
     retrain_deployment: str = Field("retrain/retrain-on-demand", description="deployment started on drift")
     retrain: RetrainParameters = Field(default_factory=RetrainParameters,
                                        description="parameters of the retrain run started on drift")
+
+    def overrides(self, params_path: Path) -> dict[str, Any]:
+        """The params the check's worktree overrides: the batch as ``shift.source``, confined like any form value."""
+        form = {"shift.source": self.batch_source} if self.batch_source else {}
+        confine_form_overrides(form, params_path.parent, _committed(params_path))
+        return form
+
+
+def _committed(params_path: Path) -> dict[str, Any]:
+    """params.yaml as it is (its source and allowed roots bound what a form may point at)."""
+    return yaml.safe_load(params_path.read_text()) or {} if params_path.is_file() else {}

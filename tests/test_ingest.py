@@ -139,6 +139,27 @@ def test_an_over_limit_image_and_truncated_jpegs_reach_the_gate_instead_of_crash
     assert (tmp_path / "report" / "samples.png").stat().st_size > 1000
 
 
+def test_files_named_as_images_that_are_none_reach_the_gate_which_fails_naming_them(tmp_path, capsys):
+    root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 6})
+    (root / "cats" / "empty.png").write_bytes(b"")  # a download that never arrived, in two classes:
+    (root / "dogs" / "empty.png").write_bytes(b"")  # two failures, not one image under two labels
+    (root / "cats" / "export.jpg").write_text("<html>Access denied</html>")  # an error page saved as an image
+    (root / "dogs" / "notes.txt").write_text("taken at the shelter")  # not named as an image: skipped
+    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    manifest = read_manifest(tmp_path / "dataset").set_index("source_path")
+    for name in ("cats/empty.png", "dogs/empty.png", "cats/export.jpg"):
+        assert manifest.loc[str(root / name), "width"] == 0, name
+    assert str(root / "dogs" / "notes.txt") not in manifest.index
+    capsys.readouterr()
+    assert main(["validate", "--dataset", str(tmp_path / "dataset"), "--image-profile", str(tmp_path / "p.parquet"),
+                 "--metrics", str(tmp_path / "validate.json"), "--report-dir", str(tmp_path / "validate")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "validation gate failed" in error and "decodes (" in error
+    offending = "\n".join(json.loads((tmp_path / "validate.json").read_text())["checks"]["decodes"]["offending"])
+    for name in ("cats/empty.png", "dogs/empty.png", "cats/export.jpg"):
+        assert name in offending, name
+
+
 def test_refused_files_fail_the_ingest_naming_them_and_keep_the_old_dataset(tmp_path, capsys):
     root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 6})
     assert _ingest(tmp_path, f"ingest.source={root}") == 0

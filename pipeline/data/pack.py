@@ -1,7 +1,10 @@
 """Pack streamed images into tar shards, one manifest row each: header probe, hash, dedupe, skip list.
 
 Only the image header is read here (format, size, mode): a full decode of every image is the
-validation stage's job. Nothing is dropped silently: every skip carries its reason.
+validation stage's job. A file named as an image (or with no extension) whose bytes are no image (empty,
+text, a cut-off download) is stored anyway, for the validation gate to judge by name, rather than
+dropped here where the gate would never see it; other files (notes.txt, labels.json) are skipped.
+Nothing is dropped silently: every skip carries its reason.
 """
 
 from __future__ import annotations
@@ -106,7 +109,14 @@ def pack_records(records: Iterable[Record], shards_dir: Path, shard_bytes: int,
             try:
                 info = describe_image(record.data)
             except ValueError as err:
-                _skip(skipped, record.source_path, str(err))
+                if not _named_as_image(record.source_path):
+                    _skip(skipped, record.source_path, f"{err}; its extension is no image format")
+                    continue
+                log.warning("%s: %s; stored for the validation gate", record.source_path, err)
+                # distinct ids, no dedupe: ten empty files under two labels are ten failures, not a conflict
+                image_id = hashlib.sha256(record.source_path.encode() + record.data).hexdigest()[:16]
+                rows.append(store_image(writer, image_id, record.data, _undecodable(record.data),
+                                        source_path=record.source_path, label=record.label))
                 continue
             seen = first_seen.setdefault(info["sha256"], (record.source_path, record.label))
             if seen[0] != record.source_path:
@@ -123,6 +133,18 @@ def pack_records(records: Iterable[Record], shards_dir: Path, shard_bytes: int,
         raise DuplicateLabelError(f"{len(conflicts)} image(s) appear under two labels:\n"
                                   + "\n".join(conflicts[:_MAX_LISTED]) + more)
     return rows, skipped
+
+
+def _named_as_image(path: str) -> bool:
+    """The file's name says image: an extension PIL knows, or none at all."""
+    suffix = Path(path.rsplit("/", 1)[-1]).suffix.lower()
+    return not suffix or suffix in Image.registered_extensions()
+
+
+def _undecodable(data: bytes) -> dict:
+    """The manifest columns of bytes that are no image: their hash and size, no geometry."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "width": 0, "height": 0, "mode": "", "format": "bin",
+            "bytes": len(data)}
 
 
 def _skip(skipped: list[Skipped], path: str, reason: str) -> None:

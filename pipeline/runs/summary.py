@@ -42,9 +42,11 @@ def data_version(workspace: Path) -> str:
 
 
 def _retried(stage: dict[str, Any]) -> str:
-    """' (attempt 2, resumed)' for a stage that a retry finished; nothing for a first attempt."""
+    """' (attempt 2, resuming at phase 1 epoch 3)' for a stage that a retry finished; nothing for a first attempt."""
     attempt = stage.get("attempt", 1)
-    return f" (attempt {attempt}, resumed)" if attempt > 1 else ""
+    if attempt == 1:
+        return ""
+    return f" (attempt {attempt}, {stage['resumed']})" if stage.get("resumed") else f" (attempt {attempt})"
 
 
 def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str, Any],

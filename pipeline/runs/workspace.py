@@ -34,6 +34,7 @@ __all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure"]
 log = get_logger(__name__)
 
 _EXITED = re.compile(r"exited with (-?\d+)")
+_RESUMED = re.compile(r"resuming at phase \d+ epoch \d+")  # pipeline/training/loop.py's line on resume
 _COMMAND_LIMIT = "orchestrate.command_timeout_s"
 _UNCONFIGURED_S = 600.0  # git commands run before a run's params are read (reading them, making the worktree)
 
@@ -54,9 +55,10 @@ class StageResult:
     status: str  # "ran" | "skipped" (up to date) | "restored" (from DVC's run cache)
     seconds: float
     log_tail: str = field(repr=False, default="")
+    resumed: str | None = None  # where a resumed training stage picked up, e.g. "resuming at phase 2 epoch 3"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "status": self.status, "seconds": round(self.seconds, 2)}
+        return {"stage": self.stage, "status": self.status, "seconds": round(self.seconds, 2), "resumed": self.resumed}
 
 
 @dataclass
@@ -199,7 +201,8 @@ class RunWorkspace:
         else:
             status = "skipped"
         log.info("stage %s %s in %.1fs", stage, status, seconds)
-        return StageResult(stage, status, seconds, output[-4000:])
+        resumed = _RESUMED.search(output)
+        return StageResult(stage, status, seconds, output[-4000:], resumed.group(0) if resumed else None)
 
     def commit(self, message: str) -> str:
         """Commit params.yaml and dvc.lock on the run branch, tag it, and return the commit sha."""

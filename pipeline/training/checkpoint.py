@@ -5,9 +5,10 @@ states, where training stands (phase, next epoch), the history, the best weights
 early-stopping counter. Random streams need no saving: every epoch reseeds from (seed, phase, epoch).
 A fingerprint of the plan and settings guards against resuming a different run.
 
-A stage resumes with ``--resume``, or when ``TLOPS_RESUME=1`` is in its environment (pipeline.common.processes): the retrain flow
-sets it when it retries a stage that was killed, in the same worktree, so the retry continues from the
-last whole epoch instead of starting over (dvc.yaml's command, and so dvc.lock, stay the same).
+A stage resumes with ``--resume``, or when ``TLOPS_RESUME=1`` is in its environment
+(pipeline.common.processes): the retrain flow sets it when it retries a stage that was killed, in the
+same worktree, so the retry continues from the last whole epoch instead of starting over (dvc.yaml's
+command, and so dvc.lock, stay the same).
 """
 
 from __future__ import annotations
