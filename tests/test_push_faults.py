@@ -142,3 +142,14 @@ def test_a_push_killed_midway_leaves_only_whole_objects_and_a_rerun_completes_it
     objects = _remote_objects(client)
     assert len(objects) == FILES + 1
     _assert_all_whole(objects)
+
+
+def test_a_store_too_slow_for_the_limit_fails_the_push_naming_the_limit(toy_s3, s3_endpoint):  # noqa: F811
+    project, _ = toy_s3
+    with ThrottlingProxy(s3_endpoint, failures=0, methods=("PUT",), delay_s=10) as proxy:
+        workspace = _run(project, "slow", **{"orchestrate.push_retries": 1, "orchestrate.command_timeout_s": 8})
+        _point_remote_at(workspace, proxy.url)
+        with pytest.raises(TransientFailure, match=r"failed 2 times; last error: `.*dvc push` in .* ran past 8 s "
+                                                   r"\(orchestrate.command_timeout_s\) and was stopped"):
+            workspace.push()
+

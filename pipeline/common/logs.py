@@ -31,7 +31,7 @@ def setup_logging(level: str = "INFO") -> None:
     """Configure the ``tlops`` logger once: timestamped lines on stderr."""
     root = logging.getLogger("tlops")
     root.setLevel(level.upper())
-    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):  # others (a host's) may be there too
+    if not root.handlers:
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
