@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -93,7 +94,8 @@ def declared_options(root: Path, stage: str) -> dict[str, str | bool]:
 
 
 def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeout: float,
-        limit_name: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        limit_name: str, extra_env: dict[str, str] | None = None,
+        on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
     """Run the DVC of this environment in ``root``, stopped with everything it started after ``timeout``.
 
     Args:
@@ -104,6 +106,7 @@ def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeou
         timeout: seconds it may run (:func:`pipeline.common.processes.run_command`).
         limit_name: the param that sets ``timeout``, for the message.
         extra_env: variables added to this environment for the command (e.g. the resume request).
+        on_line: receives each output line while DVC runs (live logs); the output is then all in stdout.
     Returns:
         The completed process.
     """
@@ -114,7 +117,7 @@ def dvc(root: Path, *args: str, check: bool = True, capture: bool = True, timeou
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")])),
            **(extra_env or {})}
     proc = run_command([sys.executable, "-m", "dvc", *args], root, timeout=timeout, limit_name=limit_name, env=env,
-                       capture=capture)
+                       capture=capture, on_line=on_line)
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip() or f"exit {proc.returncode}"
         raise RuntimeError(f"dvc {' '.join(args)} failed in {root}: {detail}")

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.runs.naming import run_name
-from pipeline.runs.workspace import RunWorkspace, StageFailed, TransientFailure
+from pipeline.runs.workspace import RunWorkspace, StageFailed, TransientFailure, prune_runs
 
 # A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
 # versioning mechanics are tested in seconds without training anything.
@@ -36,6 +36,10 @@ pathlib.Path("data/toy/value.txt").write_text(str(seed * 7))
 pathlib.Path("results/toy").mkdir(parents=True, exist_ok=True)
 pathlib.Path("results/toy/metrics.json").write_text(json.dumps({"seed": seed}))
 pathlib.Path("imported.txt").write_text(pipeline.__file__)
+if seed == 23:  # a stage that reports as it goes
+    print("epoch 1 done", flush=True)
+    time.sleep(3)
+    print("epoch 2 done", flush=True)
 if seed == 13:
     raise SystemExit(2)
 if seed == 19:  # killed (preempted, OOM) unless the orchestrator asks it to resume
@@ -148,3 +152,43 @@ def test_duplicate_run_name_is_refused(toy_project: Path):
     RunWorkspace.create(toy_project, "dup")
     with pytest.raises(FileExistsError, match="a run named 'dup' already exists"):
         RunWorkspace.create(toy_project, "dup")
+
+
+def test_stage_output_reaches_the_caller_while_the_stage_runs(toy_project: Path):
+    workspace = RunWorkspace.create(toy_project, "talks", overrides={"common.seed": 23})
+    heard: list[tuple[float, str]] = []
+    workspace.repro("toy", on_line=lambda line: heard.append((time.monotonic(), line)))
+    ended = time.monotonic()
+    first = next(at for at, line in heard if line == "epoch 1 done")
+    assert ended - first > 2  # heard while the stage still had its 3 s sleep ahead
+    assert [line for _, line in heard if line.startswith("epoch")] == ["epoch 1 done", "epoch 2 done"]
+
+
+def test_retention_removes_old_finished_worktrees_and_keeps_their_tags(toy_project: Path, monkeypatch):
+    for day, name in enumerate(["old1", "old2", "new1", "new2"], start=1):
+        monkeypatch.setenv("GIT_COMMITTER_DATE", f"2026-11-0{day}T12:00:00")  # tag order without sleeping
+        workspace = RunWorkspace.create(toy_project, name, overrides={"common.seed": day})
+        workspace.repro("toy")
+        workspace.commit(f"run {name}")
+    unfinished = RunWorkspace.create(toy_project, "in-progress")  # no tag: running, or failed and kept
+
+    assert prune_runs(toy_project, keep=2) == ["old2", "old1"]
+    runs = toy_project / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["in-progress", "new1", "new2"]
+    assert unfinished.path.is_dir()
+    tags = _git(toy_project, "tag", "--list", "run-*").split()
+    assert {"run-old1", "run-old2", "run-new1", "run-new2"} <= set(tags)
+    assert "data/toy" in _git(toy_project, "show", "run-old1:dvc.lock")  # the removed run is still restorable
+    assert "runs/old1" not in _git(toy_project, "branch", "--list")
+    assert prune_runs(toy_project, keep=2) == []
+
+
+def test_runs_dir_from_params_is_where_worktrees_go(toy_project: Path, tmp_path: Path):
+    params = yaml.safe_load((toy_project / "params.yaml").read_text())
+    params["orchestrate"]["runs_dir"] = str(tmp_path / "elsewhere")
+    (toy_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(toy_project, "commit", "-qam", "runs elsewhere")
+    workspace = RunWorkspace.create(toy_project, "away")
+    assert workspace.path == tmp_path / "elsewhere" / "away"
+    assert RunWorkspace.open(toy_project, "away").repro("toy").status == "ran"
+    assert not (toy_project / "runs").exists()

@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -30,7 +30,7 @@ from pipeline.project import DVC_YAML
 from pipeline.project import dvc as _dvc
 from pipeline.runs.naming import branch_of, tag_of
 
-__all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure"]
+__all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure", "runs_root", "prune_runs"]
 log = get_logger(__name__)
 
 _EXITED = re.compile(r"exited with (-?\d+)")
@@ -89,21 +89,22 @@ class RunWorkspace:
         return _dvc(self.path, *args, check=check, timeout=self.limits.command_timeout_s, limit_name=_COMMAND_LIMIT)
 
     @classmethod
-    def create(cls, project: Path, name: str, runs_dir: str = "runs",
+    def create(cls, project: Path, name: str, runs_dir: str | None = None,
                overrides: dict[str, Any] | None = None, base: str = "HEAD") -> "RunWorkspace":
         """Make the worktree from the project's HEAD and write the run's param overrides.
 
         Args:
             project: the project root (a git repository with DVC initialised).
             name: the run name (branch ``runs/<name>``, tag ``run-<name>``).
-            runs_dir: folder under the project that holds run worktrees (gitignored).
+            runs_dir: folder of run worktrees, relative to the project or absolute (default: the
+                project's ``orchestrate.runs_dir``).
             overrides: ``{"finetune.epochs": 3, ...}``; validated before anything is created.
             base: the commit or tag to start from (e.g. ``run-<name>`` to revisit an earlier run).
         Returns:
             The workspace.
         """
         project = project.resolve()
-        path = project / runs_dir / name
+        path = runs_root(project, runs_dir) / name
         raw = yaml.safe_load(_git(project, "show", f"{base}:params.yaml").stdout) or {}
         pairs = [(key.split("."), value) for key, value in (overrides or {}).items()]
         merged = apply_overrides(raw, pairs)
@@ -139,10 +140,10 @@ class RunWorkspace:
                 return
 
     @classmethod
-    def open(cls, project: Path, name: str, runs_dir: str = "runs") -> "RunWorkspace":
+    def open(cls, project: Path, name: str, runs_dir: str | None = None) -> "RunWorkspace":
         """Return the existing workspace of run ``name``."""
         project = project.resolve()
-        path = project / runs_dir / name
+        path = runs_root(project, runs_dir) / name
         if not (path / DVC_YAML).is_file():
             raise FileNotFoundError(f"{path}: no run workspace named {name!r}")
         return cls(project, name, path)
@@ -162,13 +163,14 @@ class RunWorkspace:
             if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
                 self._dvc("remote", "modify", "--local", name, "url", url)
 
-    def repro(self, stage: str, resume: bool = False) -> StageResult:
+    def repro(self, stage: str, resume: bool = False, on_line: Callable[[str], None] | None = None) -> StageResult:
         """Run ``dvc repro <stage>`` in the worktree and say whether it ran, was skipped or restored.
 
         Args:
             stage: the stage name.
             resume: a retry of a stage that was killed: training stages continue from their last
                 checkpoint in this worktree (``TLOPS_RESUME=1``; the command in dvc.yaml is unchanged).
+            on_line: receives each line the stage prints while it runs (per-epoch lines, progress).
         Raises:
             StageFailed: the stage failed on bad input or a bug, or ran past its limit (no retry).
             TransientFailure: the stage reported a network or storage failure, or was killed by a
@@ -180,7 +182,7 @@ class RunWorkspace:
                       else "orchestrate.stage_timeout_s")
         try:
             proc = _dvc(self.path, "repro", stage, check=False, timeout=limit, limit_name=limit_name,
-                        extra_env={RESUME_ENV: "1"} if resume else None)
+                        extra_env={RESUME_ENV: "1"} if resume else None, on_line=on_line)
         except CommandTimeout as err:
             raise StageFailed(f"stage {stage} timed out: {err}") from None
         output = proc.stdout + proc.stderr
@@ -248,6 +250,39 @@ class RunWorkspace:
                 time.sleep(delay)
                 delay *= 2
         raise TransientFailure(f"dvc push from {self.path} failed {attempts} times; last error: {failure}")
+
+
+def runs_root(project: Path, runs_dir: str | None = None) -> Path:
+    """The folder of run worktrees: ``runs_dir``, else the project's ``orchestrate.runs_dir``; relative
+    paths are taken from the project (the main checkout)."""
+    folder = Path(runs_dir or load_params(project / "params.yaml").orchestrate.runs_dir).expanduser()
+    return folder if folder.is_absolute() else project / folder
+
+
+def prune_runs(project: Path, keep: int, runs_dir: str | None = None) -> list[str]:
+    """Remove the worktrees of finished runs but the newest ``keep``; return the names removed.
+
+    A finished run is one whose tag exists (committed and pushed). Its tag stays, with the commit that
+    names its data and models in dvc.lock, so ``git checkout run-<name> && dvc pull`` restores it; only
+    the working files and the run branch go. Worktrees without a tag (a run in progress, or one that
+    failed and is kept for inspection) are never touched.
+    """
+    project = project.resolve()
+    root = runs_root(project, runs_dir)
+    limit = load_params(project / "params.yaml").orchestrate.command_timeout_s
+    listing = _git(project, "worktree", "list", "--porcelain", timeout=limit).stdout
+    names = [Path(line[len("worktree "):]).name for line in listing.splitlines()
+             if line.startswith("worktree ") and Path(line[len("worktree "):]).parent == root]
+    tags = _git(project, "for-each-ref", "--sort=-creatordate", "--format=%(refname:short)", "refs/tags/run-*",
+                timeout=limit).stdout.split()
+    finished = [tag[len("run-"):] for tag in tags if tag[len("run-"):] in names]  # newest first
+    removed = []
+    for name in finished[keep:]:
+        _git(project, "worktree", "remove", "--force", str(root / name), timeout=limit)
+        _git(project, "branch", "-D", branch_of(name), check=False, timeout=limit)
+        removed.append(name)
+        log.info("removed the worktree of run %s (tag %s kept)", name, tag_of(name))
+    return removed
 
 
 def _last_error(output: str, code: int) -> str:
