@@ -227,6 +227,8 @@ class FinetuneParams(Section):
     cpu_bf16: bool = Field(False, description="CPU: bf16 autocast")
     channels_last: bool = Field(True, description="CPU and CUDA: the channels_last memory format (faster convolutions)")
     compile: bool = Field(False, description="torch.compile the trained module")
+    nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: the stage runs under torchrun with this many "
+                                                         "processes (DDP; one per GPU, gloo on the CPU)")
 
 
 class BaselineParams(Section):
@@ -322,6 +324,23 @@ class OrchestrateParams(Section):
     push_retries: int = Field(3, ge=0, le=20, description="`dvc push` attempts after the first, with backoff (it "
                                                          "uploads only what the remote lacks)")
     push_backoff_s: float = Field(2.0, ge=0, description="seconds before the first push retry; doubles each time")
+    keep_runs: int = Field(5, ge=1, description="finished run worktrees kept; older ones are removed after a "
+                                                "successful run (their tags and DVC versions stay)")
+    work_pool: str = Field("tlops", min_length=1, description="the Prefect work pool the deployments run on")
+    work_pool_type: Literal["process", "docker", "kubernetes"] = Field(
+        "process", description="process: a worker on this machine; docker/kubernetes: a job per run from "
+                               "worker_image")
+    worker_image: str = Field("tlops-worker:latest", min_length=1,
+                              description="image of docker/kubernetes flow runs (infra/docker/Dockerfile)")
+    concurrency_limit: str = Field("tlops-retrain", min_length=1,
+                                   description="Prefect global concurrency limit (one slot) every retrain run holds "
+                                               "while it trains: a scheduled and an on-demand run never overlap")
+    reports_store: str | None = Field(None, description="s3://bucket/prefix: each run's reports are uploaded "
+                                                        "there and linked in the dashboard by presigned URLs")
+    report_link_days: float = Field(7, gt=0, le=7, description="days a presigned report link stays valid (SigV4 "
+                                                               "allows at most 7)")
+    reports_url: str | None = Field(None, description="http(s) base URL of a web server that serves runs_dir "
+                                                      "(infra/compose's reports service); links use it")
 
 
 class Params(Section):

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ from typing import Any, Iterator, Protocol
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
-__all__ = ["Registry", "ChampionChanged", "open_registry"]
+__all__ = ["Registry", "ChampionChanged", "open_registry", "S3Store"]
 _COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
 
@@ -109,7 +110,9 @@ class _FolderStore:
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-class _S3Store:
+class S3Store:
+    """A folder of objects under s3://bucket/prefix (the registry's store; also where run reports go)."""
+
     def __init__(self, uri: str):
         import boto3
 
@@ -118,7 +121,8 @@ class _S3Store:
         # endpoint and credentials come from the environment / AWS profile, never from params.yaml
         self.s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
-    def _key(self, rel: str) -> str:
+    def key(self, rel: str) -> str:
+        """The object key of ``rel`` under the store's prefix."""
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def put_dir(self, rel: str, local: Path) -> None:
@@ -126,19 +130,21 @@ class _S3Store:
         # upload cut off by a kill is invisible and a rerun uploads it again in full
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
         for name in files:
-            self.s3.upload_file(str(local / name), self.bucket, self._key(f"{rel}/{name}"))
+            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"  # a browser renders a report
+            self.s3.upload_file(str(local / name), self.bucket, self.key(f"{rel}/{name}"),
+                                ExtraArgs={"ContentType": kind})
         self.put_json(f"{rel}/{_COMPLETE}", {"files": files})
 
     def put_json(self, rel: str, obj: Any) -> None:
         body = json.dumps(obj, indent=2, sort_keys=True).encode()
-        self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=body)
+        self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=body)
 
     def get_json(self, rel: str) -> Any | None:
         return self.get_json_token(rel)[0]
 
     def get_json_token(self, rel: str) -> tuple[Any | None, str | None]:
         try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.key(rel))
         except self.s3.exceptions.NoSuchKey:
             return None, None
         return json.loads(response["Body"].read()), response["ETag"]
@@ -149,14 +155,14 @@ class _S3Store:
         body = json.dumps(obj, indent=2, sort_keys=True).encode()
         condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=body, **condition)
+            self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=body, **condition)
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise ChampionChanged(f"s3://{self.bucket}/{self._key(rel)} changed since it was read") from None
+                raise ChampionChanged(f"s3://{self.bucket}/{self.key(rel)} changed since it was read") from None
             raise
 
     def fetch_dir(self, rel: str, dest: Path) -> Path:
-        prefix = self._key(rel) + "/"
+        prefix = self.key(rel) + "/"
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 relative = obj["Key"][len(prefix):]
@@ -171,7 +177,7 @@ class _S3Store:
         return dest
 
     def list_dirs(self, rel: str) -> list[str]:
-        prefix = self._key(rel) + "/"
+        prefix = self.key(rel) + "/"
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
         names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
         return [name for name in names if self.get_json(f"{rel}/{name}/{_COMPLETE}") is not None]
@@ -253,6 +259,6 @@ def _is_run_name(name: str) -> bool:
 def open_registry(location: str, base: Path) -> Registry:
     """Open the registry at a folder (relative to ``base``) or an ``s3://`` URI."""
     if location.startswith("s3://"):
-        return Registry(_S3Store(location), location)
+        return Registry(S3Store(location), location)
     root = Path(location) if Path(location).is_absolute() else base / location
     return Registry(_FolderStore(root), str(root))

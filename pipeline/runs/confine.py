@@ -24,7 +24,8 @@ __all__ = ["LOCATION_KEYS", "SOURCE_KEYS", "confine_form_overrides"]
 
 LOCATION_KEYS = ("ingest.allowed_roots", "ingest.download_root", "ingest.s3_endpoint_url", "ingest.s3_profile",
                  "ingest.allow_download", "select.weights", "select.hub_dir", "select.allow_download",
-                 "promote.registry", "orchestrate.runs_dir", "drift.ui_host", "drift.ui_port")
+                 "promote.registry", "orchestrate.runs_dir", "orchestrate.keep_runs", "orchestrate.reports_store",
+                 "orchestrate.reports_url", "orchestrate.concurrency_limit", "drift.ui_host", "drift.ui_port")
 SOURCE_KEYS = ("ingest.source", "shift.source")
 _REMOTE_SOURCES = ("s3://", "torchvision:")
 

@@ -18,7 +18,7 @@ from pipeline.runs.naming import tag_of
 # stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
 TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "evaluate")
 
-__all__ = ["render_summary", "report_links", "stage_metrics", "drift_summary"]
+__all__ = ["render_summary", "html_reports", "headline_table", "stage_metrics", "drift_summary"]
 
 
 def stage_metrics(workspace: Path) -> dict[str, dict[str, Any]]:
@@ -85,13 +85,26 @@ def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def report_links(workspace: Path) -> list[tuple[str, str]]:
-    """(label, file URL) for every HTML report the run wrote under reports/."""
+def html_reports(workspace: Path) -> list[str]:
+    """Every HTML report the run wrote, relative to its reports/ folder (the pages a person opens)."""
     reports = workspace / "reports"
     if not reports.is_dir():
         return []
-    return [(str(path.relative_to(reports)), path.resolve().as_uri()) for path in sorted(reports.rglob("*.html"))
+    return [path.relative_to(reports).as_posix() for path in sorted(reports.rglob("*.html"))
             if ".gx" not in path.parts and "static" not in path.parts][:20]
+
+
+# (stage, metric key) of the numbers the dashboard's table artifact shows for each run
+HEADLINE_METRICS = (("finetune", "test_accuracy"), ("baseline", "test_accuracy"), ("evaluate", "verdict"),
+                    ("drift", "drift_detected"), ("drift", "p_value"), ("promote", "decision"),
+                    ("promote", "candidate"))
+
+
+def headline_table(workspace: Path) -> list[dict[str, Any]]:
+    """Rows (stage, metric, value) of the run's headline numbers, for a table artifact."""
+    metrics = stage_metrics(workspace)
+    return [{"stage": stage, "metric": key, "value": _fmt(metrics[stage][key])}
+            for stage, key in HEADLINE_METRICS if key in metrics.get(stage, {})]
 
 
 def _headlines(metrics: dict[str, dict[str, Any]]) -> list[str]:
@@ -133,9 +146,13 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def drift_summary(workspace: Path, champion: str) -> tuple[dict[str, Any], str]:
+def drift_summary(workspace: Path, champion: str, links: list[tuple[str, str]] = ()) -> tuple[dict[str, Any], str]:
     """The drift verdict of a drift-check run and its markdown text.
 
+    Args:
+        workspace: the drift check's worktree.
+        champion: the champion's version.
+        links: (label, URL) of the run's reports (pipeline.runs.publish); the drift ones are linked.
     Returns:
         ({"drift_detected": bool, "reason": str}, markdown).
     """
@@ -152,5 +169,5 @@ def drift_summary(workspace: Path, champion: str) -> tuple[dict[str, Any], str]:
         lines.append(f"- **Sizes**: {drift['n_reference']} reference vs {drift['n_current']} current images"
                      + (f"; detectable share {share:.0%}" if share is not None else ""))
     lines += [f"- **Warning**: {warning}" for warning in drift.get("warnings", [])]
-    lines += [f"- **Report**: [{label}]({link})" for label, link in report_links(workspace) if "drift" in label]
+    lines += [f"- **Report**: [{label}]({link})" for label, link in links if "drift" in label]
     return verdict, "\n".join(lines) + "\n"
