@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-stamp
 # with an unchanged lock file does nothing.
 SETUP_HASH = $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: setup run test bench ui drift-ui lock clean-env
+.PHONY: setup run test bench ui deploy worker drift-ui lock clean-env
 
 setup:
 	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$(SETUP_HASH)" ]; then \
@@ -38,8 +38,19 @@ test: setup
 bench: setup
 	$(BIN)/python -m bench
 
+# a local server with the deployments served from this terminal (SQLite; DATABASE_URL=postgresql+asyncpg://...
+# puts the server on PostgreSQL) and a web server for the reports on :8080
 ui: setup
-	$(PREFECT_ENV) $(BIN)/python -m flows.deploy --start-server
+	$(PREFECT_ENV) $(BIN)/python -m flows.deploy --start-server $(if $(DATABASE_URL),--database-url '$(DATABASE_URL)')
+
+# Unattended: register the deployments on the work pool of the server in PREFECT_API_URL (params
+# orchestrate.work_pool / work_pool_type), and run a worker on that pool; no foreground `serve`.
+PREFECT_API_URL ?= http://127.0.0.1:4200/api
+deploy: setup
+	$(PREFECT_ENV) PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m flows.deploy --register
+
+worker: setup
+	$(PREFECT_ENV) PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m flows.deploy --worker
 
 drift-ui: setup
 	$(BIN)/python -m pipeline.cli drift-ui

@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows.parameters import DriftCheckParameters
-from flows.retrain import run_stage, version
+from flows.retrain import notify_on_failure, publish, run_stage, version
 from pipeline.config import load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
@@ -37,7 +37,7 @@ def prepare(project: str, name: str, champion_tag: str, overrides: dict[str, Any
     return str(workspace.path)
 
 
-@flow(name="drift-check", log_prints=True)
+@flow(name="drift-check", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure])
 def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> dict[str, Any]:
     """Check the newest batch for drift against the champion; start retrain when it drifted."""
     logger = get_run_logger()
@@ -54,7 +54,7 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
     for stage in ("shift", "drift"):
         run_stage(str(project), name, stage)
     version(str(project), name, f"drift check {name} against champion {champion['version']}")
-    verdict, text = drift_summary(workspace, champion["version"])
+    verdict, text = drift_summary(workspace, champion["version"], publish(str(workspace), name))
     create_markdown_artifact(text, key="drift-check-summary", description=f"drift check {name}")
     started = None
     if verdict["drift_detected"] and parameters.retrain_on_drift:

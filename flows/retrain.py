@@ -9,18 +9,24 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run, task_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.tasks import exponential_backoff
 
+from flows.engine import ensure_concurrency_limit
 from flows.parameters import RetrainParameters
+from pipeline.config import load_params
 from pipeline.project import built_stages, find_root
 from pipeline.runs.naming import run_name
-from pipeline.runs.summary import render_summary, report_links
-from pipeline.runs.workspace import RunWorkspace, TransientFailure
+from pipeline.runs.notify import notify_failure
+from pipeline.runs.publish import publish_reports
+from pipeline.runs.summary import headline_table, render_summary
+from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs
 
-__all__ = ["retrain", "RETRY_POLICY"]
+__all__ = ["retrain", "RETRY_POLICY", "notify_on_failure"]
 
 
 def _only_transient(task, task_run, state) -> bool:
@@ -41,9 +47,11 @@ def prepare(project: str, name: str, overrides: dict[str, Any]) -> str:
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
 def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
     """Run one stage through DVC in the run's worktree; a retry (after a kill) resumes from its checkpoint."""
-    attempt = task_run.run_count
-    result = RunWorkspace.open(Path(project), name).repro(stage, resume=attempt > 1)
-    get_run_logger().info("stage %s: %s in %.1fs (attempt %d)", stage, result.status, result.seconds, attempt)
+    attempt, logger = task_run.run_count, get_run_logger()
+    # each line the stage prints (per-epoch lines, progress) reaches the run log while the stage runs
+    result = RunWorkspace.open(Path(project), name).repro(stage, resume=attempt > 1,
+                                                          on_line=lambda line: logger.info("%s | %s", stage, line))
+    logger.info("stage %s: %s in %.1fs (attempt %d)", stage, result.status, result.seconds, attempt)
     return {**result.as_dict(), "attempt": attempt}
 
 
@@ -56,24 +64,48 @@ def version(project: str, name: str, message: str) -> str:
     return sha
 
 
-@flow(name="retrain", log_prints=True)
+@task(name="publish-reports", **RETRY_POLICY)
+def publish(workspace: str, name: str) -> list[tuple[str, str]]:
+    """Upload the run's reports where configured; (label, http(s) link) for the dashboard."""
+    return publish_reports(Path(workspace), name, load_params(Path(workspace) / "params.yaml").orchestrate)
+
+
+def notify_on_failure(flow, flow_run, state) -> None:
+    """on_failure / on_crashed hook: POST the failure to TLOPS_FAILURE_WEBHOOK (pipeline/runs/notify.py)."""
+    ui = PREFECT_UI_URL.value()
+    notify_failure(flow.name, flow_run.name, state.name, state.message or "",
+                   url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None)
+
+
+@flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure])
 def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "on demand") -> dict[str, Any]:
-    """Run the stage chain in a fresh versioned worktree, then publish a summary artifact."""
+    """Run the stage chain in a fresh versioned worktree, then publish a summary, metrics and report links."""
     project = str(find_root())
+    orchestrate = load_params(Path(project) / "params.yaml").orchestrate
     name = run_name(flow_run.get_name() or "local")
     overrides = parameters.overrides(Path(project) / "params.yaml")
-    workspace = prepare(project, name, overrides)
-    chain = built_stages(Path(workspace))
-    stages = [run_stage(project, name, stage) for stage in chain if stage != "promote"]
-    sha = version(project, name, f"run {name}: {reason}")
-    if "promote" in chain:  # after the commit, tag and push: a champion never points at data not yet pushed
-        stages.append(run_stage(project, name, "promote"))
-        sha = version(project, name, f"run {name}: promotion decision")
+    ensure_concurrency_limit(orchestrate.concurrency_limit)
+    get_run_logger().info("run %s waits for the %r slot (one retrain trains at a time)", name,
+                          orchestrate.concurrency_limit)
+    with concurrency(orchestrate.concurrency_limit, occupy=1, strict=True):
+        workspace = prepare(project, name, overrides)
+        chain = built_stages(Path(workspace))
+        stages = [run_stage(project, name, stage) for stage in chain if stage != "promote"]
+        sha = version(project, name, f"run {name}: {reason}")
+        if "promote" in chain:  # after the commit, tag and push: a champion never points at data not yet pushed
+            stages.append(run_stage(project, name, "promote"))
+            sha = version(project, name, f"run {name}: promotion decision")
     summary = render_summary(Path(workspace), name=name, reason=reason, overrides=overrides,
                              stages=stages, commit=sha)
     create_markdown_artifact(summary, key="retrain-summary", description=f"run {name}")
-    for label, link in report_links(Path(workspace)):
+    create_table_artifact(headline_table(Path(workspace)), key="retrain-metrics",
+                          description=f"headline metrics of run {name}")
+    for label, link in publish(workspace, name):
         create_link_artifact(link, link_text=label, description=f"{label} of run {name}")
+    removed = prune_runs(Path(project), keep=orchestrate.keep_runs)
+    if removed:
+        print(f"Removed {len(removed)} old run worktree(s) (orchestrate.keep_runs = {orchestrate.keep_runs}; their "
+              f"tags stay): {', '.join(removed)}")
     print(summary)
     return {"run": name, "workspace": workspace, "commit": sha, "stages": stages}
 

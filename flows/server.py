@@ -1,17 +1,21 @@
-"""A local Prefect server process on loopback (SQLite): for `make ui` and the end-to-end tests."""
+"""Local servers on loopback for `make ui` and the end-to-end tests: a Prefect server process (SQLite, or
+PostgreSQL given a database URL) and a web server for the runs' HTML reports."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["PrefectServer", "free_port"]
+__all__ = ["PrefectServer", "ReportServer", "free_port"]
 
 
 def free_port() -> int:
@@ -24,9 +28,11 @@ def free_port() -> int:
 class PrefectServer:
     """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME; a context manager."""
 
-    def __init__(self, home: Path, port: int | None = None, log_path: Path | None = None):
+    def __init__(self, home: Path, port: int | None = None, log_path: Path | None = None,
+                 database_url: str | None = None):
         self.home, self.port = Path(home), port or free_port()
         self.log_path = log_path or self.home / "server.log"
+        self.database_url = database_url  # None: SQLite under home
         self.process: subprocess.Popen | None = None
 
     @property
@@ -47,9 +53,20 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         prefect = Path(sys.executable).with_name("prefect")
+        env = self.env()
+        if self.database_url:  # only the server needs it; clients talk to the API
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         self.process = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port",
-                                         str(self.port)], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                         str(self.port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:  # a timeout, or this process told to stop meanwhile: never leave it running
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -57,10 +74,9 @@ class PrefectServer:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
         raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout:.0f}s; see {self.log_path}")
 
     def stop(self) -> None:
@@ -74,6 +90,42 @@ class PrefectServer:
                 self.process.wait()
 
     def __enter__(self) -> "PrefectServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args) -> None:  # one line per request would drown the dashboard's output
+        pass
+
+
+class ReportServer:
+    """Serves a folder (the runs' worktrees) read-only over http on 127.0.0.1, from a thread."""
+
+    def __init__(self, root: Path, port: int = 0):
+        self.root, self.port = Path(root), port
+        self.httpd: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ReportServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        handler = functools.partial(_QuietHandler, directory=str(self.root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    def __enter__(self) -> "ReportServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:

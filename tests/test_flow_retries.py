@@ -1,12 +1,20 @@
-"""The retrain flow's retry policy: transient failures are retried with backoff, bad data never."""
+"""The retrain flow's retry policy (transient failures retried with backoff, bad data never) and its failure
+notification (a POST to the webhook in TLOPS_FAILURE_WEBHOOK)."""
 
 from __future__ import annotations
+
+import http.server
+import json
+import threading
 
 import pytest
 from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.retrain import RETRY_POLICY
+from flows.parameters import RetrainParameters
+from flows.retrain import RETRY_POLICY, retrain
+from pipeline.config import ConfigError
+from pipeline.runs.notify import WEBHOOK_ENV, notify_failure
 from pipeline.runs.workspace import StageFailed, TransientFailure
 
 
@@ -43,3 +51,39 @@ def test_bad_data_is_not_retried():
     with pytest.raises(StageFailed):
         run()
     assert len(calls) == 1
+
+
+class _Webhook(http.server.BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_retrain_run_posts_to_the_failure_webhook(project, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        monkeypatch.chdir(project)
+        with pytest.raises(ConfigError):
+            retrain(RetrainParameters(extra={"common.seed": -1}), reason="bad form value")
+    finally:
+        server.shutdown()
+        server.server_close()
+    [body] = _Webhook.received
+    assert body["flow"] == "retrain" and body["state"] == "Failed"
+    assert "common.seed = -1" in body["message"] and body["text"].startswith("tlops: retrain run ")
+
+
+def test_no_webhook_no_post_and_an_unreachable_one_never_raises(monkeypatch, caplog):
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    assert notify_failure("retrain", "r1", "Failed", "boom") is None
+    monkeypatch.setenv(WEBHOOK_ENV, "http://127.0.0.1:9/closed")  # port 9 (discard): connection refused
+    body = notify_failure("retrain", "r1", "Crashed", "stage finetune was killed\nmore")
+    assert body["text"] == "tlops: retrain run r1 crashed: stage finetune was killed"

@@ -14,14 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import yaml
 
-from flows.server import PrefectServer
+from flows.server import PrefectServer, free_port
 from tests.conftest import ROOT, copy_project
+from tests.support.flowruns import artifacts, finish, start, wait_for
 from tests.support.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def served(tmp_path_factory):
                                stderr=subprocess.STDOUT, start_new_session=True)
     api = httpx.Client(base_url=server.api_url, timeout=30)
     try:
-        _wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
+        wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
                   f"deployments never appeared; see {work / 'serve.log'}")
         yield {"project": project, "server": server, "api": api, "work": work}
     finally:
@@ -49,49 +49,15 @@ def served(tmp_path_factory):
         api.close()
 
 
-def _wait_for(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(1)
-    raise TimeoutError(message)
-
-
-def _start(api: httpx.Client, flow: str, deployment: str, parameters: dict) -> str:
-    """What the dashboard's Run button does: create a flow run of the deployment with parameters."""
-    dep = api.get(f"/deployments/name/{flow}/{deployment}").raise_for_status().json()
-    for _ in range(10):  # a freshly started SQLite server can answer 503 while it is busy migrating/serving
-        run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
-        if run.status_code != 503:
-            break
-        time.sleep(3)
-    return run.raise_for_status().json()["id"]
-
-
-def _finish(api: httpx.Client, run_id: str, timeout: float = 900) -> dict:
-    def done() -> bool:
-        return api.get(f"/flow_runs/{run_id}").json()["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-    _wait_for(done, timeout, f"flow run {run_id} did not finish in {timeout}s")
-    run = api.get(f"/flow_runs/{run_id}").json()
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    return run
-
-
-def _artifacts(api: httpx.Client, run_id: str) -> list[dict]:
-    return api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
-
-
 def _summary(api: httpx.Client, run_id: str) -> str:
-    return next(a["data"] for a in _artifacts(api, run_id) if a["key"] in {"retrain-summary", "drift-check-summary"})
+    return next(a["data"] for a in artifacts(api, run_id) if a["key"] in {"retrain-summary", "drift-check-summary"})
 
 
 @pytest.fixture(scope="module")
 def first_run(served):
-    run_id = _start(served["api"], "retrain", "retrain-on-demand",
+    run_id = start(served["api"], "retrain", "retrain-on-demand",
                     {"parameters": {"seed": 1, "extra": {"promote.margin": 0.01}}, "reason": "started from the API"})
-    return _finish(served["api"], run_id)
+    return finish(served["api"], run_id)
 
 
 def test_on_demand_run_versions_promotes_and_reports(served, first_run):
@@ -100,7 +66,7 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     for expected in ("started from the API", "Chosen model**: efficientnet_lite0", "Freeze plan", "Transfer verdict",
                      "Drift detected", "Promotion**: promoted", '"common.seed": 1'):
         assert expected in summary, expected
-    links = [a["data"] for a in _artifacts(api, first_run["id"]) if a["key"] is None]
+    links = [a["data"] for a in artifacts(api, first_run["id"]) if a["key"] is None]
     assert any("evaluate/report.html" in link for link in links) and any("drift/report.html" in link for link in links)
 
     tag = next(line for line in summary.splitlines() if "git tag" in line).split("`")[1]
@@ -126,9 +92,9 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
 
 def test_rerun_with_same_inputs_skips_training(served, first_run):
     api = served["api"]
-    run_id = _start(api, "retrain", "retrain-on-demand",
+    run_id = start(api, "retrain", "retrain-on-demand",
                     {"parameters": {"seed": 1, "extra": {"promote.margin": 0.01}}, "reason": "rerun"})
-    _finish(api, run_id)
+    finish(api, run_id)
     summary = _summary(api, run_id)
     assert "Training stages skipped: every one was up to date" in summary
     for stage in ("ingest", "select", "finetune", "baseline", "evaluate"):
@@ -159,13 +125,13 @@ def test_dashboard_shows_deployment_and_run(served, first_run):
 
 def test_drift_check_on_shifted_set_starts_retrain(served, first_run):
     api = served["api"]
-    run_id = _start(api, "drift-check", "drift-check",
+    run_id = start(api, "drift-check", "drift-check",
                     {"parameters": {"retrain": {"seed": 1, "extra": {"promote.margin": 0.01}}}})
-    _finish(api, run_id)
+    finish(api, run_id)
     assert "Drift detected**: True" in _summary(api, run_id)
     triggered = api.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["drift-triggered"]}}}).json()
     assert len(triggered) == 1
-    retrain = _finish(api, triggered[0]["id"])
+    retrain = finish(api, triggered[0]["id"])
     assert retrain["parameters"]["reason"].startswith("drift detected by drift check")
 
 
@@ -180,3 +146,39 @@ def test_deployments_have_schedules_limits_and_a_parameter_form(served):
     form = api.get("/deployments/name/retrain/retrain-on-demand").json()["parameter_openapi_schema"]
     fields = form["definitions"]["RetrainParameters"]["properties"]
     assert {"source", "candidates", "strategy", "epochs", "device", "extra"} <= set(fields)
+
+
+def test_make_ui_serves_on_the_server_it_started_with_a_reports_server(tmp_path):
+    """`make ui` (flows.deploy --start-server): the deployments land on the server it started, not on a
+    temporary one, and the reports web server answers."""
+    project = copy_project(tmp_path / "project")
+    port, reports_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = open(tmp_path / "ui.log", "wb")
+    ui = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--start-server", "--port", str(port),
+                           "--reports-port", str(reports_port)], cwd=project, env=env, stdout=log,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        api = f"http://127.0.0.1:{port}/api"
+
+        def served() -> bool:
+            try:
+                return httpx.get(f"{api}/deployments/name/retrain/retrain-scheduled", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(served, 180, f"deployments never appeared on the started server; see {tmp_path / 'ui.log'}")
+        assert httpx.get(f"http://127.0.0.1:{reports_port}/", timeout=10).status_code == 200
+        assert "temporary server" not in (tmp_path / "ui.log").read_text()
+    finally:
+        ui.send_signal(signal.SIGTERM)  # as a service manager stops it: the server it started stops too
+        ui.wait(timeout=60)
+    wait_for(lambda: not _serving(port), 30, f"the Prefect server on port {port} outlived `make ui`")
+
+
+def _serving(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

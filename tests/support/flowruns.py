@@ -1,0 +1,43 @@
+"""Driving deployments over the Prefect API the way the dashboard does, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+__all__ = ["wait_for", "start", "finish", "artifacts"]
+
+
+def wait_for(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(1)
+    raise TimeoutError(message)
+
+
+def start(api: httpx.Client, flow: str, deployment: str, parameters: dict) -> str:
+    """What the dashboard's Run button does: create a flow run of the deployment with parameters."""
+    dep = api.get(f"/deployments/name/{flow}/{deployment}").raise_for_status().json()
+    for _ in range(10):  # a freshly started SQLite server can answer 503 while it is busy migrating/serving
+        run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+        if run.status_code != 503:
+            break
+        time.sleep(3)
+    return run.raise_for_status().json()["id"]
+
+
+def finish(api: httpx.Client, run_id: str, timeout: float = 900) -> dict:
+    def done() -> bool:
+        return api.get(f"/flow_runs/{run_id}").json()["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+    wait_for(done, timeout, f"flow run {run_id} did not finish in {timeout}s")
+    run = api.get(f"/flow_runs/{run_id}").json()
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    return run
+
+
+def artifacts(api: httpx.Client, run_id: str) -> list[dict]:
+    return api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
