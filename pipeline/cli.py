@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -112,10 +113,25 @@ def _run_stage(name: str, argv: list[str]) -> int:
     params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
     setup_logging(params.common.log_level)
     args = module.Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Args)})
-    with replaced_as_set(_output_args(args, declared, replaced_outputs(root, name))):
-        summary = module.run(params, args)
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    # a stage that may run as several processes (finetune under torchrun) says so after its params are read
+    launch = getattr(module, "launch", None)
+    ranks = launch(params, argv) if launch is not None else None
+    outputs = _output_args(args, declared, replaced_outputs(root, name)) if _replaces_outputs() else []
+    with replaced_as_set(outputs):
+        summary = ranks() if ranks is not None else module.run(params, args)
+    if summary is not None and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 prints it
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def _replaces_outputs() -> bool:
+    """Whether this process replaces the stage's outputs as a set. Under torchrun only one does: the
+    `tlops` process that launched the ranks, or rank 0 when torchrun was started by hand."""
+    if "RANK" not in os.environ:
+        return True
+    from pipeline.training.ddp import LAUNCHER_ENV
+
+    return os.environ["RANK"] == "0" and LAUNCHER_ENV not in os.environ
 
 
 def _output_args(args: object, declared: dict, outputs: list[str]) -> list[Path]:

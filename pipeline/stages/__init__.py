@@ -4,6 +4,8 @@ A stage module exposes ``Args`` (a dataclass: ``Path`` fields are input/output p
 are flags) and ``run(params, args) -> dict`` (a small JSON-able summary); the work lives in the
 library packages it calls (pipeline/data, validation, shift, selection, freezing, training,
 evaluation, drift, models). The CLI, DVC (through the CLI) and the Prefect flow all call that one ``run``.
+A stage that can run as several processes also exposes ``launch(params, argv)`` (finetune: torchrun when
+``finetune.nproc_per_node`` > 1); the CLI calls it after reading the params.
 """
 
 from __future__ import annotations

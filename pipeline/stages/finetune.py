@@ -9,14 +9,18 @@ per-epoch ``history.csv`` (for ``dvc plots``), a PNG of the curves, and the chec
 Params: ``common`` (seed, device, image_size, num_workers) and ``finetune``.
 
 Runs as one process, or under ``torchrun --nproc_per_node N -m pipeline.cli finetune ...`` with
-DistributedDataParallel (NCCL on CUDA, gloo on the CPU); only rank 0 writes outputs.
+DistributedDataParallel (NCCL on CUDA, gloo on the CPU); only rank 0 writes outputs. With
+``finetune.nproc_per_node`` > 1 (or ``TLOPS_NPROC_PER_NODE``) ``tlops finetune`` starts those ranks itself
+(:func:`launch`): the same command from DVC, the flow or a shell.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from torch.utils.data import DataLoader
 
@@ -32,10 +36,11 @@ from pipeline.freezing.plan import FreezePlan, load_plan
 from pipeline.models import LoadedModel
 from pipeline.training.curves import plot_history, write_history
 from pipeline.training.data import small_data_batch, training_data
-from pipeline.training.ddp import barrier, init_distributed, shutdown
+from pipeline.training.ddp import (barrier, init_distributed, processes_wanted, run_torchrun, shutdown,
+                                   torchrun_command, under_torchrun)
 from pipeline.training.loop import FitResult, Precision, RunContext, Trainer, evaluate
 
-__all__ = ["Args", "run"]
+__all__ = ["Args", "run", "launch"]
 log = get_logger(__name__)
 
 
@@ -89,6 +94,41 @@ def run(params: Params, args: Args) -> dict:
         return summary
     finally:
         shutdown(info)
+
+
+def launch(params: Params, argv: list[str]) -> Callable[[], None] | None:
+    """The stage as several processes, when asked for: ``tlops finetune`` relaunches itself under torchrun.
+
+    Asked for by ``finetune.nproc_per_node`` > 1, or ``TLOPS_NPROC_PER_NODE`` (an integer, or ``auto``:
+    one process per GPU), which overrides it. Never from inside torchrun (RANK / WORLD_SIZE set).
+
+    Args:
+        params: the validated params (profile and ``--set`` overrides applied).
+        argv: this command's arguments after ``finetune``; the ranks get them unchanged (and this
+            environment, ``TLOPS_RESUME`` included).
+    Returns:
+        None to run in this process; else a callable that runs ``torchrun --standalone --nproc_per_node N
+        -m pipeline.cli finetune <argv>``, waits for it and raises on a failed rank with that rank's exit
+        code (:func:`pipeline.training.ddp.run_torchrun`). Rank 0 prints the summary.
+    Raises:
+        ValueError: more processes than CUDA devices, a device DDP does not run on, a bad
+            ``TLOPS_NPROC_PER_NODE``.
+    """
+    if under_torchrun():
+        return None
+    device = select_device(params.common.device)
+    nproc, source = processes_wanted(params.finetune.nproc_per_node, device, "finetune.nproc_per_node")
+    if nproc == 1:
+        return None
+    command = torchrun_command(nproc, ["-m", "pipeline.cli", "finetune", *argv])
+    backend = "NCCL, one process per GPU" if device.type == "cuda" else "gloo on the CPU"
+
+    def ranks() -> None:
+        print(f"tlops finetune: launched under torchrun with {nproc} processes ({source}; DDP, {backend}): "
+              f"{Path(command[0]).name} {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        run_torchrun(command)
+
+    return ranks
 
 
 def _kept(result: FitResult) -> dict:
