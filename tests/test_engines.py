@@ -5,9 +5,10 @@ process work pool (`python -m flows.deploy --register`, what `make deploy` runs)
 Runs are started over the API as the dashboard does. One pair of runs (the scheduled and the on-demand
 deployment, started together) shows: the worker picks both up, the shared concurrency limit makes them
 train one after the other, stage output reaches the run log while the stage runs, and the report links
-are http URLs that a browser opens (served by the reports web server). The project's chain is cut after
-the fine-tune (ingest, validate, select, freeze, finetune): these tests are about the engine, and the
-whole chain runs through Prefect in tests/test_orchestration_e2e.py.
+are http URLs that a browser opens (served by the reports web server), and the fine-tune runs under
+torchrun with 2 processes (`finetune.nproc_per_node: 2`, gloo on the CPU) from the flow. The project's
+chain is cut after the fine-tune (ingest, validate, select, freeze, finetune): these tests are about the
+engine, and the whole chain runs through Prefect in tests/test_orchestration_e2e.py.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.skipif(po
 CHAIN = ("ingest", "validate", "select", "freeze", "finetune")
 
 
-def _cut_chain(project: Path) -> None:
-    """Keep the stages up to the fine-tune in the project's dvc.yaml, committed."""
+def _cut_chain_and_use_two_ranks(project: Path) -> None:
+    """Keep the stages up to the fine-tune in the project's dvc.yaml, and fine-tune with 2 processes
+    (torchrun, gloo on the CPU); committed."""
     pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
     pipeline["stages"] = {name: stage for name, stage in pipeline["stages"].items() if name in CHAIN}
     (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["nproc_per_node"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "chain up to finetune"],
                    cwd=project, check=True)
 
@@ -52,7 +57,7 @@ def engine(tmp_path_factory):
     """PostgreSQL, a Prefect server on it, the deployments registered on the pool, a process worker."""
     work = tmp_path_factory.mktemp("engine")
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
-    _cut_chain(project)
+    _cut_chain_and_use_two_ranks(project)
     with PostgresServer() as postgres, PrefectServer(work / "prefect", database_url=postgres.url) as server, \
             ReportServer(project / "runs") as reports:
         env = {**server.env(), URL_ENV: reports.url, "PREFECT_WORKER_QUERY_SECONDS": "2"}
@@ -133,6 +138,14 @@ def test_scheduled_and_on_demand_runs_take_turns_with_live_logs_and_http_links(e
     assert a_end <= b_start, f"runs overlapped: {a_start}..{a_end} and {b_start}..{b_end}"
     waited = [m for r in runs for m in _logs(api, r["id"]) if "waits for the 'tlops-retrain' slot" in m]
     assert len(waited) == 2
+
+    # the run that trained fine-tuned with two torchrun ranks; the other started from its state
+    launched = [m for r in runs for m in _logs(api, r["id"]) if "launched under torchrun with 2 processes" in m]
+    assert len(launched) == 1, launched
+    worktrees = sorted((engine["project"] / "runs").iterdir())
+    assert len(worktrees) == 2
+    for worktree in worktrees:
+        assert json.loads((worktree / "results/finetune/metrics.json").read_text())["world_size"] == 2
 
     for run in runs:
         found = artifacts(api, run["id"])
