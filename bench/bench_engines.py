@@ -2,7 +2,7 @@
 four runs at once on the process work pool leave the project intact.
 
 Part 1, in one run, on the same kind of tiny project (tests/support/tiny.py, chain cut after the fine-tune
-as in tests/test_engines.py), each engine with its own project copy:
+tests/support/tiny.py cut_chain), each engine with its own project copy:
 - A: a Prefect server on SQLite and the deployments served by `python -m flows.deploy` (the `make ui` path);
 - B: a Prefect server on PostgreSQL, the deployments registered on the process work pool
   (`python -m flows.deploy --register`, `make deploy`) and a worker on it (`--worker`, `make worker`).
@@ -92,12 +92,11 @@ def _stop(proc: subprocess.Popen, timeout: float = 60) -> None:
 def make_project(work: Path) -> Path:
     """A tiny project copy (own image folder and DVC remote) with the chain cut after the fine-tune."""
     from tests.conftest import copy_project
-    from tests.support.tiny import make_tiny_project
-    from tests.test_engines import _cut_chain
+    from tests.support.tiny import cut_chain, make_tiny_project
 
     work.mkdir(parents=True, exist_ok=True)
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
-    _cut_chain(project)
+    cut_chain(project)
     return project
 
 

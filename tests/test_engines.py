@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,24 +31,10 @@ from pipeline.runs.publish import URL_ENV
 from tests.conftest import copy_project
 from tests.support.flowruns import artifacts, finish, start, wait_for
 from tests.support.postgres import PostgresServer, postgres_bin
-from tests.support.tiny import make_tiny_project
+from tests.support.tiny import cut_chain, make_tiny_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.skipif(postgres_bin() is None, reason=(
     "PostgreSQL server binaries not installed (.ci/run installs Debian's postgresql package)"))]
-CHAIN = ("ingest", "validate", "select", "freeze", "finetune")
-
-
-def _cut_chain_and_use_two_ranks(project: Path) -> None:
-    """Keep the stages up to the fine-tune in the project's dvc.yaml, and fine-tune with 2 processes
-    (torchrun, gloo on the CPU); committed."""
-    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
-    pipeline["stages"] = {name: stage for name, stage in pipeline["stages"].items() if name in CHAIN}
-    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["finetune"]["nproc_per_node"] = 2
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "chain up to finetune"],
-                   cwd=project, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def engine(tmp_path_factory):
     """PostgreSQL, a Prefect server on it, the deployments registered on the pool, a process worker."""
     work = tmp_path_factory.mktemp("engine")
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
-    _cut_chain_and_use_two_ranks(project)
+    cut_chain(project, finetune={"nproc_per_node": 2})  # the fine-tune as 2 torchrun ranks
     with PostgresServer() as postgres, PrefectServer(work / "prefect", database_url=postgres.url) as server, \
             ReportServer(project / "runs") as reports:
         env = {**server.env(), URL_ENV: reports.url, "PREFECT_WORKER_QUERY_SECONDS": "2"}

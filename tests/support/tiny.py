@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["TINY", "PER_CLASS", "write_digit_folder", "make_tiny_project"]
+__all__ = ["TINY", "PER_CLASS", "UP_TO_FINETUNE", "write_digit_folder", "make_tiny_project", "cut_chain"]
 
 PER_CLASS = 30
+UP_TO_FINETUNE = ("ingest", "validate", "select", "freeze", "finetune")
 TINY = {
     "common": {"image_size": 32},
     "shift": {"corruptions": ["gaussian_noise", "contrast"], "severities": [5], "per_cell": 20},
@@ -56,5 +57,18 @@ def make_tiny_project(project: Path, remote: Path) -> Path:
     subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)],
                    cwd=project, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny params"],
+                   cwd=project, check=True)
+    return project
+
+
+def cut_chain(project: Path, keep: tuple[str, ...] = UP_TO_FINETUNE, **params: dict) -> Path:
+    """Keep only the stages ``keep`` in the project's dvc.yaml and merge ``params`` (section -> values) into
+    its params.yaml; committed. For tests and benches about orchestration, not about the later stages."""
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    pipeline["stages"] = {name: stage for name, stage in pipeline["stages"].items() if name in keep}
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    merged = _deep_update(yaml.safe_load((project / "params.yaml").read_text()), params)
+    (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", f"chain cut to {keep[-1]}"],
                    cwd=project, check=True)
     return project
