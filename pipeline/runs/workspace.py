@@ -268,8 +268,9 @@ def prune_runs(project: Path, keep: int, runs_dir: str | None = None) -> list[st
     failed and is kept for inspection) are never touched.
     """
     project = project.resolve()
-    root = runs_root(project, runs_dir)
-    limit = load_params(project / "params.yaml").orchestrate.command_timeout_s
+    orchestrate = load_params(project / "params.yaml").orchestrate  # read once: the folder and the limit
+    root = runs_root(project, runs_dir or orchestrate.runs_dir)
+    limit = orchestrate.command_timeout_s
     listing = _git(project, "worktree", "list", "--porcelain", timeout=limit).stdout
     names = [Path(line[len("worktree "):]).name for line in listing.splitlines()
              if line.startswith("worktree ") and Path(line[len("worktree "):]).parent == root]
