@@ -90,9 +90,12 @@ def _logs(api: httpx.Client, run_id: str) -> list[str]:
 
 
 def _trained_between(api: httpx.Client, run_id: str) -> tuple[datetime, datetime]:
-    """First start and last end of the run's stage tasks (where it held the training slot)."""
+    """First start and last end of the run's tasks that hold the training slot.
+
+    Publishing the reports comes after the slot is released, so it may overlap the next run's first task.
+    """
     tasks = api.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [run_id]}}}).json()
-    stages = [t for t in tasks if t["start_time"] and t["end_time"]]
+    stages = [t for t in tasks if t["start_time"] and t["end_time"] and not t["name"].startswith("publish-reports")]
     return (min(datetime.fromisoformat(t["start_time"]) for t in stages),
             max(datetime.fromisoformat(t["end_time"]) for t in stages))
 

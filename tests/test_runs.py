@@ -118,7 +118,11 @@ def test_failed_stage_is_not_retryable_and_names_the_exit(toy_project: Path):
         workspace.repro("toy")
 
 
-def test_a_killed_stage_is_transient_and_its_retry_is_asked_to_resume(toy_project: Path):
+# DVC runs a stage through $SHELL: bash execs the command (DVC sees -9), dash forks it and exits 137
+@pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
+def test_a_killed_stage_is_transient_and_its_retry_is_asked_to_resume(toy_project: Path, shell: str,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SHELL", shell)
     workspace = RunWorkspace.create(toy_project, "killed", overrides={"common.seed": 19})
     with pytest.raises(TransientFailure, match=r"stage toy was killed by SIGKILL; a retry resumes it in"):
         workspace.repro("toy")

@@ -188,7 +188,7 @@ class RunWorkspace:
         output = proc.stdout + proc.stderr
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
-            codes = [int(c) for c in _EXITED.findall(output)] or [proc.returncode]
+            codes = [_as_signal(int(c)) for c in _EXITED.findall(output)] or [_as_signal(proc.returncode)]
             tail = "\n".join(output.strip().splitlines()[-15:])
             if EXIT_TRANSIENT in codes:
                 raise TransientFailure(f"stage {stage} hit a transient failure:\n{tail}")
@@ -293,6 +293,15 @@ def _last_error(output: str, code: int) -> str:
     if errors:
         return errors[-1]
     return lines[-1] if lines else (f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}")
+
+
+def _as_signal(code: int) -> int:
+    """A shell's 128+N for a child killed by signal N as -N, as Python reports it.
+
+    DVC runs the command through $SHELL, or /bin/sh when it is unset (a CI box, a worker); dash forks the
+    command and exits 128+N where bash would have exec'd it and DVC would see -N.
+    """
+    return -(code - 128) if 128 < code <= 128 + 64 else code
 
 
 def _signal_name(number: int) -> str:
