@@ -4,6 +4,7 @@ clean data (with convertible modes) passes; the quarantine policy excludes, list
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -147,3 +148,40 @@ def test_later_stages_refuse_data_that_failed_the_gate(tmp_path, capsys):
     assert _shift(out, out / "metrics.json") == 2
     assert "the validation gate failed (decodes)" in capsys.readouterr().err
     assert not (out / "current").exists()
+
+
+# Anything a browser would fetch from another host: src/href attributes, CSS url() and @import.
+_EXTERNAL = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?|@import\s+["']?)(?:https?:)?//""", re.I)
+# In GX's pages a plain link to its online docs loads nothing; resources must not come from outside.
+_EXTERNAL_RESOURCE = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//"""
+                                r"""|url\(\s*["']?(?:https?:)?//|@import\s+["']?(?:https?:)?//""", re.I)
+
+
+@pytest.mark.parametrize("extra, status, code", [
+    ([], "passed", 0),
+    ([Item("gray", "owl", "train", bad.grayscale_png(205))], "passed_with_warnings", 0),  # needs_no_conversion warns
+    ([Item("trunc", "dog", "train", bad.truncated_jpeg())], "failed", 2),  # decodes is critical
+])
+def test_report_page_shows_the_gate_status_offline(tmp_path, capsys, extra, status, code):
+    run_code, out = _validate(tmp_path, _clean_items() + extra, CLASSES[:3])
+    assert run_code == code, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == status and metrics["passed"] == (status != "failed")
+    assert metrics["report"] == str(out / "reports" / "report.html")
+    page = (out / "reports" / "report.html").read_text()
+    assert f"Status: {status.replace('_', ' ')}</b>" in page
+    assert not _EXTERNAL.search(page), _EXTERNAL.search(page)
+    assert 'src="data:image/png;base64,' in page and 'href="data_docs/index.html"' in page
+    rows = {name: re.search(rf"<tr class=\"(\w+)\"><td><code>{name}</code>", page) for name in metrics["checks"]}
+    assert all(rows.values()) and {row.group(1) for row in rows.values()} == {
+        "passed": {"pass"}, "passed_with_warnings": {"pass", "warn"}, "failed": {"pass", "fail"}}[status]
+    assert metrics["checks"]["row_count"]["threshold"] == "20 <= rows <= 10,000,000"
+    docs = out / "reports" / "data_docs"
+    validation_page = next((docs / "validations").rglob("*.html"))
+    for html in (docs / "index.html", validation_page, docs / "expectations" / "image_gate.html"):
+        text = html.read_text()
+        assert not _EXTERNAL_RESOURCE.search(text), (html, _EXTERNAL_RESOURCE.search(text))
+        assert f"Gate status: {status.replace('_', ' ')}" in text and "<script" not in text
+    assert validation_page.relative_to(docs).as_posix() in (docs / "index.html").read_text()  # listed statically
+    gx_status = re.search(r"Status:</span>\s*([^<(]+)", validation_page.read_text()).group(1).strip()
+    assert gx_status == status.replace("_", " ")

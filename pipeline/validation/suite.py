@@ -39,6 +39,7 @@ class CheckResult:
 
     name: str
     severity: str
+    threshold: str = ""
     passed: bool = True
     observed: list[Any] = field(default_factory=list)
     unexpected_count: int = 0
@@ -47,7 +48,7 @@ class CheckResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form for metrics.json."""
         observed = self.observed[0] if len(self.observed) == 1 else self.observed
-        return {"severity": self.severity, "passed": self.passed, "observed": observed,
+        return {"severity": self.severity, "threshold": self.threshold, "passed": self.passed, "observed": observed,
                 "unexpected_count": self.unexpected_count, "offending": self.offending}
 
 
@@ -104,7 +105,8 @@ def run_suite(table: pd.DataFrame, cfg: ValidateParams, classes: list[str], cont
     batch = (context.data_sources.add_pandas("profile").add_dataframe_asset("images")
              .add_batch_definition_whole_dataframe("all images"))
     suite = context.suites.add(gx.ExpectationSuite(name="image_gate"))
-    for expectations in build_expectations(cfg, classes).values():
+    built = build_expectations(cfg, classes)
+    for expectations in built.values():
         for expectation in expectations:
             suite.add_expectation(expectation)
     definition = context.validation_definitions.add(gx.ValidationDefinition(data=batch, suite=suite,
@@ -115,11 +117,45 @@ def run_suite(table: pd.DataFrame, cfg: ValidateParams, classes: list[str], cont
     outcome = checkpoint.run(batch_parameters={"dataframe": table})
     log.info("GX checkpoint %s: %d expectations, success %s (any severity)", checkpoint.name,
              len(suite.expectations), outcome.success)
-    results = {name: CheckResult(name, getattr(cfg.severity, name)) for name in CHECK_NAMES}
+    results = {name: CheckResult(name, getattr(cfg.severity, name), "; ".join(map(_threshold, built[name])))
+               for name in CHECK_NAMES}
     for validation in outcome.run_results.values():
         for result in validation.results:
             _merge(results[result.expectation_config.meta["check"]], result, table)
     return list(results.values())
+
+
+def _threshold(expectation: gxe.Expectation) -> str:
+    """The threshold the report shows: what an expectation requires, in a few words built from its arguments."""
+    kw = expectation.configuration.kwargs
+    subject = kw.get("column", "rows")
+    kind = expectation.expectation_type
+    if kind.endswith("_to_be_between"):
+        low = f"{_num(kw['min_value'])} <= " if kw.get("min_value") is not None else ""
+        high = f" <= {_num(kw['max_value'])}" if kw.get("max_value") is not None else ""
+        rule = f"{low}{subject}{high}"
+    elif kind == "expect_column_distinct_values_to_contain_set":
+        rule = f"{subject} has each of {_values(kw['value_set'])}"
+    elif kind.endswith("_to_be_in_set"):
+        rule = f"{subject} in {_values(kw['value_set'])}"
+    elif kind.endswith("_to_be_null"):
+        rule = f"{subject} is null"
+    elif kind == "expect_compound_columns_to_be_unique":
+        rule = f"({', '.join(kw['column_list'])}) unique"
+    else:  # an expectation added later without a phrase here still shows what it checks
+        rule = f"{kind} {kw}"
+    mostly = kw.get("mostly", 1.0)
+    return rule if mostly >= 1 else f"{rule} for at least {100 * mostly:g}% of rows"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.4g}"
+
+
+def _values(values: list[Any], shown: int = 12) -> str:
+    """A value set as {a, b, ...}, cut after ``shown`` values (thousands of classes stay one line)."""
+    more = f", ... ({len(values)} in all)" if len(values) > shown else ""
+    return "{" + ", ".join(map(str, values[:shown])) + more + "}"
 
 
 def _new_context(context_dir: Path) -> Any:
