@@ -297,6 +297,23 @@ class DriftParams(Section):
     ui_port: int = Field(8000, ge=1, le=65535)
 
 
+class ExportParams(Section):
+    """Serving exports of the run's candidate (pipeline/stages/export.py)."""
+
+    formats: list[Literal["torchscript", "onnx"]] = Field(["torchscript", "onnx"], min_length=1,
+                                                          description="files written beside model.pt")
+    atol: float = Field(1e-3, gt=0, le=1, description="largest |logit difference| from PyTorch an export may show "
+                                                      "on the checked test images (float32 kernels differ ~1e-5)")
+    check_images: int = Field(256, ge=2, description="test images each export is run on and compared")
+
+    @field_validator("formats")
+    @classmethod
+    def _distinct(cls, formats: list[str]) -> list[str]:
+        if len(set(formats)) != len(formats):
+            raise ValueError(f"each format once: {formats}")
+        return formats
+
+
 class PromoteParams(Section):
     """Promotion gate and model registry (pipeline/promote.py)."""
 
@@ -356,6 +373,7 @@ class Params(Section):
     baseline: BaselineParams = BaselineParams()
     evaluate: EvaluateParams = EvaluateParams()
     drift: DriftParams = DriftParams()
+    export: ExportParams = ExportParams()
     promote: PromoteParams = PromoteParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
 

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Protocol
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
-__all__ = ["Registry", "ChampionChanged", "open_registry", "S3Store"]
+__all__ = ["Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate"]
 _COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
 
@@ -212,8 +212,9 @@ class Registry:
         """The decision record stored with a version."""
         return self.store.get_json(f"versions/{self._checked(version)}/decision.json")
 
-    def register(self, version: str, model_dir: Path, decision: dict[str, Any]) -> None:
-        """Store a model directory and its decision as a version (whole or not at all).
+    def register(self, version: str, model_dir: Path, decision: dict[str, Any], extras: list[Path] = ()) -> None:
+        """Store a model directory and its decision (plus ``extras``: files such as the model card) as a
+        version, whole or not at all.
 
         A version already holding the same model (its card's ``state_dict_sha256``: a rerun after a
         crash) only gets the new decision; a different model under that name is refused.
@@ -228,6 +229,8 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / version
             shutil.copytree(model_dir, staged)
+            for extra in extras:
+                shutil.copy2(extra, staged / Path(extra).name)
             write_json(staged / "decision.json", decision)
             self.store.put_dir(f"versions/{version}", staged)
 
@@ -246,6 +249,15 @@ class Registry:
 
     def _checked(self, version: str) -> str:
         return check_run_name(version, f"{self.location}: version")
+
+
+def run_candidate(evaluation_path: Path, finetuned: Path, baseline: Path) -> tuple[dict[str, Any], Path]:
+    """A run's candidate for the registry: the model its evaluation recommends (the fine-tuned one unless the
+    scratch baseline beat it). Returns (the evaluation's metrics, that model's directory)."""
+    evaluation = read_json(evaluation_path)
+    if evaluation.get("verdict") is None or evaluation.get("recommended_model") not in ("finetuned", "scratch"):
+        raise ValueError(f"{evaluation_path}: no 'verdict' / 'recommended_model' (re-run the evaluate stage)")
+    return evaluation, finetuned if evaluation["recommended_model"] == "finetuned" else baseline
 
 
 def _is_run_name(name: str) -> bool:

@@ -31,13 +31,14 @@ import torch
 from pipeline.common.device import select_device
 from pipeline.common.errors import TransientError
 from pipeline.common.faults import kill_point
-from pipeline.common.io import read_json, write_json
+from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params, PromoteParams
 from pipeline.data.shards import use_validated, validation_field
 from pipeline.models import LoadedModel
+from pipeline.models.loaded import read_card
 from pipeline.project import main_checkout
-from pipeline.registry import ChampionChanged, Registry, open_registry
+from pipeline.registry import ChampionChanged, Registry, open_registry, run_candidate
 from pipeline.runs.naming import run_identity
 
 __all__ = ["Args", "run", "test_accuracy", "class_change", "promotion_decision"]
@@ -56,6 +57,11 @@ class Args:
     evaluation: Path = field(metadata={"help": "the evaluate stage's metrics.json (the transfer verdict)"})
     decision: Path = field(metadata={"help": "decision.json to write"})
     validation: Path | None = validation_field()
+    model_card: Path | None = field(default=None, metadata={
+        "help": "the card stage's model_card.md: stored with the registered version (None: none)"})
+    exports: Path | None = field(default=None, metadata={
+        "help": "the export stage's bundle (the candidate with its TorchScript and ONNX files): registered in "
+                "place of the bare candidate (None in code: the candidate's directory)"})
 
 
 def test_accuracy(model: LoadedModel, dataset: Path, batch_size: int = 256) -> float:
@@ -82,13 +88,12 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     cfg = params.promote
     root = Path.cwd()
     registry = open_registry(cfg.registry, main_checkout(root))
-    evaluation = read_json(args.evaluation)
-    verdict, recommended = evaluation.get("verdict"), evaluation.get("recommended_model")
-    if verdict is None or recommended not in ("finetuned", "scratch"):
-        raise ValueError(f"{args.evaluation}: no 'verdict' / 'recommended_model' (re-run the evaluate stage)")
+    evaluation, model_dir = run_candidate(args.evaluation, args.model, args.baseline)
+    verdict, recommended = evaluation["verdict"], evaluation["recommended_model"]
     device = select_device(params.common.device)
-    model_dir = args.model if recommended == "finetuned" else args.baseline
     candidate = LoadedModel.load(model_dir, device)
+    if args.exports is not None:  # register the export stage's bundle: the same model, with its serving files
+        model_dir = _same_model(args.exports, candidate)
     new_accuracy = test_accuracy(candidate, args.dataset)
     run = run_identity(root)
     base = {"verdict": verdict, "candidate": recommended, "candidate_reason": evaluation.get("recommended_reason", ""),
@@ -102,7 +107,8 @@ def run(params: Params, args: Args) -> dict[str, Any]:
         decision = {**base, **_compare(candidate, new_accuracy, champion, registry, args.dataset, device, cfg,
                                        run["run_name"])}
         if decision["version"] is not None:  # idempotent: a rerun after a crash finds its version registered
-            registry.register(decision["version"], model_dir, decision)
+            registry.register(decision["version"], model_dir, decision,
+                              extras=[args.model_card] if args.model_card is not None else [])
         kill_point("promote.registered")
         if not decision["promoted"]:
             break
@@ -121,6 +127,17 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     (log.info if decision["promoted"] else log.warning)("promotion: %s (%s)", decision["decision"], decision["reason"])
     write_json(args.decision, decision)
     return decision
+
+
+def _same_model(bundle: Path, candidate: LoadedModel) -> Path:
+    """The export bundle, once its card names the candidate's weights (an export of another model never
+    reaches the registry under this run's name)."""
+    exported = read_card(bundle)
+    if exported["state_dict_sha256"] != candidate.card["state_dict_sha256"]:
+        raise ValueError(f"{bundle}: exports another model than the candidate {candidate.name} "
+                         f"({exported['state_dict_sha256'][:12]} vs {candidate.card['state_dict_sha256'][:12]}); "
+                         "re-run the export stage")
+    return bundle
 
 
 def _compare(candidate: LoadedModel, accuracy: float, champion: dict | None, registry: Registry, dataset: Path,

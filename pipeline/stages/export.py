@@ -1,0 +1,90 @@
+"""Stage ``export``: the run's candidate model as TorchScript and ONNX, each checked on real test images.
+
+Inputs: the dataset (its test split), the evaluation metrics (which model is the candidate: the fine-tuned
+one unless the scratch baseline beat it) and both model directories.
+Output: a bundle directory, the candidate's ``model.pt`` and ``card.json`` with ``model.torchscript.pt``,
+``model.onnx`` and ``export.json`` beside them (pipeline/models/export.py); promotion registers this bundle,
+so every registry version carries its serving files. ``metrics.json`` (DVC metrics): per format the largest
+absolute logit difference from PyTorch and the top-1 agreement on the checked images.
+Params: ``common`` and ``export`` (formats, tolerance, images checked).
+Fails (exit 2) when an export's logits differ by more than ``export.atol`` or one top-1 class differs: a
+serving file that disagrees with the evaluated model is never registered.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.common.io import atomic_dir, write_json
+from pipeline.common.logs import get_logger
+from pipeline.config import Params
+from pipeline.data.shards import use_validated, validation_field
+from pipeline.models import LoadedModel
+from pipeline.models.export import EXPORT_CARD, check_exports, export_formats
+from pipeline.registry import run_candidate
+
+__all__ = ["Args", "run"]
+log = get_logger(__name__)
+
+
+@dataclass
+class Args:
+    """Paths of the export stage."""
+
+    dataset: Path = field(metadata={"help": "dataset directory (its test split checks the exports)"})
+    evaluation: Path = field(metadata={"help": "the evaluate stage's metrics.json (which model is the candidate)"})
+    finetuned: Path = field(metadata={"help": "the fine-tuned model directory"})
+    baseline: Path = field(metadata={"help": "the scratch baseline model directory"})
+    out: Path = field(metadata={"help": "bundle directory to write: the candidate's files plus its exports"})
+    metrics: Path = field(metadata={"help": "metrics.json to write (the checks of each format)"})
+    validation: Path | None = validation_field()
+
+
+def run(params: Params, args: Args) -> dict[str, Any]:
+    """Export the candidate, check each format against PyTorch on test images, write the bundle."""
+    use_validated(args.dataset, args.validation)
+    cfg = params.export
+    evaluation, model_dir = run_candidate(args.evaluation, args.finetuned, args.baseline)
+    model = LoadedModel.load(model_dir, "cpu")  # exports are traced on the CPU: device-neutral files
+    images = _test_batch(model, args.dataset, cfg.check_images)
+    with torch.no_grad():
+        reference = model.network(images).numpy()
+    formats = tuple(cfg.formats)
+    with atomic_dir(args.out) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        seconds = export_formats(model.network, images[:min(len(images), 8)], tmp, formats)
+        checks = check_exports(tmp, reference, images, formats, cfg.atol)
+        failed = {name: check for name, check in checks.items() if not check["passed"]}
+        if failed:
+            raise ValueError("; ".join(
+                f"{name} export disagrees with PyTorch on {check['images']} test images of {args.dataset}: max "
+                f"|logit difference| {check['max_abs_logit_diff']:.2e} (export.atol {cfg.atol:.0e}), top-1 agreement "
+                f"{check['top1_agreement']:.4f}" for name, check in failed.items()))
+        card = {"model": model.name, "candidate": evaluation["recommended_model"],
+                "state_dict_sha256": model.card["state_dict_sha256"], "classes": model.classes,
+                "preprocessing": model.preprocessing.to_card(), "input": "images: float32 [N, 3, S, S], preprocessed",
+                "output": "logits: float32 [N, classes]", "atol": cfg.atol,
+                "formats": {name: {**check, "export_seconds": seconds[name]} for name, check in checks.items()}}
+        write_json(tmp / EXPORT_CARD, card)
+    for name, check in checks.items():
+        log.info("export: %s matches PyTorch on %d test images (max |logit diff| %.2e, top-1 agreement %.4f)",
+                 name, check["images"], check["max_abs_logit_diff"], check["top1_agreement"])
+    metrics = {"candidate": evaluation["recommended_model"], "model": model.name, "atol": cfg.atol,
+               **{name: {key: check[key] for key in ("max_abs_logit_diff", "top1_agreement", "images", "bytes")}
+                  for name, check in checks.items()}}
+    write_json(args.metrics, metrics)
+    return metrics
+
+
+def _test_batch(model: LoadedModel, dataset: Path, limit: int) -> torch.Tensor:
+    """Up to ``limit`` preprocessed test images (real ones: a random tensor would not exercise the
+    value ranges the model sees), in split order."""
+    test = model.inputs(dataset, "test")
+    if len(test) < 2:
+        raise ValueError(f"{dataset}: the test split holds {len(test)} image(s); checking an export needs 2 or more")
+    return torch.stack([test[i][0] for i in range(min(limit, len(test)))])
