@@ -2,8 +2,8 @@
 
 It works in a worktree made from the champion's own run tag, so the reference data and the model are
 exactly the champion's; then it makes the current set (the newest batch, or the domain-shift set),
-runs the drift stage through DVC, and when drift is detected starts the retrain deployment with the
-reason attached.
+runs the drift stage through DVC, saves the champion's predictions on that batch (`tlops predict`), and
+when drift is detected starts the retrain deployment with the reason attached.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows.parameters import DriftCheckParameters
-from flows.retrain import notify_on_failure, publish, run_stage, version
+from flows.retrain import RETRY_POLICY, notify_on_failure, publish, run_stage, version
 from pipeline.config import load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
@@ -27,6 +27,8 @@ from pipeline.runs.summary import drift_summary
 from pipeline.runs.workspace import RunWorkspace
 
 __all__ = ["drift_check"]
+CURRENT_SET = "data/current"  # dvc.yaml: the shift stage's output, the batch the drift stage checks
+PREDICTIONS_DIR = "predictions"  # in the run's worktree (git-ignored)
 
 
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
@@ -35,6 +37,17 @@ def prepare(project: str, name: str, champion_tag: str, overrides: dict[str, Any
     workspace = RunWorkspace.create(Path(project), name, overrides=overrides, base=champion_tag)
     workspace.checkout()
     return str(workspace.path)
+
+
+@task(name="predict-batch", **RETRY_POLICY)
+def predict_current(project: str, name: str) -> dict[str, Any]:
+    """The champion's predictions on the batch just checked (the current set), saved in the worktree."""
+    logger = get_run_logger()
+    summary = RunWorkspace.open(Path(project), name).predict(CURRENT_SET, PREDICTIONS_DIR,
+                                                             on_line=lambda line: logger.info("predict | %s", line))
+    logger.info("predictions: %d of %d images classified by %s (%d refused)", summary["predicted"],
+                summary["images"], summary["model_version"], summary["refused"])
+    return summary
 
 
 @flow(name="drift-check", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure])
@@ -53,9 +66,14 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
                                  parameters.overrides(project / "params.yaml")))
     for stage in ("shift", "drift"):
         run_stage(str(project), name, stage)
+    predicted = predict_current(str(project), name)
     version(str(project), name, f"drift check {name} against champion {champion['version']}")
     verdict, text = drift_summary(workspace, champion["version"], publish(str(workspace), name))
     create_markdown_artifact(text, key="drift-check-summary", description=f"drift check {name}")
+    create_table_artifact([{"class": label, "images": count} for label, count in predicted["predicted_classes"].items()]
+                          + [{"class": "(refused)", "images": predicted["refused"]}], key="drift-check-predictions",
+                          description=f"the champion's predictions on the batch checked by {name}: "
+                                      f"{Path(workspace) / PREDICTIONS_DIR}")
     started = None
     if verdict["drift_detected"] and parameters.retrain_on_drift:
         reason = f"drift detected by drift check {name}: {verdict['reason']}"

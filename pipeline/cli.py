@@ -4,6 +4,7 @@
     tlops status        which stages are built and which are up to date (dvc status)
     tlops params        print the validated params (after --set overrides) as YAML
     tlops run-all       run every built stage through `dvc repro`, then say where outputs are
+    tlops predict SRC   classify a batch of images with the champion (or --model); predictions file
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _TOOLS = {
     "params": "print the validated params as YAML",
     "run-all": "run every built stage through dvc repro",
     "drift-ui": "start the Evidently review UI over the drift reports of every run",
+    "predict": "classify a batch of images (folder, table, s3://, dataset) with the champion or --model",
 }
 
 
@@ -147,8 +149,12 @@ def _output_args(args: object, declared: dict, outputs: list[str]) -> list[Path]
 
 def _run_tool(command: str, argv: list[str]) -> int:
     parser = _common_parser(f"tlops {command}")
+    if command == "predict":
+        _predict_options(parser)
     ns = parser.parse_args(argv)
     root = find_root()
+    if command == "predict":
+        return _predict(root, ns)
     if command == "params":
         import yaml
 
@@ -172,6 +178,37 @@ def _run_tool(command: str, argv: list[str]) -> int:
     params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
     workspace = main_checkout(root) / declared_options(root, "drift")["workspace"]
     return serve_ui(workspace, params.drift.ui_host, params.drift.ui_port)
+
+
+def _predict_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="the images: a folder (any depth), a .csv/.parquet table of paths or URIs, "
+                                       "s3://bucket/prefix, or a dataset folder written by ingest or shift")
+    parser.add_argument("--model", default=None, metavar="REF",
+                        help="champion (default), a registry version (run name or run-<name> tag), or a model "
+                             "folder (model.pt + card.json)")
+    parser.add_argument("--out", type=Path, default=Path("predictions"),
+                        help="folder for predictions.parquet, predictions.csv and summary.json (replaced whole)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes and probabilities kept per image")
+
+
+def _predict(root: Path, ns: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.prediction.batch import predict_batch, read_batch
+    from pipeline.prediction.models import resolve_model
+    from pipeline.registry import open_registry
+
+    if ns.top_k < 1:
+        raise ValueError(f"--top-k {ns.top_k}: must be at least 1")
+    params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
+    registry = open_registry(params.promote.registry, main_checkout(root))
+    with tempfile.TemporaryDirectory(prefix="tlops-predict-") as scratch:
+        model = resolve_model(ns.model, registry, Path(scratch))
+        summary = predict_batch(read_batch(ns.source, params), model, params, ns.out, top_k=ns.top_k)
+    refused = f"; {summary['refused']} refused (see the reason column)" if summary["refused"] else ""
+    print(f"{summary['predicted']} of {summary['images']} images classified by {summary['model_version']}"
+          f"{refused}: {ns.out / 'predictions.parquet'} (and .csv)")
+    return 0
 
 
 def _status(root: Path) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.common.processes import run_command
 from pipeline.project import GIT_QUERY_TIMEOUT_S
 
-__all__ = ["run_name", "branch_of", "tag_of", "run_identity", "check_run_name", "check_run_tag"]
+__all__ = ["run_name", "branch_of", "tag_of", "run_of", "run_identity", "check_run_name", "check_run_tag"]
 _BRANCH_PREFIX = "runs/"
 _TAG_PREFIX = "run-"
 _RUN_NAME = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_-]{1,40}$")  # what run_name makes, and nothing else
@@ -34,6 +34,11 @@ def branch_of(name: str) -> str:
 def tag_of(name: str) -> str:
     """The git tag a committed run gets."""
     return f"{_TAG_PREFIX}{name}"
+
+
+def run_of(name_or_tag: str, where: str) -> str:
+    """The run name in a run name or a run tag (``run-<run name>``), checked as :func:`check_run_name`."""
+    return check_run_name(name_or_tag.removeprefix(_TAG_PREFIX), where)
 
 
 def check_run_name(name: Any, where: str) -> str:

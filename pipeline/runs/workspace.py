@@ -14,6 +14,7 @@ import functools
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from pipeline.common.errors import EXIT_TRANSIENT
-from pipeline.common.io import write_text
+from pipeline.common.io import read_json, write_text
 from pipeline.common.processes import RESUME_ENV, CommandTimeout, run_command
 from pipeline.common.logs import get_logger
 from pipeline.config import OrchestrateParams, apply_overrides, load_params, validate_params
@@ -222,6 +223,25 @@ class RunWorkspace:
             proc = self._dvc("pull", check=False)
             if proc.returncode != 0:
                 raise TransientFailure(f"dvc pull failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
+
+    def predict(self, source: str, out: str, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """``tlops predict <source>`` with the registry's champion, in the worktree (its params), within the
+        stage limit; returns the predictions' summary (``<out>/summary.json``).
+
+        Raises:
+            StageFailed / TransientFailure: as :meth:`repro` (exit 75 is transient).
+        """
+        try:
+            proc = run_command([sys.executable, "-m", "pipeline.cli", "predict", source, "--out", out], self.path,
+                               timeout=self.limits.stage_timeout_s, limit_name="orchestrate.stage_timeout_s",
+                               on_line=on_line)
+        except CommandTimeout as err:
+            raise StageFailed(f"predictions on {source} timed out: {err}") from None
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            failure = TransientFailure if proc.returncode == EXIT_TRANSIENT else StageFailed
+            raise failure(f"predictions on {source} failed (exit {proc.returncode}):\n{tail}")
+        return read_json(self.path / out / "summary.json")
 
     def push(self) -> None:
         """Push the run's DVC outputs to the default remote, retried with backoff.

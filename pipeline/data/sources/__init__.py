@@ -28,26 +28,32 @@ if TYPE_CHECKING:
 __all__ = ["Record", "Skipped", "Source", "open_source", "ordered_parallel"]
 
 
-def open_source(spec: str, cfg: "IngestParams") -> Source:
+def open_source(spec: str, cfg: "IngestParams", unlabelled: bool = False) -> Source:
     """Build the source named by an ``ingest.source``-style string.
 
     Args:
         spec: sklearn-digits, s3://bucket/prefix, torchvision:<Dataset>, a .csv/.parquet table, or a folder.
         cfg: the ingest params (digits size, S3 options, workers, download permission).
+        unlabelled: images to predict on: a flat folder or prefix, and a table without labels, are read too
+            (label "" where there is none); sklearn-digits and torchvision: are training sets and refused.
     Returns:
         The source, ready to stream with ``records()``.
     """
     s3_client = partial(make_s3_client, cfg.s3_endpoint_url, cfg.s3_profile, cfg.retries, cfg.download_workers)
+    if unlabelled and (spec == "sklearn-digits" or spec.startswith("torchvision:")):
+        raise ValueError(f"{spec}: a built-in training set, not a batch to predict on (a folder, a .csv/.parquet "
+                         "table or s3://bucket/prefix)")
     if spec == "sklearn-digits":
         return DigitsSource(cfg.digits_size)
     max_bytes = int(cfg.max_file_mb * 2**20)
     if spec.startswith("s3://"):
-        return S3Source(spec, s3_client(), cfg.download_workers, max_bytes)
+        return S3Source(spec, s3_client(), cfg.download_workers, max_bytes, unlabelled=unlabelled)
     if spec.startswith("torchvision:"):
         return TorchvisionSource(spec.removeprefix("torchvision:"), cfg.download_root, cfg.allow_download)
     if spec.lower().endswith((".csv", ".parquet")):
         table = Path(spec).expanduser()
         return TableSource(table, s3_client, Confinement.of(table.parent, cfg.allowed_roots, cfg.max_file_mb),
-                           cfg.download_workers)
+                           cfg.download_workers, unlabelled=unlabelled)
     folder = Path(spec).expanduser()
-    return FolderSource(folder, Confinement.of(folder, cfg.allowed_roots, cfg.max_file_mb), cfg.download_workers)
+    return FolderSource(folder, Confinement.of(folder, cfg.allowed_roots, cfg.max_file_mb), cfg.download_workers,
+                        unlabelled=unlabelled)

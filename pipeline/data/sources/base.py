@@ -93,10 +93,13 @@ class Source:
     every file was skipped is an error rather than a class that silently vanishes.
     """
 
-    def __init__(self, description: str):
+    def __init__(self, description: str, unlabelled: bool = False):
         self.description = description
         self.skipped: list[Skipped] = []
         self.labels: set[str] = set()
+        # images to predict on: files outside class folders (or table rows without a label) are records
+        # with label "" instead of being skipped
+        self.unlabelled = unlabelled
 
     def records(self) -> Iterator[Record]:
         """Stream the source's records (subclasses implement this)."""

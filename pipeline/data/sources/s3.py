@@ -130,8 +130,9 @@ def _download(client: Any, bucket: str, key: str, max_bytes: int | None) -> byte
 class S3Source(Source):
     """Stream ``s3://bucket/prefix/<class>/**`` objects, downloaded in parallel, in key order."""
 
-    def __init__(self, uri: str, client: Any, workers: int = 8, max_bytes: int | None = None):
-        super().__init__(uri)
+    def __init__(self, uri: str, client: Any, workers: int = 8, max_bytes: int | None = None,
+                 unlabelled: bool = False):
+        super().__init__(uri, unlabelled)
         self.uri, self.client, self.workers, self.max_bytes = uri.rstrip("/"), client, workers, max_bytes
         self.bucket, prefix = parse_s3_uri(self.uri)
         self.prefix = prefix + "/" if prefix else ""
@@ -144,21 +145,22 @@ class S3Source(Source):
             if error is not None:
                 self.skip_failed_read(path, error if isinstance(error, Refused) else s3_error(path, error))
             else:
-                yield Record(path, key[len(self.prefix):].split("/", 1)[0], data)
+                relative = key[len(self.prefix):]
+                yield Record(path, relative.split("/", 1)[0] if "/" in relative else "", data)
 
     def _classify(self, key: str) -> bool:
         """True for an object under a class folder; others are skipped (folder markers ignored)."""
         relative = key[len(self.prefix):]
         if key.endswith("/"):
             return False
-        if "/" not in relative:
+        if "/" not in relative and not self.unlabelled:
             self.skip(f"s3://{self.bucket}/{key}", "not inside a class folder")
             return False
-        label = relative.split("/", 1)[0]
-        if label.startswith(".") or "/." in "/" + relative:
+        if "/." in "/" + relative:
             self.skip(f"s3://{self.bucket}/{key}", "hidden file")
             return False
-        self.labels.add(label)
+        if "/" in relative:
+            self.labels.add(relative.split("/", 1)[0])
         return True
 
     def _keys(self) -> Iterator[str]:

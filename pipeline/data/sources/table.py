@@ -18,13 +18,16 @@ class TableSource(Source):
     """Stream the images a table lists: local paths relative to the table (absolute ones and ``../`` only
     inside ``ingest.allowed_roots``), file:// and s3:// URIs. Failed reads are listed for the packer."""
 
-    def __init__(self, table: str | Path, s3_client: Callable[[], Any], confinement: Confinement, workers: int = 8):
+    def __init__(self, table: str | Path, s3_client: Callable[[], Any], confinement: Confinement, workers: int = 8,
+                 unlabelled: bool = False):
         table = Path(table).expanduser()
-        super().__init__(f"manifest table {table}")
+        super().__init__(f"manifest table {table}", unlabelled)
         if not table.is_file():
             raise FileNotFoundError(f"{table}: manifest table does not exist")
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table, dtype=str)
         path_column = next((c for c in PATH_COLUMNS if c in frame.columns), None)
+        if unlabelled and "label" not in frame.columns:
+            frame = frame.assign(label="")
         if path_column is None or "label" not in frame.columns:
             raise ValueError(f"{table}: needs a 'label' column and one of {list(PATH_COLUMNS)} "
                              f"(columns found: {list(frame.columns)})")
@@ -45,11 +48,12 @@ class TableSource(Source):
 
     def _labelled(self) -> Iterator[tuple[str, str]]:
         for row, (path, label) in enumerate(self.entries, start=2):  # row 1 is the header
-            if pd.isna(label) or not str(label).strip():
+            label = "" if pd.isna(label) else str(label).strip()
+            if not label and not self.unlabelled:
                 self.skip(path, f"no label ({self.table} row {row})")
                 continue
-            label = str(label).strip()
-            self.labels.add(label)
+            if label:
+                self.labels.add(label)
             yield path if "://" in path else str(self.table.parent / path), label
 
     def _fetch(self, entry: tuple[str, str]) -> bytes:
