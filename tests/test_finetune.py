@@ -48,7 +48,12 @@ def workdir(tmp_path_factory) -> Path:
 def _argv(out: str) -> list[str]:
     return ["finetune", "--dataset", "ds", "--plan", "plan.json", "--model-dir", f"{out}/model",
             "--metrics", f"{out}/metrics.json", "--history", f"{out}/history.csv", "--plot", f"{out}/curves.png",
-            "--checkpoints", f"{out}/ckpt"]
+            "--checkpoints", f"{out}/ckpt", "--live", f"{out}/live"]
+
+
+def _live_rows(folder: Path, metric: str) -> list[dict]:
+    """One DVCLive plot file (step, value per epoch)."""
+    return list(csv.DictReader((folder / "plots" / "metrics" / f"{metric}.tsv").open(), delimiter="\t"))
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,12 @@ def test_finetune_writes_model_card_metrics_history_and_curves(workdir, uninterr
     assert metrics["val_accuracy"] >= metrics["probe_val_accuracy"]
     assert ("the linear probe (val accuracy" in metrics["kept_reason"]) == (metrics["best_phase"] == "linear_probe")
     assert Image.open(workdir / "a/curves.png").format == "PNG"
+    # DVCLive: one row per epoch, the same figures as the history; metrics.json holds the last epoch
+    live = _live_rows(workdir / "a/live", "val_accuracy")
+    assert [float(r["val_accuracy"]) for r in live] == [float(r["val_accuracy"]) for r in rows]
+    assert [int(r["step"]) for r in live] == [0, 1, 2, 3]
+    assert json.loads((workdir / "a/live/metrics.json").read_text())["val_loss"] == pytest.approx(
+        float(rows[-1]["val_loss"]))
 
     loaded = LoadedModel.load(workdir / "a/model")
     card = loaded.card
@@ -115,3 +126,5 @@ def test_killed_run_resumes_to_the_uninterrupted_result(workdir, uninterrupted, 
     for key in ("val_accuracy", "test_accuracy", "best_epoch", "epochs_run"):
         assert resumed[key] == uninterrupted[key], key
     assert resumed["val_loss"] == pytest.approx(uninterrupted["val_loss"], rel=1e-5)
+    # the resumed DVCLive folder holds each epoch once, as the uninterrupted run's does
+    assert len(_live_rows(workdir / "b/live", "train_loss")) == len(_live_rows(workdir / "a/live", "train_loss"))

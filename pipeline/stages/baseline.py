@@ -28,6 +28,7 @@ from pipeline.data.shards import read_classes, read_manifest, train_in_budget, u
 from pipeline.freezing.plan import load_plan
 from pipeline.training.curves import plot_history, write_history
 from pipeline.training.recipes import Setup, train_scratch
+from pipeline.training.tracking import LiveHistory
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -45,6 +46,8 @@ class Args:
     plot: Path = field(metadata={"help": "PNG of the training curves to write"})
     checkpoints: Path = field(metadata={"help": "checkpoint directory"})
     validation: Path | None = validation_field()
+    live: Path | None = field(default=None, metadata={
+        "help": "DVCLive folder: per-epoch metrics.json and plots for dvc exp show / plots diff (None: not written)"})
 
 
 def run(params: Params, args: Args) -> dict:
@@ -66,7 +69,8 @@ def run(params: Params, args: Args) -> dict:
                   select_device(common.device), Path(args.checkpoints), common.num_workers)
     log.info("scratch baseline %s on %d images: lr %g, patience %d, at most %d epochs", plan.model, len(ids), cfg.lr,
              cfg.patience, cfg.max_epochs)
-    trained = train_scratch(setup, cfg, common.seed, ids)
+    trained = train_scratch(setup, cfg, common.seed, ids,
+                            on_epoch=LiveHistory(args.live) if args.live is not None else None)
     fit, outcome = trained.fit, trained.fit.phases[-1]
     metrics = {"converged": fit.converged, "stopped_by": outcome["stopped_by"], "epochs_run": outcome["epochs"],
                "max_epochs": cfg.max_epochs, "optimizer_steps": fit.steps, "batch_size": trained.batch_size,

@@ -35,6 +35,7 @@ from pipeline.data.shards import (dataset_version, read_classes, read_manifest, 
 from pipeline.freezing.plan import FreezePlan, load_plan
 from pipeline.models import LoadedModel
 from pipeline.training.curves import plot_history, write_history
+from pipeline.training.tracking import LiveHistory
 from pipeline.training.data import small_data_batch, training_data
 from pipeline.training.ddp import (barrier, init_distributed, processes_wanted, run_torchrun, shutdown,
                                    torchrun_command, under_torchrun)
@@ -57,6 +58,8 @@ class Args:
     checkpoints: Path = field(metadata={"help": "checkpoint directory (kept between runs for --resume)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
     validation: Path | None = validation_field()
+    live: Path | None = field(default=None, metadata={
+        "help": "DVCLive folder: per-epoch metrics.json and plots for dvc exp show / plots diff (None: not written)"})
 
 
 def run(params: Params, args: Args) -> dict:
@@ -83,7 +86,8 @@ def run(params: Params, args: Args) -> dict:
         data = training_data(model.preprocessing, args.dataset, ids, cfg.augment,
                              min_epoch_items=loop.min_epoch_steps * loop.batch_size)
         ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers,
-                         args.resume or resume_requested(), info)
+                         args.resume or resume_requested(), info,
+                         on_epoch=LiveHistory(args.live) if args.live is not None else None)
         started = time.perf_counter()
         result = Trainer(model.network, plan, data, loop, ctx).fit()
         seconds = time.perf_counter() - started

@@ -61,6 +61,8 @@ class RunContext:
     resume: bool = False
     dist: DistInfo = field(default_factory=DistInfo)
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (progress hooks, tests)
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None  # the whole history after each epoch (main
+    # process only): experiment tracking (pipeline/training/tracking.py)
 
 
 @dataclass(frozen=True)
@@ -371,6 +373,8 @@ class Trainer:
                "val_accuracy": val["accuracy"], "head_lr": head_lr, "images_per_s": train["images_per_s"],
                "seconds": train["seconds"], "steps": train["steps"]}
         self.history.append(row)
+        if self.ctx.on_epoch is not None and self.ctx.dist.is_main:
+            self.ctx.on_epoch(self.history)
         log.info("epoch %d (%s): train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s", row["epoch"],
                  phase.name, train["loss"], train["accuracy"], val["loss"], val["accuracy"], train["images_per_s"])
         key = (val["accuracy"], -val["loss"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -70,7 +70,8 @@ def scratch_plan(model_name: str, blocks: Sequence[str], block_params: Sequence[
 
 
 def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Sequence[str],
-                  val_ids: Sequence[str] | None = None, score_test: bool = True) -> Trained:
+                  val_ids: Sequence[str] | None = None, score_test: bool = True,
+                  on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> Trained:
     """Train the architecture from a seeded random start to convergence and score it on the test split.
 
     Args:
@@ -80,6 +81,7 @@ def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Seque
         train_ids: the train images.
         val_ids: the val images that stop the run and pick its best epoch (default: the whole val split).
         score_test: also evaluate on the test split.
+        on_epoch: receives the history after each epoch (the baseline stage's DVCLive folder).
     Returns:
         The trained model and its record (``fit.converged``, ``fit.steps``).
     """
@@ -92,7 +94,7 @@ def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Seque
     data = training_data(model.preprocessing, setup.dataset, train_ids, loop.augment, val_ids,
                          loop.min_epoch_steps * batch)
     ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.checkpoints, num_workers=setup.num_workers,
-                     resume=setup.checkpoints is not None and resume_requested())
+                     resume=setup.checkpoints is not None and resume_requested(), on_epoch=on_epoch)
     started = time.perf_counter()
     fit = Trainer(model.network, plan, data, loop, ctx).fit()
     seconds = time.perf_counter() - started
