@@ -23,7 +23,7 @@ from pipeline.project import built_stages, find_root
 from pipeline.runs.naming import run_name
 from pipeline.runs.notify import notify_failure
 from pipeline.runs.publish import publish_reports
-from pipeline.runs.summary import headline_table, render_summary
+from pipeline.runs.summary import headline_table, model_card, render_summary
 from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs
 
 __all__ = ["retrain", "RETRY_POLICY", "notify_on_failure"]
@@ -100,6 +100,9 @@ def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "
     create_markdown_artifact(summary, key="retrain-summary", description=f"run {name}")
     create_table_artifact(headline_table(Path(workspace)), key="retrain-metrics",
                           description=f"headline metrics of run {name}")
+    card = model_card(Path(workspace))
+    if card is not None:  # a chain cut short has none
+        create_markdown_artifact(card, key="model-card", description=f"model card of the candidate of run {name}")
     for label, link in publish(workspace, name):
         create_link_artifact(link, link_text=label, description=f"{label} of run {name}")
     removed = prune_runs(Path(project), keep=orchestrate.keep_runs)

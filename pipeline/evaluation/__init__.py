@@ -11,4 +11,5 @@
     interpret.py         class ideal inputs, adversarial pairs, FGSM accuracy
     plots.py / outputs.py  PNGs and the CSV tables behind dvc plots
     report.py            the self-contained HTML report (templates/report.html.j2)
+    model_card.py        the human model card of the registered model (Markdown + HTML; the card stage)
 """

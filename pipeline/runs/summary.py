@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.project import declared_paths, dvc_stages
+from pipeline.evaluation.model_card import CARD_MD
+from pipeline.project import declared_options, declared_paths, dvc_stages
 from pipeline.runs.naming import tag_of
 
 # stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
@@ -83,6 +84,14 @@ def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str,
         lines += [f"| {key} | {_fmt(value)} |" for key, value in shallow]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def model_card(workspace: Path) -> str | None:
+    """The run's model card (Markdown), when its chain has the card stage and it ran."""
+    if "card" not in dvc_stages(workspace):
+        return None
+    path = workspace / declared_options(workspace, "card")["report_dir"] / CARD_MD
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def html_reports(workspace: Path) -> list[str]:

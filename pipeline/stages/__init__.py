@@ -42,6 +42,10 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("evaluate", "transfer vs scratch: accuracy, label efficiency, robustness, verdict",
               "pipeline.stages.evaluate"),
     StageSpec("drift", "calibrated drift test and Evidently report on the current set", "pipeline.stages.drift"),
+    StageSpec("export", "the candidate as TorchScript and ONNX, each checked against PyTorch on test images",
+              "pipeline.stages.export"),
+    StageSpec("card", "the model card: intended use, data, metrics with intervals, verdict, limitations",
+              "pipeline.stages.card"),
     StageSpec("promote", "promote the model to champion only when it earns it", "pipeline.stages.promote"),
 )
 
