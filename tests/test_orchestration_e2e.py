@@ -16,10 +16,14 @@ import subprocess
 import sys
 
 import httpx
+import pandas as pd
 import pytest
+import torch
 import yaml
 
 from flows.server import PrefectServer, free_port
+from pipeline.models import LoadedModel
+from pipeline.models.export import exported_logits, load_torchscript, onnx_session
 from tests.conftest import ROOT, copy_project
 from tests.support.flowruns import artifacts, finish, start, wait_for
 from tests.support.tiny import make_tiny_project
@@ -88,6 +92,51 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=clone, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
     assert (clone / "models" / "finetuned" / "card.json").is_file()
+    # the serving exports come back with it, load, and agree with the model they were exported from
+    images = torch.rand(3, 3, 32, 32)
+    reference = LoadedModel.load(clone / "models" / "serving").network(images).detach().numpy()
+    for name, runner in (("onnx", onnx_session(clone / "models" / "serving")),
+                         ("torchscript", load_torchscript(clone / "models" / "serving"))):
+        assert abs(exported_logits(name, runner, images) - reference).max() < 1e-3, name
+    assert (project / "registry" / "versions" / champion["version"] / "model.onnx").is_file()
+
+
+def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, first_run):
+    project, api = served["project"], served["api"]
+    card = next(a["data"] for a in artifacts(api, first_run["id"]) if a["key"] == "model-card")
+    champion = json.loads((project / "registry" / "champion.json").read_text())
+    version = project / "registry" / "versions" / champion["version"]
+    assert (version / "model_card.md").read_text() == card  # the registry keeps the card with the version
+    worktree = project / "runs" / champion["version"]
+    metrics = json.loads((worktree / "results" / "evaluate" / "metrics.json").read_text())
+    drift = json.loads((worktree / "results" / "drift" / "drift.json").read_text())
+    candidate = metrics["recommended_model"]
+    interval = metrics["full_labels"][f"{candidate}_interval"]
+    test = metrics["models"]["test"][candidate]
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")) for line in card.splitlines()
+            if line.startswith("|")}
+    assert ("test accuracy", f"{test['accuracy']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]") in rows
+    assert ("macro-F1", f"{test['macro_f1']:.4f}") in rows
+    for corruption, severities in metrics["robustness"][candidate].items():
+        for severity, accuracy in severities.items():
+            assert (corruption, severity, f"{accuracy:.4f}") in rows, (corruption, severity)
+    for name, row in test["per_class"].items():
+        assert (name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"])) in rows
+    assert f"Transfer verdict: {metrics['verdict']}" in card
+    assert f"drift {'detected' if drift['drift_detected'] else 'not detected'}" in card
+
+    # the card's three lines, run as written in the version's folder, give the model's logits
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    cwd = os.getcwd()
+    os.chdir(version)
+    try:
+        exec(code, scope)  # noqa: S102 - the card's own instructions, on our own model
+    finally:
+        os.chdir(cwd)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(scope["model"](images), LoadedModel.load(version).network(images), atol=1e-5)
 
 
 def test_rerun_with_same_inputs_skips_training(served, first_run):
@@ -129,10 +178,41 @@ def test_drift_check_on_shifted_set_starts_retrain(served, first_run):
                     {"parameters": {"retrain": {"seed": 1, "extra": {"promote.margin": 0.01}}}})
     finish(api, run_id)
     assert "Drift detected**: True" in _summary(api, run_id)
+    # the champion's predictions on the checked batch: saved in the drift check's worktree, counted in a table
+    table = next(a for a in artifacts(api, run_id) if a["key"] == "drift-check-predictions")
+    predictions = pd.read_parquet(next((served["project"] / "runs").glob("*/predictions/predictions.parquet")))
+    assert (predictions["model_version"].str.startswith("champion ")).all() and len(predictions) > 0
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    counts = {row["class"]: row["images"] for row in rows}
+    assert sum(counts.values()) == len(predictions)
     triggered = api.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["drift-triggered"]}}}).json()
     assert len(triggered) == 1
     retrain = finish(api, triggered[0]["id"])
     assert retrain["parameters"]["reason"].startswith("drift detected by drift check")
+
+
+def test_two_runs_compare_in_dvc_by_their_tags(served, first_run):
+    """The README's comparison commands, run in the main checkout on two run tags."""
+    project = served["project"]
+    tags = subprocess.run(["git", "tag", "--list", "run-*", "--sort=creatordate"], cwd=project, capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert len(tags) >= 2, tags
+    first, last = tags[0], tags[-1]
+
+    def dvc(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                              check=True).stdout
+
+    diff = json.loads(dvc("metrics", "diff", "--all", "--json", first, last))
+    assert {"results/evaluate/metrics.json", "results/finetune/live/metrics.json"} <= set(diff)
+    assert "test_accuracy.finetuned" in diff["results/evaluate/metrics.json"]
+    assert "val_accuracy" in diff["results/finetune/live/metrics.json"]
+    shown = dvc("exp", "show", "--all-tags", "--csv")
+    assert first in shown and last in shown and "test_accuracy.finetuned" in shown
+    plots = json.loads(dvc("plots", "diff", "--json", first, last))["data"]
+    curve = plots["results/finetune/live/plots/metrics/val_accuracy.tsv"][0]  # DVCLive's per-epoch plot
+    assert set(curve["revisions"]) == {first, last}
+    assert {row["rev"] for row in curve["content"]["data"]["values"]} == {first, last}
 
 
 def test_deployments_have_schedules_limits_and_a_parameter_form(served):
