@@ -4,25 +4,52 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-# The stamp holds the hash of everything that decides the environment: a second `make setup`
-# with an unchanged lock file does nothing.
-SETUP_HASH = $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+# requirements.lock: what the pipeline runs on (make run, the worker image); requirements-dev.lock: the test
+# and development tools on top (make test). Both resolve for Linux and macOS (make lock).
+RUNTIME_LOCKS := requirements.lock
+DEV_LOCKS := requirements.lock requirements-dev.lock
+# The installer: uv (a registry package, pinned here) where it installs, else pip; INSTALLER=pip forces pip.
+# uv reads pip's configured extra indexes and find-links, so both installers see the same wheels.
+INSTALLER ?= uv
+UV_VERSION := 0.13.9
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+UV_ENV = UV_NO_CONFIG=1 UV_INDEX_STRATEGY=unsafe-best-match \
+  UV_EXTRA_INDEX_URL="$$($(PIP) config get global.extra-index-url 2>/dev/null)" \
+  UV_FIND_LINKS="$$($(PIP) config get global.find-links 2>/dev/null | tr ' ' ',')"
 
-.PHONY: setup run test bench ui deploy worker drift-ui lock clean-env
+.PHONY: setup setup-dev run test bench ui deploy worker drift-ui lock clean-env
 
-setup:
-	@if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$(SETUP_HASH)" ]; then \
-	  echo "setup: environment up to date ($(VENV), lock $(SETUP_HASH))"; \
+# $(call environment,<lock files>): install the locks into .venv unless the stamp says they are in. The stamp
+# holds one hash per installed set (of the lock files and pyproject.toml): a second call with unchanged locks
+# does nothing, and the dev set satisfies the runtime one.
+define environment
+	@hash=$$(cat $(1) pyproject.toml | sha256sum | cut -c1-16); \
+	if [ -f $(STAMP) ] && grep -qx "$$hash" $(STAMP); then \
+	  echo "setup: environment up to date ($(VENV), $(1))"; \
 	else \
 	  set -e; start=$$(date +%s); \
 	  command -v $(PYTHON) >/dev/null || { echo "setup: $(PYTHON) not found; Python 3.11 is required" >&2; exit 1; }; \
 	  [ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV); \
-	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true; \
-	  $(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; exit 1; }; \
-	  $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . ; \
-	  echo "$(SETUP_HASH)" > $(STAMP); \
-	  echo "setup: environment ready in $$(( $$(date +%s) - start ))s"; \
+	  used=pip; \
+	  if [ "$(INSTALLER)" = uv ] && $(PIP) install --quiet uv==$(UV_VERSION) >/dev/null 2>&1; then \
+	    if $(UV_ENV) $(BIN)/uv pip install --quiet --python $(BIN)/python $(addprefix -r ,$(1)); then used=uv; \
+	    else echo "setup: uv failed; installing with pip" >&2; fi; \
+	  fi; \
+	  if [ $$used = pip ]; then \
+	    $(PIP) install --quiet $(addprefix -r ,$(1)) 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); \
+	  fi; \
+	  $(PIP) check >/dev/null || { $(PIP) check; exit 1; }; \
+	  $(PIP) install --quiet --no-deps --no-build-isolation -e . ; \
+	  { [ "$(1)" = "$(DEV_LOCKS)" ] && cat $(RUNTIME_LOCKS) pyproject.toml | sha256sum | cut -c1-16; echo "$$hash"; } > $(STAMP); \
+	  echo "setup: environment ready with $$used in $$(( $$(date +%s) - start ))s; in a shell: source $(VENV)/bin/activate"; \
 	fi
+endef
+
+setup:
+	$(call environment,$(RUNTIME_LOCKS))
+
+setup-dev:
+	$(call environment,$(DEV_LOCKS))
 
 # PREFECT_HOME keeps Prefect's local state (SQLite) in the project, not in ~/.prefect; runs are offline,
 # so the server's telemetry is off (it would only log failed connections)
@@ -32,10 +59,10 @@ PREFECT_ENV = PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=f
 run: setup
 	$(PREFECT_ENV) $(BIN)/python -m flows.retrain $(if $(PROFILE),--profile $(PROFILE))
 
-test: setup
+test: setup-dev
 	$(BIN)/python -m pytest -q
 
-bench: setup
+bench: setup-dev
 	$(BIN)/python -m bench
 
 # a local server with the deployments served from this terminal (SQLite; DATABASE_URL=postgresql+asyncpg://...
@@ -55,11 +82,15 @@ worker: setup
 drift-ui: setup
 	$(BIN)/python -m pipeline.cli drift-ui
 
-# Re-resolve the lock from requirements.in (needs the package registry).
+# Re-resolve the locks from requirements.in and requirements-dev.in with uv (needs the package registry):
+# one lock for Linux and macOS (markers keep the CUDA wheels to Linux); the existing pins are kept where
+# they still fit, so only what the .in files changed moves.
 lock:
-	rm -rf /tmp/tlops-lock-venv && $(PYTHON) -m venv /tmp/tlops-lock-venv
-	/tmp/tlops-lock-venv/bin/pip install --quiet -r requirements.in
-	/tmp/tlops-lock-venv/bin/pip freeze --exclude-editable | sort -f > requirements.lock
+	$(PIP) install --quiet uv==$(UV_VERSION)
+	UV_NO_CONFIG=1 $(BIN)/uv pip compile requirements.in --universal --python-version 3.11 --no-header \
+	  --annotation-style line --quiet -o requirements.lock
+	UV_NO_CONFIG=1 $(BIN)/uv pip compile requirements-dev.in -c requirements.lock --universal --python-version 3.11 \
+	  --no-header --annotation-style line --quiet -o requirements-dev.lock
 
 clean-env:
 	rm -rf $(VENV)

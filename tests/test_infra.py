@@ -67,7 +67,7 @@ def params():
 def _locked(name: str) -> str:
     for line in (ROOT / "requirements.lock").read_text().splitlines():
         if line.lower().startswith(f"{name}=="):
-            return line.split("==", 1)[1]
+            return re.split(r"[\s;#]", line.split("==", 1)[1], maxsplit=1)[0]  # the version, not markers/comments
     raise AssertionError(f"{name} is not pinned in requirements.lock")
 
 
