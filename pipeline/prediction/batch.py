@@ -123,7 +123,7 @@ def predict_batch(images: Iterable[BatchImage], model_ref: ModelRef, params: Par
     if not rows:
         raise ValueError("the batch holds no images")
     frame = _frame(rows, k, model_ref, model.card["state_dict_sha256"])
-    summary = _summary(frame, model_ref, seconds, time.perf_counter() - started)
+    summary = _summary(frame, model_ref, model.classes, seconds, time.perf_counter() - started)
     with atomic_dir(out) as tmp:
         frame.to_parquet(tmp / f"{PREDICTIONS}.parquet", index=False)
         frame.to_csv(tmp / f"{PREDICTIONS}.csv", index=False)
@@ -151,16 +151,18 @@ def _frame(rows: list[dict[str, Any]], k: int, model_ref: ModelRef, sha256: str)
     return frame.assign(model_version=model_ref.version, model_sha256=sha256)
 
 
-def _summary(frame: pd.DataFrame, model_ref: ModelRef, forward_s: float, total_s: float) -> dict[str, Any]:
+def _summary(frame: pd.DataFrame, model_ref: ModelRef, classes: list[str], forward_s: float,
+             total_s: float) -> dict[str, Any]:
     predicted = frame[frame["status"] == "predicted"]
     refused = frame[frame["status"] == "refused"]
-    labelled = predicted[predicted["label"].fillna("").astype(str) != ""]
+    labelled = predicted[predicted["label"].isin(classes)]  # a folder or label that names one of the classes
     return {
         "model_version": model_ref.version, "images": int(len(frame)), "predicted": int(len(predicted)),
         "refused": int(len(refused)), "with_warning": int(frame["warning"].notna().sum()),
         "predicted_classes": {str(c): int(n) for c, n in predicted["predicted"].value_counts().sort_index().items()},
         "refusals": [{"source": r.source, "reason": r.reason} for r in refused.itertuples()][:100],
         # a batch whose folders or label column name the classes: how often the model agrees with them
+        "labelled": int(len(labelled)),
         "accuracy_on_labelled": (float((labelled["predicted"] == labelled["label"]).mean()) if len(labelled) else None),
         "images_per_s": round(len(predicted) / forward_s, 1) if forward_s > 0 else None,
         "seconds": round(total_s, 2),
