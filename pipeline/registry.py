@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
@@ -212,7 +212,7 @@ class Registry:
         """The decision record stored with a version."""
         return self.store.get_json(f"versions/{self._checked(version)}/decision.json")
 
-    def register(self, version: str, model_dir: Path, decision: dict[str, Any], extras: list[Path] = ()) -> None:
+    def register(self, version: str, model_dir: Path, decision: dict[str, Any], extras: Sequence[Path] = ()) -> None:
         """Store a model directory and its decision (plus ``extras``: files such as the model card) as a
         version, whole or not at all.
 
