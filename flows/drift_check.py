@@ -3,7 +3,7 @@
 It works in a worktree made from the champion's own run tag, so the reference data and the model are
 exactly the champion's; then it makes the current set (the newest batch, or the domain-shift set),
 runs the drift stage through DVC, saves the champion's predictions on that batch (`tlops predict`), and
-when drift is detected starts the retrain deployment with the reason attached.
+when drift is detected starts the retrain deployment params.yaml names, with the reason attached.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
     """Check the newest batch for drift against the champion; start retrain when it drifted."""
     logger = get_run_logger()
     project = find_root()
-    registry = open_registry(load_params(project / "params.yaml").promote.registry, main_checkout(project))
+    params = load_params(project / "params.yaml")
+    registry = open_registry(params.promote.registry, main_checkout(project))
     champion = registry.champion()
     if champion is None:
         print("No champion in the registry yet: nothing to check drift against (run retrain first).")
@@ -78,7 +79,8 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
     if verdict["drift_detected"] and parameters.retrain_on_drift:
         reason = f"drift detected by drift check {name}: {verdict['reason']}"
         logger.warning(reason)
-        started = run_deployment(parameters.retrain_deployment, timeout=0, tags=["drift-triggered"],
+        target = params.orchestrate.drift_retrain_deployment  # params.yaml's, never the form's
+        started = run_deployment(target, timeout=0, tags=["drift-triggered"],
                                  parameters={"parameters": parameters.retrain.model_dump(), "reason": reason})
-        print(f"Started {parameters.retrain_deployment} as flow run {started.name} ({started.id}).")
+        print(f"Started {target} as flow run {started.name} ({started.id}).")
     return {**verdict, "run": name, "retrain_flow_run": str(started.id) if started else None}

@@ -2,8 +2,8 @@
 
 Every field left empty keeps the value in params.yaml; a value given overrides it for that run only
 (it is written to the run's params.yaml, committed on the run's branch, and shown in the run summary).
-Form values cannot point the run at host locations params.yaml does not admit
-(pipeline/runs/confine.py).
+A form sets training and evaluation hyperparameters only: every other key, and any source params.yaml
+does not admit, is refused before the run starts (pipeline/runs/confine.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class RetrainParameters(BaseModel):
     profile: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
                                 description="a params profile applied first, e.g. gpu (params.gpu.yaml)")
     extra: dict[str, Any] = Field(default_factory=dict,
-                                  description='any other params.yaml key, e.g. {"finetune.lr": 0.001}')
+                                  description='other hyperparameters, e.g. {"freeze.lr": 0.001}; gates, limits '
+                                              'and locations stay in params.yaml (docs/orchestrate.md lists the '
+                                              'keys a form may set)')
 
     def overrides(self, params_path: Path | None = None) -> dict[str, Any]:
         """The params.yaml keys this run overrides, as ``{"section.key": value}``: the profile's, then the form's.
@@ -65,15 +67,20 @@ class DriftCheckParameters(BaseModel):
 
     batch_source: str | None = Field(None, description="the newest batch to check (any ingest source); "
                                                        "empty = the domain-shift set made from the test split")
-    retrain_on_drift: bool = Field(True, description="start retrain-on-demand when drift is detected")
-    retrain_deployment: str = Field("retrain/retrain-on-demand", description="deployment started on drift")
+    retrain_on_drift: bool = Field(True, description="start the retrain deployment params.yaml names "
+                                                     "(orchestrate.drift_retrain_deployment) when drift is detected")
     retrain: RetrainParameters = Field(default_factory=RetrainParameters,
                                        description="parameters of the retrain run started on drift")
 
     def overrides(self, params_path: Path) -> dict[str, Any]:
-        """The params the check's worktree overrides: the batch as ``shift.source``, confined like any form value."""
+        """The params the check's worktree overrides: the batch as ``shift.source``, confined like any form value.
+
+        The retrain parameters are confined here too, so a form value the retrain run would refuse stops the
+        check before it starts, not after it detected drift.
+        """
         form = {"shift.source": self.batch_source} if self.batch_source else {}
         confine_form_overrides(form, params_path.parent, _committed(params_path))
+        self.retrain.overrides(params_path)
         return form
 
 

@@ -13,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Params", "ConfigError", "load_params", "profile_overrides", "parse_overrides", "apply_overrides"]
+__all__ = ["Params", "ConfigError", "load_params", "profile_overrides", "parse_overrides", "apply_overrides",
+           "param_keys"]
 
 
 class ConfigError(ValueError):
@@ -358,6 +359,14 @@ class OrchestrateParams(Section):
                                                                "allows at most 7)")
     reports_url: str | None = Field(None, description="http(s) base URL of a web server that serves runs_dir "
                                                       "(infra/compose's reports service); links use it")
+    form_source_roots: list[str] = Field([], description="local folders (relative to the main checkout, or "
+                                                         "absolute) whose subfolders a run started from the "
+                                                         "dashboard may name as its source or drift batch")
+    form_s3_buckets: list[str] = Field([], description="buckets a dashboard run's s3:// source or drift batch may "
+                                                       "name (besides the buckets of params.yaml's own sources)")
+    drift_retrain_deployment: str = Field("retrain/retrain-on-demand", pattern=r"^[^/\s]+/[^/\s]+$",
+                                          description="the deployment (flow/deployment) a drift check starts "
+                                                      "when it detects drift")
 
 
 class Params(Section):
@@ -382,6 +391,16 @@ class Params(Section):
     def section(self, stage: str) -> Section:
         """Return the section of one stage by its params.yaml name."""
         return getattr(self, "validate_" if stage == "validate" else stage)
+
+
+def param_keys(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    """Every settable key of the schema as ``section.key`` (nested sections flattened; a mapping is one key)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        keys.extend(param_keys(field.annotation, key + ".") if nested else [key])
+    return keys
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

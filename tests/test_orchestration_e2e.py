@@ -60,7 +60,7 @@ def _summary(api: httpx.Client, run_id: str) -> str:
 @pytest.fixture(scope="module")
 def first_run(served):
     run_id = start(served["api"], "retrain", "retrain-on-demand",
-                    {"parameters": {"seed": 1, "extra": {"promote.margin": 0.01}}, "reason": "started from the API"})
+                    {"parameters": {"seed": 1, "extra": {"evaluate.ece_bins": 10}}, "reason": "started from the API"})
     return finish(served["api"], run_id)
 
 
@@ -77,7 +77,7 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     assert tag in subprocess.run(["git", "tag"], cwd=project, capture_output=True, text=True).stdout.split()
     committed = yaml.safe_load(subprocess.run(["git", "show", f"{tag}:params.yaml"], cwd=project,
                                               capture_output=True, text=True, check=True).stdout)
-    assert committed["common"]["seed"] == 1 and committed["promote"]["margin"] == 0.01
+    assert committed["common"]["seed"] == 1 and committed["evaluate"]["ece_bins"] == 10
     assert yaml.safe_load((project / "params.yaml").read_text())["common"]["seed"] == 0  # only that run
 
     champion = json.loads((project / "registry" / "champion.json").read_text())
@@ -142,7 +142,7 @@ def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, f
 def test_rerun_with_same_inputs_skips_training(served, first_run):
     api = served["api"]
     run_id = start(api, "retrain", "retrain-on-demand",
-                    {"parameters": {"seed": 1, "extra": {"promote.margin": 0.01}}, "reason": "rerun"})
+                    {"parameters": {"seed": 1, "extra": {"evaluate.ece_bins": 10}}, "reason": "rerun"})
     finish(api, run_id)
     summary = _summary(api, run_id)
     assert "Training stages skipped: every one was up to date" in summary
@@ -175,7 +175,7 @@ def test_dashboard_shows_deployment_and_run(served, first_run):
 def test_drift_check_on_shifted_set_starts_retrain(served, first_run):
     api = served["api"]
     run_id = start(api, "drift-check", "drift-check",
-                    {"parameters": {"retrain": {"seed": 1, "extra": {"promote.margin": 0.01}}}})
+                    {"parameters": {"retrain": {"seed": 1, "extra": {"evaluate.ece_bins": 10}}}})
     finish(api, run_id)
     assert "Drift detected**: True" in _summary(api, run_id)
     # the champion's predictions on the checked batch: saved in the drift check's worktree, counted in a table

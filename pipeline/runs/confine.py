@@ -1,17 +1,23 @@
-"""What a run started from the dashboard may change: hyperparameters yes, where the pipeline reaches on the host no.
+"""What a run started from the dashboard may change: how a model is trained and evaluated, nothing else.
 
 Anyone who can open the Prefect dashboard can start a run with parameters, while the machine that runs
-it holds the data, the registry and the credentials. So form values (the retrain form's fields and its
-``extra`` dictionary, the drift check's batch) are confined before they reach a run's params.yaml:
+it holds the data, the registry and the credentials, and params.yaml holds the gates that decide what
+ships. So form values (the retrain form's fields and its ``extra`` dictionary, the drift check's batch)
+are checked against an allow-list before they reach a run's params.yaml:
 
-- keys that choose a host location, an endpoint, credentials or a download permission
-  (:data:`LOCATION_KEYS`) are refused: they belong in params.yaml, where changes are reviewed;
-- a source (:data:`SOURCE_KEYS`) that is a local path must lie inside the project, inside the folder of
-  the source params.yaml names, or inside one of params.yaml's ``ingest.allowed_roots``; ``s3://``,
-  ``torchvision:`` and ``sklearn-digits`` sources pass (the credentials bound what S3 can reach);
-- a whole section or a parent of such a key (``{"ingest": {...}}``) is refused: set the leaf keys.
+- :data:`FORM_KEYS` are the hyperparameters a form may set (learning rates, epochs, strategy,
+  candidates, budgets, seeds, evaluation sizes). Every other key is refused with one line saying it is
+  set in params.yaml: each gate (``validate.*``, ``promote.*``, ``export.*``, the verdict's
+  ``evaluate.alpha``/``confidence``/``min_gain``, ``drift.*``), each limit and location
+  (``ingest.max_*``, ``orchestrate.*``, weights, endpoints), and the host's resources (workers, ranks).
+  An allow-list, so a key added to the schema later is refused until someone decides otherwise here.
+- a source (:data:`SOURCE_KEYS`) is ``sklearn-digits``, ``torchvision:<Dataset>`` (read from
+  params.yaml's download root, downloads as params.yaml allows), ``s3://`` in a bucket params.yaml
+  lists (``orchestrate.form_s3_buckets``, or the bucket of its own source), or a local folder inside
+  params.yaml's own source folder or ``orchestrate.form_source_roots``, links followed, and never inside
+  the project's runs, registry or dot folders.
 
-Profiles (``params.<profile>.yaml``) are project files, not form values, and are not confined.
+Profiles (``params.<profile>.yaml``) are project files, reviewed like params.yaml, and are not confined.
 """
 
 from __future__ import annotations
@@ -20,54 +26,86 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["LOCATION_KEYS", "SOURCE_KEYS", "confine_form_overrides"]
+__all__ = ["FORM_KEYS", "SOURCE_KEYS", "confine_form_overrides"]
 
-LOCATION_KEYS = ("ingest.allowed_roots", "ingest.download_root", "ingest.s3_endpoint_url", "ingest.s3_profile",
-                 "ingest.allow_download", "select.weights", "select.hub_dir", "select.allow_download",
-                 "promote.registry", "orchestrate.runs_dir", "orchestrate.keep_runs", "orchestrate.reports_store",
-                 "orchestrate.reports_url", "orchestrate.concurrency_limit", "drift.ui_host", "drift.ui_port")
 SOURCE_KEYS = ("ingest.source", "shift.source")
-_REMOTE_SOURCES = ("s3://", "torchvision:")
+FORM_KEYS = frozenset({
+    "common.seed", "common.image_size", "common.device",
+    "ingest.source", "ingest.budget_per_class", "ingest.budget_fraction",
+    "shift.source", "shift.corruptions", "shift.severities", "shift.assignment", "shift.include_clean",
+    "shift.per_cell",
+    "select.candidates", "select.rank_by", "select.sample_per_class", "select.knn_k", "select.cv_folds",
+    "select.tie_tolerance", "select.max_params_m", "select.max_gflops", "select.max_latency_ms",
+    "select.batch_size",
+    "freeze.strategy", "freeze.depth", "freeze.epochs", "freeze.lr", "freeze.probe_cs", "freeze.layer_decay",
+    "freeze.gradual_every", "freeze.gradual_step", "freeze.bn_policy",
+    "finetune.optimizer", "finetune.weight_decay", "finetune.momentum", "finetune.batch_size",
+    "finetune.min_epoch_steps", "finetune.eval_batch_size", "finetune.warmup_epochs", "finetune.label_smoothing",
+    "finetune.grad_clip", "finetune.patience", "finetune.augment", "finetune.feature_cache", "finetune.cache_views",
+    "finetune.amp", "finetune.cpu_bf16", "finetune.channels_last", "finetune.compile",
+    "baseline.lr", "baseline.patience", "baseline.max_epochs",
+    "evaluate.budgets", "evaluate.seeds", "evaluate.curve_image_size", "evaluate.curve_val_per_class",
+    "evaluate.ece_bins", "evaluate.fgsm_epsilons", "evaluate.attack_images", "evaluate.interpret_classes",
+    "evaluate.ideal_steps", "evaluate.tv_weight", "evaluate.adversarial_step", "evaluate.adversarial_max_steps",
+})
+_NAMED_SOURCES = ("sklearn-digits",)
+_PREFIXED_SOURCES = ("torchvision:",)
+# inside the project, what a source never is: run worktrees, the registry, git/DVC/Prefect state
+_NEVER_SOURCES = (".git", ".dvc", ".prefect", ".venv")
 
 
 def confine_form_overrides(overrides: dict[str, Any], project: Path, params: dict[str, Any]) -> None:
-    """Refuse form overrides that reach outside what params.yaml admits (see the module docstring).
+    """Refuse form overrides outside the allow-list and sources outside what params.yaml admits.
 
     Args:
         overrides: ``{"section.key": value}`` from the dashboard form.
-        project: the main checkout (relative local sources resolve against it).
-        params: the project's params.yaml as committed (its source and ``ingest.allowed_roots``).
+        project: the main checkout (relative local paths resolve against it).
+        params: the project's params.yaml as committed (its sources, ``orchestrate.form_*``, runs and registry).
     Raises:
-        ValueError: names the key, the value and where it may be set instead.
+        ValueError: one line naming the key (and value) and where it may be set instead.
     """
     for key, value in overrides.items():
-        parts = key.split(".")
-        for guarded in (*LOCATION_KEYS, *SOURCE_KEYS):
-            leaf = guarded.split(".")
-            if guarded in LOCATION_KEYS and parts[: len(leaf)] == leaf:
-                raise ValueError(f"{key}: refused from the dashboard: it sets {guarded}, which decides where the "
-                                 "pipeline reads, writes or connects on this host; set it in params.yaml")
-            if len(parts) < len(leaf) and leaf[: len(parts)] == parts:
-                raise ValueError(f"{key}: refused from the dashboard: a whole section would also set {guarded}; "
-                                 f"give its keys one by one, e.g. {guarded!r}")
+        if key not in FORM_KEYS:
+            raise ValueError(_refusal(key))
         if key in SOURCE_KEYS and value is not None:
             _check_source(key, str(value), project, params)
 
 
+def _refusal(key: str) -> str:
+    sections = {k.split(".")[0] for k in FORM_KEYS}
+    if key in sections:
+        example = sorted(k for k in FORM_KEYS if k.startswith(key + "."))[0]
+        return f"{key}: refused from the dashboard: give the keys of a section one by one, e.g. {example!r}"
+    return (f"{key}: refused from the dashboard, which sets training and evaluation hyperparameters only "
+            "(docs/orchestrate.md lists them); set it in params.yaml, where changes are reviewed")
+
+
 def _check_source(key: str, value: str, project: Path, params: dict[str, Any]) -> None:
-    if value == "sklearn-digits" or value.startswith(_REMOTE_SOURCES):
+    if value in _NAMED_SOURCES or value.startswith(_PREFIXED_SOURCES):
+        return
+    orchestrate = params.get("orchestrate") or {}
+    if value.startswith("s3://"):
+        bucket = value.removeprefix("s3://").split("/")[0]
+        buckets = {*orchestrate.get("form_s3_buckets", []), *_own_buckets(params)}
+        if bucket not in buckets:
+            raise ValueError(f"{key} = {value!r}: refused from the dashboard: bucket {bucket!r} is not one params.yaml "
+                             f"admits ({', '.join(sorted(buckets)) or 'none'}); add it to "
+                             "orchestrate.form_s3_buckets in params.yaml")
         return
     if "://" in value:
-        raise ValueError(f"{key} = {value!r}: refused from the dashboard: only s3://, torchvision:, sklearn-digits "
-                         "or a local path are sources")
-    ingest = params.get("ingest") or {}
-    roots = [project, *_local_folder(ingest.get("source"), project),
-             *(_resolve(root, project) for root in ingest.get("allowed_roots") or [])]
+        raise ValueError(f"{key} = {value!r}: refused from the dashboard: only sklearn-digits, torchvision:, s3:// "
+                         "or a local folder are sources")
     target = _resolve(value, project)
-    if not any(target == root or target.is_relative_to(root) for root in roots):
-        raise ValueError(f"{key} = {value!r}: refused from the dashboard: {target} is outside the project and the "
-                         f"folders params.yaml admits ({', '.join(str(r) for r in roots)}); add its folder to "
-                         "ingest.allowed_roots in params.yaml")
+    roots = [*_own_folders(params, project),
+             *(_resolve(root, project) for root in orchestrate.get("form_source_roots", []))]
+    if not any(target.is_relative_to(root) for root in roots):
+        raise ValueError(f"{key} = {value!r}: refused from the dashboard: {target} is outside the folders params.yaml "
+                         f"admits ({', '.join(map(str, roots)) or 'none'}); add its folder to "
+                         "orchestrate.form_source_roots in params.yaml")
+    for never in _never_folders(params, project):
+        if target.is_relative_to(never):
+            raise ValueError(f"{key} = {value!r}: refused from the dashboard: {target} lies in {never}, which holds "
+                             "the pipeline's own state (runs, registry, git/DVC), never a source")
 
 
 def _resolve(path: str, project: Path) -> Path:
@@ -75,9 +113,26 @@ def _resolve(path: str, project: Path) -> Path:
     return Path(os.path.realpath(project / Path(path).expanduser()))
 
 
-def _local_folder(source: str | None, project: Path) -> Iterable[Path]:
-    """The folder of params.yaml's own source when it is local (a table's folder, or the folder itself)."""
-    if not source or source == "sklearn-digits" or source.startswith(_REMOTE_SOURCES):
-        return []
-    path = _resolve(source, project)
-    return [path.parent if path.suffix.lower() in (".csv", ".parquet") else path]
+def _own_sources(params: dict[str, Any]) -> list[str]:
+    return [s for s in ((params.get("ingest") or {}).get("source"), (params.get("shift") or {}).get("source")) if s]
+
+
+def _own_buckets(params: dict[str, Any]) -> Iterable[str]:
+    return [s.removeprefix("s3://").split("/")[0] for s in _own_sources(params) if s.startswith("s3://")]
+
+
+def _own_folders(params: dict[str, Any], project: Path) -> Iterable[Path]:
+    """The folders of params.yaml's own local sources (a table's folder, or the folder itself)."""
+    for source in _own_sources(params):
+        if source in _NAMED_SOURCES or source.startswith(_PREFIXED_SOURCES) or "://" in source:
+            continue
+        path = _resolve(source, project)
+        yield path.parent if path.suffix.lower() in (".csv", ".parquet") else path
+
+
+def _never_folders(params: dict[str, Any], project: Path) -> Iterable[Path]:
+    yield from (_resolve(name, project) for name in _NEVER_SOURCES)
+    yield _resolve((params.get("orchestrate") or {}).get("runs_dir", "runs"), project)
+    registry = (params.get("promote") or {}).get("registry", "registry")
+    if "://" not in registry:
+        yield _resolve(registry, project)
