@@ -14,6 +14,10 @@ Two ways to run them:
   terminal.
 - without it (`make ui`): serve them from this process (`serve`), with `--start-server` a local
   Prefect server first (SQLite, or PostgreSQL with `--database-url`) and a web server for the reports.
+
+The started server is closed by HTTP basic auth: its "user:password" is PREFECT_SERVER_API_AUTH_STRING when
+set, else `.prefect/auth-string` (generated once, mode 0600). `--register` and `--worker` send
+PREFECT_API_AUTH_STRING, else that file's string when it exists (a server started by `make ui`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from prefect import deploy, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from flows.drift_check import drift_check
 from flows.engine import ensure_concurrency_limit, ensure_work_pool
 from flows.retrain import retrain
-from flows.server import PrefectServer, ReportServer
+from flows.server import CLIENT_AUTH_ENV, PrefectServer, ReportServer, client_auth_string, server_auth_string
 from pipeline.config import OrchestrateParams, load_params
 from pipeline.project import find_root
 from pipeline.runs.publish import URL_ENV
@@ -66,10 +70,13 @@ def build_deployments(project: Path) -> list:
 
 
 def _job_variables(project: Path, orchestrate: OrchestrateParams) -> dict:
-    """Where a flow run starts: in this checkout (process pool), or the image's /project (docker, kubernetes)."""
+    """Where a flow run starts: in this checkout (process pool), or the image's /project (docker, kubernetes).
+
+    The pool admits these values only (flows/engine.py locks its job variables), so a custom run cannot move them.
+    """
     if orchestrate.work_pool_type == "process":
         return {"working_dir": str(project)}
-    return {}
+    return {"image": orchestrate.worker_image}
 
 
 def register(project: Path) -> list[str]:
@@ -79,7 +86,8 @@ def register(project: Path) -> list[str]:
         What was done, one line each.
     """
     orchestrate = load_params(project / "params.yaml").orchestrate
-    done = [ensure_work_pool(project, orchestrate.work_pool, orchestrate.work_pool_type)]
+    done = [ensure_work_pool(project, orchestrate.work_pool, orchestrate.work_pool_type,
+                             pinned=_job_variables(project, orchestrate))]
     ensure_concurrency_limit(orchestrate.concurrency_limit)
     done.append(f"global concurrency limit {orchestrate.concurrency_limit!r} (1 slot) in place")
     image = None if orchestrate.work_pool_type == "process" else orchestrate.worker_image
@@ -109,12 +117,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="port of the reports web server started with --start-server (default 8080; 0: none)")
     args = parser.parse_args(argv)
     project = find_root()
+    home = project / ".prefect"  # PREFECT_HOME of `make ui`'s server, where its auth string is
     if args.register:
-        for line in register(project):
-            print(line, flush=True)
+        # Prefect read PREFECT_API_AUTH_STRING when it was imported: a string from the file goes in explicitly
+        with temporary_settings(updates={PREFECT_API_AUTH_STRING: client_auth_string(home)}):
+            for line in register(project):
+                print(line, flush=True)
         return 0
     if args.worker:
         orchestrate = load_params(project / "params.yaml").orchestrate
+        auth = client_auth_string(home)
+        if auth:  # the worker and the flow runs it starts read it from the environment
+            os.environ[CLIENT_AUTH_ENV] = auth
         prefect = str(Path(sys.executable).with_name("prefect"))
         os.execv(prefect, [prefect, "worker", "start", "--pool", orchestrate.work_pool, "--type",
                            orchestrate.work_pool_type])
@@ -124,16 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a service manager, `kill`) leaves through the `with` blocks below, which stop the servers;
     # serve() installs its own handler (the same exit) once its runner starts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with PrefectServer(project / ".prefect", port=args.port, database_url=args.database_url) as server:
+    auth, auth_source = server_auth_string(home)
+    with PrefectServer(home, port=args.port, database_url=args.database_url, auth_string=auth) as server:
         os.environ.update(server.env())  # for the flow-run processes that serve() starts
         reports = ReportServer(runs_root(project), port=args.reports_port).start() if args.reports_port else None
         if reports:  # served flow runs link their reports over http
             os.environ[URL_ENV] = reports.url
         print(f"Prefect dashboard: {server.ui_url}  (deployments: retrain-scheduled, retrain-on-demand, drift-check)"
               + (f"; reports: {reports.url}" if reports else ""), flush=True)
+        print(f"The dashboard and API ask for the user:password in {auth_source} (type the whole line at the "
+              f"login; `export {CLIENT_AUTH_ENV}=...` for the prefect CLI)", flush=True)
         try:
             # this process read its settings when Prefect was imported: point it at the server explicitly
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: auth}):
                 serve(*build_deployments(project))
         finally:
             if reports:

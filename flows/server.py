@@ -1,11 +1,14 @@
 """Local servers on loopback for `make ui` and the end-to-end tests: a Prefect server process (SQLite, or
-PostgreSQL given a database URL) and a web server for the runs' HTML reports."""
+PostgreSQL given a database URL; closed by HTTP basic auth when given an auth string) and a web server for
+the runs' HTML reports (``<run>/reports/<file>`` only)."""
 
 from __future__ import annotations
 
 import functools
 import http.server
 import os
+import posixpath
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,8 +17,15 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["PrefectServer", "ReportServer", "free_port"]
+__all__ = ["PrefectServer", "ReportServer", "free_port", "report_path", "AUTH_FILE", "SERVER_AUTH_ENV", "CLIENT_AUTH_ENV",
+           "server_auth_string", "client_auth_string"]
+# Prefect 3.8.8's basic auth: the server compares the decoded Authorization header with
+# PREFECT_SERVER_API_AUTH_STRING (every API route but GET /api/health and /api/ready); clients and
+# workers send PREFECT_API_AUTH_STRING. Both are "user:password".
+SERVER_AUTH_ENV, CLIENT_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"
+AUTH_FILE = "auth-string"  # under the server's PREFECT_HOME (.prefect/, gitignored): `make ui`'s generated secret
 
 
 def free_port() -> int:
@@ -25,14 +35,63 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _check_private(path: Path) -> None:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(f"{path}: holds the Prefect server's password but has mode {mode:o}; "
+                              f"run `chmod 600 {path}`")
+
+
+def server_auth_string(home: Path) -> tuple[str, str]:
+    """The basic-auth string ("user:password") a local server is started with, and where it came from.
+
+    PREFECT_SERVER_API_AUTH_STRING when set; else ``<home>/auth-string``, created on first use with a random
+    password and mode 0600, so a restarted server keeps the password the browser logged in with.
+    """
+    if os.environ.get(SERVER_AUTH_ENV):
+        return os.environ[SERVER_AUTH_ENV], f"${SERVER_AUTH_ENV}"
+    path = Path(home) / AUTH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # O_EXCL: never overwrite a password already handed out; 0600 from the start, no window
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _check_private(path)
+        value = path.read_text().strip()
+        if ":" not in value:
+            raise ValueError(f"{path}: expected one line user:password, found {len(value)} characters without ':'; "
+                             "delete the file to get a new one") from None
+        return value, str(path)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"tlops:{secrets.token_urlsafe(24)}\n")
+    return path.read_text().strip(), str(path)
+
+
+def client_auth_string(home: Path) -> str | None:
+    """What a client (`make deploy`, `make worker`) sends: PREFECT_API_AUTH_STRING, else the local server's file."""
+    if os.environ.get(CLIENT_AUTH_ENV):
+        return os.environ[CLIENT_AUTH_ENV]
+    path = Path(home) / AUTH_FILE
+    if not path.is_file():
+        return None
+    _check_private(path)
+    return path.read_text().strip()
+
+
 class PrefectServer:
-    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME; a context manager."""
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME; a context manager.
+
+    With ``auth_string`` ("user:password") every API call but the health check needs it (HTTP basic auth);
+    :meth:`env` hands it to the clients. Without it the server is open to whoever reaches the port.
+    """
 
     def __init__(self, home: Path, port: int | None = None, log_path: Path | None = None,
-                 database_url: str | None = None):
+                 database_url: str | None = None, auth_string: str | None = None):
         self.home, self.port = Path(home), port or free_port()
         self.log_path = log_path or self.home / "server.log"
         self.database_url = database_url  # None: SQLite under home
+        if auth_string is not None and ":" not in auth_string:
+            raise ValueError("the Prefect server's auth string must be user:password (it has no ':')")
+        self.auth_string = auth_string
         self.process: subprocess.Popen | None = None
 
     @property
@@ -44,9 +103,13 @@ class PrefectServer:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        """Environment for processes that talk to this server."""
-        return {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        """Environment for processes that talk to this server (its credentials included, when it has them)."""
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        env.pop(SERVER_AUTH_ENV, None)  # a client has no business with the server's own setting
+        if self.auth_string:
+            env[CLIENT_AUTH_ENV] = self.auth_string
+        return env
 
     def start(self, timeout: float = 120) -> "PrefectServer":
         """Start the server and wait until /api/health answers."""
@@ -56,6 +119,8 @@ class PrefectServer:
         env = self.env()
         if self.database_url:  # only the server needs it; clients talk to the API
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        if self.auth_string:
+            env[SERVER_AUTH_ENV] = self.auth_string
         self.process = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port",
                                          str(self.port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -96,13 +161,31 @@ class PrefectServer:
         self.stop()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+def report_path(url_path: str) -> bool:
+    """Whether a URL path names a file under a run's reports: ``/<run>/reports/<file...>``, no dotfile.
+
+    The rule of infra/compose/nginx.conf: a run's worktree also holds its data, models and DVC/git
+    settings, and none of that is served.
+    """
+    path = unquote(urlsplit(url_path).path)
+    parts = posixpath.normpath(path).split("/")[1:] if path.startswith("/") else []
+    return (len(parts) >= 3 and parts[1] == "reports" and not path.endswith("/")
+            and not any(part.startswith(".") or part == "" for part in parts))
+
+
+class _ReportsHandler(http.server.SimpleHTTPRequestHandler):
+    def send_head(self):
+        if not report_path(self.path) or not os.path.isfile(self.translate_path(self.path)):
+            self.send_error(404)  # a listing, a dotfile or anything outside <run>/reports/
+            return None
+        return super().send_head()
+
     def log_message(self, format, *args) -> None:  # one line per request would drown the dashboard's output
         pass
 
 
 class ReportServer:
-    """Serves a folder (the runs' worktrees) read-only over http on 127.0.0.1, from a thread."""
+    """Serves the runs' reports (``<root>/<run>/reports/``) read-only over http on 127.0.0.1, from a thread."""
 
     def __init__(self, root: Path, port: int = 0):
         self.root, self.port = Path(root), port
@@ -114,7 +197,7 @@ class ReportServer:
 
     def start(self) -> "ReportServer":
         self.root.mkdir(parents=True, exist_ok=True)
-        handler = functools.partial(_QuietHandler, directory=str(self.root))
+        handler = functools.partial(_ReportsHandler, directory=str(self.root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

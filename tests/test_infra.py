@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -340,6 +341,22 @@ def test_helm_values_agree_with_the_project(params):
 
 ENV_EXAMPLE = COMPOSE / ".env.example"
 COMPOSE_FILES = {"cpu": ["compose.yaml"], "gpu": ["compose.yaml", "compose.gpu.yaml"]}
+# what compose refuses to start without (`${NAME:?...}`), all of it for the operator to write into .env
+REQUIRED = set(re.findall(r"\$\{(\w+):\?", (COMPOSE / "compose.yaml").read_text()))
+PIPELINE_USER = "tlops-pipeline"
+
+
+def _example() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def _operator_env(path: Path, **over: str) -> Path:
+    """.env.example with the secrets filled in as an operator does (`cp .env.example .env`, then edit)."""
+    values = {k: v or (f"tlops:{secrets.token_hex(12)}" if k == "TLOPS_PREFECT_AUTH" else secrets.token_hex(12))
+              if k in REQUIRED else v for k, v in _example().items()}
+    path.write_text("".join(f"{k}={v}\n" for k, v in {**values, **over}.items()))
+    return path
 
 
 def _compose_cli() -> list[str] | None:
@@ -365,13 +382,15 @@ def _compose(env_file: Path, names: list[str], *args: str, home: Path) -> subpro
 
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory) -> dict[str, dict]:
-    """`compose config` of the stack, plain and with the GPU override, with .env.example's values."""
+    """`compose config` of the stack, plain and with the GPU override, with .env.example's values and the
+    secrets an operator writes."""
     home = tmp_path_factory.mktemp("compose-home")
-    check = _compose(ENV_EXAMPLE, COMPOSE_FILES["cpu"], "config", "-q", home=home)
+    env_file = _operator_env(home / ".env")
+    check = _compose(env_file, COMPOSE_FILES["cpu"], "config", "-q", home=home)
     assert check.returncode == 0, check.stderr
     out = {}
     for variant, names in COMPOSE_FILES.items():
-        done = _compose(ENV_EXAMPLE, names, "config", home=home)
+        done = _compose(env_file, names, "config", home=home)
         assert done.returncode == 0, done.stderr
         out[variant] = yaml.safe_load(done.stdout)["services"]
     return out
@@ -429,13 +448,20 @@ def test_compose_stack_agrees_with_the_project(resolved, params):
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", WEBHOOK_ENV} <= set(env)
     assert env[URL_ENV] == "http://localhost:8080"
-    assert env["AWS_ACCESS_KEY_ID"] == _env(services["minio"])["MINIO_ROOT_USER"]
+    # the worker is the least-privileged pipeline user that minio-init creates, never MinIO's root
+    minio = _env(services["minio"])
+    assert env["AWS_ACCESS_KEY_ID"] == PIPELINE_USER != minio["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] != minio["MINIO_ROOT_PASSWORD"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == _env(services["minio-init"])["TLOPS_PIPELINE_S3_SECRET"]
+    # closed by default: the server demands the auth string that the worker sends
+    auth = _env(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"]
+    assert ":" in auth and env["PREFECT_API_AUTH_STRING"] == auth
     assert _command(evidently) == _evidently_command(params)
     assert _mounts(worker)["/project"] == _mounts(evidently)["/project"] == "project"
     assert _mounts(services["reports"])["/project"] == "project:ro"
     root = re.search(r"^\s*root\s+(\S+);", (COMPOSE / "nginx.conf").read_text(), re.M).group(1)
     assert root == f"/project/{orchestrate.runs_dir}"
-    assert "autoindex on;" in (COMPOSE / "nginx.conf").read_text()
+    assert "autoindex off;" in (COMPOSE / "nginx.conf").read_text()  # tests/test_access.py runs it
     buckets = set(re.findall(r"tlops/(tlops-[a-z]+)", " ".join(_command(services["minio-init"]))))
     assert buckets == {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
     assert env["TLOPS_DVC_REMOTE"].startswith("s3://tlops-dvc/")
@@ -453,21 +479,86 @@ def test_compose_holds_no_secrets(tmp_path):
     raw = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
     for name, service in raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|ACCESS_KEY|ROOT_USER", key):
+            if re.search(r"PASSWORD|SECRET|ROOT_USER|AUTH_STRING", key):
                 assert str(value).startswith("${"), f"{name}.{key} is not from the env file"
+            elif key == "AWS_ACCESS_KEY_ID":  # a user name, not a secret: the pipeline's own user
+                assert value == PIPELINE_USER, f"{name}.{key} = {value!r}"
     url = raw["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert ":${POSTGRES_PASSWORD}@" in url
     ignored = subprocess.run(["git", "check-ignore", "-q", str(COMPOSE / ".env")], cwd=ROOT)
     assert ignored.returncode == 0, "infra/compose/.env (the real secrets) must be ignored by git"
-    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
-                   if line and not line.startswith("#"))
-    required = set(re.findall(r"\$\{(\w+):\?", (COMPOSE / "compose.yaml").read_text()))
+    example, required = _example(), REQUIRED
     assert required <= set(example)
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD"} <= required
+    secret = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "TLOPS_PIPELINE_S3_SECRET", "TLOPS_REPORTS_S3_SECRET",
+              "POSTGRES_PASSWORD", "TLOPS_PREFECT_AUTH"}
+    assert secret <= required
+    # no default password to forget changing: the example leaves each secret empty, which compose refuses
+    assert {k: example[k] for k in secret if example[k]} == {}
+    empty = _compose(ENV_EXAMPLE, COMPOSE_FILES["cpu"], "config", "-q", home=tmp_path)
+    assert empty.returncode != 0 and any(name in empty.stdout + empty.stderr for name in secret)
     # without them in the env file, compose stops and names what is missing
     (tmp_path / "env").write_text("".join(f"{k}={v}\n" for k, v in example.items() if k not in required))
     result = _compose(tmp_path / "env", COMPOSE_FILES["cpu"], "config", "-q", home=tmp_path)
     assert result.returncode != 0 and any(name in result.stdout + result.stderr for name in required)
+
+
+def _bindings(service: dict) -> list[tuple[str, int]]:
+    """(host address, published port) of each port a resolved service publishes ("" when on every address)."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # docker compose v2's long form
+            out.append((port.get("host_ip", ""), int(port["published"])))
+        else:  # docker-compose 1.29: "IP:PUBLISHED:TARGET/proto" or "PUBLISHED:TARGET/proto"
+            *ip, published, _ = str(port).split(":")
+            out.append((ip[0] if ip else "", int(published)))
+    return out
+
+
+def test_compose_publishes_on_loopback_unless_the_operator_opts_out(resolved, tmp_path):
+    raw = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    for name, service in raw["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("${TLOPS_BIND:-127.0.0.1}:"), f"{name} publishes {port!r} on every address"
+    bound = {name: _bindings(service) for name, service in resolved["cpu"].items() if service.get("ports")}
+    assert set(bound) == {"prefect-server", "minio", "evidently-ui", "reports"}
+    assert {ip for ports in bound.values() for ip, _ in ports} == {"127.0.0.1"}
+    assert {ip for s in resolved["gpu"].values() for ip, _ in _bindings(s)} == {"127.0.0.1"}
+    opened = _compose(_operator_env(tmp_path / "env", TLOPS_BIND="0.0.0.0"), COMPOSE_FILES["cpu"], "config",
+                      home=tmp_path)
+    assert opened.returncode == 0, opened.stderr
+    services = yaml.safe_load(opened.stdout)["services"]
+    assert {ip for s in services.values() for ip, _ in _bindings(s)} == {"0.0.0.0"}
+
+
+def test_no_default_minio_credentials_anywhere():
+    texts = {p: p.read_text(errors="replace") for p in [*INFRA.rglob("*"), ROOT / "docs" / "infra.md"] if p.is_file()}
+    assert [str(p) for p, text in texts.items() if "minioadmin" in text.lower()] == []
+
+
+def test_minio_users_and_policies(resolved):
+    init = resolved["cpu"]["minio-init"]
+    script = " ".join(_command(init))
+    env = _env(init)
+    assert {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= set(env)  # only the one-shot init holds root
+    assert not any(k.startswith("MINIO_ROOT") or v == env["MINIO_ROOT_PASSWORD"]
+                   for name, service in resolved["cpu"].items() if name not in ("minio", "minio-init")
+                   for k, v in _env(service).items())
+    assert _mounts(init)["/policies"] == str(COMPOSE / "minio") + ":ro"
+    for user, policy in ((PIPELINE_USER, "pipeline-policy.json"), ("tlops-reports", "reports-policy.json")):
+        assert f"mc admin user add tlops {user} " in script
+        assert f"/policies/{policy}" in script
+    buckets = {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
+    pipeline = json.loads((COMPOSE / "minio" / "pipeline-policy.json").read_text())["Statement"]
+    resources = {r for statement in pipeline for r in statement["Resource"]}
+    assert resources == {f"arn:aws:s3:::{b}" for b in buckets} | {f"arn:aws:s3:::{b}/*" for b in buckets}
+    assert all(statement["Effect"] == "Allow" and not any("*" in a or a.startswith("s3:PutBucket") or
+                                                          a.startswith("s3:DeleteBucket") for a in statement["Action"])
+               for statement in pipeline)  # objects only: no wildcard action, no bucket administration
+    writes = {r for st in pipeline if "s3:PutObject" in st["Action"] for r in st["Resource"]}
+    assert "arn:aws:s3:::tlops-data/*" not in writes  # the images are read, never written
+    [reports] = json.loads((COMPOSE / "minio" / "reports-policy.json").read_text())["Statement"]
+    assert reports == {"Sid": reports["Sid"], "Effect": "Allow", "Action": ["s3:GetObject"],
+                       "Resource": ["arn:aws:s3:::tlops-reports/*"]}
 
 
 # ---------------------------------------------------------------- worker image
