@@ -86,6 +86,14 @@ def test_worker_with_the_auth_string_runs_a_flow(server, tmp_path):
         # the project's deployments have schedules that would run the pipeline in this checkout: gone again
         project = api.post("/deployments/filter", json={}).raise_for_status().json()
         assert {d["name"] for d in project} == {"retrain-scheduled", "retrain-on-demand", "drift-check"}
+        # a custom run from the dashboard cannot choose what the worker runs, with what environment, where
+        assert "a custom run may set only labels, name, stream_output" in registered.stdout
+        on_demand = next(d for d in project if d["name"] == "retrain-on-demand")
+        for job_variables in ({"command": "sh -c id"}, {"env": {"AWS_ENDPOINT_URL": "http://127.0.0.2:1"}},
+                              {"working_dir": "/tmp"}):
+            refused = api.post(f"/deployments/{on_demand['id']}/create_flow_run",
+                               json={"job_variables": job_variables})
+            assert refused.status_code == 422, (job_variables, refused.text)
         for deployment in project:
             api.delete(f"/deployments/{deployment['id']}").raise_for_status()
         flow_id = api.post("/flows/", json={"name": "access-hello"}).raise_for_status().json()["id"]
