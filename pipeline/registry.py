@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import mimetypes
@@ -29,14 +30,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
+from pipeline.common.errors import TransientError, is_connection_error
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
 __all__ = ["Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate"]
 _COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ChampionChanged(RuntimeError):
@@ -58,7 +61,7 @@ class _FolderStore:
         self.root = root
 
     def put_dir(self, rel: str, local: Path) -> None:
-        with atomic_dir(self.root / rel) as tmp:
+        with atomic_dir(self.root / rel, durable=True) as tmp:  # a champion never points at unsynced files
             shutil.copytree(local, tmp, dirs_exist_ok=True)
 
     def put_json(self, rel: str, obj: Any) -> None:
@@ -110,8 +113,28 @@ class _FolderStore:
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _transient_when_unreachable(method: F) -> F:
+    """An S3 store call whose endpoint cannot be reached (refused, reset, timed out, after botocore's own
+    retries) raises :class:`TransientError` naming the endpoint: the stage exits 75 and the flow retries it,
+    instead of failing the promotion for good as an internal error."""
+
+    @functools.wraps(method)
+    def call(self: "S3Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:
+            if not is_connection_error(err):
+                raise
+            raise TransientError(f"s3://{self.bucket}/{self.prefix}: the S3 endpoint {self.s3.meta.endpoint_url} "
+                                 f"cannot be reached after the client's retries ({type(err).__name__}: {err})") from err
+
+    return call  # type: ignore[return-value]
+
+
 class S3Store:
-    """A folder of objects under s3://bucket/prefix (the registry's store; also where run reports go)."""
+    """A folder of objects under s3://bucket/prefix (the registry's store; also where run reports go).
+
+    Every call that reaches the endpoint raises :class:`TransientError` when it cannot be reached."""
 
     def __init__(self, uri: str):
         import boto3
@@ -125,6 +148,7 @@ class S3Store:
         """The object key of ``rel`` under the store's prefix."""
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
+    @_transient_when_unreachable
     def put_dir(self, rel: str, local: Path) -> None:
         # S3 has no rename: the marker, written last, is what makes the folder exist for list_dirs, so an
         # upload cut off by a kill is invisible and a rerun uploads it again in full
@@ -135,6 +159,7 @@ class S3Store:
                                 ExtraArgs={"ContentType": kind})
         self.put_json(f"{rel}/{_COMPLETE}", {"files": files})
 
+    @_transient_when_unreachable
     def put_json(self, rel: str, obj: Any) -> None:
         body = json.dumps(obj, indent=2, sort_keys=True).encode()
         self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=body)
@@ -142,6 +167,7 @@ class S3Store:
     def get_json(self, rel: str) -> Any | None:
         return self.get_json_token(rel)[0]
 
+    @_transient_when_unreachable
     def get_json_token(self, rel: str) -> tuple[Any | None, str | None]:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=self.key(rel))
@@ -149,6 +175,7 @@ class S3Store:
             return None, None
         return json.loads(response["Body"].read()), response["ETag"]
 
+    @_transient_when_unreachable
     def put_json_if(self, rel: str, obj: Any, token: str | None) -> None:
         from botocore.exceptions import ClientError
 
@@ -161,6 +188,7 @@ class S3Store:
                 raise ChampionChanged(f"s3://{self.bucket}/{self.key(rel)} changed since it was read") from None
             raise
 
+    @_transient_when_unreachable
     def fetch_dir(self, rel: str, dest: Path) -> Path:
         prefix = self.key(rel) + "/"
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
@@ -176,6 +204,7 @@ class S3Store:
                 self.s3.download_file(self.bucket, obj["Key"], str(target))
         return dest
 
+    @_transient_when_unreachable
     def list_dirs(self, rel: str) -> list[str]:
         prefix = self.key(rel) + "/"
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from PIL import Image
 
 from pipeline.config import IngestParams
 from pipeline.data.sources import ordered_parallel, open_source
-from pipeline.data.sources.base import Confinement
+from pipeline.data.sources.base import Confinement, Refused
 from pipeline.data.sources.digits import DigitsSource
 from pipeline.data.sources.folder import FolderSource
 from pipeline.data.sources.table import TableSource
@@ -172,3 +173,77 @@ def test_manifest_paths_outside_its_folder_are_refused(tmp_path):
     assert all(s.reason.startswith("refused: outside the source's folder") for s in source.skipped)
     allowed = TableSource(table, lambda: None, _confined(table.parent, [str(outside.parent)]), workers=2)
     assert len(list(allowed.records())) == 4
+
+
+def test_linked_folders_are_walked_inside_the_roots_and_refused_by_name_outside(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(good_png(70, 8))
+    (root / "cats" / "more").symlink_to(outside)  # used to be dropped without a word
+    (root / "birds").symlink_to("/")  # a class folder linked to / used to walk the whole disk
+    (root / "dogs" / "alias").symlink_to(root / "cats" / "x")  # inside the source: walked
+    (root / "cats" / "x" / "up").symlink_to(root / "cats")  # around itself: a loop
+    source = FolderSource(root, _confined(root), workers=2)
+    paths = {r.source_path: r.label for r in source.records()}
+    reasons = {s.path: s.reason for s in source.skipped}
+    assert reasons[str(root / "cats" / "more")] == (
+        f"refused: a folder link outside the source's folder (it resolves to {outside}); add its folder to "
+        "ingest.allowed_roots to read it")
+    assert reasons[str(root / "birds")].startswith("refused: a folder link outside the source's folder (it resolves "
+                                                   "to /)")
+    assert reasons[str(root / "cats" / "x" / "up")] == (
+        f"refused: a folder link to {root / 'cats'}, which holds the link itself (a loop)")
+    assert source.labels == {"cats", "dogs"} and not any("birds" in p for p in paths)
+    assert paths[str(root / "dogs" / "alias" / "c.png")] == "dogs"
+    assert str(root / "dogs" / "alias" / "y" / "b.png") in paths
+    (root / "birds").unlink()
+    allowed = FolderSource(root, _confined(root, [str(outside)]), workers=2)
+    assert {r.source_path: r.label for r in allowed.records()}[str(root / "cats" / "more" / "x.png")] == "cats"
+
+
+def test_a_file_or_folder_swapped_for_a_link_after_its_check_is_refused_not_followed(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "imgs")
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(good_png(80, 8))
+    confinement = _confined(root)
+    real_resolve = Path.resolve
+    swaps = {root / "cats" / "a.png": lambda: ((root / "cats" / "a.png").unlink(),
+                                               (root / "cats" / "a.png").symlink_to(secret)),
+             root / "cats" / "x" / "c.png": lambda: ((root / "cats" / "x").rename(tmp_path / "old-x"),
+                                                     (root / "cats" / "x").symlink_to(secret.parent))}
+
+    def resolve_then_swap(self, strict=False):  # the attacker's move, between the check and the open
+        resolved = real_resolve(self, strict)
+        if self in swaps:
+            swaps.pop(self)()
+        return resolved
+
+    monkeypatch.setattr(Path, "resolve", resolve_then_swap)
+    (secret.parent / "c.png").write_bytes(b"secret too")
+    for path in (root / "cats" / "a.png", root / "cats" / "x" / "c.png"):
+        with pytest.raises(Refused, match="replaced by a link after it was checked"):
+            confinement.read(path)  # the old code read the secret through the swapped-in link
+
+
+def test_a_fifo_swapped_in_after_the_type_check_is_refused_without_hanging(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "imgs")
+    target = root / "dogs" / "d.png"
+    real_stat = os.stat
+
+    def stat_then_swap(path, *args, **kwargs):  # the type is checked, then the file becomes a FIFO
+        info = real_stat(path, *args, **kwargs)
+        if path == target.name and kwargs.get("dir_fd") is not None and target.is_file():
+            target.unlink()
+            os.mkfifo(target)
+        return info
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: outcome.append(pytest.raises(Refused, _confined(root).read, target).value),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "reading a FIFO swapped in after the check hung"
+    assert str(outcome[0]).startswith("not a regular file")

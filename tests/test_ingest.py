@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -137,6 +139,44 @@ def test_an_over_limit_image_and_truncated_jpegs_reach_the_gate_instead_of_crash
     assert manifest.loc[str(root / "dogs" / "bomb.png"), "width"] == 20000  # stored: validate judges it by name
     assert (manifest.index.str.contains("cut") & (manifest["split"] == "train")).any()
     assert (tmp_path / "report" / "samples.png").stat().st_size > 1000
+
+
+_PEAK_RSS = """
+import resource, sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "exit", code)
+"""
+
+
+def _ingest_peak(out: Path, source: Path) -> tuple[int, str]:
+    """Ingest ``source`` in a child process; returns its peak RSS (KiB) and its stderr."""
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, "ingest", "--dataset", str(out / "dataset"),
+                           "--metrics", str(out / "metrics.json"), "--report-dir", str(out / "report"),
+                           "--set", f"ingest.source={source}", "--set", "ingest.val_fraction=0.01",
+                           "--set", "ingest.test_fraction=0.01"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    last = (done.stdout.strip().splitlines() or [""])[-1].split()
+    assert last[:1] == ["peak_rss_kb"] and last[3:] == ["0"], done.stdout + done.stderr
+    return int(last[1]), done.stderr
+
+
+def test_an_image_over_the_pixel_limit_is_listed_and_never_decoded_at_ingest(tmp_path):
+    # 9600x9600 is over validate.max_pixels (64 MP) but under PIL's own error limit (179 MP): the samples
+    # figure used to decode it whole, 6.5 GB peak for an 11 KB file
+    root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 6})
+    baseline, _ = _ingest_peak(tmp_path / "plain", root)
+    bomb = root / "dogs" / "bomb.png"
+    bomb.write_bytes(huge_png(9600))  # built row by row: the test never holds the decoded image either
+    peak, stderr = _ingest_peak(tmp_path / "bomb", root)
+    assert peak < 1.25 * baseline, f"peak RSS {peak} KiB with the bomb vs {baseline} KiB without"
+    assert (f"{bomb}: 9600x9600 = 92,160,000 pixels, over validate.max_pixels = 64,000,000: stored undecoded, for "
+            "the validation gate to refuse") in stderr
+    report = json.loads((tmp_path / "bomb" / "report" / "ingest_report.json").read_text())
+    assert report["over_pixel_limit"] == [{"path": str(bomb), "pixels": 92_160_000,
+                                           "reason": "9600x9600 pixels, over validate.max_pixels = 64,000,000"}]
+    manifest = read_manifest(tmp_path / "bomb" / "dataset").set_index("source_path")
+    assert manifest.loc[str(bomb), "split"] == "train"  # so the samples figure would have drawn it
 
 
 def test_files_named_as_images_that_are_none_reach_the_gate_which_fails_naming_them(tmp_path, capsys):

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import main
+from pipeline.common.errors import EXIT_TRANSIENT
 from pipeline.stages.promote import class_change, promotion_decision
 from pipeline.registry import ChampionChanged, open_registry
-from tests.support.s3server import make_client
+from tests.support.badimages import good_png
+from tests.support.gate import passed_gate
+from tests.support.s3server import ThrottlingProxy, make_client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +48,38 @@ def test_folder_registry(tmp_path):
     assert (tmp_path / "reg" / "champion.json").is_file()
     leftovers = [p for p in (tmp_path / "reg").rglob("*") if p.name.startswith(".") and p.name != ".lock"]
     assert not leftovers  # no temp files; .lock is the promoters' lock file
+
+
+def test_folder_registry_fsyncs_each_file_before_the_rename_and_the_folders_after(tmp_path, monkeypatch):
+    import os
+
+    version = tmp_path / "reg" / "versions" / "20260101-000000-a"
+    synced: dict[tuple[int, int], bool] = {}  # (device, inode) -> did the version folder exist yet
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.setdefault((info.st_dev, info.st_ino), version.exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    registry = open_registry("reg", tmp_path)
+    model = _model_dir(tmp_path, "a", b"A")
+    (model / "sub").mkdir()
+    (model / "sub" / "model.onnx").write_bytes(b"onnx")
+    registry.register("20260101-000000-a", model, {"decision": "promoted"})
+    registry.set_champion("20260101-000000-a", {"test_accuracy": 0.9}, token=None)
+
+    def key(path: Path) -> tuple[int, int]:
+        info = path.stat()
+        return info.st_dev, info.st_ino
+
+    # rename keeps the inode: what was synced under its temporary name is the registered file
+    for path in [version, *version.rglob("*")]:
+        assert synced.get(key(path)) is False, f"{path} not fsynced before the rename"
+    for folder in (version.parent, tmp_path / "reg"):
+        assert synced.get(key(folder)) is True, f"{folder} not fsynced after the rename into it"
+    assert key(tmp_path / "reg" / "champion.json") in synced
 
 
 def test_s3_registry(tmp_path, s3_endpoint, monkeypatch):
@@ -165,3 +201,52 @@ def test_concurrent_promoters_never_lose_an_update(tmp_path):
              for _ in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert open_registry(str(tmp_path / "reg"), tmp_path).champion()["count"] == 100
+
+
+def _objects(client, bucket: str) -> dict[str, bytes]:
+    listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def test_a_stopped_s3_registry_is_transient_for_promote_and_the_champion_stays(tmp_path, s3_endpoint, monkeypatch,
+                                                                               capsys):
+    from flows.retrain import RETRY_POLICY
+    from pipeline.models import LoadedModel
+
+    monkeypatch.chdir(ROOT)  # the CLI finds dvc.yaml from here
+    for i in range(12):  # a tiny dataset and an untrained-head model: promote compares on its test split
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png").write_bytes(good_png(i, 32))
+    assert main(["ingest", "--dataset", str(tmp_path / "dataset"), "--metrics", str(tmp_path / "i.json"),
+                 "--report-dir", str(tmp_path / "ri"), "--set", f"ingest.source={tmp_path / 'imgs'}",
+                 "--set", "ingest.test_fraction=0.4"]) == 0
+    LoadedModel.pretrained("efficientnet_lite0", 2, 32, classes=["c0", "c1"]).save(tmp_path / "model", {})
+    (tmp_path / "evaluation.json").write_text(json.dumps({"verdict": "positive", "recommended_model": "finetuned"}))
+    (tmp_path / "card.md").write_text("# model card")
+    client = make_client(s3_endpoint)
+    client.create_bucket(Bucket="down")
+    server = ThrottlingProxy(s3_endpoint, failures=0)  # the registry's server, stopped below
+    with server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        registry = open_registry("s3://down/reg", tmp_path)
+        registry.register("20260101-000000-a", _card_dir(tmp_path, "champion", "a" * 64), {"decision": "promoted"})
+        registry.set_champion("20260101-000000-a", {"test_accuracy": 0.9}, token=None)
+    before = _objects(client, "down")
+    monkeypatch.setattr("pipeline.stages.promote.run_identity",
+                        lambda root: {"run_name": "20260102-000000-b", "run_tag": None})
+    argv = ["promote", "--dataset", str(tmp_path / "dataset"), "--model", str(tmp_path / "model"),
+            "--baseline", str(tmp_path / "model"), "--evaluation", str(tmp_path / "evaluation.json"),
+            "--decision", str(tmp_path / "decision.json"), "--validation", str(passed_gate(tmp_path)),
+            "--exports", str(tmp_path / "model"), "--model-card", str(tmp_path / "card.md"),
+            "--set", "common.image_size=32", "--set", "promote.registry=s3://down/reg"]
+    capsys.readouterr()
+    for _ in range(1 + RETRY_POLICY["retries"]):  # the first attempt and every retry the flow gives the stage
+        assert main(argv) == EXIT_TRANSIENT  # exit 75: the flow's retry condition takes it as transient
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("tlops promote: transient error (worth a retry): s3://down/reg: the S3 "
+                                    f"endpoint {server.url} cannot be reached"), lines[-1]
+        assert not any("Traceback" in line for line in lines)
+    assert not (tmp_path / "decision.json").exists()
+    assert _objects(client, "down") == before  # the server back: champion pointer and files as they were
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    assert open_registry("s3://down/reg", tmp_path).champion()["version"] == "20260101-000000-a"

@@ -3,6 +3,7 @@ current, in its own group."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -81,6 +82,22 @@ def test_new_batch_becomes_the_current_set(dataset, tmp_path, capsys):
     capsys.readouterr()
     assert _shift(dataset, tmp_path, f"shift.source={tmp_path / 'batch'}") == 2
     assert "label 'zebra' (e.g. " in capsys.readouterr().err
+
+
+def test_a_zero_byte_jpg_in_a_batch_is_one_refused_row_and_the_batch_goes_on(dataset, tmp_path):
+    for i in range(4):
+        (tmp_path / "batch" / "c1").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "batch" / "c1" / f"{i}.png").write_bytes(good_png(600 + i, 12))
+    empty = tmp_path / "batch" / "c1" / "empty.jpg"
+    empty.write_bytes(b"")  # used to end `tlops shift` with an internal error (its figure decoded it)
+    assert _shift(dataset, tmp_path, f"shift.source={tmp_path / 'batch'}") == 0
+    current = read_manifest(tmp_path / "current")
+    assert len(current) == 4 and str(empty) not in set(current["source_path"])
+    report = json.loads((tmp_path / "report" / "shift_report.json").read_text())
+    assert report["skipped"] == [{"path": str(empty), "reason": "refused by the gate's rules: decodes: empty file "
+                                                                "(0 bytes)"}]
+    assert json.loads((tmp_path / "metrics.json").read_text())["refused"] == 1
+    assert (tmp_path / "report" / "corruptions.png").stat().st_size > 1000
 
 
 def test_per_cell_keeps_the_same_seeded_images_in_every_cell(dataset, tmp_path):

@@ -106,6 +106,20 @@ def test_quarantine_excludes_lists_and_counts(tmp_path, capsys, max_fraction, pa
         assert "decodes (cat/zero.img (empty file (0 bytes))" in capsys.readouterr().err
 
 
+def test_a_single_class_fails_the_gate_on_min_classes(tmp_path, capsys):
+    # every per-class check passes on one class; select used to be the first to fail on it, much later
+    items = [item for item in _clean_items() if item.label == "cat"]
+    code, out = _validate(tmp_path, items, ["cat"], "validate.min_rows=5")
+    assert code == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["failed_critical"] == ["min_classes"]
+    check = metrics["checks"]["min_classes"]
+    assert check["observed"] == 1 and check["threshold"] == "2 <= distinct values of class_label"
+    assert "min_classes (1)" in capsys.readouterr().err.strip().splitlines()[-1]
+    code, _ = _validate(tmp_path / "two", _clean_items()[:20], ["cat", "dog"], "validate.min_rows=5")
+    assert code == 0
+
+
 def test_every_check_has_expectations_with_its_configured_severity():
     from pipeline.config import ValidateParams
     from pipeline.validation.suite import CHECK_NAMES, build_expectations

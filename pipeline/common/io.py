@@ -1,8 +1,9 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
+"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target and fsync its folder.
 
 A crash mid-write leaves the previous file (or nothing) in place, never a half-written one, so a
-failed run cannot damage the last good output. :func:`replaced_as_set` extends that to every output
-of a stage: a failed stage leaves its previous outputs whole, never half old and half new.
+failed run cannot damage the last good output; after a power cut the rename itself is on disk too.
+:func:`replaced_as_set` extends that to every output of a stage: a failed stage leaves its previous outputs
+whole, never half old and half new.
 """
 
 from __future__ import annotations
@@ -67,18 +68,41 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         with _naming(target):
             yield tmp_path
-            with open(tmp_path, "rb+") as fh:
-                os.fsync(fh.fileno())
+            _fsync(tmp_path)
         os.replace(tmp_path, target)
+        _fsync(target.parent)  # the rename lives in the folder's entries: sync them too
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder's: its entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (``root`` included), deepest first."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it replaces ``target`` whole.
 
     The old directory is moved aside before the swap and removed only after the new one is in place.
+
+    Args:
+        target: final directory path.
+        durable: fsync every file and folder written before the swap, and the parent folder after it, so
+            that a power cut never leaves a renamed but empty or partial folder (the model registry's
+            versions); off for stage outputs, which a rerun rebuilds.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -87,12 +111,16 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     try:
         with _naming(target):
             yield tmp
+            if durable:
+                _fsync_tree(tmp)
         old = target.with_name(f".{target.name}.old")
         if old.exists():
             shutil.rmtree(old)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
+        if durable:
+            _fsync(target.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():

@@ -31,15 +31,15 @@ import pandas as pd
 from pipeline.common.device import select_device
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.logs import get_logger, progress
-from pipeline.config import Params, ValidateParams
+from pipeline.config import Params
 from pipeline.data.images import decode_rgb
 from pipeline.data.shards import MANIFEST, iter_records
 from pipeline.data.sources import open_source
 from pipeline.models import LoadedModel
 from pipeline.prediction.models import ModelRef
-from pipeline.validation.profile import ProfileSettings, profile_image
+from pipeline.validation.profile import ProfileSettings, image_refusal, profile_image
 
-__all__ = ["BatchImage", "read_batch", "image_refusal", "predict_batch", "PREDICTIONS"]
+__all__ = ["BatchImage", "read_batch", "predict_batch", "PREDICTIONS"]
 log = get_logger(__name__)
 PREDICTIONS = "predictions"  # .parquet and .csv
 _CHUNK = 256  # images decoded and classified at a time: memory stays flat on long batches
@@ -67,22 +67,6 @@ def read_batch(source: str, params: Params) -> Iterator[BatchImage]:
         yield BatchImage(record.source_path, record.label, record.data)
     for skipped in reader.skipped:  # read failures, refused links and FIFOs: one row each
         yield BatchImage(skipped.path, "", None, skipped.reason)
-
-
-def image_refusal(row: dict[str, Any], cfg: ValidateParams) -> tuple[str | None, str | None]:
-    """(refusal, warning) of one profiled image by the gate's per-image rules and their severities."""
-    if not row["decode_ok"]:
-        return f"decodes: {row['error']}", None
-    broken = []
-    for check, column in (("width_in_bounds", "width"), ("height_in_bounds", "height")):
-        if not cfg.min_side <= row[column] <= cfg.max_side:
-            broken.append((check, f"{check}: {column} {row[column]} px outside [{cfg.min_side}, {cfg.max_side}] "
-                                  "(validate.min_side / max_side)"))
-    if row["mode"] not in cfg.accepted_modes:
-        broken.append(("mode_convertible", f"mode_convertible: mode {row['mode']} not in validate.accepted_modes"))
-    critical = [text for check, text in broken if getattr(cfg.severity, check) == "critical"]
-    warnings = [text for check, text in broken if getattr(cfg.severity, check) != "critical"]
-    return ("; ".join(critical) or None), ("; ".join(warnings) or None)
 
 
 def predict_batch(images: Iterable[BatchImage], model_ref: ModelRef, params: Params, out: Path,

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pipeline.common.logs import progress
-from pipeline.config import IngestParams, ShiftParams
+from pipeline.config import IngestParams, ShiftParams, ValidateParams
 from pipeline.data.build import index_labels, pack_source
 from pipeline.data.images import decode_rgb
 from pipeline.data.pack import describe_image, store_image
@@ -24,11 +24,13 @@ from pipeline.data.shards import ShardWriter, iter_records, read_image_bytes, re
 from pipeline.data.sources import open_source
 from pipeline.data.sources.base import Skipped
 from pipeline.shift.corruptions import corrupt, corruption_seed, encode_png
+from pipeline.validation.profile import ProfileSettings, image_refusal, profile_image
 
-__all__ = ["CLEAN", "BATCH_PREFIX", "batch_group", "corruption_plan", "corrupt_test_split", "pack_batch",
-           "plot_current"]
+__all__ = ["CLEAN", "BATCH_PREFIX", "GATE_REFUSAL", "batch_group", "corruption_plan", "corrupt_test_split",
+           "pack_batch", "plot_current"]
 CLEAN = ("none", 0)
 BATCH_PREFIX = "batch:"  # the corruption column of a new batch: its own group, never the clean control's
+GATE_REFUSAL = "refused by the gate's rules"  # the skip reason of a batch image that breaks a per-image rule
 
 
 def batch_group(source_uri: str) -> str:
@@ -39,21 +41,33 @@ def batch_group(source_uri: str) -> str:
     return BATCH_PREFIX + name
 
 
-def pack_batch(source_uri: str, ingest: IngestParams, dataset_dir: Path, shard_bytes: int,
+def pack_batch(source_uri: str, ingest: IngestParams, validate: ValidateParams, dataset_dir: Path, shard_bytes: int,
                classes: list[str]) -> tuple[pd.DataFrame, list[Skipped], str]:
     """A new batch from any ingest source, packed as a current set (corruption ``batch:<name>``, severity 0).
+
+    No gate runs on a batch before drift and evaluate score it, so each image is held to the gate's
+    per-image rules here (:func:`image_refusal`: it decodes within ``validate.max_pixels``, sides and mode
+    in bounds): one that breaks a critical rule (an empty .jpg, a decompression bomb) is left out as one
+    skipped row (:data:`GATE_REFUSAL`: ``<rule>: <why>``), and the batch goes on.
 
     Args:
         source_uri: the batch (a folder, a manifest, s3://...).
         ingest: the ingest params (S3 endpoint, credentials profile, workers, retries).
+        validate: the gate's params (its per-image rules).
         dataset_dir: the (temporary) current-set directory.
         shard_bytes: target shard size.
         classes: the training classes (every label must be one of them).
     Returns:
-        (manifest rows, what was skipped, a description of the batch).
+        (manifest rows, what was skipped (refused images included), a description of the batch).
     """
     source = open_source(source_uri, ingest)
-    manifest, skipped = pack_source(source, dataset_dir, shard_bytes, ingest.max_unreadable_fraction)
+    settings = ProfileSettings(max_pixels=validate.max_pixels, stats_max_side=validate.stats_max_side)
+
+    def refusal(data: bytes) -> str | None:
+        rule = image_refusal(profile_image(data, settings), validate)[0]
+        return None if rule is None else f"{GATE_REFUSAL}: {rule}"
+
+    manifest, skipped = pack_source(source, dataset_dir, shard_bytes, ingest.max_unreadable_fraction, refusal)
     manifest["label_idx"] = index_labels(manifest, classes, source.description)
     manifest = manifest.assign(split="test", in_budget=True, corruption=batch_group(source_uri), severity=0,
                                origin_id="")

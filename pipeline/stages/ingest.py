@@ -5,7 +5,8 @@ s3://bucket/prefix, torchvision:<Dataset>).
 Outputs: ``--dataset`` (manifest.parquet, classes.json, splits.json, shards/), ``--metrics``
 (split sizes, class counts, skipped count), ``--report-dir`` (ingest_report.json listing every skipped
 item with its reason; class_counts.png; samples.png).
-Params: ``common`` (seed salts the split hash) and ``ingest``.
+Params: ``common`` (seed salts the split hash), ``ingest`` and ``validate.max_pixels`` (larger images are
+stored undecoded, for the gate to refuse).
 """
 
 from __future__ import annotations
@@ -64,5 +65,6 @@ def run(params: Params, args: Args) -> dict:
                "shards": int(manifest["shard"].nunique()), "dataset_mb": round(manifest["bytes"].sum() / 2**20, 2),
                "class_counts": summary["class_counts"]}
     write_json(args.metrics, metrics)
-    write_ingest_report(args.report_dir, source.description, summary, skipped, args.dataset)
+    write_ingest_report(args.report_dir, source.description, summary, skipped, args.dataset,
+                        params.validate_.max_pixels)
     return {k: v for k, v in metrics.items() if k != "class_counts"} | {"dataset": str(args.dataset)}

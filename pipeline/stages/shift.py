@@ -7,8 +7,9 @@ current set instead (corruption "none", severity 0). The work is in pipeline/shi
 Inputs: ``--dataset`` (the ingested dataset).
 Outputs: ``--current`` (a dataset directory, all rows split "test"), ``--metrics`` (counts per
 corruption and severity), ``--report-dir`` (shift_report.json, corruptions.png).
-Params: ``common`` (seed), ``shift``, and the source-access keys of ``ingest`` (S3 endpoint and profile,
-workers, retries, shard size) for a batch.
+Params: ``common`` (seed), ``shift``, and for a batch the source-access keys of ``ingest`` (S3 endpoint and
+profile, workers, retries, shard size) and the gate's per-image rules of ``validate`` (an image that breaks
+one, e.g. an empty .jpg, is one refused row of shift_report.json, and the batch goes on).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pipeline.common.logs import get_logger
 from pipeline.config import Params
 from pipeline.data.build import write_dataset
 from pipeline.data.shards import SHARDS_DIR, read_classes, use_validated, validation_field
-from pipeline.shift.current import corrupt_test_split, pack_batch, plot_current
+from pipeline.shift.current import GATE_REFUSAL, corrupt_test_split, pack_batch, plot_current
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -54,13 +55,15 @@ def run(params: Params, args: Args) -> dict:
     skipped: list = []
     with atomic_dir(args.current) as tmp:
         if cfg.source:
-            manifest, skipped, description = pack_batch(cfg.source, params.ingest, tmp, shard_bytes, classes)
+            manifest, skipped, description = pack_batch(cfg.source, params.ingest, params.validate_, tmp, shard_bytes,
+                                                        classes)
         else:
             manifest = corrupt_test_split(args.dataset, tmp / SHARDS_DIR, cfg, seed, shard_bytes)
             description = f"test split of {args.dataset} under {len(cfg.corruptions)} corruptions"
         write_dataset(tmp, manifest, classes)
     counts = manifest.groupby(["corruption", "severity"]).size()
-    metrics = {"images": len(manifest), "source": description,
+    refused = [s for s in skipped if s.kind == GATE_REFUSAL]
+    metrics = {"images": len(manifest), "source": description, "refused": len(refused),
                "per_corruption": {c: {str(s): int(n) for s, n in counts[c].items()} for c in counts.index.levels[0]}}
     write_json(args.metrics, metrics)
     write_json(args.report_dir / "shift_report.json", {**metrics, "params": cfg.model_dump(),

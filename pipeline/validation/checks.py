@@ -129,11 +129,13 @@ def add_class_columns(profile: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFr
         profile: the profile table.
         classes: :func:`class_table` of it.
     Returns:
-        A copy with ``class_n_train`` and ``class_ratio_to_largest``.
+        A copy with ``class_label`` (its distinct values are the classes with kept images),
+        ``class_n_train`` and ``class_ratio_to_largest``.
     """
     out = profile.copy(deep=False)  # new columns only: the table itself is not duplicated
     first = out[kept(out)].drop_duplicates("label")
     by_label = classes.set_index("label")
+    out["class_label"] = first["label"].reindex(out.index)
     out["class_n_train"] = pd.Series(first["label"].map(by_label["n_train"]), dtype="Int64").reindex(out.index)
     out["class_ratio_to_largest"] = first["label"].map(by_label["ratio_to_largest"]).reindex(out.index)
     return out

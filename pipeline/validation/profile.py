@@ -19,7 +19,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import imagehash
 import numpy as np
@@ -30,7 +30,10 @@ from scipy import ndimage
 from pipeline.common.logs import get_logger, progress
 from pipeline.data.images import SIXTEEN_BIT_MODES, to_model_input
 
-__all__ = ["ProfileSettings", "PROFILE_SCHEMA", "profile_image", "profile_chunk", "profile_records",
+if TYPE_CHECKING:  # the profiling workers import this module: no params schema in them
+    from pipeline.config import ValidateParams
+
+__all__ = ["ProfileSettings", "PROFILE_SCHEMA", "profile_image", "image_refusal", "profile_chunk", "profile_records",
            "resolve_workers"]
 log = get_logger(__name__)
 
@@ -95,6 +98,24 @@ def profile_image(data: bytes, settings: ProfileSettings = ProfileSettings()) ->
         return row
     row.update(decode_ok=True, conversion=conversion, **_pixel_stats(rgb, settings.stats_max_side))
     return row
+
+
+def image_refusal(row: dict[str, Any], cfg: "ValidateParams") -> tuple[str | None, str | None]:
+    """(refusal, warning) of one profiled image by the gate's per-image rules and their severities: it must
+    decode (within ``max_pixels``), its sides must be within bounds and its mode accepted. Used wherever
+    images reach a model without passing the gate (``tlops predict``, a drift-check batch)."""
+    if not row["decode_ok"]:
+        return f"decodes: {row['error']}", None
+    broken = []
+    for check, column in (("width_in_bounds", "width"), ("height_in_bounds", "height")):
+        if not cfg.min_side <= row[column] <= cfg.max_side:
+            broken.append((check, f"{check}: {column} {row[column]} px outside [{cfg.min_side}, {cfg.max_side}] "
+                                  "(validate.min_side / max_side)"))
+    if row["mode"] not in cfg.accepted_modes:
+        broken.append(("mode_convertible", f"mode_convertible: mode {row['mode']} not in validate.accepted_modes"))
+    critical = [text for check, text in broken if getattr(cfg.severity, check) == "critical"]
+    warnings = [text for check, text in broken if getattr(cfg.severity, check) != "critical"]
+    return ("; ".join(critical) or None), ("; ".join(warnings) or None)
 
 
 def _open_header(data: bytes, row: dict[str, Any]) -> Image.Image:

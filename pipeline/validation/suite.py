@@ -71,6 +71,8 @@ def build_expectations(cfg: ValidateParams, classes: list[str]) -> dict[str, lis
                                                                    min_value=cfg.min_images_per_class)],
         "class_imbalance": [gxe.ExpectColumnValuesToBeBetween(column="class_ratio_to_largest",
                                                               min_value=1.0 / cfg.max_class_imbalance)],
+        # one class passes every per-class check, yet no classifier can be trained on it
+        "min_classes": [gxe.ExpectColumnUniqueValueCountToBeBetween(column="class_label", min_value=cfg.min_classes)],
         "row_count": [gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows, max_value=cfg.max_rows)],
         "width_in_bounds": [gxe.ExpectColumnValuesToBeBetween(column="width", **bounds)],
         "height_in_bounds": [gxe.ExpectColumnValuesToBeBetween(column="height", **bounds)],
@@ -130,6 +132,8 @@ def _threshold(expectation: gxe.Expectation) -> str:
     kw = expectation.configuration.kwargs
     subject = kw.get("column", "rows")
     kind = expectation.expectation_type
+    if kind == "expect_column_unique_value_count_to_be_between":
+        subject = f"distinct values of {subject}"
     if kind.endswith("_to_be_between"):
         low = f"{_num(kw['min_value'])} <= " if kw.get("min_value") is not None else ""
         high = f" <= {_num(kw['max_value'])}" if kw.get("max_value") is not None else ""

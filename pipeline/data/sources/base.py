@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import re
 import stat
@@ -60,23 +61,33 @@ class Confinement:
         roots = (root.resolve(), *(Path(a).expanduser().resolve() for a in allowed))
         return cls(roots, int(max_mb * 2**20))
 
+    def admits(self, real: Path) -> bool:
+        """True when the resolved path ``real`` is inside one of the roots."""
+        return any(real.is_relative_to(root) for root in self.roots)
+
     def read(self, path: Path) -> bytes:
         """Read a local file after checking where it really is (symlinks resolved), what it is and its size.
 
+        What is checked is what is read: the resolved path is opened one folder at a time without following
+        links (``O_NOFOLLOW``), so a folder or the file swapped for a link after the check is refused instead
+        of followed; the type and size are those of the opened file (``fstat``), and a FIFO is opened
+        non-blocking, so one swapped in never hangs the read.
+
         Raises:
-            Refused: outside every root, not a regular file (FIFO, device, socket), or over the cap.
+            Refused: outside every root, not a regular file (FIFO, device, socket), over the cap, or changed
+                into a link between the check and the open.
             OSError: the file could not be read.
         """
         real = path.resolve()
-        if not any(real.is_relative_to(root) for root in self.roots):
+        if not self.admits(real):
             where = f" (it resolves to {real})" if real != path.absolute() else ""
             raise Refused(f"outside the source's folder{where}; add its folder to ingest.allowed_roots to read it")
-        info = os.stat(real)
-        if not stat.S_ISREG(info.st_mode):
-            raise Refused("not a regular file (a FIFO, device or socket); only regular files are read")
-        self.check_size(info.st_size)
-        with open(real, "rb") as fh:  # read at most one byte past the cap: a file growing meanwhile stays capped
-            data = fh.read(self.max_bytes + 1)
+        with os.fdopen(_open_resolved(real), "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise Refused(_NOT_REGULAR)
+            self.check_size(info.st_size)
+            data = fh.read(self.max_bytes + 1)  # at most one byte past the cap: a file growing meanwhile stays capped
         self.check_size(len(data))
         return data
 
@@ -84,6 +95,42 @@ class Confinement:
         """Refuse ``size`` bytes above the cap."""
         if size > self.max_bytes:
             raise Refused(f"{size} bytes, over ingest.max_file_mb ({self.max_bytes / 2**20:g} MiB)")
+
+
+_NOT_REGULAR = "not a regular file (a FIFO, device or socket); only regular files are read"
+
+
+def _open_resolved(real: Path) -> int:
+    """Open the resolved path ``real`` for reading, following no link on the way: each folder with
+    ``O_NOFOLLOW`` relative to the one before, then the file itself. Anything but a regular file is refused
+    from its ``lstat``, never opened (opening a FIFO blocks, some devices act); the caller checks the opened
+    file again, in case it was swapped after the lstat.
+
+    Raises:
+        Refused: a folder or the file is (now) a link, or the file is not a regular file.
+        OSError: it could not be opened (gone, no permission).
+    """
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW
+    folder = os.open(real.anchor, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in real.parts[1:-1]:
+            inner = os.open(part, nofollow | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        mode = os.stat(real.name, dir_fd=folder, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "a link")
+        if not stat.S_ISREG(mode):
+            raise Refused(_NOT_REGULAR)
+        # non-blocking: a FIFO swapped in after the lstat opens at once, and the caller's fstat refuses it
+        return os.open(real.name, nofollow | os.O_NONBLOCK, dir_fd=folder)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Refused(f"{real} or one of its folders was replaced by a link after it was checked; "
+                          "links are followed only when checked") from None
+        raise
+    finally:
+        os.close(folder)
 
 
 class Source:

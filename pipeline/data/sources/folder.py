@@ -13,7 +13,11 @@ __all__ = ["FolderSource"]
 class FolderSource(Source):
     """Stream every file under ``root/<class>/**``; files elsewhere are skipped, and files that fail to read
     or are refused (links out of the folder, non-regular files, over the size cap) are listed for the
-    packer to judge."""
+    packer to judge.
+
+    A linked folder (a class folder, or one below it) is walked like a linked file is read: only when it
+    resolves inside the source's folder or ``ingest.allowed_roots``, and never into itself (a loop);
+    otherwise it is refused by name, with where it points."""
 
     def __init__(self, root: str | Path, confinement: Confinement, workers: int = 8, unlabelled: bool = False):
         root = Path(root).expanduser()
@@ -25,13 +29,14 @@ class FolderSource(Source):
                              "(or a .csv/.parquet manifest)")
         self.root, self.workers = root, workers
         self.confinement = confinement
-        self.class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                                 and self._walkable(p))
         if not self.class_dirs and not unlabelled:
             raise ValueError(f"{root}: no class folders (ImageFolder layout: {root}/<class>/<image>)")
         self.labels = {p.name for p in self.class_dirs}
 
     def records(self) -> Iterator[Record]:
-        top = sorted(p for p in self.root.iterdir() if p.is_file() or p.is_symlink())
+        top = sorted(p for p in self.root.iterdir() if p.is_file() or (p.is_symlink() and not p.is_dir()))
         if not self.unlabelled:
             for path in top:
                 self.skip(str(path), "not inside a class folder")
@@ -46,7 +51,7 @@ class FolderSource(Source):
         if self.unlabelled:
             yield from (p for p in top if not p.name.startswith("."))
         for class_dir in self.class_dirs:
-            files = sorted(p for p in class_dir.rglob("*") if not p.is_dir())
+            files = sorted(self._walk(class_dir))
             if not files and not self.unlabelled:
                 raise ValueError(f"{class_dir}: class folder '{class_dir.name}' has no files")
             for path in files:
@@ -55,3 +60,27 @@ class FolderSource(Source):
                 else:
                     yield path
 
+
+    def _walk(self, folder: Path) -> Iterator[Path]:
+        """Every non-folder entry below ``folder``, through the linked folders :meth:`_walkable` admits."""
+        for entry in folder.iterdir():
+            if not entry.is_dir():
+                yield entry  # files, links to files (checked when read), broken links (unreadable)
+            elif not entry.is_symlink() or self._walkable(entry):
+                yield from self._walk(entry)
+
+    def _walkable(self, folder: Path) -> bool:
+        """A real folder, or a linked one that resolves inside the roots and not around itself; a refused
+        link is listed (``refused: ...``, so the ingest fails naming it) and not walked."""
+        if not folder.is_symlink():
+            return True
+        target = folder.resolve()
+        if not self.confinement.admits(target):
+            reason = (f"a folder link outside the source's folder (it resolves to {target}); add its folder to "
+                      "ingest.allowed_roots to read it")
+        elif folder.parent.resolve().is_relative_to(target):
+            reason = f"a folder link to {target}, which holds the link itself (a loop)"
+        else:
+            return True
+        self.skip(str(folder), f"refused: {reason}")
+        return False

@@ -15,7 +15,7 @@ import time
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-from pipeline.common.errors import TransientError
+from pipeline.common.errors import TransientError, is_connection_error
 from pipeline.common.logs import get_logger
 from pipeline.data.sources.base import Record, Refused, Source, ordered_parallel
 
@@ -67,7 +67,7 @@ def s3_error(uri: str, err: Exception) -> Exception:
     if isinstance(err, NoCredentialsError):
         return ValueError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                           "or ingest.s3_profile)")
-    if _is_connection_error(err):
+    if is_connection_error(err):
         return TransientError(f"{uri}: S3 unreachable or the connection dropped, after the client's retries "
                               f"({type(err).__name__}: {err})")
     if isinstance(err, ClientError):
@@ -90,16 +90,6 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLim
                     "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
 
-def _is_connection_error(err: Exception) -> bool:
-    """Connection refused or reset, a timeout, or a stream cut short: worth a retry, never bad input."""
-    from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
-                                     IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
-    from urllib3.exceptions import ProtocolError
-
-    return isinstance(err, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
-                            ResponseStreamingError, IncompleteReadError, ProtocolError, ConnectionError))
-
-
 def get_object_bytes(client: Any, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
     """Download one object's bytes, refusing one over ``max_bytes``.
 
@@ -111,7 +101,7 @@ def get_object_bytes(client: Any, bucket: str, key: str, max_bytes: int | None =
         try:
             return _download(client, bucket, key, max_bytes)
         except Exception as err:  # noqa: BLE001 - only a broken connection is retried; the rest is re-raised
-            if not _is_connection_error(err):
+            if not is_connection_error(err):
                 raise
             log.warning("s3://%s/%s: the download broke (%s); attempt %d of %d", bucket, key, err, attempt + 1,
                         attempts)
