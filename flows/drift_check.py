@@ -17,14 +17,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from flows.limits import run_time_limit
 from flows.parameters import DriftCheckParameters
-from flows.retrain import RETRY_POLICY, notify_on_failure, publish, run_stage, version
-from pipeline.config import load_params
+from flows.retrain import RETRY_POLICY, notify_on_failure, prune_on_failure, publish, run_stage, version
+from pipeline.config import Params, load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
 from pipeline.runs.naming import run_name
 from pipeline.runs.summary import drift_summary
-from pipeline.runs.workspace import RunWorkspace
+from pipeline.runs.workspace import RunWorkspace, release_run
 
 __all__ = ["drift_check"]
 CURRENT_SET = "data/current"  # dvc.yaml: the shift stage's output, the batch the drift stage checks
@@ -50,10 +51,13 @@ def predict_current(project: str, name: str) -> dict[str, Any]:
     return summary
 
 
-@flow(name="drift-check", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure])
+@flow(name="drift-check", log_prints=True, on_failure=[notify_on_failure, prune_on_failure],
+      on_crashed=[notify_on_failure])
 def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> dict[str, Any]:
-    """Check the newest batch for drift against the champion; start retrain when it drifted."""
-    logger = get_run_logger()
+    """Check the newest batch for drift against the champion; start retrain when it drifted.
+
+    The whole check keeps within ``orchestrate.flow_timeout_s`` (flows/limits.py).
+    """
     project = find_root()
     params = load_params(project / "params.yaml")
     registry = open_registry(params.promote.registry, main_checkout(project))
@@ -62,6 +66,17 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
         print("No champion in the registry yet: nothing to check drift against (run retrain first).")
         return {"drift_detected": None, "reason": "no champion"}
     name = run_name(flow_run.get_name() or "drift-check")
+    try:
+        with run_time_limit(params.orchestrate, f"drift check {name}"):
+            return _check(project, params, champion, name, parameters)
+    finally:  # however the check ends, it is over: prune_runs may count its worktree from now on
+        release_run(project, name)
+
+
+def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
+           parameters: DriftCheckParameters) -> dict[str, Any]:
+    """The body of :func:`drift_check`, within its time limit."""
+    logger = get_run_logger()
     # a champion promoted outside a versioned run has no tag: check against the current checkout then
     workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD",
                                  parameters.overrides(project / "params.yaml")))

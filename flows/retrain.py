@@ -11,22 +11,23 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
+from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run, task_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.tasks import exponential_backoff
 
 from flows.engine import ensure_concurrency_limit
+from flows.limits import run_time_limit, training_slot
 from flows.parameters import RetrainParameters
-from pipeline.config import load_params
+from pipeline.config import OrchestrateParams, load_params
 from pipeline.project import built_stages, find_root
 from pipeline.runs.naming import run_name
 from pipeline.runs.notify import notify_failure
 from pipeline.runs.publish import publish_reports
 from pipeline.runs.summary import headline_table, model_card, render_summary
-from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs
+from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs, release_run
 
-__all__ = ["retrain", "RETRY_POLICY", "notify_on_failure"]
+__all__ = ["retrain", "RETRY_POLICY", "notify_on_failure", "prune_on_failure"]
 
 
 def _only_transient(task, task_run, state) -> bool:
@@ -77,17 +78,44 @@ def notify_on_failure(flow, flow_run, state) -> None:
                    url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None)
 
 
-@flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure])
+def prune_on_failure(flow, flow_run, state) -> None:
+    """on_failure hook (a timeout included): a failed run's worktree counts toward ``orchestrate.keep_runs``
+    too, so failed runs do not pile up (pipeline/runs/workspace.py: prune_runs)."""
+    project = find_root()
+    keep = load_params(project / "params.yaml").orchestrate.keep_runs
+    removed = prune_runs(project, keep=keep)
+    if removed:
+        flow_run_logger(flow_run, flow).info("Removed %d old run worktree(s) (orchestrate.keep_runs = %d): %s",
+                                             len(removed), keep, ", ".join(removed))
+
+
+@flow(name="retrain", log_prints=True, on_failure=[notify_on_failure, prune_on_failure],
+      on_crashed=[notify_on_failure])
 def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "on demand") -> dict[str, Any]:
-    """Run the stage chain in a fresh versioned worktree, then publish a summary, metrics and report links."""
+    """Run the stage chain in a fresh versioned worktree, then publish a summary, metrics and report links.
+
+    The whole run keeps within ``orchestrate.flow_timeout_s`` and waits at most ``orchestrate.slot_timeout_s``
+    for the training slot (flows/limits.py).
+    """
     project = str(find_root())
     orchestrate = load_params(Path(project) / "params.yaml").orchestrate
     name = run_name(flow_run.get_name() or "local")
+    try:
+        with run_time_limit(orchestrate, f"retrain run {name}"):
+            return _retrain(project, orchestrate, name, parameters, reason)
+    finally:  # however the run ends, it is over: prune_runs may count its worktree from now on
+        release_run(Path(project), name)
+
+
+def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters: RetrainParameters,
+             reason: str) -> dict[str, Any]:
+    """The body of :func:`retrain`, within its time limit."""
     overrides = parameters.overrides(Path(project) / "params.yaml")
     ensure_concurrency_limit(orchestrate.concurrency_limit)
-    get_run_logger().info("run %s waits for the %r slot (one retrain trains at a time)", name,
-                          orchestrate.concurrency_limit)
-    with concurrency(orchestrate.concurrency_limit, occupy=1, strict=True):
+    get_run_logger().info("run %s waits for the %r slot (one retrain trains at a time; at most %g s, "
+                          "orchestrate.slot_timeout_s)", name, orchestrate.concurrency_limit,
+                          orchestrate.slot_timeout_s)
+    with training_slot(orchestrate, f"retrain run {name}"):
         workspace = prepare(project, name, overrides)
         chain = built_stages(Path(workspace))
         stages = [run_stage(project, name, stage) for stage in chain if stage != "promote"]
@@ -105,10 +133,11 @@ def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "
         create_markdown_artifact(card, key="model-card", description=f"model card of the candidate of run {name}")
     for label, link in publish(workspace, name):
         create_link_artifact(link, link_text=label, description=f"{label} of run {name}")
+    release_run(Path(project), name)  # finished: it counts toward keep_runs as the newest of them
     removed = prune_runs(Path(project), keep=orchestrate.keep_runs)
     if removed:
-        print(f"Removed {len(removed)} old run worktree(s) (orchestrate.keep_runs = {orchestrate.keep_runs}; their "
-              f"tags stay): {', '.join(removed)}")
+        print(f"Removed {len(removed)} old run worktree(s) (orchestrate.keep_runs = {orchestrate.keep_runs}; "
+              f"finished runs' tags stay): {', '.join(removed)}")
     print(summary)
     return {"run": name, "workspace": workspace, "commit": sha, "stages": stages}
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,8 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.runs.naming import run_name
-from pipeline.runs.workspace import RunWorkspace, StageFailed, TransientFailure, prune_runs
+from pipeline.config import OrchestrateParams
+from pipeline.runs.workspace import RunWorkspace, StageFailed, TransientFailure, prune_runs, push_waits, release_run
 
 # A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
 # versioning mechanics are tested in seconds without training anything.
@@ -174,7 +178,8 @@ def test_retention_removes_old_finished_worktrees_and_keeps_their_tags(toy_proje
         workspace = RunWorkspace.create(toy_project, name, overrides={"common.seed": day})
         workspace.repro("toy")
         workspace.commit(f"run {name}")
-    unfinished = RunWorkspace.create(toy_project, "in-progress")  # no tag: running, or failed and kept
+        release_run(toy_project, name)  # the run is over
+    unfinished = RunWorkspace.create(toy_project, "in-progress")  # held by this process: running
 
     assert prune_runs(toy_project, keep=2) == ["old2", "old1"]
     runs = toy_project / "runs"
@@ -196,3 +201,107 @@ def test_runs_dir_from_params_is_where_worktrees_go(toy_project: Path, tmp_path:
     assert workspace.path == tmp_path / "elsewhere" / "away"
     assert RunWorkspace.open(toy_project, "away").repro("toy").status == "ran"
     assert not (toy_project / "runs").exists()
+
+
+def _epoch(day: int) -> float:
+    return datetime(2026, 11, day, 12, tzinfo=timezone.utc).timestamp()
+
+
+def _made_on(workspace: RunWorkspace, day: int) -> None:
+    """Date the worktree's making (its .git file) to 2026-11-<day>, as if it had been made then."""
+    os.utime(workspace.path / ".git", (_epoch(day), _epoch(day)))
+
+
+def test_failed_and_abandoned_runs_count_with_finished_ones_but_a_run_in_progress_never_goes(toy_project: Path,
+                                                                                              monkeypatch, tmp_path):
+    def finished(name: str, day: int) -> None:
+        monkeypatch.setenv("GIT_COMMITTER_DATE", f"2026-11-{day:02d}T12:00:00+0000")
+        workspace = RunWorkspace.create(toy_project, name)
+        workspace.repro("toy")
+        workspace.commit(f"run {name}")
+        release_run(toy_project, name)
+
+    def failed(name: str, day: int) -> None:
+        workspace = RunWorkspace.create(toy_project, name, overrides={"common.seed": 13})
+        with pytest.raises(StageFailed):
+            workspace.repro("toy")
+        release_run(toy_project, name)
+        _made_on(workspace, day)
+
+    finished("done-1", 1)
+    failed("failed-2", 2)
+    finished("done-4", 4)
+    failed("failed-6", 6)
+    # a run whose process was killed outright holds nothing any more: abandoned
+    code = ("import sys, time; from pathlib import Path; from pipeline.runs.workspace import RunWorkspace; "
+            "RunWorkspace.create(Path(sys.argv[1]), sys.argv[2]); print('made', flush=True); time.sleep(300)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(toy_project), "abandoned-5"], stdout=subprocess.PIPE,
+                              text=True)
+    assert killed.stdout.readline().strip() == "made"
+    killed.kill()
+    killed.wait()
+    _made_on(RunWorkspace.open(toy_project, "abandoned-5"), 5)
+    # runs in progress, the oldest of all: one held by another live process, one by this process
+    elsewhere = subprocess.Popen([sys.executable, "-c", code, str(toy_project), "running-elsewhere"],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert elsewhere.stdout.readline().strip() == "made"
+        _made_on(RunWorkspace.open(toy_project, "running-elsewhere"), 1)
+        _made_on(RunWorkspace.create(toy_project, "running-here"), 1)
+
+        assert prune_runs(toy_project, keep=3) == ["failed-2", "done-1"]
+        runs = sorted(p.name for p in (toy_project / "runs").iterdir())
+        assert runs == ["abandoned-5", "done-4", "failed-6", "running-elsewhere", "running-here"]
+        assert "runs/failed-2" not in _git(toy_project, "branch", "--list")
+        assert "run-done-1" in _git(toy_project, "tag").split()  # a finished run stays restorable
+        with pytest.raises(FileExistsError, match="is in progress in another process"):
+            RunWorkspace.create(toy_project, "running-elsewhere", runs_dir=str(tmp_path / "other-runs"))
+
+        assert prune_runs(toy_project, keep=1) == ["abandoned-5", "done-4"]  # newest first
+    finally:
+        elsewhere.kill()
+        elsewhere.wait()
+    release_run(toy_project, "running-here")
+    _made_on(RunWorkspace.open(toy_project, "running-here"), 3)
+    # both are over now (the other process was killed): they count by age like the rest
+    assert prune_runs(toy_project, keep=1) == ["running-here", "running-elsewhere"]
+    assert sorted(p.name for p in (toy_project / "runs").iterdir()) == ["failed-6"]
+
+
+def test_push_waits_double_up_to_their_cap_and_stay_within_the_command_limit():
+    limits = OrchestrateParams(push_retries=20, push_backoff_s=2, push_backoff_max_s=60, command_timeout_s=1800)
+    assert push_waits(limits) == [2, 4, 8, 16, 32] + [60] * 15  # uncapped, the last would be 2 * 2**19 s: 12 days
+    short = OrchestrateParams(push_retries=20, push_backoff_s=2, push_backoff_max_s=60, command_timeout_s=200)
+    assert push_waits(short) == [2, 4, 8, 16, 32, 60, 60]  # 182 s; one more would pass 200
+    assert push_waits(OrchestrateParams(push_retries=0)) == []
+
+
+def test_a_failing_push_waits_the_capped_backoff_between_attempts(toy_project: Path):
+    """A remote that refuses every upload (a folder under a plain file): each wait is what push_waits says."""
+    blocker = toy_project.parent / "not-a-folder"
+    blocker.write_text("a file where the remote's parent folder should be")
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url",
+                    str(blocker / "remote")], cwd=toy_project, check=True)
+    workspace = RunWorkspace.create(toy_project, "unpushable", overrides={
+        "orchestrate.push_retries": 5, "orchestrate.push_backoff_s": 0.1, "orchestrate.push_backoff_max_s": 0.2,
+        "orchestrate.command_timeout_s": 120})
+    workspace.repro("toy")
+    heard = _Heard()
+    logger = logging.getLogger("tlops.runs.workspace")
+    logger.addHandler(heard)
+    try:
+        with pytest.raises(TransientFailure, match=r"failed 6 times; last error: "):
+            workspace.push()
+    finally:
+        logger.removeHandler(heard)
+    waits = [float(re.search(r"again in ([\d.]+) s", line).group(1)) for line in heard.lines]
+    assert waits == [0.1, 0.2, 0.2, 0.2, 0.2]
+
+
+class _Heard(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())

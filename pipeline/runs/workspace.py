@@ -10,7 +10,9 @@ restores exactly that run. Nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import re
 import signal
 import subprocess
@@ -31,13 +33,17 @@ from pipeline.project import DVC_YAML
 from pipeline.project import dvc as _dvc
 from pipeline.runs.naming import branch_of, tag_of
 
-__all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure", "runs_root", "prune_runs"]
+__all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure", "runs_root", "prune_runs", "release_run",
+           "push_waits"]
 log = get_logger(__name__)
 
 _EXITED = re.compile(r"exited with (-?\d+)")
 _RESUMED = re.compile(r"resuming at phase \d+ epoch \d+")  # pipeline/training/loop.py's line on resume
 _COMMAND_LIMIT = "orchestrate.command_timeout_s"
 _UNCONFIGURED_S = 600.0  # git commands run before a run's params are read (reading them, making the worktree)
+_CLAIMS_DIR = "tlops-runs"  # in the git common dir: one lock file per run, held by the process running it
+# (project, run) -> its lock file and the descriptor whose flock marks the run in progress in this process
+_claims: dict[tuple[Path, str], tuple[Path, int]] = {}
 
 
 class StageFailed(RuntimeError):
@@ -94,6 +100,9 @@ class RunWorkspace:
                overrides: dict[str, Any] | None = None, base: str = "HEAD") -> "RunWorkspace":
         """Make the worktree from the project's HEAD and write the run's param overrides.
 
+        The run counts as in progress (:func:`prune_runs` leaves it alone) until :func:`release_run` or
+        until this process ends, however it ends.
+
         Args:
             project: the project root (a git repository with DVC initialised).
             name: the run name (branch ``runs/<name>``, tag ``run-<name>``).
@@ -112,7 +121,13 @@ class RunWorkspace:
         limits = validate_params(merged, source=f"run {name} parameters").orchestrate  # bad UI input: no git work
         if path.exists():
             raise FileExistsError(f"{path}: a run named {name!r} already exists")
-        _git(project, "worktree", "add", "-q", "-b", branch_of(name), str(path), base, timeout=limits.command_timeout_s)
+        _claim(project, name)  # before the worktree exists: prune_runs never sees it unclaimed
+        try:
+            _git(project, "worktree", "add", "-q", "-b", branch_of(name), str(path), base,
+                 timeout=limits.command_timeout_s)
+        except BaseException:
+            release_run(project, name)
+            raise
         if overrides:  # before any command: the run's own limits apply to all of them
             write_text(path / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
         workspace = cls(project, name, path)
@@ -252,10 +267,11 @@ class RunWorkspace:
         partial behind.
 
         Raises:
-            TransientFailure: still failing after ``orchestrate.push_retries`` retries; names the remote's
-                last error.
+            TransientFailure: still failing after ``orchestrate.push_retries`` retries (fewer when the waits
+                would pass ``orchestrate.command_timeout_s``, see :func:`push_waits`); names the remote's last error.
         """
-        attempts, delay = self.limits.push_retries + 1, self.limits.push_backoff_s
+        waits = push_waits(self.limits)
+        attempts = len(waits) + 1
         for attempt in range(1, attempts + 1):
             try:
                 proc = self._dvc("push", check=False)
@@ -265,11 +281,28 @@ class RunWorkspace:
             if failure is None:
                 return
             if attempt < attempts:
-                log.warning("dvc push failed (attempt %d of %d), again in %.0f s: %s", attempt, attempts, delay,
-                            failure)
-                time.sleep(delay)
-                delay *= 2
-        raise TransientFailure(f"dvc push from {self.path} failed {attempts} times; last error: {failure}")
+                wait = waits[attempt - 1]
+                log.warning("dvc push failed (attempt %d of %d), again in %g s: %s", attempt, attempts, wait, failure)
+                time.sleep(wait)
+        cut = (f" (orchestrate.push_retries = {self.limits.push_retries}, cut to {len(waits)} so that the waits stay "
+               f"within orchestrate.command_timeout_s = {self.limits.command_timeout_s:g} s)"
+               if len(waits) < self.limits.push_retries else "")
+        raise TransientFailure(f"dvc push from {self.path} failed {attempts} times{cut}; last error: {failure}")
+
+
+def push_waits(limits: OrchestrateParams) -> list[float]:
+    """The waits before each `dvc push` retry: ``push_backoff_s``, doubled each time, each at most
+    ``push_backoff_max_s``, at most ``push_retries`` of them, and together at most ``command_timeout_s``
+    (a retry whose wait would pass that is not made: 20 doublings from 2 s would otherwise wait weeks)."""
+    waits: list[float] = []
+    delay = limits.push_backoff_s
+    for _ in range(limits.push_retries):
+        wait = min(delay, limits.push_backoff_max_s)
+        if sum(waits) + wait > limits.command_timeout_s:
+            break
+        waits.append(wait)
+        delay *= 2
+    return waits
 
 
 def runs_root(project: Path, runs_dir: str | None = None) -> Path:
@@ -280,12 +313,15 @@ def runs_root(project: Path, runs_dir: str | None = None) -> Path:
 
 
 def prune_runs(project: Path, keep: int, runs_dir: str | None = None) -> list[str]:
-    """Remove the worktrees of finished runs but the newest ``keep``; return the names removed.
+    """Remove the worktrees of the runs that are over but the newest ``keep``; return the names removed.
 
-    A finished run is one whose tag exists (committed and pushed). Its tag stays, with the commit that
-    names its data and models in dvc.lock, so ``git checkout run-<name> && dvc pull`` restores it; only
-    the working files and the run branch go. Worktrees without a tag (a run in progress, or one that
-    failed and is kept for inspection) are never touched.
+    A run is over unless a process holds it (:meth:`RunWorkspace.create` until :func:`release_run` or the
+    end of that process, whatever ends it): finished (its tag exists: committed and pushed), or failed,
+    cancelled or abandoned (no tag). Finished runs count by their tag's date, the others by when their
+    worktree was made, all together newest first. A finished run's tag stays, with the commit that names
+    its data and models in dvc.lock, so ``git checkout run-<name> && dvc pull`` restores it; only the
+    working files and the run branch go. A run that is over without a tag loses its worktree and branch
+    (nothing of it was versioned). A run in progress is never touched.
     """
     project = project.resolve()
     orchestrate = load_params(project / "params.yaml").orchestrate  # read once: the folder and the limit
@@ -294,16 +330,84 @@ def prune_runs(project: Path, keep: int, runs_dir: str | None = None) -> list[st
     listing = _git(project, "worktree", "list", "--porcelain", timeout=limit).stdout
     names = [Path(line[len("worktree "):]).name for line in listing.splitlines()
              if line.startswith("worktree ") and Path(line[len("worktree "):]).parent == root]
-    tags = _git(project, "for-each-ref", "--sort=-creatordate", "--format=%(refname:short)", "refs/tags/run-*",
-                timeout=limit).stdout.split()
-    finished = [tag[len("run-"):] for tag in tags if tag[len("run-"):] in names]  # newest first
+    refs = _git(project, "for-each-ref", "--format=%(refname:short) %(creatordate:unix)", "refs/tags/run-*",
+                timeout=limit).stdout.split("\n")
+    tagged = {ref.split()[0][len("run-"):]: float(ref.split()[1]) for ref in refs if ref.strip()}
+    claims = _claims_dir(project)
+    over = [name for name in names if not _in_progress(claims / f"{name}.lock")]
+    over.sort(key=lambda name: tagged[name] if name in tagged else _made_at(root / name), reverse=True)
     removed = []
-    for name in finished[keep:]:
+    for name in over[keep:]:
         _git(project, "worktree", "remove", "--force", str(root / name), timeout=limit)
         _git(project, "branch", "-D", branch_of(name), check=False, timeout=limit)
+        (claims / f"{name}.lock").unlink(missing_ok=True)
         removed.append(name)
-        log.info("removed the worktree of run %s (tag %s kept)", name, tag_of(name))
+        if name in tagged:
+            log.info("removed the worktree of run %s (tag %s kept)", name, tag_of(name))
+        else:
+            log.info("removed the worktree of run %s (failed or abandoned: no tag)", name)
     return removed
+
+
+def release_run(project: Path, name: str) -> None:
+    """Mark run ``name`` as over in this process (:func:`prune_runs` may then count it); no-op if not held.
+
+    Runs no command, so it is safe in a ``finally`` while a cancel unwinds.
+    """
+    _, fd = _claims.pop((project.resolve(), name), (None, None))
+    if fd is not None:
+        os.close(fd)  # drops the flock
+
+
+def _claims_dir(project: Path) -> Path:
+    """``<git common dir>/tlops-runs``: the runs' lock files, shared by the main checkout and every worktree."""
+    common = _git(project, "rev-parse", "--path-format=absolute", "--git-common-dir").stdout.strip()
+    return Path(common) / _CLAIMS_DIR
+
+
+def _claim(project: Path, name: str) -> None:
+    """Mark run ``name`` in progress: an flock on its lock file, held by this process until released.
+
+    The kernel drops the lock when the process ends, however it ends, so a run whose process was killed
+    counts as abandoned, never as running forever.
+
+    Raises:
+        FileExistsError: another process holds run ``name``.
+    """
+    path = _claims_dir(project) / f"{name}.lock"
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the commands this process starts
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FileExistsError(f"{path}: run {name!r} is in progress in another process") from None
+    _claims[(project.resolve(), name)] = (path, fd)
+
+
+def _in_progress(lock: Path) -> bool:
+    """Whether a process (this one included) holds the run of lock file ``lock``."""
+    if any(lock == held for held, _ in _claims.values()):
+        return True
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:  # a worktree made without one (by hand, or before runs were claimed)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _made_at(worktree: Path) -> float:
+    """When the worktree was made: its ``.git`` file, written once by `git worktree add`."""
+    try:
+        return (worktree / ".git").stat().st_mtime
+    except OSError:  # its folder is gone: the oldest of all
+        return 0.0
 
 
 def _last_error(output: str, code: int) -> str:
