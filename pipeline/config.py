@@ -110,6 +110,7 @@ class ValidateSeverities(Section):
     labels_match_classes: Severity = "critical"
     min_images_per_class: Severity = "critical"
     class_imbalance: Severity = "critical"
+    min_classes: Severity = "critical"
     row_count: Severity = "critical"
     width_in_bounds: Severity = "critical"
     height_in_bounds: Severity = "critical"
@@ -135,6 +136,7 @@ class ValidateParams(Section):
     min_rows: int = Field(20, ge=0, description="fewest images in the dataset")
     max_rows: int = Field(10_000_000, ge=1, description="most images in the dataset")
     min_images_per_class: int = Field(5, ge=1, description="fewest train images of any class")
+    min_classes: int = Field(2, ge=2, description="fewest classes with images (a classifier needs two)")
     max_class_imbalance: float = Field(10.0, ge=1, description="largest class / smallest class, at most")
     min_side: int = Field(8, ge=1, description="smallest width or height, pixels")
     max_side: int = Field(8192, ge=1, description="largest width or height, pixels")
@@ -342,8 +344,15 @@ class OrchestrateParams(Section):
     push_retries: int = Field(3, ge=0, le=20, description="`dvc push` attempts after the first, with backoff (it "
                                                          "uploads only what the remote lacks)")
     push_backoff_s: float = Field(2.0, ge=0, description="seconds before the first push retry; doubles each time")
-    keep_runs: int = Field(5, ge=1, description="finished run worktrees kept; older ones are removed after a "
-                                                "successful run (their tags and DVC versions stay)")
+    push_backoff_max_s: float = Field(60, ge=0, description="longest wait between two push attempts; the waits "
+                                                           "together stay within command_timeout_s")
+    keep_runs: int = Field(5, ge=1, description="run worktrees kept, finished and failed, newest first; older ones "
+                                                "are removed after each run (their tags and DVC versions stay)")
+    flow_timeout_s: float = Field(86400, gt=0, description="seconds a whole retrain or drift-check run may take, "
+                                                           "the wait for the slot included; then the stage running "
+                                                           "is stopped with every process it started")
+    slot_timeout_s: float = Field(43200, gt=0, description="seconds a retrain run waits for the concurrency_limit "
+                                                           "slot before it fails")
     work_pool: str = Field("tlops", min_length=1, description="the Prefect work pool the deployments run on")
     work_pool_type: Literal["process", "docker", "kubernetes"] = Field(
         "process", description="process: a worker on this machine; docker/kubernetes: a job per run from "
@@ -359,6 +368,9 @@ class OrchestrateParams(Section):
                                                                "allows at most 7)")
     reports_url: str | None = Field(None, description="http(s) base URL of a web server that serves runs_dir "
                                                       "(infra/compose's reports service); links use it")
+    report_link_profile: str | None = Field(None, min_length=1, description="AWS profile of a read-only identity "
+                                                  "that signs the report links of reports_store (never the "
+                                                  "pipeline's own credentials); unset: plain s3:// locations")
     form_source_roots: list[str] = Field([], description="local folders (relative to the main checkout, or "
                                                          "absolute) whose subfolders a run started from the "
                                                          "dashboard may name as its source or drift batch")
