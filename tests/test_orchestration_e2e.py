@@ -230,26 +230,32 @@ def test_deployments_have_schedules_limits_and_a_parameter_form(served):
 
 def test_make_ui_serves_on_the_server_it_started_with_a_reports_server(tmp_path):
     """`make ui` (flows.deploy --start-server): the deployments land on the server it started, not on a
-    temporary one, and the reports web server answers."""
+    temporary one; that server is closed by the auth string generated into .prefect/auth-string; the
+    reports web server answers, with no directory listing."""
     project = copy_project(tmp_path / "project")
     port, reports_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     log = open(tmp_path / "ui.log", "wb")
     ui = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--start-server", "--port", str(port),
                            "--reports-port", str(reports_port)], cwd=project, env=env, stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        api = f"http://127.0.0.1:{port}/api"
+        api, secret = f"http://127.0.0.1:{port}/api", project / ".prefect" / "auth-string"
 
         def served() -> bool:
             try:
-                return httpx.get(f"{api}/deployments/name/retrain/retrain-scheduled", timeout=5).status_code == 200
+                auth = tuple(secret.read_text().strip().split(":", 1)) if secret.is_file() else None
+                return httpx.get(f"{api}/deployments/name/retrain/retrain-scheduled", auth=auth,
+                                 timeout=5).status_code == 200
             except httpx.HTTPError:
                 return False
 
         wait_for(served, 180, f"deployments never appeared on the started server; see {tmp_path / 'ui.log'}")
-        assert httpx.get(f"http://127.0.0.1:{reports_port}/", timeout=10).status_code == 200
+        assert secret.stat().st_mode & 0o777 == 0o600 and str(secret) in (tmp_path / "ui.log").read_text()
+        assert httpx.get(f"{api}/deployments/name/retrain/retrain-scheduled", timeout=5).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{reports_port}/", timeout=10).status_code == 404  # no listing
         assert "temporary server" not in (tmp_path / "ui.log").read_text()
     finally:
         ui.send_signal(signal.SIGTERM)  # as a service manager stops it: the server it started stops too
