@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -36,3 +37,33 @@ def copy_project(dest: Path) -> Path:
 def project(tmp_path: Path) -> Path:
     """A throwaway copy of the project (git + DVC initialised) to run stages and `dvc repro` in."""
     return copy_project(tmp_path / "project")
+
+
+def _forget_prefect_exit_hooks_in_child() -> None:
+    """Drop Prefect's service exit hooks in a forked child, where they can only fail.
+
+    A flow run in this process starts Prefect's queue services, which register `threading` exit hooks;
+    after fork Prefect resets the services but leaves the hooks, and multiprocessing's child bootstrap
+    runs them on exit, where `drain` asserts and the child exits 1 (every DataLoader fork worker of a
+    later test would fail). The pipeline runs flows and training in separate processes, so only a test
+    process that has both meets this.
+    """
+    import threading
+
+    from prefect._internal.concurrency.services import _QueueServiceBase
+
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is not None:
+        hooks[:] = [hook for hook in hooks  # each a functools.partial of the registered callable
+                    if getattr(getattr(hook, "func", None), "__func__", None) is not _QueueServiceBase._at_exit]
+
+
+def pytest_runtest_teardown(item) -> None:
+    """Install the fork hook above once a test has imported Prefect (importing it here would slow every test)."""
+    global _prefect_fork_hook
+    if not _prefect_fork_hook and "prefect._internal.concurrency.services" in sys.modules:
+        os.register_at_fork(after_in_child=_forget_prefect_exit_hooks_in_child)
+        _prefect_fork_hook = True
+
+
+_prefect_fork_hook = False

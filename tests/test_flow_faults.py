@@ -1,7 +1,8 @@
 """One retrain flow run on S3, with the processes it starts killed for real at the worst moments.
 
 The run reads its images from S3, pushes to an S3 DVC remote and registers in an S3 registry (a real
-moto server on loopback), with distinctive S3 credentials in the environment. During the run:
+moto server on loopback), uploads its reports to `orchestrate.reports_store`, with distinctive temporary S3
+credentials (key id, secret and session token) in the environment. During the run:
 - the fine-tune process is SIGKILLed from outside mid-epoch, once its first checkpoint exists;
 - the evaluate stage is SIGKILLed after its metrics and figures, before its HTML report;
 - the promote stage is SIGKILLed right after the champion pointer moved, before its decision is written.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -37,7 +39,8 @@ from tests.support.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
 # made up at each run, so that the values are nowhere in the project's own files (this one included)
-KEY_ID, SECRET = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+KEY_ID, SECRET = "ASIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+TOKEN = "IQoJb3JpZ2luX2VjE" + secrets.token_urlsafe(60)  # temporary credentials carry a session token
 BUCKET = "flow-faults"
 
 
@@ -71,6 +74,7 @@ def faulty_run(tmp_path_factory, s3_endpoint):  # noqa: F811
     params["promote"]["registry"] = f"s3://{BUCKET}/registry"
     params["freeze"]["epochs"] = 3  # a checkpoint to resume from, and epochs after it
     params["orchestrate"]["push_backoff_s"] = 0.5
+    params["orchestrate"]["reports_store"] = f"s3://{BUCKET}/reports"  # reports uploaded and linked
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = [sys.executable, "-m", "dvc", "remote"]
     subprocess.run([*dvc, "add", "--local", "-f", "-d", "store", f"s3://{BUCKET}/dvc"], cwd=project, check=True)
@@ -79,9 +83,11 @@ def faulty_run(tmp_path_factory, s3_endpoint):  # noqa: F811
                    check=True)
     flags = work / "kill-flags"
     flags.mkdir()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                            "AWS_ENDPOINT_URL",
                                             KILL_AT_ENV, KILL_FLAGS_ENV)}
-    os.environ.update({"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": s3_endpoint,
+    os.environ.update({"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": TOKEN,
+                       "AWS_ENDPOINT_URL": s3_endpoint,
                        KILL_AT_ENV: "evaluate.report,promote.swapped", KILL_FLAGS_ENV: str(flags)})
     cwd = os.getcwd()
     killed: list[int] = []
@@ -175,7 +181,7 @@ def test_one_valid_champion_whole_objects_and_whole_reports(faulty_run):
 
 def test_the_credentials_are_in_no_file_log_artifact_parameter_or_git_object(faulty_run):
     project = faulty_run["project"]
-    needles = [KEY_ID.encode(), SECRET.encode()]
+    needles = [KEY_ID.encode(), SECRET.encode(), TOKEN.encode()]
     leaks = [str(path) for path in project.rglob("*") if path.is_file() and not path.is_symlink()
              and any(n in path.read_bytes() for n in needles)]
     assert not leaks, f"credentials written to {leaks}"
@@ -184,4 +190,10 @@ def test_the_credentials_are_in_no_file_log_artifact_parameter_or_git_object(fau
     assert objects and not any(n in objects for n in needles), "credentials in a git object"
     prefect = faulty_run["prefect"]
     assert "fault suite" in prefect  # the Prefect records were read
-    assert KEY_ID not in prefect and SECRET not in prefect, "credentials in a Prefect log, artifact or parameter"
+    assert KEY_ID not in prefect and SECRET not in prefect and TOKEN not in prefect, (
+        "credentials in a Prefect log, artifact or parameter")
+    # the reports went to reports_store, and their links (no read-only signer configured) are plain locations;
+    # Prefect stores a link artifact as markdown "[label](link)"
+    links = [m[1] for a in json.loads(prefect)[2] if (m := re.fullmatch(r"\[[^\]]+\]\((.+)\)", str(a["data"])))]
+    assert links and all(link.startswith(f"s3://{BUCKET}/reports/") for link in links), links
+    assert faulty_run["client"].list_objects_v2(Bucket=BUCKET, Prefix="reports/")["KeyCount"] >= len(links)
