@@ -24,7 +24,7 @@ from pipeline.project import built_stages, find_root
 from pipeline.runs.naming import run_name
 from pipeline.runs.notify import notify_failure
 from pipeline.runs.publish import publish_reports
-from pipeline.runs.summary import headline_table, model_card, render_summary
+from pipeline.runs.summary import headline_table, model_card, promotion_checks, render_summary
 from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs, release_run
 
 __all__ = ["retrain", "RETRY_POLICY", "notify_on_failure", "prune_on_failure"]
@@ -131,6 +131,9 @@ def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters
     card = model_card(Path(workspace))
     if card is not None:  # a chain cut short has none
         create_markdown_artifact(card, key="model-card", description=f"model card of the candidate of run {name}")
+    checks = promotion_checks(Path(workspace))
+    if checks:
+        create_table_artifact(checks, key="promotion-checks", description=f"the blessing of run {name}'s candidate")
     for label, link in publish(workspace, name):
         create_link_artifact(link, link_text=label, description=f"{label} of run {name}")
     release_run(Path(project), name)  # finished: it counts toward keep_runs as the newest of them

@@ -318,13 +318,27 @@ class ExportParams(Section):
 
 
 class PromoteParams(Section):
-    """Promotion gate and model registry (pipeline/promote.py)."""
+    """The promotion blessing and the model registry (pipeline/stages/promote.py, pipeline/promotion/)."""
 
     registry: str = Field("registry", min_length=1,
                           description="a folder (relative paths resolve against the main checkout, shared by "
                                       "all runs) or s3://bucket/prefix")
     margin: float = Field(0.005, ge=0, le=1,
-                          description="test accuracy the new model must gain over the champion to replace it")
+                          description="accuracy the candidate must gain over the champion, on the same evaluation "
+                                      "images, to replace it")
+    superiority: bool = Field(True, description="the gain must also be significant by the paired test (exact "
+                                                "McNemar p < alpha); false: the margin on the mean is enough")
+    non_inferiority: float = Field(0.02, ge=0, le=1,
+                                   description="largest accuracy loss against the champion the paired interval "
+                                               "may leave open")
+    max_class_drop: float = Field(0.1, ge=0, le=1,
+                                  description="largest fall of one class's recall against the champion")
+    min_eval_per_class: int = Field(10, ge=1, description="evaluation images each class needs, else the decision "
+                                                          "is 'insufficient evidence' (nothing promoted)")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance of the paired tests (references, gain); "
+                                                         "intervals at 1 - alpha")
+    pixel_reference: bool = Field(True, description="the candidate must also beat a logistic regression on raw "
+                                                    "pixels (the majority class it must always beat)")
     allow_task_change: bool = Field(False, description="let a model trained on other classes than the champion's "
                                                        "replace it (a change of task); refused otherwise")
 

@@ -3,7 +3,8 @@
 Layout (a folder by default, or an ``s3://bucket/prefix``):
 
     <registry>/versions/<version>/...      the model directory as the fine-tune stage wrote it
-                                           (state dict + model card), plus decision.json
+                                           (state dict + model card), plus decision.json and
+                                           data/ (its test images and the hashes it trained on)
     <registry>/champion.json               {"version": ..., "test_accuracy": ..., "promoted_at": ...}
 
 Promotion is atomic: a version is written in full before anything points at it, and the champion
@@ -36,7 +37,8 @@ from pipeline.common.errors import TransientError, is_connection_error
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
-__all__ = ["Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate"]
+__all__ = ["DATA", "Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate"]
+DATA = "data"  # a version's data record (pipeline/promotion/evalset.py)
 _COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -241,9 +243,11 @@ class Registry:
         """The decision record stored with a version."""
         return self.store.get_json(f"versions/{self._checked(version)}/decision.json")
 
-    def register(self, version: str, model_dir: Path, decision: dict[str, Any], extras: Sequence[Path] = ()) -> None:
-        """Store a model directory and its decision (plus ``extras``: files such as the model card) as a
-        version, whole or not at all.
+    def register(self, version: str, model_dir: Path, decision: dict[str, Any], extras: Sequence[Path] = (),
+                 data: Path | None = None) -> None:
+        """Store a model directory and its decision (plus ``extras``: files such as the model card, and ``data``:
+        the version's data record, pipeline/promotion/evalset.py, stored as ``data/``) as a version, whole or
+        not at all.
 
         A version already holding the same model (its card's ``state_dict_sha256``: a rerun after a
         crash) only gets the new decision; a different model under that name is refused.
@@ -260,6 +264,8 @@ class Registry:
             shutil.copytree(model_dir, staged)
             for extra in extras:
                 shutil.copy2(extra, staged / Path(extra).name)
+            if data is not None:
+                shutil.copytree(data, staged / DATA)
             write_json(staged / "decision.json", decision)
             self.store.put_dir(f"versions/{version}", staged)
 

@@ -24,7 +24,12 @@ from pipeline.shift.corruptions import corrupt
 from pipeline.stages import promote
 from tests.support.drift_chain import MODEL, SIZE, build_chain, run_drift
 from tests.support.gate import passed_gate
+from tests.support.heads import train_head
 from tests.support.photos import photo_crops, write_photo_folder
+
+
+# about fifteen test images a class (promoted_set): the evidence and pixel-reference checks are test_blessing.py's
+SMALL_SET_BLESSING = {"min_eval_per_class": 5, "pixel_reference": False}
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +45,12 @@ def _chain(work: Path, photos: list[str], per_class: int, batch: Path | None = N
 @pytest.fixture(scope="module")
 def two_class(tmp_path_factory) -> dict[str, Path]:
     return _chain(tmp_path_factory.mktemp("two"), ["chelsea", "brick"], 24)
+
+
+@pytest.fixture(scope="module")
+def promoted_set(tmp_path_factory) -> dict[str, Path]:
+    """Two classes, enough test images for a blessing to decide on (a trained model beats the majority class)."""
+    return _chain(tmp_path_factory.mktemp("promoted"), ["chelsea", "brick"], 50)
 
 
 def _drift(chain: dict[str, Path], out: Path, *overrides: str) -> int:
@@ -137,19 +148,21 @@ def test_a_small_reference_is_calibrated_on_held_back_images_and_catches_heavy_n
 
 
 @pytest.mark.slow
-def test_promotion_refuses_a_model_for_another_set_of_classes(two_class, tmp_path, monkeypatch):
+def test_promotion_refuses_a_model_for_another_set_of_classes(promoted_set, tmp_path, monkeypatch):
     registry = open_registry(str(tmp_path / "registry"), tmp_path)
     three = ["brick", "chelsea", "grass"]
     LoadedModel.pretrained(MODEL, 3, SIZE, classes=three).save(tmp_path / "champion", {})
     registry.register("20260101-000000-three", tmp_path / "champion", {"decision": "promoted"})
     registry.set_champion("20260101-000000-three", {"test_accuracy": 0.9}, token=None)
     evaluation = write_json(tmp_path / "evaluation.json", {"verdict": "positive", "recommended_model": "finetuned"})
+    trained = train_head(promoted_set["dataset"], tmp_path / "trained")  # blessed: it must beat the majority class
 
     def run(allow: bool) -> dict:
         params = validate_params({"common": {"image_size": SIZE},
-                                  "promote": {"registry": str(tmp_path / "registry"), "allow_task_change": allow}})
-        return promote.run(params, promote.Args(dataset=two_class["dataset"], model=two_class["model"],
-                                                baseline=two_class["model"], evaluation=evaluation,
+                                  "promote": {"registry": str(tmp_path / "registry"), "allow_task_change": allow,
+                                              **SMALL_SET_BLESSING}})
+        return promote.run(params, promote.Args(dataset=promoted_set["dataset"], model=trained, baseline=trained,
+                                                evaluation=evaluation,
                                                 decision=tmp_path / "decision.json",
                                                 validation=passed_gate(tmp_path)))
 
@@ -165,14 +178,16 @@ def test_promotion_refuses_a_model_for_another_set_of_classes(two_class, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_rerun_after_a_crash_inside_promotion_finishes_it(two_class, tmp_path, monkeypatch):
+def test_a_rerun_after_a_crash_inside_promotion_finishes_it(promoted_set, tmp_path, monkeypatch):
     from pipeline.registry import Registry
 
     monkeypatch.setattr("pipeline.stages.promote.run_identity",
                         lambda root: {"run_name": "20260103-000000-crash", "run_tag": None})
     evaluation = write_json(tmp_path / "evaluation.json", {"verdict": "positive", "recommended_model": "finetuned"})
-    params = validate_params({"common": {"image_size": SIZE}, "promote": {"registry": str(tmp_path / "registry")}})
-    args = promote.Args(dataset=two_class["dataset"], model=two_class["model"], baseline=two_class["model"],
+    params = validate_params({"common": {"image_size": SIZE},
+                              "promote": {"registry": str(tmp_path / "registry"), **SMALL_SET_BLESSING}})
+    trained = train_head(promoted_set["dataset"], tmp_path / "trained")
+    args = promote.Args(dataset=promoted_set["dataset"], model=trained, baseline=trained,
                         evaluation=evaluation, decision=tmp_path / "decision.json", validation=passed_gate(tmp_path))
     real = Registry.set_champion
 

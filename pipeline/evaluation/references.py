@@ -17,9 +17,10 @@ import numpy as np
 
 from pipeline.data.shards import ShardImageDataset
 from pipeline.models.preprocess import Preprocessing
-from pipeline.training.probe import fit_linear_probe
+from pipeline.training.probe import ProbeFit, fit_linear_probe
 
-__all__ = ["PIXEL_SIDE", "majority_accuracy", "pixel_probe_accuracy", "training_problem"]
+__all__ = ["PIXEL_SIDE", "majority_accuracy", "fit_pixel_probe", "pixel_probe_predictions", "pixel_probe_accuracy",
+           "training_problem"]
 PIXEL_SIDE = 16
 
 
@@ -38,14 +39,27 @@ def _pixels(dataset: str | os.PathLike, split: str, ids: Sequence[str] | None) -
     return x, labels
 
 
+def fit_pixel_probe(dataset: str | os.PathLike, train_ids: Sequence[str], val_ids: Sequence[str],
+                    num_classes: int, cs: Sequence[float]) -> ProbeFit:
+    """The pixel logistic regression trained on ``train_ids`` (penalty chosen on ``val_ids``)."""
+    train_x, train_y = _pixels(dataset, "train", train_ids)
+    val_x, val_y = _pixels(dataset, "val", val_ids)
+    return fit_linear_probe(train_x, train_y, val_x, val_y, num_classes, cs)
+
+
+def pixel_probe_predictions(probe: ProbeFit, dataset: str | os.PathLike, split: str,
+                            ids: Sequence[str] | None) -> np.ndarray:
+    """Label indices the pixel probe predicts for a split's images (or ``ids`` of it), in row order."""
+    x, _ = _pixels(dataset, split, ids)
+    return probe.logits(x).argmax(1) if len(x) else np.zeros(0, dtype=int)
+
+
 def pixel_probe_accuracy(dataset: str | os.PathLike, train_ids: Sequence[str], val_ids: Sequence[str],
                          num_classes: int, cs: Sequence[float]) -> float:
     """Test accuracy of a logistic regression on raw pixels trained on ``train_ids``."""
-    train_x, train_y = _pixels(dataset, "train", train_ids)
-    val_x, val_y = _pixels(dataset, "val", val_ids)
+    probe = fit_pixel_probe(dataset, train_ids, val_ids, num_classes, cs)
     test_x, test_y = _pixels(dataset, "test", None)
-    fit = fit_linear_probe(train_x, train_y, val_x, val_y, num_classes, cs)
-    return round(float((fit.logits(test_x).argmax(1) == test_y).mean()), 4)
+    return round(float((probe.logits(test_x).argmax(1) == test_y).mean()), 4)
 
 
 def training_problem(accuracy: float, classes_predicted: int, converged: bool, references: dict[str, float],

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.evaluation.model_card import CARD_MD
 from pipeline.project import declared_options, declared_paths, dvc_stages
+from pipeline.promotion.blessing import blessing_markdown, check_rows
 from pipeline.runs.naming import tag_of
 
 # stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
@@ -87,11 +88,21 @@ def render_summary(workspace: Path, name: str, reason: str, overrides: dict[str,
 
 
 def model_card(workspace: Path) -> str | None:
-    """The run's model card (Markdown), when its chain has the card stage and it ran."""
+    """The run's model card (Markdown), when its chain has the card stage and it ran, with the promotion
+    checks its candidate went through when the promote stage ran."""
     if "card" not in dvc_stages(workspace):
         return None
     path = workspace / declared_options(workspace, "card")["report_dir"] / CARD_MD
-    return path.read_text(encoding="utf-8") if path.is_file() else None
+    if not path.is_file():
+        return None
+    decision = stage_metrics(workspace).get("promote", {})
+    checks = f"\n{blessing_markdown(decision)}" if decision.get("blessing") else ""
+    return path.read_text(encoding="utf-8") + checks
+
+
+def promotion_checks(workspace: Path) -> list[dict[str, str]]:
+    """(check, passed, detail) rows of the run's promotion blessing; none when the promote stage did not run."""
+    return check_rows(stage_metrics(workspace).get("promote", {}))
 
 
 def html_reports(workspace: Path) -> list[str]:
