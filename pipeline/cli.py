@@ -5,6 +5,8 @@
     tlops params        print the validated params (after --set overrides) as YAML
     tlops run-all       run every built stage through `dvc repro`, then say where outputs are
     tlops predict SRC   classify a batch of images with the champion (or --model); predictions file
+    tlops registry ACTION   list | show VERSION | history | promote VERSION [--alias A] [--force --reason R] |
+                        rollback [--to VERSION] [--reason R]
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.common.errors import (BAD_INPUT_ERRORS, DISK_FULL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_TRANSIENT,
-                                    TransientError, describe_error, raised_in_pipeline)
+from pipeline.common.errors import (BAD_INPUT_ERRORS, DISK_FULL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REFUSED,
+                                    EXIT_TRANSIENT, TransientError, describe_error, raised_in_pipeline)
 from pipeline.common.io import replaced_as_set
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.config import ConfigError, load_params
@@ -35,6 +37,7 @@ _TOOLS = {
     "run-all": "run every built stage through dvc repro",
     "drift-ui": "start the Evidently review UI over the drift reports of every run",
     "predict": "classify a batch of images (folder, table, s3://, dataset) with the champion or --model",
+    "registry": "list | show VERSION | history | promote VERSION | rollback: the model registry's versions and aliases",
 }
 
 
@@ -151,10 +154,14 @@ def _run_tool(command: str, argv: list[str]) -> int:
     parser = _common_parser(f"tlops {command}")
     if command == "predict":
         _predict_options(parser)
+    if command == "registry":
+        _registry_options(parser)
     ns = parser.parse_args(argv)
     root = find_root()
     if command == "predict":
         return _predict(root, ns)
+    if command == "registry":
+        return _registry(root, ns)
     if command == "params":
         import yaml
 
@@ -209,6 +216,66 @@ def _predict(root: Path, ns: argparse.Namespace) -> int:
     print(f"{summary['predicted']} of {summary['images']} images classified by {summary['model_version']}"
           f"{refused}: {ns.out / 'predictions.parquet'} (and .csv)")
     return 0
+
+
+def _registry_options(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every version, its decision and the aliases on it")
+    actions.add_parser("show", help="a version's decision (its blessing's checks) and history").add_argument("version")
+    actions.add_parser("history", help="every alias move: when, what, from what, who, why")
+    promote = actions.add_parser("promote", help="point the champion (or --alias) at a version; the champion "
+                                                 "through the blessing unless --force")
+    promote.add_argument("version")
+    promote.add_argument("--alias", default="champion", help="champion (default), challenger or any name")
+    promote.add_argument("--force", action="store_true", help="skip the blessing (needs --reason)")
+    promote.add_argument("--reason", default="", help="why, for the history")
+    rollback = actions.add_parser("rollback", help="the champion back to the version it replaced, or --to one "
+                                                   "that was champion before")
+    rollback.add_argument("--to", default=None, metavar="VERSION")
+    rollback.add_argument("--reason", default="", help="why, for the history")
+
+
+def _registry(root: Path, ns: argparse.Namespace) -> int:
+    from pipeline.common.device import select_device
+    from pipeline.promotion import operations
+    from pipeline.registry import open_registry
+
+    params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
+    registry = open_registry(params.promote.registry, main_checkout(root))
+    if ns.action == "list":
+        _print_rows(operations.version_rows(registry), f"no versions in {registry.location}")
+    elif ns.action == "show":
+        print(json.dumps(operations.show_version(registry, ns.version), indent=2))
+    elif ns.action == "history":
+        _print_rows([{"at": e.get("at"), "action": e.get("action"), "alias": e.get("alias"),
+                      "version": e.get("version"), "previous": e.get("previous"),
+                      "by": "{user}@{host}".format(**e.get("by", {})) + (
+                          f" (flow run {e['by']['flow_run']})" if e.get("by", {}).get("flow_run") else ""),
+                      "reason": e.get("reason", "")} for e in registry.history()],
+                    f"no alias moves recorded in {registry.location}")
+    elif ns.action == "promote":
+        try:
+            event = operations.promote_version(registry, ns.version, params, select_device(params.common.device),
+                                               alias=ns.alias, force=ns.force, reason=ns.reason)
+        except operations.Refused as refused:
+            print(f"tlops registry promote: refused: {refused}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"{event['alias']}: {event['previous']} -> {event['version']} ({event['reason']})")
+    else:
+        event = operations.rollback(registry, ns.to, ns.reason)
+        print(f"champion rolled back: {event['previous']} -> {event['version']} ({event['reason']})")
+    return 0
+
+
+def _print_rows(rows: list[dict], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    widths = {k: max(len(k), *(len(r[k]) for r in text)) for k in text[0]}
+    print("  ".join(k.ljust(w) for k, w in widths.items()).rstrip())
+    for row in text:
+        print("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
 
 
 def _status(root: Path) -> int:

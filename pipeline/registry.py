@@ -6,6 +6,9 @@ Layout (a folder by default, or an ``s3://bucket/prefix``):
                                            (state dict + model card), plus decision.json and
                                            data/ (its test images and the hashes it trained on)
     <registry>/champion.json               {"version": ..., "test_accuracy": ..., "promoted_at": ...}
+    <registry>/aliases/<name>.json         other aliases a team names (challenger, staging, ...), same form
+    <registry>/history/<time>-<id>.json    one object per alias move (who, when, why, from what): append-only,
+                                           each written once under a new name, never rewritten
 
 Promotion is atomic: a version is written in full before anything points at it, and the champion
 pointer is replaced in one step (a rename on disk, a single PUT on S3). A failed promotion leaves
@@ -15,7 +18,8 @@ Promotion is serialised: the champion pointer is replaced only if it is still th
 compared against (compare-and-swap: under a file lock on a folder, a conditional PUT with If-Match /
 If-None-Match on S3); otherwise :class:`ChampionChanged` tells it to compare again. Registering is
 idempotent: the same model under the same version (a rerun after a crash) is accepted, a different one
-refused.
+refused. Every alias move (the champion's included) goes through the same compare-and-swap and then
+appends its event to the history.
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import getpass
 import hashlib
 import json
 import mimetypes
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
@@ -37,8 +45,11 @@ from pipeline.common.errors import TransientError, is_connection_error
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.runs.naming import check_run_name, check_run_tag
 
-__all__ = ["DATA", "Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate"]
+__all__ = ["DATA", "CHAMPION", "Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate", "actor",
+           "check_alias"]
 DATA = "data"  # a version's data record (pipeline/promotion/evalset.py)
+CHAMPION = "champion"  # the alias whose model serves (champion.json)
+_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +67,8 @@ class _Store(Protocol):
     def put_json_if(self, rel: str, obj: Any, token: str | None) -> None: ...
     def fetch_dir(self, rel: str, dest: Path) -> Path: ...
     def list_dirs(self, rel: str) -> list[str]: ...
+    def list_files(self, rel: str) -> list[str]: ...
+    def put_json_new(self, rel: str, obj: Any) -> None: ...
 
 
 class _FolderStore:
@@ -113,6 +126,25 @@ class _FolderStore:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list_files(self, rel: str) -> list[str]:
+        base = self.root / rel
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def put_json_new(self, rel: str, obj: Any) -> None:
+        """Write ``rel`` whole, only if it does not exist (a link of a synced temp file: exclusive and atomic)."""
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".new-", delete=False) as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(fh.name, target)
+        finally:
+            os.unlink(fh.name)
 
 
 def _transient_when_unreachable(method: F) -> F:
@@ -213,6 +245,18 @@ class S3Store:
         names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
         return [name for name in names if self.get_json(f"{rel}/{name}/{_COMPLETE}") is not None]
 
+    @_transient_when_unreachable
+    def list_files(self, rel: str) -> list[str]:
+        prefix = self.key(rel) + "/"
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        return sorted(o["Key"][len(prefix):] for page in pages for o in page.get("Contents", []))
+
+    def put_json_new(self, rel: str, obj: Any) -> None:
+        try:
+            self.put_json_if(rel, obj, None)  # If-None-Match: *
+        except ChampionChanged:
+            raise FileExistsError(f"s3://{self.bucket}/{self.key(rel)}: already written") from None
+
 
 class Registry:
     """Versions plus a champion pointer over a folder or S3 store."""
@@ -227,13 +271,34 @@ class Registry:
 
     def champion_and_token(self) -> tuple[dict[str, Any] | None, str | None]:
         """The champion (as :meth:`champion`) and a token of that state for :meth:`set_champion`."""
-        record, token = self.store.get_json_token("champion.json")
+        return self.alias_and_token(CHAMPION)
+
+    def alias_and_token(self, alias: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The record an alias points with (None: unset) and a token of that state for :meth:`set_alias`;
+        its version and run tag are checked, since they go into keys, paths and git commands."""
+        record, token = self.store.get_json_token(_alias_key(alias))
         if record is not None:
-            where = f"{self.location}/champion.json"
+            where = f"{self.location}/{_alias_key(alias)}"
             check_run_name(record.get("version"), where)
             if record.get("run_tag") is not None:
                 check_run_tag(record["run_tag"], where)
         return record, token
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> the version it points at (the champion first)."""
+        found = {}
+        for alias in [CHAMPION, *(name.removesuffix(".json") for name in self.store.list_files("aliases")
+                                  if name.endswith(".json") and _ALIAS.match(name.removesuffix(".json")))]:
+            record = self.alias_and_token(alias)[0]
+            if record is not None:
+                found[alias] = record["version"]
+        return found
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every alias move, oldest first (per alias, in move order)."""
+        events = [event for name in self.store.list_files("history") if name.endswith(".json")
+                  if (event := self.store.get_json(f"history/{name}")) is not None]
+        return sorted(events, key=lambda e: (str(e.get("at")), int(e.get("move", 0))))
 
     def versions(self) -> list[str]:
         """Every registered version, oldest first (version names start with a UTC timestamp)."""
@@ -269,14 +334,41 @@ class Registry:
             write_json(staged / "decision.json", decision)
             self.store.put_dir(f"versions/{version}", staged)
 
-    def set_champion(self, version: str, record: dict[str, Any], token: str | None) -> None:
-        """Point the champion at a registered version (one atomic write), if the champion is still the
-        one ``token`` (from :meth:`champion_and_token`) was read with.
+    def set_champion(self, version: str, record: dict[str, Any], token: str | None, action: str = "promote",
+                     reason: str = "", forced: bool = False) -> dict[str, Any]:
+        """:meth:`set_alias` for the champion."""
+        return self.set_alias(CHAMPION, version, record, token, action=action, reason=reason, forced=forced)
 
+    def set_alias(self, alias: str, version: str, record: dict[str, Any], token: str | None, action: str,
+                  reason: str = "", forced: bool = False) -> dict[str, Any]:
+        """Point an alias at a registered version (one atomic write), if it still points where it did when
+        ``token`` (from :meth:`alias_and_token`) was read; then append the move to the history.
+
+        Returns:
+            The history event: at, action, alias, version, move, previous, reason, forced, by (user, host, flow
+            run).
         Raises:
-            ChampionChanged: another run promoted meanwhile; compare with the new champion and retry.
+            ChampionChanged: the alias moved meanwhile; read it again (and compare again) before retrying.
+            ValueError: an alias name off the allowed form, or a version that is not registered.
         """
-        self.store.put_json_if("champion.json", {"version": self._checked(version), **record}, token)
+        check_alias(alias)
+        if self._checked(version) not in self.versions():
+            raise ValueError(f"{self.location}: version {version!r} is not registered (tlops registry list)")
+        previous = self.alias_and_token(alias)[0]  # (if it moved since ``token``, the swap below fails)
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # the alias's move number: under the compare-and-swap, its moves are numbered 1, 2, ... with no gap or
+        # repeat, and each event's "previous" is the version of the move numbered one less
+        move = int((previous or {}).get("move", 0)) + 1
+        event = {"at": at, "action": action, "alias": alias, "version": version, "move": move,
+                 "previous": previous["version"] if previous else None, "reason": reason, "forced": forced,
+                 "by": actor()}
+        self.store.put_json_if(_alias_key(alias), {**record, "version": version, "move": move,
+                                                   "previous": event["previous"], "set_by": event["by"],
+                                                   "set_at": at, "action": action}, token)
+        # after the swap: a crash here loses the event, never a pointer (the pointer holds who and when too)
+        self.store.put_json_new(f"history/{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns():d}-"
+                                f"{uuid.uuid4().hex[:8]}.json", event)
+        return event
 
     def model_dir(self, version: str, scratch: Path) -> Path:
         """A local directory holding the version's files (downloaded into ``scratch`` for S3)."""
@@ -293,6 +385,29 @@ def run_candidate(evaluation_path: Path, finetuned: Path, baseline: Path) -> tup
     if evaluation.get("verdict") is None or evaluation.get("recommended_model") not in ("finetuned", "scratch"):
         raise ValueError(f"{evaluation_path}: no 'verdict' / 'recommended_model' (re-run the evaluate stage)")
     return evaluation, finetuned if evaluation["recommended_model"] == "finetuned" else baseline
+
+
+def check_alias(alias: Any) -> str:
+    """``alias`` when it is an alias name (lowercase letters, digits, ``_`` or ``-``, a letter first, at most 40);
+    else a ValueError naming it."""
+    if not isinstance(alias, str) or not _ALIAS.match(alias):
+        raise ValueError(f"alias {alias!r}: an alias is lowercase letters, digits, '_' or '-', starting with a letter "
+                         "(at most 40)")
+    return alias
+
+
+def _alias_key(alias: str) -> str:
+    return "champion.json" if check_alias(alias) == CHAMPION else f"aliases/{alias}.json"
+
+
+def actor() -> dict[str, str | None]:
+    """Who moves an alias: the user (``TLOPS_USER``, else the login), the host, and the Prefect flow run the
+    move happens in (None outside one)."""
+    try:
+        user = os.environ.get("TLOPS_USER") or getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry
+        user = f"uid {os.getuid()}"
+    return {"user": user, "host": socket.gethostname(), "flow_run": os.environ.get("PREFECT__FLOW_RUN_ID")}
 
 
 def _is_run_name(name: str) -> bool:

@@ -14,7 +14,7 @@ from pipeline.common.io import write_json
 from pipeline.config import PromoteParams, validate_params
 from pipeline.data.shards import read_manifest
 from pipeline.promotion.blessing import bless, blessing_markdown
-from pipeline.promotion.evalset import evaluation_set, write_version_data
+from pipeline.promotion.evalset import DataRecord, evaluation_set, write_version_data
 from pipeline.registry import DATA, open_registry
 from pipeline.stages import ingest, promote
 from tests.support.gate import passed_gate
@@ -198,7 +198,7 @@ def test_no_evaluation_image_was_trained_on_by_either_model_after_the_data_grew(
     for path in (tmp_path / "v2-more").rglob("*.png"):
         path.rename(grown / path.parent.name / f"more-{path.name}")
     second = _ingest(grown, tmp_path / "r2", seed=1)
-    images = evaluation_set(second, ["cat", "cup"], record)
+    images = evaluation_set(DataRecord.of_dataset(second), ["cat", "cup"], DataRecord.of_version(record), "registered")
     old, new = read_manifest(first), read_manifest(second)
     trained = set(old.loc[old["split"] != "test", "sha256"]) | set(new.loc[new["split"] != "test", "sha256"])
     assert len(images) > 0 and not set(images.sha256) & trained

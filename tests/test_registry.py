@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.common.errors import EXIT_TRANSIENT
-from pipeline.stages.promote import class_change
+from pipeline.promotion.decide import class_change
 from pipeline.registry import ChampionChanged, open_registry
 from tests.support.badimages import good_png
 from tests.support.gate import passed_gate
@@ -34,7 +34,10 @@ def _exercise(registry, tmp_path: Path) -> None:
     registry.set_champion("20260101-000000-a", {"test_accuracy": 0.9}, token=None)
     registry.register("20260102-000000-b", _model_dir(tmp_path, "b", b"B"), {"decision": "kept champion"})
     assert registry.versions() == ["20260101-000000-a", "20260102-000000-b"]
-    assert registry.champion() == {"version": "20260101-000000-a", "test_accuracy": 0.9}
+    champion = registry.champion()
+    assert {k: champion[k] for k in ("version", "test_accuracy", "move", "previous", "action")} == {
+        "version": "20260101-000000-a", "test_accuracy": 0.9, "move": 1, "previous": None, "action": "promote"}
+    assert champion["set_by"]["user"] and [e["version"] for e in registry.history()] == ["20260101-000000-a"]
     assert registry.card("20260102-000000-b")["decision"] == "kept champion"
     local = registry.model_dir("20260101-000000-a", tmp_path / "scratch")
     assert (local / "model.pt").read_bytes() == b"A" and (local / "decision.json").is_file()
@@ -178,10 +181,12 @@ for _ in range(int(sys.argv[2])):
 def test_concurrent_promoters_never_lose_an_update(tmp_path):
     # four processes each read the champion and write it back 25 times: without the lock and the
     # compare-and-swap, interleaved read-modify-writes lose increments
+    open_registry(str(tmp_path / "reg"), tmp_path).register("20260101-000000-a", _model_dir(tmp_path, "a", b"A"), {})
     procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path / "reg"), "25"], cwd=ROOT)
              for _ in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
-    assert open_registry(str(tmp_path / "reg"), tmp_path).champion()["count"] == 100
+    champion = open_registry(str(tmp_path / "reg"), tmp_path).champion()
+    assert champion["count"] == 100 and champion["move"] == 100
 
 
 def _objects(client, bucket: str) -> dict[str, bytes]:

@@ -22,6 +22,7 @@ __all__ = ["TransientError", "GateFailed", "DISK_FULL", "EXIT_INTERNAL", "EXIT_B
 
 EXIT_INTERNAL = 1  # an unexpected failure: the traceback is shown
 EXIT_BAD_INPUT = 2  # bad params or data: retrying cannot help
+EXIT_REFUSED = 3  # `tlops registry promote`: the blessing refused the version (the champion stays)
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: a network or storage hiccup; a retry may succeed
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSError numbers of a full disk or quota

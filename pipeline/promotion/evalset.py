@@ -28,7 +28,7 @@ from pipeline.data.shards import (SHARDS_DIR, ShardWriter, iter_records, read_cl
 from pipeline.evaluation.references import fit_pixel_probe, pixel_probe_predictions
 from pipeline.models import LoadedModel
 
-__all__ = ["EvaluationSet", "write_version_data", "evaluation_set", "predicted_classes",
+__all__ = ["EvaluationSet", "DataRecord", "write_version_data", "evaluation_set", "predicted_classes",
            "majority_reference", "pixel_reference"]
 _TEST, _SEEN = "test", "seen.json"
 _SHARD_BYTES = 64 << 20
@@ -70,35 +70,55 @@ def write_version_data(dataset: Path, dest: Path) -> Path:
     return dest
 
 
-def evaluation_set(dataset: Path, classes: Sequence[str], champion_data: Path | None,
-                   champion_note: str | None = None) -> EvaluationSet:
-    """The candidate's test split plus the champion's registered test images (see the module docstring).
+@dataclass
+class DataRecord:
+    """One model's side of an evaluation: its test images (a dataset directory and the ids of its test
+    split) and the sha256 of the images it trained or chose on."""
+
+    directory: Path
+    test: pd.DataFrame
+    seen: set[str]
+
+    @classmethod
+    def of_dataset(cls, dataset: Path) -> "DataRecord":
+        """The record of a run's dataset directory (its test split; train and val seen)."""
+        manifest = read_manifest(dataset)
+        return cls(Path(dataset), manifest[manifest["split"] == "test"],
+                   set(manifest.loc[manifest["split"].isin(_TRAINED_ON), "sha256"].astype(str)))
+
+    @classmethod
+    def of_version(cls, data: Path) -> "DataRecord | None":
+        """The record a registered version keeps in ``data`` (:func:`write_version_data`); None when it has
+        none (registered before versions kept one)."""
+        if not (data / _SEEN).is_file() or not (data / _TEST).is_dir():
+            return None
+        test = read_manifest(data / _TEST)
+        return cls(data / _TEST, test[test["split"] == "test"], set(read_json(data / _SEEN)["sha256"]))
+
+
+def evaluation_set(candidate: DataRecord, classes: Sequence[str], champion: DataRecord | None,
+                   champion_note: str) -> EvaluationSet:
+    """The candidate's test images plus the champion's, deduplicated by hash, without any image either
+    trained on (see the module docstring).
 
     Args:
-        dataset: the candidate's dataset directory.
+        candidate: the candidate's data record.
         classes: the candidate's classes (images of other classes are left out and counted).
-        champion_data: the champion version's ``data/`` folder, or None (no champion, a change of task).
-        champion_note: why there is no champion side, for the record (when ``champion_data`` is None).
+        champion: the champion's data record, or None (no champion, a change of task, an old version).
+        champion_note: what the record says of the champion's side.
     """
-    candidate = read_manifest(dataset)
-    seen = {"candidate": set(candidate.loc[candidate["split"].isin(_TRAINED_ON), "sha256"].astype(str))}
-    sides = [("candidate", Path(dataset), candidate[candidate["split"] == "test"])]
-    note = champion_note
-    if champion_data is not None:
-        if (champion_data / _SEEN).is_file() and (champion_data / _TEST).is_dir():
-            seen["champion"] = set(read_json(champion_data / _SEEN)["sha256"])
-            champion = read_manifest(champion_data / _TEST)
-            sides.append(("champion", champion_data / _TEST, champion[champion["split"] == "test"]))
-            note = "registered"
-        else:
-            note = ("none: the champion's version was registered without a data record, so the images it trained "
-                    "on are unknown; compared on the candidate's test split only")
+    seen = {"candidate": candidate.seen}
+    sides = [("candidate", candidate)]
+    if champion is not None:
+        seen["champion"] = champion.seen
+        sides.append(("champion", champion))
     known, taken = set(classes), set()
     parts, labels, hashes = [], [], []
-    record: dict[str, Any] = {"champion_data": note, "from": {}, "duplicates": 0, "other_classes": 0,
+    record: dict[str, Any] = {"champion_data": champion_note, "from": {}, "duplicates": 0, "other_classes": 0,
                               "excluded_trained_on": {name: 0 for name in seen}}
-    for side, directory, rows in sides:
+    for side, data in sides:
         ids = []
+        rows = data.test
         for image_id, sha, label in zip(rows["id"], rows["sha256"].astype(str), rows["label"].astype(str)):
             trained = [name for name, hashes_seen in seen.items() if sha in hashes_seen]
             if trained:
@@ -115,7 +135,7 @@ def evaluation_set(dataset: Path, classes: Sequence[str], champion_data: Path | 
                 hashes.append(sha)
         record["from"][side] = len(ids)
         if ids:
-            parts.append((directory, ids))
+            parts.append((data.directory, ids))
     labels_array = np.asarray(labels, dtype=object)
     record["images"] = len(labels)
     record["per_class"] = {name: int((labels_array == name).sum()) for name in classes}

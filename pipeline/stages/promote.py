@@ -29,9 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from pipeline.common.device import select_device
 from pipeline.common.errors import TransientError
 from pipeline.common.faults import kill_point
@@ -42,13 +39,12 @@ from pipeline.data.shards import use_validated, validation_field
 from pipeline.models import LoadedModel
 from pipeline.models.loaded import read_card
 from pipeline.project import main_checkout
-from pipeline.promotion.blessing import bless
-from pipeline.promotion.evalset import (evaluation_set, majority_reference, pixel_reference, predicted_classes,
-                                        write_version_data)
-from pipeline.registry import DATA, ChampionChanged, Registry, open_registry, run_candidate
+from pipeline.promotion.decide import decide
+from pipeline.promotion.evalset import DataRecord, write_version_data
+from pipeline.registry import DATA, ChampionChanged, open_registry, run_candidate
 from pipeline.runs.naming import run_identity
 
-__all__ = ["Args", "run", "class_change"]
+__all__ = ["Args", "run"]
 log = get_logger(__name__)
 _ATTEMPTS = 5  # comparisons with a champion that another run keeps replacing, before giving up (transient)
 
@@ -88,14 +84,16 @@ def run(params: Params, args: Args) -> dict[str, Any]:
             "registry": registry.location, **run}
     with tempfile.TemporaryDirectory() as scratch:
         data = write_version_data(args.dataset, Path(scratch) / DATA)
+        candidate_data = DataRecord.of_dataset(args.dataset)
         for attempt in range(1, _ATTEMPTS + 1):
             champion, token = registry.champion_and_token()
             if champion is not None and champion["version"] == run["run_name"]:  # a rerun after a crash past the swap
                 decision = registry.card(run["run_name"])
                 log.info("promotion: this run's version is already the champion (an earlier attempt promoted it)")
                 break
-            decision = {**base, **_decide(candidate, champion, registry, args.dataset, device, params,
-                                          Path(scratch) / f"attempt-{attempt}", run["run_name"])}
+            decided = decide(candidate, candidate_data, champion, registry, device, params, args.dataset)
+            version = None if decided.pop("same_model") else run["run_name"]
+            decision = {**base, **decided, "version": version}
             if decision["version"] is not None:  # idempotent: a rerun after a crash finds its version registered
                 registry.register(decision["version"], model_dir, decision,
                                   extras=[args.model_card] if args.model_card is not None else [], data=data)
@@ -107,7 +105,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
                                                          "run_tag": run["run_tag"], "reason": decision["reason"],
                                                          "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                       time.gmtime())},
-                                      token)
+                                      token, reason=f"{decision['decision']}: {decision['reason']}")
                 break
             except ChampionChanged:  # another run promoted while this one compared: compare with its model
                 log.warning("promotion: the champion changed during the comparison (attempt %d of %d); comparing "
@@ -129,62 +127,3 @@ def _same_model(bundle: Path, candidate: LoadedModel) -> Path:
                          f"({exported['state_dict_sha256'][:12]} vs {candidate.card['state_dict_sha256'][:12]}); "
                          "re-run the export stage")
     return bundle
-
-
-def _decide(candidate: LoadedModel, champion: dict | None, registry: Registry, dataset: Path,
-            device: torch.device, params: Params, scratch: Path, version: str) -> dict[str, Any]:
-    """The decision's fields for this candidate against this champion (both blessed here, on the same images);
-    ``version`` is the name the candidate is registered under (none when it already is the champion)."""
-    cfg = params.promote
-    champion_model, change, same_model, champion_data, note = None, None, False, None, "none: no champion yet"
-    if champion is not None:
-        folder = registry.model_dir(champion["version"], scratch)
-        champion_model = LoadedModel.load(folder, device)
-        same_model = champion_model.card["state_dict_sha256"] == candidate.card["state_dict_sha256"]
-        change = class_change(champion_model.classes, candidate.classes)
-        if change is not None:
-            note = "not used: a change of task (the champion's classes differ)"
-        else:
-            champion_data = folder / DATA
-    images = evaluation_set(dataset, candidate.classes, champion_data, note)
-    predicted = predicted_classes(candidate, images)
-    references = {"majority_class": majority_reference(images)} if len(images) else {}
-    if len(images) and cfg.pixel_reference:
-        references["pixel_logistic_regression"] = pixel_reference(dataset, images, params.freeze.probe_cs)
-    compared = champion_model is not None and change is None and not same_model
-    champion_predicted = predicted_classes(champion_model, images) if compared else None
-    blessing = bless(images.labels, predicted, references, champion_predicted, candidate.classes, cfg,
-                     params.common.seed)
-    if same_model:
-        decision, promoted = "kept champion", False
-        reason = f"this model is already the champion ({champion['version']})"
-    elif change is not None and not cfg.allow_task_change:
-        decision, promoted = "refused: task change", False
-        reason = (f"refused: {change} ({champion['version']}); a model for another task replaces the champion only "
-                  "with promote.allow_task_change: true")
-    else:
-        outcome, reason = blessing["outcome"], blessing["reason"]
-        failed = [c["check"] for c in blessing["checks"] if not c["passed"]]
-        decision = f"refused: {', '.join(failed)}" if outcome == "refused" else outcome
-        promoted = outcome == "promoted"
-        if change is not None:
-            reason = f"task change allowed by promote.allow_task_change: {change}; {reason}"
-    return {"decision": decision, "promoted": promoted, "reason": reason, "task_change": change,
-            "test_accuracy": _accuracy(predicted, images.labels),
-            "champion_test_accuracy": _accuracy(champion_predicted, images.labels),
-            "previous_champion": champion["version"] if champion else None,
-            "version": None if same_model else version,
-            "blessing": {**blessing, "evaluation_set": images.record, "params": cfg.model_dump()}}
-
-
-def _accuracy(predicted: np.ndarray | None, labels: np.ndarray) -> float | None:
-    return None if predicted is None or not len(labels) else round(float((predicted == labels).mean()), 4)
-
-
-def class_change(champion: list[str], candidate: list[str]) -> str | None:
-    """None when both models know the same classes; else which classes the candidate adds and drops."""
-    added, removed = sorted(set(candidate) - set(champion)), sorted(set(champion) - set(candidate))
-    if not added and not removed:
-        return None
-    parts = ([f"adds {added}"] if added else []) + ([f"drops {removed}"] if removed else [])
-    return f"the candidate's classes differ from the champion's: it {' and '.join(parts)}"
