@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 
 from flows.limits import run_time_limit
 from flows.parameters import DriftCheckParameters
-from flows.retrain import RETRY_POLICY, notify_on_failure, prune_on_failure, publish, run_stage, version
+from flows.retrain import RETRY_POLICY, announce, notify_on_failure, prune_on_failure, publish, run_stage, version
 from pipeline.config import Params, load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
@@ -85,6 +85,7 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
     predicted = predict_current(str(project), name)
     version(str(project), name, f"drift check {name} against champion {champion['version']}")
     verdict, text = drift_summary(workspace, champion["version"], publish(str(workspace), name))
+    announce(workspace, name)
     create_markdown_artifact(text, key="drift-check-summary", description=f"drift check {name}")
     create_table_artifact([{"class": label, "images": count} for label, count in predicted["predicted_classes"].items()]
                           + [{"class": "(refused)", "images": predicted["refused"]}], key="drift-check-predictions",

@@ -22,12 +22,12 @@ from flows.parameters import RetrainParameters
 from pipeline.config import OrchestrateParams, load_params
 from pipeline.project import built_stages, find_root
 from pipeline.runs.naming import run_name
-from pipeline.runs.notify import notify_failure
+from pipeline.runs.notify import EVENTS, emit, failure_event, run_events
 from pipeline.runs.publish import publish_reports
-from pipeline.runs.summary import headline_table, model_card, promotion_checks, render_summary
+from pipeline.runs.summary import headline_table, model_card, promotion_checks, render_summary, stage_metrics
 from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs, release_run
 
-__all__ = ["retrain", "RETRY_POLICY", "notify_on_failure", "prune_on_failure"]
+__all__ = ["retrain", "RETRY_POLICY", "notify_on_failure", "prune_on_failure", "announce"]
 
 
 def _only_transient(task, task_run, state) -> bool:
@@ -71,11 +71,31 @@ def publish(workspace: str, name: str) -> list[tuple[str, str]]:
     return publish_reports(Path(workspace), name, load_params(Path(workspace) / "params.yaml").orchestrate)
 
 
-def notify_on_failure(flow, flow_run, state) -> None:
-    """on_failure / on_crashed hook: POST the failure to TLOPS_FAILURE_WEBHOOK (pipeline/runs/notify.py)."""
+def _run_url(run_id: Any) -> str | None:
     ui = PREFECT_UI_URL.value()
-    notify_failure(flow.name, flow_run.name, state.name, state.message or "",
-                   url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None)
+    return f"{ui}/runs/flow-run/{run_id}" if ui and run_id else None
+
+
+def _routed() -> list[str]:
+    """``orchestrate.events`` of the project's params.yaml (every event when it cannot be read: a failure
+    report must not depend on the file that may have caused it)."""
+    try:
+        return list(load_params(find_root() / "params.yaml").orchestrate.events)
+    except Exception:  # noqa: BLE001
+        return list(EVENTS)
+
+
+def notify_on_failure(flow, flow_run, state) -> None:
+    """on_failure / on_crashed hook: the ``run.failed`` event (pipeline/runs/notify.py)."""
+    emit(*failure_event(flow.name, flow_run.name, state.name, state.message or "", url=_run_url(flow_run.id)),
+         routed=_routed())
+
+
+def announce(workspace: Path, name: str) -> list[str]:
+    """Send the events a finished run's metrics hold (negative verdict, drift, promotion or refusal)."""
+    events = run_events(stage_metrics(workspace), name, url=_run_url(flow_run.get_id()))
+    routed = _routed()
+    return [emit(event, text, fields, routed=routed)["event"] for event, text, fields in events]
 
 
 def prune_on_failure(flow, flow_run, state) -> None:
@@ -136,6 +156,7 @@ def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters
         create_table_artifact(checks, key="promotion-checks", description=f"the blessing of run {name}'s candidate")
     for label, link in publish(workspace, name):
         create_link_artifact(link, link_text=label, description=f"{label} of run {name}")
+    announce(Path(workspace), name)
     release_run(Path(project), name)  # finished: it counts toward keep_runs as the newest of them
     removed = prune_runs(Path(project), keep=orchestrate.keep_runs)
     if removed:

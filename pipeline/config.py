@@ -38,6 +38,7 @@ class CommonParams(Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+EventName = Literal["run.failed", "drift.detected", "model.promoted", "model.refused", "verdict.negative"]
 CorruptionName = Literal["gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg", "rotation"]
 
 
@@ -393,6 +394,10 @@ class OrchestrateParams(Section):
     drift_retrain_deployment: str = Field("retrain/retrain-on-demand", pattern=r"^[^/\s]+/[^/\s]+$",
                                           description="the deployment (flow/deployment) a drift check starts "
                                                       "when it detects drift")
+    events: list[EventName] = Field(["run.failed", "drift.detected", "model.promoted", "model.refused",
+                                     "verdict.negative"],
+                                    description="the events sent to TLOPS_EVENTS_WEBHOOK and TLOPS_APPRISE_URLS "
+                                                "(every one is a Prefect event tlops.<event> too)")
 
 
 class Params(Section):

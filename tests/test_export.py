@@ -102,7 +102,8 @@ def test_promotion_registers_the_bundle_with_its_exports(chain, exported, tmp_pa
     args = promote.Args(dataset=chain["dataset"], model=chain["model"], baseline=chain["model"],
                         evaluation=chain["evaluation"], decision=tmp_path / "decision.json",
                         validation=chain["validation"], exports=exported / "serving")
-    assert promote.run(params, args)["promoted"] is True
+    # every candidate is registered, blessed or not (this untrained one is not): with its exports
+    assert promote.run(params, args)["version"] == "20260105-000000-exported"
     registry = open_registry(str(tmp_path / "registry"), tmp_path)
     stored = registry.model_dir("20260105-000000-exported", tmp_path / "scratch")
     assert (stored / FORMATS["onnx"]).is_file() and load_torchscript(stored) is not None

@@ -1,5 +1,5 @@
 """The retrain flow's retry policy (transient failures retried with backoff, bad data never) and its failure
-notification (a POST to the webhook in TLOPS_FAILURE_WEBHOOK)."""
+notification (the run.failed event POSTed to the webhook in TLOPS_EVENTS_WEBHOOK)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.parameters import RetrainParameters
 from flows.retrain import RETRY_POLICY, retrain
 from pipeline.config import ConfigError
-from pipeline.runs.notify import WEBHOOK_ENV, notify_failure
+from pipeline.runs.notify import WEBHOOK_ENV, emit, failure_event
 from pipeline.runs.workspace import StageFailed, TransientFailure
 
 
@@ -77,13 +77,12 @@ def test_a_failed_retrain_run_posts_to_the_failure_webhook(project, monkeypatch)
         server.shutdown()
         server.server_close()
     [body] = _Webhook.received
-    assert body["flow"] == "retrain" and body["state"] == "Failed"
+    assert body["event"] == "run.failed" and body["flow"] == "retrain" and body["state"] == "Failed"
     assert "common.seed = -1" in body["message"] and body["text"].startswith("tlops: retrain run ")
 
 
-def test_no_webhook_no_post_and_an_unreachable_one_never_raises(monkeypatch, caplog):
-    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
-    assert notify_failure("retrain", "r1", "Failed", "boom") is None
+def test_an_unreachable_webhook_never_raises(monkeypatch, caplog):
     monkeypatch.setenv(WEBHOOK_ENV, "http://127.0.0.1:9/closed")  # port 9 (discard): connection refused
-    body = notify_failure("retrain", "r1", "Crashed", "stage finetune was killed\nmore")
+    body = emit(*failure_event("retrain", "r1", "Crashed", "stage finetune was killed\nmore"))
     assert body["text"] == "tlops: retrain run r1 crashed: stage finetune was killed"
+    assert "was not delivered" in caplog.text

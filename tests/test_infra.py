@@ -57,6 +57,8 @@ def _code_constant(module: str, name: str) -> str:
 # the environment variables the code reads, by the names the code gives them
 NPROC_ENV = _code_constant("pipeline/training/ddp.py", "NPROC_ENV")
 WEBHOOK_ENV = _code_constant("pipeline/runs/notify.py", "WEBHOOK_ENV")
+FAILURE_WEBHOOK_ENV = _code_constant("pipeline/runs/notify.py", "FAILURE_WEBHOOK_ENV")
+APPRISE_ENV = _code_constant("pipeline/runs/notify.py", "APPRISE_ENV")
 URL_ENV = _code_constant("pipeline/runs/publish.py", "URL_ENV")
 
 
@@ -446,7 +448,7 @@ def test_compose_stack_agrees_with_the_project(resolved, params):
     env = _env(worker)
     assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", WEBHOOK_ENV} <= set(env)
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", WEBHOOK_ENV, FAILURE_WEBHOOK_ENV, APPRISE_ENV} <= set(env)
     assert env[URL_ENV] == "http://localhost:8080"
     # the worker is the least-privileged pipeline user that minio-init creates, never MinIO's root
     minio = _env(services["minio"])

@@ -8,12 +8,14 @@ drift-triggered retrain.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pandas as pd
@@ -24,6 +26,7 @@ import yaml
 from flows.server import PrefectServer, free_port
 from pipeline.models import LoadedModel
 from pipeline.models.export import exported_logits, load_torchscript, onnx_session
+from pipeline.runs.notify import WEBHOOK_ENV
 from tests.conftest import ROOT, copy_project
 from tests.support.flowruns import artifacts, finish, start, wait_for
 from tests.support.tiny import make_tiny_project
@@ -39,18 +42,44 @@ def served(tmp_path_factory):
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
     server = PrefectServer(work / "prefect").start()
     log = open(work / "serve.log", "wb")
-    serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project, env=server.env(), stdout=log,
+    events = _EventReceiver()  # the runs' events (pipeline/runs/notify.py), POSTed as a team's webhook gets them
+    serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project,
+                               env={**server.env(), WEBHOOK_ENV: events.url}, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     api = httpx.Client(base_url=server.api_url, timeout=30)
     try:
         wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
                   f"deployments never appeared; see {work / 'serve.log'}")
-        yield {"project": project, "server": server, "api": api, "work": work}
+        yield {"project": project, "server": server, "api": api, "work": work, "events": events.received}
     finally:
+        events.close()
         os.killpg(serving.pid, signal.SIGTERM)
         serving.wait(timeout=30)
         server.stop()
         api.close()
+
+
+class _EventReceiver(http.server.ThreadingHTTPServer):
+    """A webhook on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                self.server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.received: list[dict] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/events"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
 
 
 def _summary(api: httpx.Client, run_id: str) -> str:
@@ -82,6 +111,8 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
 
     champion = json.loads((project / "registry" / "champion.json").read_text())
     assert champion["run_tag"] == tag
+    promoted = [e for e in served["events"] if e["event"] == "model.promoted" and e["run"] == champion["version"]]
+    assert promoted and promoted[0]["version"] == champion["version"] and promoted[0]["decision"] == "promoted"
     assert (project / "registry" / "versions" / champion["version"] / "card.json").is_file()
 
     # the tag alone restores the run: fresh clone, dvc pull, nothing left to re-run

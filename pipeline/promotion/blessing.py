@@ -125,9 +125,9 @@ def bless(labels: np.ndarray, candidate: np.ndarray, references: dict[str, np.nd
         gained = diff["mean"] >= cfg.margin and (significant or not cfg.superiority)
         checks.append(_check("gain", gained,
                              f"gain {diff['mean']:+.4f} against promote.margin {cfg.margin}"
-                             + (f"; paired test {_p(comparison['p_value'])} "
-                                f"({'significant' if significant else 'not significant'} at alpha {cfg.alpha}, "
-                                "promote.superiority)" if cfg.superiority else "")))
+                             + (f"; paired test {_p(comparison['p_value'])}: "
+                                f"{'a' if significant else 'no'} significant gain at alpha {cfg.alpha} "
+                                "(promote.superiority)" if cfg.superiority else "")))
     failed = {c["check"]: c for c in checks if not c["passed"]}
     if "evidence" in failed:
         outcome, reason = "insufficient evidence", failed["evidence"]["detail"]
