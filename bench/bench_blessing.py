@@ -5,10 +5,11 @@ ImageNet features help (seven of scikit-image's photos, grayscale crops, 100 a c
 imbalanced grayscale folder (chelsea vs brick crops, 240 / 80). Recipe: a pretrained EfficientNet-Lite0
 at 32 px whose head is trained on the train split's embeddings (tests/support/heads.py; full-batch Adam,
 300 steps, seeded init). For each dataset the seed-0 model is judged first (the promote stage on an empty
-registry; forced to champion with `promote_version(force=True)` when refused), then each candidate is judged against it by the promote stage on a copy of that registry:
-the same recipe with seeds 1 and 2, and a deliberately worse recipe (10 steps). Printed per candidate:
-the new decision with each check, and the old rule's (candidate's test accuracy >= the champion's +
-0.005 on the candidate's test split; any first model crowned).
+registry; forced to champion with `promote_version(force=True)` when refused), then each candidate is
+judged against it by the promote stage on a copy of that registry: the same recipe with seeds 1 and 2,
+and a deliberately worse recipe (10 steps). Printed per candidate: the new decision with each check, and
+the old rule's (candidate's test accuracy >= the champion's + 0.005 on the candidate's test split; any
+first model crowned).
 
     python -m bench.bench_blessing
 """

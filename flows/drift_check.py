@@ -85,7 +85,7 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
     predicted = predict_current(str(project), name)
     version(str(project), name, f"drift check {name} against champion {champion['version']}")
     verdict, text = drift_summary(workspace, champion["version"], publish(str(workspace), name))
-    announce(workspace, name)
+    announce(workspace, name, kinds=("drift.detected",))  # the champion's own metrics may be checked out too
     create_markdown_artifact(text, key="drift-check-summary", description=f"drift check {name}")
     create_table_artifact([{"class": label, "images": count} for label, count in predicted["predicted_classes"].items()]
                           + [{"class": "(refused)", "images": predicted["refused"]}], key="drift-check-predictions",

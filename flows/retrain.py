@@ -91,9 +91,9 @@ def notify_on_failure(flow, flow_run, state) -> None:
          routed=_routed())
 
 
-def announce(workspace: Path, name: str) -> list[str]:
-    """Send the events a finished run's metrics hold (negative verdict, drift, promotion or refusal)."""
-    events = run_events(stage_metrics(workspace), name, url=_run_url(flow_run.get_id()))
+def announce(workspace: Path, name: str, kinds: tuple[str, ...] = EVENTS) -> list[str]:
+    """Send the events of ``kinds`` a finished run's metrics hold (negative verdict, drift, promotion or refusal)."""
+    events = [e for e in run_events(stage_metrics(workspace), name, url=_run_url(flow_run.get_id())) if e[0] in kinds]
     routed = _routed()
     return [emit(event, text, fields, routed=routed)["event"] for event, text, fields in events]
 

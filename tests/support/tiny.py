@@ -51,10 +51,11 @@ def write_digit_folder(folder: Path, per_class: int = PER_CLASS, size: int = 32)
     return folder
 
 
-def make_tiny_project(project: Path, remote: Path) -> Path:
-    """Turn a project copy (a git repo) into a tiny one with its own image folder and DVC remote, committed."""
+def make_tiny_project(project: Path, remote: Path, **sections: dict) -> Path:
+    """Turn a project copy (a git repo) into a tiny one with its own image folder and DVC remote, committed;
+    ``sections`` (section -> values) are merged over TINY."""
     source = write_digit_folder(remote.parent / "tiny-digits")
-    params = _deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY)
+    params = _deep_update(_deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY), sections)
     params["ingest"]["source"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)],
