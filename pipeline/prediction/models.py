@@ -35,8 +35,10 @@ def resolve_model(spec: str | None, registry: Registry, scratch: Path) -> ModelR
     if spec is None or spec == "champion":
         champion = registry.champion()
         if champion is None:
-            raise FileNotFoundError(f"{registry.location}: no champion yet (run retrain first, or pass --model "
-                                    "with a model folder or a run tag)")
+            raise FileNotFoundError(f"{registry.location}: no champion yet (run retrain first; a run whose candidate "
+                                    "was not blessed crowns none: `tlops registry list` says why. Pass --model "
+                                    "with a model folder or a run tag, or `tlops registry promote VERSION --force "
+                                    "--reason ...`)")
         return ModelRef(registry.model_dir(champion["version"], scratch), f"champion {champion['version']}")
     folder = Path(spec).expanduser()
     if folder.is_dir():
