@@ -106,7 +106,9 @@ def served(tmp_path_factory):
         watcher = Watcher(project / "runs")
         watcher.start()
         try:
-            wait_for(lambda: api.get("/deployments/name/retrain/retrain-scheduled").status_code == 200, 120,
+            # every deployment the test starts (they are registered one after another)
+            wait_for(lambda: all(api.get(f"/deployments/name/retrain/{name}").status_code == 200
+                                 for name in ("retrain-on-demand", "retrain-scheduled")), 120,
                      f"the deployments were never served; see {work / 'serve.log'}")
             yield {"api": api, "project": project, "watcher": watcher, "log": work / "serve.log"}
         finally:
