@@ -68,6 +68,7 @@ class _Store(Protocol):
     def fetch_dir(self, rel: str, dest: Path) -> Path: ...
     def list_dirs(self, rel: str) -> list[str]: ...
     def list_files(self, rel: str) -> list[str]: ...
+    def has_dir(self, rel: str) -> bool: ...
     def put_json_new(self, rel: str, obj: Any) -> None: ...
 
 
@@ -126,6 +127,9 @@ class _FolderStore:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def has_dir(self, rel: str) -> bool:
+        return (self.root / rel).is_dir()
 
     def list_files(self, rel: str) -> list[str]:
         base = self.root / rel
@@ -243,13 +247,16 @@ class S3Store:
         prefix = self.key(rel) + "/"
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
         names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
-        return [name for name in names if self.get_json(f"{rel}/{name}/{_COMPLETE}") is not None]
+        return [name for name in names if self.has_dir(f"{rel}/{name}")]
 
     @_transient_when_unreachable
     def list_files(self, rel: str) -> list[str]:
         prefix = self.key(rel) + "/"
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
         return sorted(o["Key"][len(prefix):] for page in pages for o in page.get("Contents", []))
+
+    def has_dir(self, rel: str) -> bool:
+        return self.get_json(f"{rel}/{_COMPLETE}") is not None  # a folder exists once its marker does
 
     def put_json_new(self, rel: str, obj: Any) -> None:
         try:
@@ -304,6 +311,10 @@ class Registry:
         """Every registered version, oldest first (version names start with a UTC timestamp)."""
         return [v for v in self.store.list_dirs("versions") if _is_run_name(v)]
 
+    def is_registered(self, version: str) -> bool:
+        """Whether ``version`` is stored whole (one lookup, not a listing of every version)."""
+        return self.store.has_dir(f"versions/{self._checked(version)}")
+
     def card(self, version: str) -> dict[str, Any] | None:
         """The decision record stored with a version."""
         return self.store.get_json(f"versions/{self._checked(version)}/decision.json")
@@ -317,7 +328,7 @@ class Registry:
         A version already holding the same model (its card's ``state_dict_sha256``: a rerun after a
         crash) only gets the new decision; a different model under that name is refused.
         """
-        if self._checked(version) in self.versions():
+        if self.is_registered(version):
             stored = self.store.get_json(f"versions/{version}/card.json") or {}
             local = read_json(model_dir / "card.json") if (model_dir / "card.json").is_file() else {}
             if not stored.get("state_dict_sha256") or stored.get("state_dict_sha256") != local.get("state_dict_sha256"):
@@ -352,10 +363,11 @@ class Registry:
             ValueError: an alias name off the allowed form, or a version that is not registered.
         """
         check_alias(alias)
-        if self._checked(version) not in self.versions():
+        if not self.is_registered(version):
             raise ValueError(f"{self.location}: version {version!r} is not registered (tlops registry list)")
         previous = self.alias_and_token(alias)[0]  # (if it moved since ``token``, the swap below fails)
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = time.gmtime()
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", now)
         # the alias's move number: under the compare-and-swap, its moves are numbered 1, 2, ... with no gap or
         # repeat, and each event's "previous" is the version of the move numbered one less
         move = int((previous or {}).get("move", 0)) + 1
@@ -366,7 +378,7 @@ class Registry:
                                                    "previous": event["previous"], "set_by": event["by"],
                                                    "set_at": at, "action": action}, token)
         # after the swap: a crash here loses the event, never a pointer (the pointer holds who and when too)
-        self.store.put_json_new(f"history/{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns():d}-"
+        self.store.put_json_new(f"history/{time.strftime('%Y%m%dT%H%M%S', now)}-{time.time_ns():d}-"
                                 f"{uuid.uuid4().hex[:8]}.json", event)
         return event
 

@@ -14,7 +14,7 @@ from pipeline.common.io import write_json
 from pipeline.config import PromoteParams, validate_params
 from pipeline.data.shards import read_manifest
 from pipeline.promotion.blessing import bless, blessing_markdown
-from pipeline.promotion.evalset import DataRecord, evaluation_set, write_version_data
+from pipeline.promotion.evalset import DataRecord, evaluation_set
 from pipeline.registry import DATA, open_registry
 from pipeline.stages import ingest, promote
 from tests.support.gate import passed_gate
@@ -191,7 +191,7 @@ def test_the_same_recipe_retrained_with_another_seed_is_not_a_promotion(tmp_path
 
 def test_no_evaluation_image_was_trained_on_by_either_model_after_the_data_grew(tmp_path):
     first = _ingest(_folder(tmp_path / "v1", {"cat": ["chelsea"], "cup": ["coffee"]}, 30), tmp_path / "r1")
-    record = write_version_data(first, tmp_path / "version" / DATA)
+    record = DataRecord.of_dataset(first).write(tmp_path / "version" / DATA)
     # the data grew, and the team split it again (another seed): former test images are now trained on
     grown = _folder(tmp_path / "v2", {"cat": ["chelsea"], "cup": ["coffee"]}, 30)
     _folder(tmp_path / "v2-more", {"cat": ["chelsea"], "cup": ["coffee"]}, 20, seed=5)

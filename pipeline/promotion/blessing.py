@@ -41,6 +41,11 @@ def _p(value: float) -> str:
     return "p < 1e-06" if value == 0 else f"p = {value:.3g}"
 
 
+def _beats(test: dict[str, Any], alpha: float) -> bool:
+    """The paired test says A is better than B: more images right only by A, exact McNemar p < alpha."""
+    return test["a_only"] > test["b_only"] and test["p_value"] < alpha
+
+
 def _paired(labels: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: PromoteParams, seed: int) -> dict[str, Any]:
     return paired_comparison(a == labels, b == labels, confidence=1 - cfg.alpha, seed=seed)
 
@@ -64,7 +69,7 @@ def _references(labels: np.ndarray, candidate: np.ndarray, references: dict[str,
     for name, predicted in references.items():
         test = _paired(labels, candidate, predicted, cfg, seed)
         tests[name] = test
-        if not (test["accuracy_a"] > test["accuracy_b"] and test["p_value"] < cfg.alpha):
+        if not _beats(test, cfg.alpha):
             lost.append(f"{REFERENCES.get(name, name)} {test['accuracy_b']:.4f} (candidate {test['accuracy_a']:.4f}, "
                         f"{_p(test['p_value'])})")
     if lost:
@@ -121,7 +126,7 @@ def bless(labels: np.ndarray, candidate: np.ndarray, references: dict[str, np.nd
                              f"accuracy difference {diff['mean']:+.4f}, interval [{diff['low']:+.4f}, "
                              f"{diff['high']:+.4f}] against the largest loss allowed, -{cfg.non_inferiority}"))
         checks.append(_per_class(labels, candidate, champion, classes, cfg))
-        significant = comparison["a_only"] > comparison["b_only"] and comparison["p_value"] < cfg.alpha
+        significant = _beats(comparison, cfg.alpha)
         gained = diff["mean"] >= cfg.margin and (significant or not cfg.superiority)
         checks.append(_check("gain", gained,
                              f"gain {diff['mean']:+.4f} against promote.margin {cfg.margin}"

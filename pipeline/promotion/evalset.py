@@ -28,7 +28,7 @@ from pipeline.data.shards import (SHARDS_DIR, ShardWriter, iter_records, read_cl
 from pipeline.evaluation.references import fit_pixel_probe, pixel_probe_predictions
 from pipeline.models import LoadedModel
 
-__all__ = ["EvaluationSet", "DataRecord", "write_version_data", "evaluation_set", "predicted_classes",
+__all__ = ["EvaluationSet", "DataRecord", "evaluation_set", "predicted_classes",
            "majority_reference", "pixel_reference"]
 _TEST, _SEEN = "test", "seen.json"
 _SHARD_BYTES = 64 << 20
@@ -51,25 +51,6 @@ class EvaluationSet:
         return len(self.labels)
 
 
-def write_version_data(dataset: Path, dest: Path) -> Path:
-    """Write the data record of the model trained on ``dataset`` into ``dest`` (the version's ``data/``).
-
-    Quarantined images (the validation gate's) are left out, as every reader of the dataset leaves them.
-    """
-    manifest = read_manifest(dataset)
-    seen = sorted(set(manifest.loc[manifest["split"].isin(_TRAINED_ON), "sha256"].astype(str)))
-    test_dir = dest / _TEST
-    rows = []
-    with ShardWriter(test_dir / SHARDS_DIR, _SHARD_BYTES) as writer:
-        for row, data in iter_records(dataset, "test"):
-            row["shard"], row["offset"], row["length"] = writer.add(str(row["id"]), data)
-            rows.append(row)
-    write_manifest(test_dir, pd.DataFrame(rows, columns=manifest.columns))
-    write_classes(test_dir, read_classes(dataset))
-    write_json(dest / _SEEN, {"splits": list(_TRAINED_ON), "sha256": seen})
-    return dest
-
-
 @dataclass
 class DataRecord:
     """One model's side of an evaluation: its test images (a dataset directory and the ids of its test
@@ -88,12 +69,26 @@ class DataRecord:
 
     @classmethod
     def of_version(cls, data: Path) -> "DataRecord | None":
-        """The record a registered version keeps in ``data`` (:func:`write_version_data`); None when it has
+        """The record a registered version keeps in ``data`` (:meth:`write`); None when it has
         none (registered before versions kept one)."""
         if not (data / _SEEN).is_file() or not (data / _TEST).is_dir():
             return None
         test = read_manifest(data / _TEST)
         return cls(data / _TEST, test[test["split"] == "test"], set(read_json(data / _SEEN)["sha256"]))
+
+    def write(self, dest: Path) -> Path:
+        """Write this record as a registered version keeps it (``dest``: the version's ``data/``): the test
+        images copied into a dataset directory of their own, and the hashes seen. Quarantined images (the
+        validation gate's) are already left out, as every reader of the dataset leaves them."""
+        test_dir, rows = dest / _TEST, []
+        with ShardWriter(test_dir / SHARDS_DIR, _SHARD_BYTES) as writer:
+            for row, data in iter_records(self.directory, "test"):
+                row["shard"], row["offset"], row["length"] = writer.add(str(row["id"]), data)
+                rows.append(row)
+        write_manifest(test_dir, pd.DataFrame(rows, columns=self.test.columns))
+        write_classes(test_dir, read_classes(self.directory))
+        write_json(dest / _SEEN, {"splits": list(_TRAINED_ON), "sha256": sorted(self.seen)})
+        return dest
 
 
 def evaluation_set(candidate: DataRecord, classes: Sequence[str], champion: DataRecord | None,
@@ -137,8 +132,7 @@ def evaluation_set(candidate: DataRecord, classes: Sequence[str], champion: Data
         if ids:
             parts.append((data.directory, ids))
     labels_array = np.asarray(labels, dtype=object)
-    record["images"] = len(labels)
-    record["per_class"] = {name: int((labels_array == name).sum()) for name in classes}
+    record["images"] = len(labels)  # per class: the blessing's evidence check
     return EvaluationSet(parts, labels_array, np.asarray(hashes, dtype=object), record)
 
 

@@ -51,7 +51,7 @@ def version_rows(registry: Registry) -> list[dict[str, Any]]:
 
 def show_version(registry: Registry, version: str) -> dict[str, Any]:
     """A version's decision record, the aliases on it and its history events."""
-    if version not in registry.versions():
+    if not registry.is_registered(version):
         raise ValueError(f"{registry.location}: version {version!r} is not registered (tlops registry list)")
     return {"version": version, "aliases": [a for a, v in registry.aliases().items() if v == version],
             "decision": registry.card(version),
@@ -70,7 +70,7 @@ def promote_version(registry: Registry, version: str, params: Params, device: to
             data record to bless it on.
     """
     check_alias(alias)
-    if version not in registry.versions():
+    if not registry.is_registered(version):
         raise ValueError(f"{registry.location}: version {version!r} is not registered (tlops registry list)")
     if force and not reason.strip():
         raise ValueError("--force skips the blessing: give the history a --reason")

@@ -40,7 +40,7 @@ from pipeline.models import LoadedModel
 from pipeline.models.loaded import read_card
 from pipeline.project import main_checkout
 from pipeline.promotion.decide import decide
-from pipeline.promotion.evalset import DataRecord, write_version_data
+from pipeline.promotion.evalset import DataRecord
 from pipeline.registry import DATA, ChampionChanged, open_registry, run_candidate
 from pipeline.runs.naming import run_identity
 
@@ -83,8 +83,8 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     base = {"verdict": verdict, "candidate": recommended, "candidate_reason": evaluation.get("recommended_reason", ""),
             "registry": registry.location, **run}
     with tempfile.TemporaryDirectory() as scratch:
-        data = write_version_data(args.dataset, Path(scratch) / DATA)
         candidate_data = DataRecord.of_dataset(args.dataset)
+        data = candidate_data.write(Path(scratch) / DATA)
         for attempt in range(1, _ATTEMPTS + 1):
             champion, token = registry.champion_and_token()
             if champion is not None and champion["version"] == run["run_name"]:  # a rerun after a crash past the swap
