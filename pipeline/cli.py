@@ -7,12 +7,14 @@
     tlops predict SRC   classify a batch of images with the champion (or --model); predictions file
     tlops registry ACTION   list | show VERSION | history | promote VERSION [--alias A] [--force --reason R] |
                         rollback [--to VERSION] [--reason R]
+    tlops --version     the installed tlops version
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import sys
@@ -47,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"tlops {importlib.metadata.version('tlops')}")
+        return 0
     command, rest = argv[0], argv[1:]
     try:
         if command in _TOOLS:
@@ -80,7 +85,8 @@ def _internal_error(command: str, err: Exception) -> int:
 
 def _usage() -> str:
     width = max(len(name) for name in [*_TOOLS, *(s.name for s in STAGES)])
-    lines = ["usage: tlops <command> [--params FILE] [--set key.path=value ...] [options]", "", "stages:"]
+    lines = ["usage: tlops <command> [--params FILE] [--set key.path=value ...] [options]",
+             "       tlops --version", "", "stages:"]
     for spec in STAGES:
         lines.append(f"  {spec.name:<{width}}  {spec.summary}")
     lines += ["", "tools:"] + [f"  {name:<{width}}  {text}" for name, text in _TOOLS.items()]

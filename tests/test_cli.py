@@ -21,6 +21,15 @@ def test_usage_lists_every_stage(capsys):
         assert spec.name in out
 
 
+def test_version_prints_the_installed_version_through_the_console_script():
+    tlops = os.path.join(os.path.dirname(sys.executable), "tlops")
+    for flag in ("--version", "-V"):
+        done = subprocess.run([tlops, flag], capture_output=True, text=True, check=True)
+        name, version = done.stdout.split()
+        assert (name, done.stderr) == ("tlops", "")
+        assert version.split(".")[0].isdigit(), done.stdout
+
+
 def test_unknown_command_is_one_clear_line(capsys):
     assert main(["trian"]) == 2
     err = capsys.readouterr().err.strip()
