@@ -19,7 +19,7 @@ UV_ENV = UV_NO_CONFIG=1 UV_INDEX_STRATEGY=unsafe-best-match \
   UV_EXTRA_INDEX_URL="$$($(PIP) config get global.extra-index-url 2>/dev/null)" \
   UV_FIND_LINKS="$$($(PIP) config get global.find-links 2>/dev/null | tr ' ' ',')"
 
-.PHONY: setup setup-dev run test bench ui deploy worker drift-ui lock clean-env
+.PHONY: setup setup-dev run lint test bench ui deploy worker drift-ui lock clean-env
 
 # $(call environment,<lock files>): install the locks into .venv unless the stamp says they are in. The stamp
 # holds one hash per installed set (of the lock files and pyproject.toml): a second call with unchanged locks
@@ -62,7 +62,11 @@ PREFECT_ENV = PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=f
 run: setup
 	$(PREFECT_ENV) $(BIN)/python -m flows.retrain $(if $(PROFILE),--profile $(PROFILE))
 
-test: setup-dev
+# ruff's rules and line length: pyproject.toml [tool.ruff]
+lint: setup-dev
+	$(BIN)/ruff check pipeline flows tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: setup-dev

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -16,6 +17,14 @@ pytest_plugins = ["tests.support.s3server"]
 os.environ.setdefault("TLOPS_NO_PROGRESS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handler():
+    """Each test starts without the CLI's log handler: setup_logging() adds it once per process, bound to the
+    stderr of the test that first called it (which capsys closes afterwards)."""
+    yield
+    logging.getLogger("tlops").handlers.clear()
 
 
 def copy_project(dest: Path) -> Path:

@@ -221,7 +221,7 @@ def nginx(tmp_path):
 
 @pytest.fixture
 def report_server(tmp_path):
-    """`make ui`'s report server (flows/server.ReportServer). Yields (base URL, runs root)."""
+    """`make ui`'s report server (flows/server.py, ReportServer). Yields (base URL, runs root)."""
     runs = tmp_path / "runs"
     with ReportServer(runs) as started:
         yield started.url, runs

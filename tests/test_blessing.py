@@ -4,7 +4,6 @@ real classifiers (a pretrained network whose head is trained on each folder)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,6 @@ from tests.support.heads import SIZE, train_head
 from tests.support.photos import photo_crops
 
 CLASSES = [str(i) for i in range(5)]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    yield
-    logging.getLogger("tlops").handlers.clear()
 
 
 def _answers(rng: np.random.Generator, labels: np.ndarray, accuracy: float) -> np.ndarray:

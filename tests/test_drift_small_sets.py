@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,6 @@ from tests.support.photos import photo_crops, write_photo_folder
 
 # about fifteen test images a class (promoted_set): the evidence and pixel-reference checks are test_blessing.py's
 SMALL_SET_BLESSING = {"min_eval_per_class": 5, "pixel_reference": False}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    yield
-    logging.getLogger("tlops").handlers.clear()
 
 
 def _chain(work: Path, photos: list[str], per_class: int, batch: Path | None = None) -> dict[str, Path]:

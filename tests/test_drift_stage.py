@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
 
 from pipeline.data.sources.digits import DigitsSource
 from tests.support.drift_chain import build_chain, run_drift
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    yield
-    logging.getLogger("tlops").handlers.clear()
 
 
 @pytest.fixture(scope="module")

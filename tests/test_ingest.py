@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +14,6 @@ from pipeline.cli import main
 from pipeline.common.io import sha256_file
 from pipeline.data.shards import MANIFEST_COLUMNS, read_classes, read_manifest, read_splits, verify_dataset
 from tests.support.badimages import good_png, huge_png, truncated_jpeg
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """The CLI's log handler binds the sys.stderr of the test that first set it up (capsys closes it)."""
-    yield
-    logging.getLogger("tlops").handlers.clear()
 
 
 def _ingest(out: Path, *overrides: str) -> int:

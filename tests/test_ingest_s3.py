@@ -3,7 +3,6 @@ ingested data through an S3 remote and the local default remote, byte for byte."
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -22,13 +21,6 @@ from flows.server import free_port
 from tests.support.s3server import ThrottlingProxy, make_client
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """The CLI's log handler binds the sys.stderr of the test that first set it up (capsys closes it)."""
-    yield
-    logging.getLogger("tlops").handlers.clear()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ current, in its own group."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from pipeline.common.io import sha256_file
 from pipeline.data.shards import SHIFT_COLUMNS, read_classes, read_manifest, verify_dataset
 from tests.support.badimages import good_png
 from tests.support.gate import passed_gate
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """The CLI's log handler binds the sys.stderr of the test that first set it up (capsys closes it)."""
-    yield
-    logging.getLogger("tlops").handlers.clear()
 
 
 @pytest.fixture(scope="module")

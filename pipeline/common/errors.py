@@ -85,7 +85,7 @@ def _where(frame: traceback.FrameSummary) -> str:
 
 def describe_error(err: BaseException, internal: bool = False) -> str:
     """One line for a failure: our own checks' sentence as it is; anything else (and any ``internal``
-    error) as ``Type: message (raised in lib/file.py:N, called from pipeline/file.py:M)``."""
+    error) as ``Type: message (raised in <library>/<file>.py:N, called from pipeline/<file>.py:M)``."""
     if not internal and raised_in_pipeline(err) and str(err):
         return err.args[0] if isinstance(err, KeyError) else str(err)
     message = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
