@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 __all__ = ["TransientError", "GateFailed", "DISK_FULL", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT",
-           "BAD_INPUT_ERRORS", "is_connection_error", "raised_in_pipeline", "describe_error"]
+           "BAD_INPUT_ERRORS", "raised_in_pipeline", "describe_error"]
 
 EXIT_INTERNAL = 1  # an unexpected failure: the traceback is shown
 EXIT_BAD_INPUT = 2  # bad params or data: retrying cannot help
@@ -45,17 +45,6 @@ class GateFailed(ValueError):
 
 # The kinds our own input checks raise, each with a sentence naming the file, key or value.
 BAD_INPUT_ERRORS = (KeyError, FileNotFoundError, ValueError)
-
-
-def is_connection_error(err: BaseException) -> bool:
-    """Connection refused or reset, a timeout, or a stream cut short (botocore's, urllib3's or the OS's own
-    exception types): worth a retry, never bad input."""
-    from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
-                                     IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
-    from urllib3.exceptions import ProtocolError
-
-    return isinstance(err, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
-                            ResponseStreamingError, IncompleteReadError, ProtocolError, ConnectionError))
 
 
 def _frames(err: BaseException) -> list[traceback.FrameSummary]:
