@@ -30,9 +30,12 @@ _PIPELINE = Path(__file__).resolve().parents[1]
 
 
 class TransientError(RuntimeError):
-    """A failure that may pass on retry: throttling, 5xx, a dropped connection, a timeout.
+    """A failure that may pass on retry: throttling, 5xx, a dropped connection, a timeout, a killed stage.
 
-    Raise it (from the original error) after a stage's own retries are used up.
+    The one transient kind, in and out of a stage: code raises it (from the original error) when its own
+    retries are used up, and a ``tlops`` command then exits 75; a run's workspace raises it when a stage
+    exited 75 or was killed, or ``dvc push`` / ``dvc pull`` kept failing (pipeline/runs/workspace.py); and
+    the flows retry a task only on it (flows/retrain.py).
     """
 
 
