@@ -19,20 +19,21 @@ from prefect.tasks import exponential_backoff
 from flows.engine import ensure_concurrency_limit
 from flows.limits import run_time_limit, training_slot
 from flows.parameters import RetrainParameters
+from pipeline.common.errors import TransientError
 from pipeline.config import OrchestrateParams, load_params
 from pipeline.project import built_stages, find_root
 from pipeline.runs.naming import run_name
 from pipeline.runs.notify import EVENTS, emit, failure_event, run_events
 from pipeline.runs.publish import publish_reports
 from pipeline.runs.summary import headline_table, model_card, promotion_checks, render_summary, stage_metrics
-from pipeline.runs.workspace import RunWorkspace, TransientFailure, prune_runs, release_run
+from pipeline.runs.workspace import RunWorkspace, prune_runs, release_run
 
 __all__ = ["retrain", "RETRY_POLICY", "notify_on_failure", "prune_on_failure", "announce"]
 
 
 def _only_transient(task, task_run, state) -> bool:
     """Retry on network/storage hiccups only, never on bad data or a bug."""
-    return isinstance(state.result(raise_on_failure=False), TransientFailure)
+    return isinstance(state.result(raise_on_failure=False), TransientError)
 
 
 RETRY_POLICY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),

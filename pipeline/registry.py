@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import getpass
 import hashlib
 import json
-import mimetypes
 import os
 import re
 import shutil
@@ -39,20 +37,17 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Iterator, Protocol, Sequence
 
-from pipeline.common.errors import TransientError, is_connection_error
 from pipeline.common.io import atomic_dir, read_json, write_json
+from pipeline.common.s3 import S3Store
 from pipeline.runs.naming import check_run_name, check_run_tag
 
-__all__ = ["DATA", "CHAMPION", "Registry", "ChampionChanged", "open_registry", "S3Store", "run_candidate", "actor",
-           "check_alias"]
+__all__ = ["DATA", "CHAMPION", "Registry", "ChampionChanged", "open_registry", "run_candidate", "actor", "check_alias"]
 DATA = "data"  # a version's data record (pipeline/promotion/evalset.py)
 CHAMPION = "champion"  # the alias whose model serves (champion.json)
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_COMPLETE = ".tlops-complete"  # written last into an S3 folder: the folder is whole
 _LOCK_WAIT_S = 300.0  # a promoter holds the folder lock for one read and one rename: milliseconds
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ChampionChanged(RuntimeError):
@@ -60,11 +55,14 @@ class ChampionChanged(RuntimeError):
 
 
 class _Store(Protocol):
+    """Where a registry's files live: a folder (:class:`_FolderStore`) or S3 (:class:`pipeline.common.s3.S3Store`).
+    ``put_json_if`` writes only if the object is still as the token from ``get_json_token`` says (else False)."""
+
     def put_dir(self, rel: str, local: Path) -> None: ...
     def put_json(self, rel: str, obj: Any) -> None: ...
     def get_json(self, rel: str) -> Any | None: ...
     def get_json_token(self, rel: str) -> tuple[Any | None, str | None]: ...
-    def put_json_if(self, rel: str, obj: Any, token: str | None) -> None: ...
+    def put_json_if(self, rel: str, obj: Any, token: str | None) -> bool: ...
     def fetch_dir(self, rel: str, dest: Path) -> Path: ...
     def list_dirs(self, rel: str) -> list[str]: ...
     def list_files(self, rel: str) -> list[str]: ...
@@ -94,11 +92,12 @@ class _FolderStore:
         data = path.read_bytes()
         return json.loads(data), hashlib.sha256(data).hexdigest()
 
-    def put_json_if(self, rel: str, obj: Any, token: str | None) -> None:
+    def put_json_if(self, rel: str, obj: Any, token: str | None) -> bool:
         with self._locked():
             if self.get_json_token(rel)[1] != token:
-                raise ChampionChanged(f"{self.root / rel} changed since it was read")
+                return False
             write_json(self.root / rel, obj)
+            return True
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -149,120 +148,6 @@ class _FolderStore:
             os.link(fh.name, target)
         finally:
             os.unlink(fh.name)
-
-
-def _transient_when_unreachable(method: F) -> F:
-    """An S3 store call whose endpoint cannot be reached (refused, reset, timed out, after botocore's own
-    retries) raises :class:`TransientError` naming the endpoint: the stage exits 75 and the flow retries it,
-    instead of failing the promotion for good as an internal error."""
-
-    @functools.wraps(method)
-    def call(self: "S3Store", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as err:
-            if not is_connection_error(err):
-                raise
-            raise TransientError(f"s3://{self.bucket}/{self.prefix}: the S3 endpoint {self.s3.meta.endpoint_url} "
-                                 f"cannot be reached after the client's retries ({type(err).__name__}: {err})") from err
-
-    return call  # type: ignore[return-value]
-
-
-class S3Store:
-    """A folder of objects under s3://bucket/prefix (the registry's store; also where run reports go).
-
-    Every call that reaches the endpoint raises :class:`TransientError` when it cannot be reached."""
-
-    def __init__(self, uri: str):
-        import boto3
-
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        self.bucket, self.prefix = bucket, prefix.strip("/")
-        # endpoint and credentials come from the environment / AWS profile, never from params.yaml
-        self.s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-
-    def key(self, rel: str) -> str:
-        """The object key of ``rel`` under the store's prefix."""
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    @_transient_when_unreachable
-    def put_dir(self, rel: str, local: Path) -> None:
-        # S3 has no rename: the marker, written last, is what makes the folder exist for list_dirs, so an
-        # upload cut off by a kill is invisible and a rerun uploads it again in full
-        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
-        for name in files:
-            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"  # a browser renders a report
-            self.s3.upload_file(str(local / name), self.bucket, self.key(f"{rel}/{name}"),
-                                ExtraArgs={"ContentType": kind})
-        self.put_json(f"{rel}/{_COMPLETE}", {"files": files})
-
-    @_transient_when_unreachable
-    def put_json(self, rel: str, obj: Any) -> None:
-        body = json.dumps(obj, indent=2, sort_keys=True).encode()
-        self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=body)
-
-    def get_json(self, rel: str) -> Any | None:
-        return self.get_json_token(rel)[0]
-
-    @_transient_when_unreachable
-    def get_json_token(self, rel: str) -> tuple[Any | None, str | None]:
-        try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=self.key(rel))
-        except self.s3.exceptions.NoSuchKey:
-            return None, None
-        return json.loads(response["Body"].read()), response["ETag"]
-
-    @_transient_when_unreachable
-    def put_json_if(self, rel: str, obj: Any, token: str | None) -> None:
-        from botocore.exceptions import ClientError
-
-        body = json.dumps(obj, indent=2, sort_keys=True).encode()
-        condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
-        try:
-            self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=body, **condition)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise ChampionChanged(f"s3://{self.bucket}/{self.key(rel)} changed since it was read") from None
-            raise
-
-    @_transient_when_unreachable
-    def fetch_dir(self, rel: str, dest: Path) -> Path:
-        prefix = self.key(rel) + "/"
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                relative = obj["Key"][len(prefix):]
-                if relative == _COMPLETE:
-                    continue
-                if relative.startswith("/") or ".." in relative.split("/"):  # would land outside dest
-                    raise ValueError(f"s3://{self.bucket}/{obj['Key']}: refused: a registry key with '..' or a "
-                                     "leading '/' would be written outside the download folder")
-                target = dest / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self.s3.download_file(self.bucket, obj["Key"], str(target))
-        return dest
-
-    @_transient_when_unreachable
-    def list_dirs(self, rel: str) -> list[str]:
-        prefix = self.key(rel) + "/"
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
-        names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
-        return [name for name in names if self.has_dir(f"{rel}/{name}")]
-
-    @_transient_when_unreachable
-    def list_files(self, rel: str) -> list[str]:
-        prefix = self.key(rel) + "/"
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
-        return sorted(o["Key"][len(prefix):] for page in pages for o in page.get("Contents", []))
-
-    def has_dir(self, rel: str) -> bool:
-        return self.get_json(f"{rel}/{_COMPLETE}") is not None  # a folder exists once its marker does
-
-    def put_json_new(self, rel: str, obj: Any) -> None:
-        try:
-            self.put_json_if(rel, obj, None)  # If-None-Match: *
-        except ChampionChanged:
-            raise FileExistsError(f"s3://{self.bucket}/{self.key(rel)}: already written") from None
 
 
 class Registry:
@@ -374,9 +259,10 @@ class Registry:
         event = {"at": at, "action": action, "alias": alias, "version": version, "move": move,
                  "previous": previous["version"] if previous else None, "reason": reason, "forced": forced,
                  "by": actor()}
-        self.store.put_json_if(_alias_key(alias), {**record, "version": version, "move": move,
-                                                   "previous": event["previous"], "set_by": event["by"],
-                                                   "set_at": at, "action": action}, token)
+        if not self.store.put_json_if(_alias_key(alias), {**record, "version": version, "move": move,
+                                                          "previous": event["previous"], "set_by": event["by"],
+                                                          "set_at": at, "action": action}, token):
+            raise ChampionChanged(f"{self.location}/{_alias_key(alias)} changed since it was read")
         # after the swap: a crash here loses the event, never a pointer (the pointer holds who and when too)
         self.store.put_json_new(f"history/{time.strftime('%Y%m%dT%H%M%S', now)}-{time.time_ns():d}-"
                                 f"{uuid.uuid4().hex[:8]}.json", event)

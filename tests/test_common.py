@@ -1,4 +1,5 @@
-"""Shared helpers: atomic writes leave the old file intact on failure; seeding; device choice."""
+"""Shared helpers: atomic writes leave the old file intact on failure; seeding; device choice; the S3 client
+and which S3 failures are transient."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 import torch
 
 from pipeline.common.device import select_device
+from pipeline.common.errors import TransientError
 from pipeline.common.io import atomic_dir, atomic_path, read_json, replaced_as_set, sha256_file, write_json
+from pipeline.common.s3 import s3_client, s3_error
 from pipeline.common.seeding import seed_everything
 
 
@@ -142,3 +145,50 @@ def test_a_killed_stage_gets_its_last_whole_set_back_on_the_next_run(tmp_path):
         with replaced_as_set([report, metrics]):  # restores the last whole set first, then fails itself
             raise RuntimeError("fails again")
     assert sorted(p.name for p in report.iterdir()) == ["report.html"] and metrics.read_text() == "old metrics"
+
+
+def test_every_s3_client_takes_its_endpoint_from_the_settings_else_the_environment_and_retries_alike(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")  # the S3-only variable wins
+    assert s3_client().meta.endpoint_url == "http://127.0.0.1:9001"
+    assert s3_client("http://127.0.0.1:9002").meta.endpoint_url == "http://127.0.0.1:9002"  # params win over both
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    client = s3_client(retries=2, connections=32)
+    assert client.meta.endpoint_url == "http://127.0.0.1:9000"
+    assert client.meta.config.retries == {"total_max_attempts": 3, "mode": "standard"}  # 2 retries after the first
+    assert client.meta.config.max_pool_connections == 32
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    with pytest.raises(ValueError, match=r"ingest.s3_profile = 'nobody': no such AWS profile in /nonexistent/cred"):
+        s3_client(profile="nobody", profile_key="ingest.s3_profile")
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    with pytest.raises(ValueError, match=r"AWS_PROFILE = 'nobody': no such AWS profile"):
+        s3_client()
+
+
+def _answer(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": f"{code} happened"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+@pytest.mark.parametrize("failure, kind, message", [
+    (_answer("SlowDown", 503), TransientError, "s3://b/k: S3 error SlowDown (throttling or a server error)"),
+    (_answer("InternalError", 500), TransientError, "s3://b/k: S3 error InternalError"),
+    (_answer("NoSuchBucket", 404), FileNotFoundError, "s3://b/k: bucket 'b' does not exist"),
+    (_answer("NoSuchKey", 404), FileNotFoundError, "s3://b/k: no such object"),
+    (_answer("AccessDenied", 403), ValueError, "s3://b/k: access denied (AccessDenied)"),
+    (_answer("InvalidObjectState", 400), ValueError, "s3://b/k: S3 error InvalidObjectState: InvalidObjectState hap"),
+    (ConnectionResetError("reset by peer"), TransientError,
+     "s3://b/k: the S3 endpoint http://minio:9000 cannot be reached or dropped the connection"),
+])
+def test_s3_failures_are_named_and_only_throttling_5xx_and_connections_are_transient(failure, kind, message):
+    named = s3_error("s3://b/k", failure, "http://minio:9000")
+    assert type(named) is kind and str(named).startswith(message), named
+
+
+def test_other_errors_pass_through_the_s3_mapping_unchanged():
+    err = KeyError("Body")
+    assert s3_error("s3://b/k", err, "http://minio:9000") is err

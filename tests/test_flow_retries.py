@@ -13,9 +13,10 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.parameters import RetrainParameters
 from flows.retrain import RETRY_POLICY, retrain
+from pipeline.common.errors import TransientError
 from pipeline.config import ConfigError
 from pipeline.runs.notify import WEBHOOK_ENV, emit, failure_event
-from pipeline.runs.workspace import StageFailed, TransientFailure
+from pipeline.runs.workspace import StageFailed
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +43,7 @@ def _flaky(first_error: Exception):
 
 
 def test_transient_failure_is_retried():
-    run, calls = _flaky(TransientFailure("S3 said SlowDown"))
+    run, calls = _flaky(TransientError("S3 said SlowDown"))
     assert run() == 2 and len(calls) == 2
 
 

@@ -108,7 +108,7 @@ def test_a_body_cut_off_midway_is_fetched_again(s3_endpoint, bucket, tmp_path):
 def test_a_stopped_store_is_transient(bucket, tmp_path, capsys):
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     assert _ingest(tmp_path, "ingest.source=s3://pets/v1", f"ingest.s3_endpoint_url={down}", "ingest.retries=1") == 75
-    assert "S3 unreachable or the connection dropped" in capsys.readouterr().err
+    assert f"s3://pets/v1: the S3 endpoint {down} cannot be reached" in capsys.readouterr().err
 
 
 def _dvc(project: Path, *args: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ import torch
 import torchvision
 from PIL import Image
 
+from flows.server import free_port
+from pipeline.common.errors import TransientError
+from pipeline.common.s3 import s3_client
 from pipeline.models import LoadedModel, WeightsRef, WeightsRejected, WeightsUnavailable, get_spec
 from pipeline.models.build import build_architecture, load_pretrained
 from pipeline.models.weights import load_state_dict, locate_weights
@@ -126,6 +130,26 @@ def test_weights_from_s3_on_a_real_local_server(tmp_path, s3_endpoint, monkeypat
     assert model.head.out_features == 3
     with pytest.raises(WeightsUnavailable, match="cannot fetch"):
         locate_weights(WeightsRef("s3://models/zoo/missing.pth", full), hub_dir=tmp_path / "hub")
+
+
+def test_s3_weights_use_the_configured_endpoint_and_a_stopped_one_is_transient(tmp_path, s3_endpoint, monkeypatch):
+    # MinIO or moto, not AWS: the endpoint comes from the caller's settings, else AWS_ENDPOINT_URL_S3 (the
+    # s3_endpoint fixture leaves AWS_ENDPOINT_URL unset, so a client that ignored them would go to AWS)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    path, full = _save(tmp_path, {"w": torch.arange(4.0)}, "tiny.pth")
+    make_client(s3_endpoint).create_bucket(Bucket="weights")
+    make_client(s3_endpoint).upload_file(str(path), "weights", "tiny.pth")
+    ref = WeightsRef("s3://weights/tiny.pth", full)
+    local = locate_weights(ref, hub_dir=tmp_path / "a", connect_s3=partial(s3_client, s3_endpoint))
+    assert torch.equal(load_state_dict(local, full)[0]["w"], torch.arange(4.0))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    assert locate_weights(ref, hub_dir=tmp_path / "b").read_bytes() == path.read_bytes()
+    with pytest.raises(WeightsUnavailable, match=r"cannot fetch s3://weights/gone.pth: no such object"):
+        locate_weights(WeightsRef("s3://weights/gone.pth", full), hub_dir=tmp_path / "b")
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: S3 is down, the model is not "unavailable"
+    with pytest.raises(TransientError, match=rf"s3://weights/tiny.pth: the S3 endpoint {down} cannot be reached"):
+        locate_weights(ref, hub_dir=tmp_path / "c", connect_s3=partial(s3_client, down, retries=0))
+    assert not (tmp_path / "c" / "checkpoints" / "s3" / "weights" / "tiny.pth").exists()
 
 
 class _RunsCode:

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from flows.server import free_port
-from pipeline.runs.workspace import RunWorkspace, TransientFailure
+from pipeline.common.errors import TransientError
+from pipeline.runs.workspace import RunWorkspace
 from tests.support.s3server import ThrottlingProxy, make_client, s3_endpoint  # noqa: F401 (fixture)
 
 BUCKET, PREFIX = "dvc-store", "remote"
@@ -113,7 +114,7 @@ def test_a_store_that_stays_down_is_a_transient_failure_naming_the_error(toy_s3)
     workspace = _run(project, "down", **{"orchestrate.push_retries": 1})
     _point_remote_at(workspace, f"http://127.0.0.1:{free_port()}")  # nothing listens there: a stopped store
     started = time.monotonic()
-    with pytest.raises(TransientFailure, match=r"dvc push from .* failed 2 times; last error: ERROR: .*") as err:
+    with pytest.raises(TransientError, match=r"dvc push from .* failed 2 times; last error: ERROR: .*") as err:
         workspace.push()
     assert "127.0.0.1" in str(err.value) or "connect" in str(err.value).lower(), err.value
     assert time.monotonic() - started < 600
@@ -149,7 +150,7 @@ def test_a_store_too_slow_for_the_limit_fails_the_push_naming_the_limit(toy_s3, 
     with ThrottlingProxy(s3_endpoint, failures=0, methods=("PUT",), delay_s=10) as proxy:
         workspace = _run(project, "slow", **{"orchestrate.push_retries": 1, "orchestrate.command_timeout_s": 8})
         _point_remote_at(workspace, proxy.url)
-        with pytest.raises(TransientFailure, match=r"failed 2 times; last error: `.*dvc push` in .* ran past 8 s "
+        with pytest.raises(TransientError, match=r"failed 2 times; last error: `.*dvc push` in .* ran past 8 s "
                                                    r"\(orchestrate.command_timeout_s\) and was stopped"):
             workspace.push()
 

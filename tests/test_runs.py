@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.common.errors import TransientError
 from pipeline.config import ConfigError
 from pipeline.runs.naming import run_name
 from pipeline.config import OrchestrateParams
-from pipeline.runs.workspace import RunWorkspace, StageFailed, TransientFailure, prune_runs, push_waits, release_run
+from pipeline.runs.workspace import RunWorkspace, StageFailed, prune_runs, push_waits, release_run
 
 # A toy stage with the same shape as the real ones (deps, params, cached outs and metrics), so the
 # versioning mechanics are tested in seconds without training anything.
@@ -128,7 +129,7 @@ def test_a_killed_stage_is_transient_and_its_retry_is_asked_to_resume(toy_projec
                                                                       monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SHELL", shell)
     workspace = RunWorkspace.create(toy_project, "killed", overrides={"common.seed": 19})
-    with pytest.raises(TransientFailure, match=r"stage toy was killed by SIGKILL; a retry resumes it in"):
+    with pytest.raises(TransientError, match=r"stage toy was killed by SIGKILL; a retry resumes it in"):
         workspace.repro("toy")
     assert workspace.repro("toy", resume=True).status == "ran"
     assert (workspace.path / "data/toy/value.txt").read_text() == "resumed"
@@ -290,7 +291,7 @@ def test_a_failing_push_waits_the_capped_backoff_between_attempts(toy_project: P
     logger = logging.getLogger("tlops.runs.workspace")
     logger.addHandler(heard)
     try:
-        with pytest.raises(TransientFailure, match=r"failed 6 times; last error: "):
+        with pytest.raises(TransientError, match=r"failed 6 times; last error: "):
             workspace.push()
     finally:
         logger.removeHandler(heard)

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 __all__ = ["TransientError", "GateFailed", "DISK_FULL", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_TRANSIENT",
-           "BAD_INPUT_ERRORS", "is_connection_error", "raised_in_pipeline", "describe_error"]
+           "BAD_INPUT_ERRORS", "raised_in_pipeline", "describe_error"]
 
 EXIT_INTERNAL = 1  # an unexpected failure: the traceback is shown
 EXIT_BAD_INPUT = 2  # bad params or data: retrying cannot help
@@ -30,9 +30,12 @@ _PIPELINE = Path(__file__).resolve().parents[1]
 
 
 class TransientError(RuntimeError):
-    """A failure that may pass on retry: throttling, 5xx, a dropped connection, a timeout.
+    """A failure that may pass on retry: throttling, 5xx, a dropped connection, a timeout, a killed stage.
 
-    Raise it (from the original error) after a stage's own retries are used up.
+    The one transient kind, in and out of a stage: code raises it (from the original error) when its own
+    retries are used up, and a ``tlops`` command then exits 75; a run's workspace raises it when a stage
+    exited 75 or was killed, or ``dvc push`` / ``dvc pull`` kept failing (pipeline/runs/workspace.py); and
+    the flows retry a task only on it (flows/retrain.py).
     """
 
 
@@ -45,17 +48,6 @@ class GateFailed(ValueError):
 
 # The kinds our own input checks raise, each with a sentence naming the file, key or value.
 BAD_INPUT_ERRORS = (KeyError, FileNotFoundError, ValueError)
-
-
-def is_connection_error(err: BaseException) -> bool:
-    """Connection refused or reset, a timeout, or a stream cut short (botocore's, urllib3's or the OS's own
-    exception types): worth a retry, never bad input."""
-    from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
-                                     IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
-    from urllib3.exceptions import ProtocolError
-
-    return isinstance(err, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
-                            ResponseStreamingError, IncompleteReadError, ProtocolError, ConnectionError))
 
 
 def _frames(err: BaseException) -> list[traceback.FrameSummary]:

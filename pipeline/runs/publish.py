@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from pipeline.common.logs import get_logger
+from pipeline.common.s3 import S3Store, aws_session, s3_client
 from pipeline.config import OrchestrateParams
-from pipeline.registry import S3Store
 from pipeline.runs.summary import html_reports
 
 __all__ = ["publish_reports", "STORE_ENV", "URL_ENV"]
@@ -35,25 +36,17 @@ STORE_ENV, URL_ENV = "TLOPS_REPORTS_STORE", "TLOPS_REPORTS_URL"
 _MAX_LINK_S = 7 * 24 * 3600  # SigV4 presigned URLs expire within a week at most
 
 
-def _link_signer(profile: str):
+def _link_signer(profile: str) -> Any:
     """An S3 client of the read-only profile, refused when it signs as the pipeline itself."""
-    import boto3
-    from botocore.exceptions import ProfileNotFound
-
-    try:
-        session = boto3.Session(profile_name=profile)
-    except ProfileNotFound:
-        raise ValueError(f"orchestrate.report_link_profile = {profile!r}: no such AWS profile in "
-                         f"{os.environ.get('AWS_SHARED_CREDENTIALS_FILE', '~/.aws/credentials')} or "
-                         f"{os.environ.get('AWS_CONFIG_FILE', '~/.aws/config')}") from None
+    key = "orchestrate.report_link_profile"
     # the pipeline signs with the default chain (environment, AWS_PROFILE...), as S3Store's client does
-    credentials, own = session.get_credentials(), boto3.Session().get_credentials()
+    credentials, own = aws_session(profile, key).get_credentials(), aws_session().get_credentials()
     if credentials is None:
-        raise ValueError(f"orchestrate.report_link_profile = {profile!r}: the profile has no credentials")
+        raise ValueError(f"{key} = {profile!r}: the profile has no credentials")
     if own is not None and credentials.access_key == own.access_key:
-        raise ValueError(f"orchestrate.report_link_profile = {profile!r} signs with the pipeline's own access key: "
-                         "give it a separate read-only identity, or leave it unset")
-    return session.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+        raise ValueError(f"{key} = {profile!r} signs with the pipeline's own access key: give it a separate "
+                         "read-only identity, or leave it unset")
+    return s3_client(profile=profile, profile_key=key)
 
 
 def publish_reports(workspace: Path, name: str, limits: OrchestrateParams) -> list[tuple[str, str]]:

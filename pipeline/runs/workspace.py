@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from pipeline.common.errors import EXIT_TRANSIENT
+from pipeline.common.errors import EXIT_TRANSIENT, TransientError
 from pipeline.common.io import read_json, write_text
 from pipeline.common.processes import RESUME_ENV, CommandTimeout, run_command
 from pipeline.common.logs import get_logger
@@ -33,8 +33,7 @@ from pipeline.project import DVC_YAML
 from pipeline.project import dvc as _dvc
 from pipeline.runs.naming import branch_of, tag_of
 
-__all__ = ["RunWorkspace", "StageResult", "StageFailed", "TransientFailure", "runs_root", "prune_runs", "release_run",
-           "push_waits"]
+__all__ = ["RunWorkspace", "StageResult", "StageFailed", "runs_root", "prune_runs", "release_run", "push_waits"]
 log = get_logger(__name__)
 
 _EXITED = re.compile(r"exited with (-?\d+)")
@@ -48,10 +47,6 @@ _claims: dict[tuple[Path, str], tuple[Path, int]] = {}
 
 class StageFailed(RuntimeError):
     """A stage failed for a reason a retry cannot fix (bad data, bad params, a bug)."""
-
-
-class TransientFailure(RuntimeError):
-    """A stage or a push failed on the network or storage; a retry may succeed."""
 
 
 @dataclass
@@ -189,7 +184,7 @@ class RunWorkspace:
             on_line: receives each line the stage prints while it runs (per-epoch lines, progress).
         Raises:
             StageFailed: the stage failed on bad input or a bug, or ran past its limit (no retry).
-            TransientFailure: the stage reported a network or storage failure, or was killed by a
+            TransientError: the stage reported a network or storage failure, or was killed by a
                 signal (preempted, killed by an operator or the OOM killer): a retry may succeed.
         """
         started = time.perf_counter()
@@ -207,9 +202,9 @@ class RunWorkspace:
             codes = [_as_signal(int(c)) for c in _EXITED.findall(output)] or [_as_signal(proc.returncode)]
             tail = "\n".join(output.strip().splitlines()[-15:])
             if EXIT_TRANSIENT in codes:
-                raise TransientFailure(f"stage {stage} hit a transient failure:\n{tail}")
+                raise TransientError(f"stage {stage} hit a transient failure:\n{tail}")
             if codes[-1] < 0:  # the stage (or DVC itself) died by a signal: no verdict on the data or code
-                raise TransientFailure(f"stage {stage} was killed by {_signal_name(-codes[-1])}; a retry resumes "
+                raise TransientError(f"stage {stage} was killed by {_signal_name(-codes[-1])}; a retry resumes "
                                        f"it in {self.path}:\n{tail}")
             raise StageFailed(f"stage {stage} failed (exit {codes[-1]}):\n{tail}")
         if f"Running stage '{stage}'" in output:
@@ -237,14 +232,14 @@ class RunWorkspace:
         if self._dvc("checkout", check=False).returncode != 0:
             proc = self._dvc("pull", check=False)
             if proc.returncode != 0:
-                raise TransientFailure(f"dvc pull failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
+                raise TransientError(f"dvc pull failed in {self.path}: {(proc.stdout + proc.stderr).strip()[-800:]}")
 
     def predict(self, source: str, out: str, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
         """``tlops predict <source>`` with the registry's champion, in the worktree (its params), within the
         stage limit; returns the predictions' summary (``<out>/summary.json``).
 
         Raises:
-            StageFailed / TransientFailure: as :meth:`repro` (exit 75 is transient).
+            StageFailed / TransientError: as :meth:`repro` (exit 75 is transient).
         """
         try:
             proc = run_command([sys.executable, "-m", "pipeline.cli", "predict", source, "--out", out], self.path,
@@ -254,7 +249,7 @@ class RunWorkspace:
             raise StageFailed(f"predictions on {source} timed out: {err}") from None
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            failure = TransientFailure if proc.returncode == EXIT_TRANSIENT else StageFailed
+            failure = TransientError if proc.returncode == EXIT_TRANSIENT else StageFailed
             raise failure(f"predictions on {source} failed (exit {proc.returncode}):\n{tail}")
         return read_json(self.path / out / "summary.json")
 
@@ -267,7 +262,7 @@ class RunWorkspace:
         partial behind.
 
         Raises:
-            TransientFailure: still failing after ``orchestrate.push_retries`` retries (fewer when the waits
+            TransientError: still failing after ``orchestrate.push_retries`` retries (fewer when the waits
                 would pass ``orchestrate.command_timeout_s``, see :func:`push_waits`); names the remote's last error.
         """
         waits = push_waits(self.limits)
@@ -287,7 +282,7 @@ class RunWorkspace:
         cut = (f" (orchestrate.push_retries = {self.limits.push_retries}, cut to {len(waits)} so that the waits stay "
                f"within orchestrate.command_timeout_s = {self.limits.command_timeout_s:g} s)"
                if len(waits) < self.limits.push_retries else "")
-        raise TransientFailure(f"dvc push from {self.path} failed {attempts} times{cut}; last error: {failure}")
+        raise TransientError(f"dvc push from {self.path} failed {attempts} times{cut}; last error: {failure}")
 
 
 def push_waits(limits: OrchestrateParams) -> list[float]:

@@ -15,10 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.common.s3 import s3_client
 from pipeline.data.sources.base import Confinement, Record, Skipped, Source, ordered_parallel
 from pipeline.data.sources.digits import DigitsSource
 from pipeline.data.sources.folder import FolderSource
-from pipeline.data.sources.s3 import S3Source, make_s3_client
+from pipeline.data.sources.s3 import S3Source
 from pipeline.data.sources.table import TableSource
 from pipeline.data.sources.torchvision import TorchvisionSource
 
@@ -39,7 +40,8 @@ def open_source(spec: str, cfg: "IngestParams", unlabelled: bool = False) -> Sou
     Returns:
         The source, ready to stream with ``records()``.
     """
-    s3_client = partial(make_s3_client, cfg.s3_endpoint_url, cfg.s3_profile, cfg.retries, cfg.download_workers)
+    connect_s3 = partial(s3_client, cfg.s3_endpoint_url, cfg.s3_profile, profile_key="ingest.s3_profile",
+                         retries=cfg.retries, connections=cfg.download_workers)
     if unlabelled and (spec == "sklearn-digits" or spec.startswith("torchvision:")):
         raise ValueError(f"{spec}: a built-in training set, not a batch to predict on (a folder, a .csv/.parquet "
                          "table or s3://bucket/prefix)")
@@ -47,12 +49,12 @@ def open_source(spec: str, cfg: "IngestParams", unlabelled: bool = False) -> Sou
         return DigitsSource(cfg.digits_size)
     max_bytes = int(cfg.max_file_mb * 2**20)
     if spec.startswith("s3://"):
-        return S3Source(spec, s3_client(), cfg.download_workers, max_bytes, unlabelled=unlabelled)
+        return S3Source(spec, connect_s3(), cfg.download_workers, max_bytes, unlabelled=unlabelled)
     if spec.startswith("torchvision:"):
         return TorchvisionSource(spec.removeprefix("torchvision:"), cfg.download_root, cfg.allow_download)
     if spec.lower().endswith((".csv", ".parquet")):
         table = Path(spec).expanduser()
-        return TableSource(table, s3_client, Confinement.of(table.parent, cfg.allowed_roots, cfg.max_file_mb),
+        return TableSource(table, connect_s3, Confinement.of(table.parent, cfg.allowed_roots, cfg.max_file_mb),
                            cfg.download_workers, unlabelled=unlabelled)
     folder = Path(spec).expanduser()
     return FolderSource(folder, Confinement.of(folder, cfg.allowed_roots, cfg.max_file_mb), cfg.download_workers,

@@ -1,93 +1,23 @@
 """``s3://bucket/prefix`` in ImageFolder layout, read with boto3 (any S3-compatible endpoint).
 
-Credentials come from the environment or a named profile, never from params.yaml, and are never
-logged. Retries with exponential backoff and jitter on throttling, 5xx and dropped connections are
-botocore's "standard" retry mode; a body read that breaks mid-stream (which botocore does not retry)
-is retried here with backoff. What still fails after that is a :class:`TransientError` (exit 75: the
-flow retries the stage), never bad input; downloads run on a bounded pool of threads so memory stays
-flat.
+The client comes from :func:`pipeline.common.s3.s3_client` (endpoint, profile, botocore's "standard" retries
+with backoff and jitter on throttling, 5xx and dropped connections); a body read that breaks mid-stream
+(which botocore does not retry) is retried here with backoff. What still fails after that is named by
+:func:`pipeline.common.s3.s3_error`: a :class:`TransientError` (exit 75: the flow retries the stage), never
+bad input. Downloads run on a bounded pool of threads so memory stays flat.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
-from pipeline.common.errors import TransientError, is_connection_error
 from pipeline.common.logs import get_logger
+from pipeline.common.s3 import is_connection_error, parse_s3_uri, s3_error
 from pipeline.data.sources.base import Record, Refused, Source, ordered_parallel
 
-__all__ = ["S3Source", "make_s3_client", "parse_s3_uri", "s3_error", "get_object_bytes"]
+__all__ = ["S3Source", "get_object_bytes"]
 log = get_logger(__name__)
-
-
-def make_s3_client(endpoint_url: str | None = None, profile: str | None = None, retries: int = 5,
-                   workers: int = 8) -> Any:
-    """Build a boto3 S3 client.
-
-    Args:
-        endpoint_url: S3-compatible endpoint; None: env AWS_ENDPOINT_URL, else AWS itself.
-        profile: named profile from ~/.aws (None: environment credentials / default chain).
-        retries: retries after the first attempt, with backoff, on throttling and 5xx.
-        workers: parallel downloads (sizes the connection pool).
-    Returns:
-        The boto3 client.
-    """
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import ProfileNotFound
-
-    try:
-        session = boto3.Session(profile_name=profile) if profile else boto3.Session()
-    except ProfileNotFound:
-        raise ValueError(f"ingest.s3_profile = {profile!r}: no such AWS profile") from None
-    config = Config(retries={"max_attempts": retries + 1, "mode": "standard"},
-                    max_pool_connections=max(10, workers), connect_timeout=10, read_timeout=60)
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-    log.info("S3 endpoint %s%s", endpoint or "AWS default", f", profile {profile}" if profile else "")
-    return session.client("s3", endpoint_url=endpoint, config=config)
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/key/prefix`` into (bucket, key prefix)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"{uri!r}: expected s3://bucket/prefix")
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
-def s3_error(uri: str, err: Exception) -> Exception:
-    """Turn a boto3 error into a one-line error naming the URI (no credentials in it)."""
-    from botocore.exceptions import ClientError, NoCredentialsError
-
-    if isinstance(err, TransientError):
-        return err
-    if isinstance(err, NoCredentialsError):
-        return ValueError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                          "or ingest.s3_profile)")
-    if is_connection_error(err):
-        return TransientError(f"{uri}: S3 unreachable or the connection dropped, after the client's retries "
-                              f"({type(err).__name__}: {err})")
-    if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _TRANSIENT_CODES or status >= 500:
-            return TransientError(f"{uri}: S3 error {code or status} (throttling or a server error), after the "
-                                  "client's retries")
-        if code in ("NoSuchBucket", "404"):
-            return FileNotFoundError(f"{uri}: bucket '{parse_s3_uri(uri)[0]}' does not exist")
-        if code in ("NoSuchKey",):
-            return FileNotFoundError(f"{uri}: no such object")
-        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return ValueError(f"{uri}: access denied ({code}): check the credentials and bucket policy")
-        return ValueError(f"{uri}: S3 error {code}: {err.response.get('Error', {}).get('Message', err)}")
-    return err
-
-
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
-                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
 
 def get_object_bytes(client: Any, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
@@ -96,7 +26,7 @@ def get_object_bytes(client: Any, bucket: str, key: str, max_bytes: int | None =
     botocore retries the request (throttling, 5xx, connections); a body that breaks while it streams
     is fetched again here, with the same number of attempts and exponential backoff.
     """
-    attempts = int((client.meta.config.retries or {}).get("max_attempts", 3))
+    attempts = int((client.meta.config.retries or {}).get("total_max_attempts", 1))
     for attempt in range(1, attempts):
         try:
             return _download(client, bucket, key, max_bytes)
@@ -133,7 +63,8 @@ class S3Source(Source):
         for key, data, error in ordered_parallel(fetch, keys, self.workers):
             path = f"s3://{self.bucket}/{key}"
             if error is not None:
-                self.skip_failed_read(path, error if isinstance(error, Refused) else s3_error(path, error))
+                named = error if isinstance(error, Refused) else s3_error(path, error, self.client.meta.endpoint_url)
+                self.skip_failed_read(path, named)
             else:
                 relative = key[len(self.prefix):]
                 yield Record(path, relative.split("/", 1)[0] if "/" in relative else "", data)
@@ -164,6 +95,6 @@ class S3Source(Source):
                     found = True
                     yield obj["Key"]
         except (ClientError, BotoCoreError) as err:
-            raise s3_error(self.uri, err) from None
+            raise s3_error(self.uri, err, self.client.meta.endpoint_url) from None
         if not found:
             raise FileNotFoundError(f"{self.uri}: no objects under this prefix (bucket '{self.bucket}' exists)")

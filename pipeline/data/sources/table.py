@@ -7,8 +7,9 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from pipeline.common.s3 import parse_s3_uri, s3_error
 from pipeline.data.sources.base import Confinement, Record, Refused, Source, ordered_parallel
-from pipeline.data.sources.s3 import get_object_bytes, parse_s3_uri, s3_error
+from pipeline.data.sources.s3 import get_object_bytes
 
 __all__ = ["TableSource", "PATH_COLUMNS"]
 PATH_COLUMNS = ("path", "uri", "source_path", "file")  # first one present names the image
@@ -64,7 +65,7 @@ class TableSource(Source):
             except Refused:
                 raise
             except Exception as err:  # noqa: BLE001 - made one line naming the URI
-                raise s3_error(path, err) from None
+                raise s3_error(path, err, self._s3.meta.endpoint_url) from None
         if "://" in path and not path.startswith("file://"):
             raise ValueError("unsupported URI scheme (local paths, file:// and s3:// are)")
         return self.confinement.read(Path(path.removeprefix("file://")))
