@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.config import FinetuneParams, FreezeParams
-from pipeline.training.featcache import cache_views, compute_features
+from pipeline.training.frozen_features import cache_views, compute_features
 from pipeline.freezing.blocks import block_of, block_param_counts
 from pipeline.training.data import TrainData
 from pipeline.training.loop import Precision, RunContext, Trainer

@@ -5,7 +5,7 @@ the head is the optimum of a logistic regression whose penalty is chosen on val
 (pipeline.training.probe). Every other phase: ``freeze_to`` the planned depth, one optimizer group per
 trainable block at its planned learning rate (AdamW or Nesterov SGD), linear warmup then cosine,
 label smoothing, gradient clipping, early stopping on validation accuracy; head-only phases train on
-cached backbone features (pipeline.training.featcache). The best val epoch over all phases is kept, so
+cached backbone features (pipeline.training.frozen_features). The best val epoch over all phases is kept, so
 a fine-tune phase replaces the probe only when it beats it on val.
 
 The stopping rule (docs/finetune.md): a phase stops after ``patience`` epochs without a better val
@@ -41,7 +41,7 @@ from pipeline.models.inference import run_batches
 from pipeline.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.data import TrainData
 from pipeline.training.ddp import DistInfo, all_reduce_sum, wrap_ddp
-from pipeline.training.featcache import CachedHead, FeatureViews, as_batch, cache_views, supports_cache
+from pipeline.training.frozen_features import CachedHead, FeatureViews, as_batch, cache_views, supports_cache
 from pipeline.training.probe import fit_linear_probe, scale_to_loss, set_head
 from pipeline.freezing.blocks import freeze_to, param_groups, set_train_mode
 from pipeline.freezing.plan import FreezePlan, Phase
