@@ -21,7 +21,7 @@ from tests.conftest import copy_project
 # a valid value for each allowed key, other than the committed one where the schema allows another
 SAMPLES = {
     "common.seed": 7, "common.image_size": 48, "common.device": "cpu",
-    "ingest.source": "incoming/cats-vs-dogs", "ingest.budget_per_class": 7, "ingest.budget_fraction": None,
+    "source.location": "incoming/cats-vs-dogs", "ingest.budget_per_class": 7, "ingest.budget_fraction": None,
     "shift.source": "incoming/week-49", "shift.corruptions": ["jpeg"], "shift.severities": [2, 4],
     "shift.assignment": "random", "shift.include_clean": False, "shift.per_cell": 12,
     "select.candidates": ["efficientnet_lite0"], "select.rank_by": "knn", "select.sample_per_class": 20,
@@ -53,7 +53,7 @@ def form_project(tmp_path_factory) -> Path:
     (work / "secret").mkdir()
     (project / "incoming" / "escape").symlink_to(work / "secret")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["ingest"]["source"] = "images"
+    params["source"]["location"] = "images"
     params["orchestrate"].update(form_source_roots=["incoming", str(work / "shared-batches")],
                                  form_s3_buckets=["team-images"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -65,9 +65,11 @@ def form_project(tmp_path_factory) -> Path:
 def test_the_allow_list_names_schema_keys_only_and_every_one_has_a_sample():
     assert FORM_KEYS <= set(param_keys()) and set(SAMPLES) == FORM_KEYS
     # the gates, limits and locations stay off the list, whatever is added to it later
-    for gate in ("promote.", "validate.", "orchestrate.", "export.", "drift.", "ingest.max_", "evaluate.alpha",
+    for gate in ("promote.", "validate.", "orchestrate.", "export.", "drift.", "source.max_", "evaluate.alpha",
                  "evaluate.min_gain", "evaluate.confidence", "select.weights", "finetune.nproc_per_node"):
         assert not [key for key in FORM_KEYS if key.startswith(gate)], gate
+    # of how a source is read (endpoints, profiles, roots, downloads), only where it is
+    assert [key for key in FORM_KEYS if key.startswith("source.")] == ["source.location"]
 
 
 @pytest.mark.parametrize("key", REFUSED)
@@ -92,7 +94,7 @@ def test_sections_and_unknown_keys_are_refused(form_project):
         RetrainParameters(extra={"finetune.lr_typo": 0.1}).overrides(params)
     # the auditor's examples: weaken the promotion, the gate, the limits
     for key, value in {"promote.allow_task_change": True, "promote.margin": 0, "validate.severity.decodes": "warning",
-                       "validate.max_pixels": 1e12, "ingest.max_unreadable_fraction": 0.99,
+                       "validate.max_pixels": 1e12, "source.max_unreadable_fraction": 0.99,
                        "orchestrate.stage_timeout_s": 1e12, "orchestrate.command_timeout_s": 1e12}.items():
         with pytest.raises(ValueError, match=f"^{key}: refused"):
             RetrainParameters(source="sklearn-digits", extra={key: value}).overrides(params)
@@ -123,7 +125,7 @@ def test_form_sources_stay_inside_what_params_yaml_admits(form_project, tmp_path
             form.overrides(params)
 
     # the project itself, its runs and registry are no sources: the auditor's "." and "runs"
-    refused(RetrainParameters(source="."), r"ingest.source = '\.': refused .* outside the folders params.yaml admits")
+    refused(RetrainParameters(source="."), r"source.location = '\.': refused .* outside the folders params.yaml admits")
     refused(RetrainParameters(source="runs"), "outside the folders params.yaml admits")
     refused(RetrainParameters(source="/etc"), r"outside the folders .*orchestrate.form_source_roots")
     refused(RetrainParameters(source="incoming/../../secret"), "outside the folders")
@@ -135,12 +137,12 @@ def test_form_sources_stay_inside_what_params_yaml_admits(form_project, tmp_path
     refused(DriftCheckParameters(batch_source="s3://other/batch"), "orchestrate.form_s3_buckets")
     # a drift check whose retrain form would be refused stops before it starts
     refused(DriftCheckParameters(retrain=RetrainParameters(extra={"promote.margin": 0})), "promote.margin: refused")
-    assert RetrainParameters(source="images/cats").overrides(params) == {"ingest.source": "images/cats"}
+    assert RetrainParameters(source="images/cats").overrides(params) == {"source.location": "images/cats"}
     assert RetrainParameters(source="incoming/cats-vs-dogs", extra={"freeze.lr": 0.01}).overrides(params) == {
-        "ingest.source": "incoming/cats-vs-dogs", "freeze.lr": 0.01}
-    assert RetrainParameters(source="s3://team-images/cats").overrides(params) == {"ingest.source": "s3://team-images/cats"}
+        "source.location": "incoming/cats-vs-dogs", "freeze.lr": 0.01}
+    assert RetrainParameters(source="s3://team-images/cats").overrides(params) == {"source.location": "s3://team-images/cats"}
     assert DriftCheckParameters(batch_source="incoming/week-49").overrides(params) == {"shift.source": "incoming/week-49"}
-    assert RetrainParameters(source="sklearn-digits").overrides(params) == {"ingest.source": "sklearn-digits"}
+    assert RetrainParameters(source="sklearn-digits").overrides(params) == {"source.location": "sklearn-digits"}
 
 
 def test_a_root_that_holds_the_project_still_admits_no_pipeline_state(form_project):
@@ -148,8 +150,8 @@ def test_a_root_that_holds_the_project_still_admits_no_pipeline_state(form_proje
     params["orchestrate"]["form_source_roots"] = ["."]  # an operator admitting the whole checkout
     for inside in ("runs/old-run/data", "registry", ".git", ".dvc"):
         with pytest.raises(ValueError, match="the pipeline's own state"):
-            confine_form_overrides({"ingest.source": inside}, form_project, params)
-    confine_form_overrides({"ingest.source": "incoming/week-49"}, form_project, params)
+            confine_form_overrides({"source.location": inside}, form_project, params)
+    confine_form_overrides({"source.location": "incoming/week-49"}, form_project, params)
 
 
 def test_the_drift_form_has_no_retrain_target_field():

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite0"
 SMALL = {
     "common": {"image_size": 32},
-    "ingest": {"digits_size": 32, "budget_per_class": 5},
+    "source": {"digits_size": 32},
+    "ingest": {"budget_per_class": 5},
     "shift": {"corruptions": ["gaussian_noise"], "severities": [5], "per_cell": 8},
     "finetune": {"augment": "none", "batch_size": 32, "min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 12},

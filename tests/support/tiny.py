@@ -56,7 +56,7 @@ def make_tiny_project(project: Path, remote: Path, **sections: dict) -> Path:
     ``sections`` (section -> values) are merged over TINY."""
     source = write_digit_folder(remote.parent / "tiny-digits")
     params = _deep_update(_deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY), sections)
-    params["ingest"]["source"] = str(source)
+    params["source"]["location"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)],
                    cwd=project, check=True)

@@ -42,7 +42,7 @@ def make_s3_client(endpoint_url: str | None = None, profile: str | None = None, 
     try:
         session = boto3.Session(profile_name=profile) if profile else boto3.Session()
     except ProfileNotFound:
-        raise ValueError(f"ingest.s3_profile = {profile!r}: no such AWS profile") from None
+        raise ValueError(f"source.s3_profile = {profile!r}: no such AWS profile") from None
     config = Config(retries={"max_attempts": retries + 1, "mode": "standard"},
                     max_pool_connections=max(10, workers), connect_timeout=10, read_timeout=60)
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -66,7 +66,7 @@ def s3_error(uri: str, err: Exception) -> Exception:
         return err
     if isinstance(err, NoCredentialsError):
         return ValueError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                          "or ingest.s3_profile)")
+                          "or source.s3_profile)")
     if is_connection_error(err):
         return TransientError(f"{uri}: S3 unreachable or the connection dropped, after the client's retries "
                               f"({type(err).__name__}: {err})")
@@ -113,7 +113,7 @@ def _download(client: Any, bucket: str, key: str, max_bytes: int | None) -> byte
     response = client.get_object(Bucket=bucket, Key=key)
     if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
         response["Body"].close()
-        raise Refused(f"{response['ContentLength']} bytes, over ingest.max_file_mb ({max_bytes / 2**20:g} MiB)")
+        raise Refused(f"{response['ContentLength']} bytes, over source.max_file_mb ({max_bytes / 2**20:g} MiB)")
     return response["Body"].read()
 
 
