@@ -1,9 +1,10 @@
 """The one schema for params.yaml: every knob of every stage, validated once.
 
 Each stage reads ``params.common`` plus its own section (``params.<stage>``), and ``dvc.yaml``
-subscribes each stage to just those, so tweaking one stage never re-runs another. One section is shared by
-design: ``source`` (where the images come from and how they are read: ingest, shift's new batch, and
-``tlops predict`` read sources alike). The few single keys a stage reads from another stage's section are
+subscribes each stage to just those, so tweaking one stage never re-runs another. Two sections are shared
+by design: ``source`` (where the images come from and how they are read: ingest, shift's new batch, and
+``tlops predict`` read sources alike) and ``train`` (the training loop that finetune and baseline both run,
+so that the comparison stays fair). The few single keys a stage reads from another stage's section are
 named, with the reason, in dvc.yaml (tests/test_dvc_graph.py holds them to that).
 A bad value stops with one line per problem naming the key path, the bad value and what is allowed.
 """
@@ -22,15 +23,6 @@ __all__ = ["Params", "ConfigError", "load_params", "profile_overrides", "parse_o
 
 class ConfigError(ValueError):
     """params.yaml (or an override) is invalid; the message is one line per problem."""
-
-
-# Keys that moved to another section: a params.yaml, profile or --set that still names one fails with a line
-# saying where it went (it is never read under its old name)
-_MOVED = {**{f"ingest.{key}": f"source.{key}" for key in ("digits_size", "s3_endpoint_url", "s3_profile",
-                                                          "allowed_roots", "max_file_mb", "max_unreadable_fraction",
-                                                          "allow_download", "download_root")},
-          "ingest.source": "source.location", "ingest.retries": "source.s3_retries",
-          "ingest.download_workers": "source.read_workers", "ingest.shard_size_mb": "common.shard_size_mb"}
 
 
 class Section(BaseModel):
@@ -229,8 +221,9 @@ class FreezeParams(Section):
         "auto", description="BatchNorm statistics: auto = eval_all below 500 images per class, else frozen")
 
 
-class FinetuneParams(Section):
-    """Optimiser, schedule and training loop (pipeline/finetune.py)."""
+class TrainParams(Section):
+    """The training loop (pipeline/training/loop.py) that finetune and baseline both run, and evaluate's curve runs
+    after them: one section, so that a change here re-runs both sides of the comparison alike (a fair one)."""
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0, le=1)
@@ -243,23 +236,28 @@ class FinetuneParams(Section):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each phase, then cosine")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max gradient L2 norm; 0 = off")
-    patience: int = Field(3, ge=0, description="early stopping: epochs without a better val accuracy; 0 = off")
     augment: Literal["auto", "none", "light", "standard"] = Field(
         "auto", description="auto = light below 96 px (no flips, small shifts), standard above")
-    feature_cache: bool = Field(True, description="cache the frozen backbone's outputs when only the head trains")
-    cache_views: int = Field(0, ge=0, le=64, description="augmented views cached for head-only phases; "
-                                                      "0 = they train on clean (unaugmented) features")
     amp: bool = Field(True, description="CUDA: autocast bf16 where supported, else fp16 + grad scaler")
     cpu_bf16: bool = Field(False, description="CPU: bf16 autocast")
     channels_last: bool = Field(True, description="CPU and CUDA: the channels_last memory format (faster convolutions)")
     compile: bool = Field(False, description="torch.compile the trained module")
+
+
+class FinetuneParams(Section):
+    """The fine-tune's own knobs (stage finetune; its loop is ``train``): stopping, head-only caching, processes."""
+
+    patience: int = Field(3, ge=0, description="early stopping: epochs without a better val accuracy; 0 = off")
+    feature_cache: bool = Field(True, description="cache the frozen backbone's outputs when only the head trains")
+    cache_views: int = Field(0, ge=0, le=64, description="augmented views cached for head-only phases; "
+                                                      "0 = they train on clean (unaugmented) features")
     nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: the stage runs under torchrun with this many "
                                                          "processes (DDP; one per GPU, gloo on the CPU)")
 
 
 class BaselineParams(Section):
     """From-scratch training (stage baseline, and the scratch side of the label-efficiency curve): trained to
-    convergence under one stopping rule; optimizer, augmentation and loop are the fine-tune's (finetune section)."""
+    convergence under one stopping rule; optimizer, augmentation and loop are the fine-tune's (``train``)."""
 
     lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block (scratch needs more than a fine-tune)")
     patience: int = Field(5, ge=1, description="epochs without a better val accuracy that stop a scratch run")
@@ -422,6 +420,16 @@ class OrchestrateParams(Section):
                                                 "(every one is a Prefect event tlops.<event> too)")
 
 
+# Keys that moved to another section: a params.yaml, profile or --set that still names one fails with a line
+# saying where it went (it is never read under its old name)
+_MOVED = {**{f"ingest.{key}": f"source.{key}" for key in ("digits_size", "s3_endpoint_url", "s3_profile",
+                                                          "allowed_roots", "max_file_mb", "max_unreadable_fraction",
+                                                          "allow_download", "download_root")},
+          "ingest.source": "source.location", "ingest.retries": "source.s3_retries",
+          "ingest.download_workers": "source.read_workers", "ingest.shard_size_mb": "common.shard_size_mb",
+          **{f"finetune.{key}": f"train.{key}" for key in TrainParams.model_fields}}
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -432,6 +440,7 @@ class Params(Section):
     shift: ShiftParams = ShiftParams()
     select: SelectParams = SelectParams()
     freeze: FreezeParams = FreezeParams()
+    train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     baseline: BaselineParams = BaselineParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -69,6 +69,7 @@ def test_a_key_that_moved_is_refused_naming_its_new_place(tmp_path):
         f"{path}: 'ingest.shard_size_mb' moved to 'common.shard_size_mb': set it there",
         f"{path}: 'ingest.retries' moved to 'source.s3_retries': set it there"]
     assert "'ingest.s3_profile' moved to 'source.s3_profile'" in _error(_write(tmp_path, ""), ["ingest.s3_profile=x"])
+    assert "'finetune.batch_size' moved to 'train.batch_size'" in _error(_write(tmp_path, "finetune:\n  batch_size: 8\n"))
 
 
 def test_every_problem_is_reported(tmp_path):
