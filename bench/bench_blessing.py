@@ -80,7 +80,7 @@ def main() -> None:
                    "two classes, imbalanced 240/80": _photos(work / "two", {"chelsea": 240, "brick": 80})}
         for name, folder in folders.items():
             run = work / name.split()[0].strip(",")
-            params = validate_params({"common": {"image_size": SIZE}, "ingest": {"source": str(folder)},
+            params = validate_params({"common": {"image_size": SIZE}, "source": {"location": str(folder)},
                                       "promote": {"registry": str(run / "registry")}})
             dataset = run / "dataset"
             ingest.run(params, ingest.Args(dataset=dataset, metrics=run / "i.json", report_dir=run / "ri"))

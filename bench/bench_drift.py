@@ -24,7 +24,7 @@ import pandas as pd
 from bench.report import RESULTS, BenchReport
 from pipeline.common.io import atomic_path, write_text
 from pipeline.common.logs import progress
-from pipeline.drift.tests import detect
+from pipeline.drift.detector import detect
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast")
 SEVERITIES = (1, 3, 5)
@@ -157,7 +157,7 @@ def report_seconds(setup: Setup, size: int, permutations: int, workdir: Path) ->
     from pipeline.drift.describe import describe_shifts
     from pipeline.drift.outliers import domain_classifier_scores
     from pipeline.drift.evidently import build_snapshot, report_frame, save_snapshot
-    from pipeline.drift.tests import pca_project
+    from pipeline.drift.detector import pca_project
 
     rng = np.random.default_rng(size)
     names = [n for n in setup.raw_sets if n != "clean"]

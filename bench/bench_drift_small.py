@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.report import BenchReport
 from pipeline.common.logs import progress
-from pipeline.drift.tests import detect
+from pipeline.drift.detector import detect
 
 MODEL = "efficientnet_lite0"
 PHOTOS = ("chelsea", "brick")

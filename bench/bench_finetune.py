@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.report import BenchReport
-from pipeline.config import FinetuneParams, FreezeParams
+from pipeline.config import FreezeParams, TrainParams
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import DataStats, make_plan
 from pipeline.models import LoadedModel, get_spec
@@ -42,21 +42,22 @@ def _data(images: int, size: int) -> TrainData:
     return TrainData(train=train, train_plain=train, val=val, augmented=False)
 
 
-def _trainer(freeze: FreezeParams, cfg: FinetuneParams, data: TrainData, device: torch.device) -> Trainer:
+def _trainer(freeze: FreezeParams, cfg: TrainParams, data: TrainData, device: torch.device,
+             feature_cache: bool = True) -> Trainer:
     model = LoadedModel.scratch(MODEL, 10, 64, seed=0).network
     blocks = get_spec(MODEL).blocks
     plan = make_plan(freeze, MODEL, blocks, block_param_counts(model, blocks), DataStats(len(data.train), 10))
     ckpt = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    return Trainer(model, plan, data, cfg, RunContext(device, 0, ckpt))
+    return Trainer(model, plan, data, cfg, RunContext(device, 0, ckpt), patience=0, feature_cache=feature_cache)
 
 
-def pipeline_images_per_s(data: TrainData, cfg: FinetuneParams, device: torch.device) -> float:
+def pipeline_images_per_s(data: TrainData, cfg: TrainParams, device: torch.device) -> float:
     """Images/s of the pipeline's training loop over one full fine-tune epoch (train loop only)."""
     trainer = _trainer(FreezeParams(strategy="full", epochs=1, bn_policy="train"), cfg, data, device)
     return trainer.fit().history[0]["images_per_s"]
 
 
-def plain_images_per_s(data: TrainData, cfg: FinetuneParams, device: torch.device) -> float:
+def plain_images_per_s(data: TrainData, cfg: TrainParams, device: torch.device) -> float:
     """Images/s of a textbook PyTorch loop doing the same work (AdamW, smoothing, clipping, schedule)."""
     model = LoadedModel.scratch(MODEL, 10, 64, seed=0).network.to(device).train()
     loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
@@ -82,7 +83,7 @@ def plain_images_per_s(data: TrainData, cfg: FinetuneParams, device: torch.devic
     return seen / (time.perf_counter() - started)
 
 
-def loop_ratio(report: BenchReport, data: TrainData, cfg: FinetuneParams, device: torch.device, repeats: int,
+def loop_ratio(report: BenchReport, data: TrainData, cfg: TrainParams, device: torch.device, repeats: int,
                label: str) -> None:
     """Alternate pipeline and plain runs; emit the medians and their ratio."""
     pipe, plain = [], []
@@ -98,14 +99,14 @@ def loop_ratio(report: BenchReport, data: TrainData, cfg: FinetuneParams, device
                 runs_plain=[round(v, 1) for v in plain])
 
 
-def cache_speedup(report: BenchReport, data: TrainData, cfg: FinetuneParams, device: torch.device,
+def cache_speedup(report: BenchReport, data: TrainData, cfg: TrainParams, device: torch.device,
                   label: str) -> None:
     """One head-only epoch (a trained, not solved, head) on cached features vs one running the frozen backbone."""
     depth = len(get_spec(MODEL).blocks) - 1  # every block but the head frozen
     freeze = FreezeParams(strategy="partial", depth=depth, epochs=4)  # min over epochs: robust to load spikes
     seconds = {}
     for cache in (False, True):
-        trainer = _trainer(freeze, cfg.model_copy(update={"feature_cache": cache}), data, device)
+        trainer = _trainer(freeze, cfg, data, device, feature_cache=cache)
         started = time.perf_counter()
         history = trainer.fit().history
         seconds[cache] = (min(r["seconds"] for r in history), time.perf_counter() - started)
@@ -125,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     report = BenchReport("finetune")
     data = _data(args.images, args.size)
-    base = FinetuneParams(batch_size=args.batch, patience=0, augment="none", warmup_epochs=0.2)
+    base = TrainParams(batch_size=args.batch, augment="none", warmup_epochs=0.2)
     report.emit(setup=f"{MODEL} random init, {args.images} images {args.size}px, batch {args.batch}, "
                       f"{torch.get_num_threads()} threads, median of {args.repeats}")
     cpu = torch.device("cpu")

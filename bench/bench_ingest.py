@@ -48,9 +48,9 @@ def child_ingest(source: str, out: Path, endpoint: str | None) -> None:
     from pipeline.config import Params, apply_overrides, parse_overrides
     from pipeline.stages.ingest import Args, run
 
-    overrides = [f"ingest.source={source}", "ingest.download_workers=8"]
+    overrides = [f"source.location={source}", "source.read_workers=8"]
     if endpoint:
-        overrides.append(f"ingest.s3_endpoint_url={endpoint}")
+        overrides.append(f"source.s3_endpoint_url={endpoint}")
     params = Params.model_validate(apply_overrides({}, parse_overrides(overrides)))  # defaults, not params.yaml
     started = time.perf_counter()
     summary = run(params, Args(dataset=out / "dataset", metrics=out / "metrics.json", report_dir=out / "report"))

@@ -76,7 +76,7 @@ def main() -> None:
         classes = read_classes(ds)
         model = LoadedModel.pretrained(MODEL, len(classes), params.common.image_size, classes=classes)
         features = embed_splits(model, ds, pool["id"].tolist(), val_ids.tolist(), 256)
-        setup = Setup(ds, MODEL, classes, params.common.image_size, params.finetune, torch.device("cpu"), None)
+        setup = Setup(ds, MODEL, classes, params.common.image_size, params.train, torch.device("cpu"), None)
         curve = label_efficiency(params.evaluate, params.baseline, setup, features, pool["id"].tolist(),
                                  val_ids.tolist(), ns.budgets, majority_accuracy(features.test_labels),
                                  params.freeze.probe_cs)

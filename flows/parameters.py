@@ -48,7 +48,7 @@ class RetrainParameters(BaseModel):
         Args:
             params_path: the project's params.yaml (the profile file lies beside it); needed with a profile.
         """
-        keys = {"source": "ingest.source", "candidates": "select.candidates", "strategy": "freeze.strategy",
+        keys = {"source": "source.location", "candidates": "select.candidates", "strategy": "freeze.strategy",
                 "epochs": "freeze.epochs", "image_size": "common.image_size", "device": "common.device",
                 "seed": "common.seed"}
         chosen = {keys[name]: value for name, value in self.model_dump(exclude={"extra", "profile"}).items()
@@ -65,7 +65,7 @@ class DriftCheckParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_source: str | None = Field(None, description="the newest batch to check (any ingest source); "
+    batch_source: str | None = Field(None, description="the newest batch to check (any source location); "
                                                        "empty = the domain-shift set made from the test split")
     retrain_on_drift: bool = Field(True, description="start the retrain deployment params.yaml names "
                                                      "(orchestrate.drift_retrain_deployment) when drift is detected")

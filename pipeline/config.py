@@ -1,7 +1,11 @@
 """The one schema for params.yaml: every knob of every stage, validated once.
 
 Each stage reads ``params.common`` plus its own section (``params.<stage>``), and ``dvc.yaml``
-subscribes each stage to just those two, so tweaking one stage never re-runs another.
+subscribes each stage to just those, so tweaking one stage never re-runs another. Two sections are shared
+by design: ``source`` (where the images come from and how they are read: ingest, shift's new batch, and
+``tlops predict`` read sources alike) and ``train`` (the training loop that finetune and baseline both run,
+so that the comparison stays fair). The few single keys a stage reads from another stage's section are
+named, with the reason, in dvc.yaml (tests/test_dvc_graph.py holds them to that).
 A bad value stops with one line per problem naming the key path, the bad value and what is allowed.
 """
 
@@ -36,6 +40,10 @@ class CommonParams(Section):
     image_size: int = Field(64, ge=8, le=1024, description="side of the square network input, pixels")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader / decode worker processes")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # the storage format of every dataset the pipeline writes (ingest's, and shift's current set). Here, not in
+    # ingest or shift: both writers share one format, and a change re-shards data/dataset, which every stage reads,
+    # so it re-runs them all anyway
+    shard_size_mb: float = Field(32.0, gt=0, le=4096, description="target size of one tar shard")
 
 
 EventName = Literal["run.failed", "drift.detected", "model.promoted", "model.refused", "verdict.negative"]
@@ -46,7 +54,8 @@ class ShiftParams(Section):
     """The domain-shift 'current' set (stage shift): corruptions of the test split, or a new batch."""
 
     source: str | None = Field(None, min_length=1,
-                               description="null: corrupt the test split; else a new batch (any ingest source)")
+                               description="null: corrupt the test split; else a new batch (any source location, "
+                                           "read with the source section's settings)")
     corruptions: list[CorruptionName] = Field(
         ["gaussian_noise", "gaussian_blur", "contrast", "brightness", "pixelate", "jpeg", "rotation"], min_length=1)
     severities: list[int] = Field([1, 2, 3, 4, 5], min_length=1, description="ImageNet-C style levels 1-5")
@@ -65,31 +74,36 @@ class ShiftParams(Section):
         return self
 
 
-class IngestParams(Section):
-    """Where images come from and how they are stored and split (pipeline/ingest.py)."""
+class SourceParams(Section):
+    """Where the images come from and how they are read (pipeline/data/sources/): ingest reads ``location``;
+    shift's new batch (``shift.source``) and ``tlops predict``'s batch are read with the same settings."""
 
-    source: str = Field("sklearn-digits", min_length=1,
-                        description="sklearn-digits | a folder | a .csv/.parquet manifest | s3://bucket/prefix "
-                                    "| torchvision:<Dataset>")
-    digits_size: int = Field(64, ge=8, le=512, description="side the 8x8 digits are upscaled to")
-    shard_size_mb: float = Field(32.0, gt=0, le=4096, description="target size of one tar shard")
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    test_fraction: float = Field(0.15, gt=0, lt=1)
-    min_images_per_class: int = Field(2, ge=1, description="fewer images in a class is an error naming it")
-    budget_per_class: int | None = Field(None, ge=1, description="label budget: k train images per class")
-    budget_fraction: float | None = Field(None, gt=0, le=1, description="label budget: a fraction of train")
+    location: str = Field("sklearn-digits", min_length=1,
+                          description="sklearn-digits | a folder | a .csv/.parquet manifest | s3://bucket/prefix "
+                                      "| torchvision:<Dataset>")
+    digits_size: int = Field(64, ge=8, le=512, description="side the 8x8 sklearn digits are upscaled to")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; null: env AWS_ENDPOINT_URL or AWS")
     s3_profile: str | None = Field(None, description="named AWS profile (credentials never go in params)")
-    download_workers: int = Field(8, ge=1, le=256, description="parallel S3 downloads / file reads")
-    retries: int = Field(5, ge=0, le=20, description="S3 retries with backoff on throttling and 5xx")
+    s3_retries: int = Field(5, ge=0, le=20, description="S3 retries with backoff on throttling and 5xx")
+    read_workers: int = Field(8, ge=1, le=256, description="parallel reads: S3 downloads and file reads")
     allowed_roots: list[str] = Field([], description="folders besides the source folder (or the manifest's folder) "
                                                      "that symlinks and manifest paths may point into")
     max_file_mb: float = Field(256, gt=0, description="largest file or S3 object read, in MiB; larger ones are "
                                                       "refused")
     max_unreadable_fraction: float = Field(0.0, ge=0, lt=1, description="share of the source's files that may fail "
-                                                                         "to read before ingest fails, naming them")
+                                                                         "to read before the stage fails, naming them")
     allow_download: bool = Field(False, description="let torchvision:<Dataset> sources download from the internet")
     download_root: str = Field("~/.cache/tlops/torchvision", description="where torchvision datasets are kept")
+
+
+class IngestParams(Section):
+    """How the ingested images are split and budgeted (stage ingest; where they come from is ``source``)."""
+
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    min_images_per_class: int = Field(2, ge=1, description="fewer images in a class is an error naming it")
+    budget_per_class: int | None = Field(None, ge=1, description="label budget: k train images per class")
+    budget_fraction: float | None = Field(None, gt=0, le=1, description="label budget: a fraction of train")
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> "IngestParams":
@@ -207,8 +221,9 @@ class FreezeParams(Section):
         "auto", description="BatchNorm statistics: auto = eval_all below 500 images per class, else frozen")
 
 
-class FinetuneParams(Section):
-    """Optimiser, schedule and training loop (pipeline/finetune.py)."""
+class TrainParams(Section):
+    """The training loop (pipeline/training/loop.py) that finetune and baseline both run, and evaluate's curve runs
+    after them: one section, so that a change here re-runs both sides of the comparison alike (a fair one)."""
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0, le=1)
@@ -221,23 +236,28 @@ class FinetuneParams(Section):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup at the start of each phase, then cosine")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max gradient L2 norm; 0 = off")
-    patience: int = Field(3, ge=0, description="early stopping: epochs without a better val accuracy; 0 = off")
     augment: Literal["auto", "none", "light", "standard"] = Field(
         "auto", description="auto = light below 96 px (no flips, small shifts), standard above")
-    feature_cache: bool = Field(True, description="cache the frozen backbone's outputs when only the head trains")
-    cache_views: int = Field(0, ge=0, le=64, description="augmented views cached for head-only phases; "
-                                                      "0 = they train on clean (unaugmented) features")
     amp: bool = Field(True, description="CUDA: autocast bf16 where supported, else fp16 + grad scaler")
     cpu_bf16: bool = Field(False, description="CPU: bf16 autocast")
     channels_last: bool = Field(True, description="CPU and CUDA: the channels_last memory format (faster convolutions)")
     compile: bool = Field(False, description="torch.compile the trained module")
+
+
+class FinetuneParams(Section):
+    """The fine-tune's own knobs (stage finetune; its loop is ``train``): stopping, head-only caching, processes."""
+
+    patience: int = Field(3, ge=0, description="early stopping: epochs without a better val accuracy; 0 = off")
+    feature_cache: bool = Field(True, description="cache the frozen backbone's outputs when only the head trains")
+    cache_views: int = Field(0, ge=0, le=64, description="augmented views cached for head-only phases; "
+                                                      "0 = they train on clean (unaugmented) features")
     nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: the stage runs under torchrun with this many "
                                                          "processes (DDP; one per GPU, gloo on the CPU)")
 
 
 class BaselineParams(Section):
     """From-scratch training (stage baseline, and the scratch side of the label-efficiency curve): trained to
-    convergence under one stopping rule; optimizer, augmentation and loop are the fine-tune's (finetune section)."""
+    convergence under one stopping rule; optimizer, augmentation and loop are the fine-tune's (``train``)."""
 
     lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block (scratch needs more than a fine-tune)")
     patience: int = Field(5, ge=1, description="epochs without a better val accuracy that stop a scratch run")
@@ -400,15 +420,27 @@ class OrchestrateParams(Section):
                                                 "(every one is a Prefect event tlops.<event> too)")
 
 
+# Keys that moved to another section: a params.yaml, profile or --set that still names one fails with a line
+# saying where it went (it is never read under its old name)
+_MOVED = {**{f"ingest.{key}": f"source.{key}" for key in ("digits_size", "s3_endpoint_url", "s3_profile",
+                                                          "allowed_roots", "max_file_mb", "max_unreadable_fraction",
+                                                          "allow_download", "download_root")},
+          "ingest.source": "source.location", "ingest.retries": "source.s3_retries",
+          "ingest.download_workers": "source.read_workers", "ingest.shard_size_mb": "common.shard_size_mb",
+          **{f"finetune.{key}": f"train.{key}" for key in TrainParams.model_fields}}
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
     common: CommonParams = CommonParams()
+    source: SourceParams = SourceParams()
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     shift: ShiftParams = ShiftParams()
     select: SelectParams = SelectParams()
     freeze: FreezeParams = FreezeParams()
+    train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     baseline: BaselineParams = BaselineParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -532,6 +564,8 @@ def _describe(source: str, error: dict[str, Any]) -> str:
     """One line for one pydantic error: where, what was given, what is allowed."""
     loc = ".".join(str(p) for p in error["loc"])
     kind, given = error["type"], error.get("input")
+    if kind == "extra_forbidden" and loc in _MOVED:
+        return f"{source}: '{loc}' moved to '{_MOVED[loc]}': set it there"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(error["loc"][:-1])
         return f"{source}: unknown key '{loc}' (allowed here: {', '.join(allowed)})"

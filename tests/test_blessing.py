@@ -112,7 +112,8 @@ def _folder(root: Path, classes: dict[str, list[str]], per_photo: int, seed: int
 
 def _ingest(folder: Path, work: Path, seed: int = 0) -> Path:
     params = validate_params({"common": {"image_size": SIZE, "seed": seed},
-                              "ingest": {"source": str(folder), "val_fraction": 0.2, "test_fraction": 0.3}})
+                              "source": {"location": str(folder)},
+                              "ingest": {"val_fraction": 0.2, "test_fraction": 0.3}})
     ingest.run(params, ingest.Args(dataset=work / "dataset", metrics=work / "i.json", report_dir=work / "ri"))
     return work / "dataset"
 

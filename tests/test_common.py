@@ -160,8 +160,8 @@ def test_every_s3_client_takes_its_endpoint_from_the_settings_else_the_environme
     assert client.meta.config.max_pool_connections == 32
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-    with pytest.raises(ValueError, match=r"ingest.s3_profile = 'nobody': no such AWS profile in /nonexistent/cred"):
-        s3_client(profile="nobody", profile_key="ingest.s3_profile")
+    with pytest.raises(ValueError, match=r"source.s3_profile = 'nobody': no such AWS profile in /nonexistent/cred"):
+        s3_client(profile="nobody", profile_key="source.s3_profile")
     monkeypatch.setenv("AWS_PROFILE", "nobody")
     with pytest.raises(ValueError, match=r"AWS_PROFILE = 'nobody': no such AWS profile"):
         s3_client()

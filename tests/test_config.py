@@ -28,7 +28,7 @@ def test_project_params_are_valid_and_complete():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     # every section of the schema is spelled out in params.yaml, so users see every knob
     assert set(raw) == set(Params.model_fields) - {"validate_"} | {"validate"}
-    assert params.common.seed == 0 and params.ingest.source == "sklearn-digits"
+    assert params.common.seed == 0 and params.source.location == "sklearn-digits"
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -38,7 +38,8 @@ def test_empty_file_gives_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("common:\n  sed: 1\n", "unknown key 'common.sed' (allowed here: device, image_size, log_level, num_workers, seed)"),
+        ("common:\n  sed: 1\n", "unknown key 'common.sed' (allowed here: device, image_size, log_level, num_workers, seed, "
+                                 "shard_size_mb)"),
         ("comon:\n  seed: 1\n", "unknown key 'comon'"),
         ("common:\n  seed: ten\n", "common.seed = 'ten': Input should be a valid integer"),
         ("common:\n  image_size: 4\n", "common.image_size = 4: Input should be greater than or equal to 8"),
@@ -61,6 +62,16 @@ def test_bad_params_give_one_clear_line(tmp_path, text, expected):
     assert len(message.splitlines()) == 1
 
 
+def test_a_key_that_moved_is_refused_naming_its_new_place(tmp_path):
+    path = _write(tmp_path, "ingest:\n  source: /data/cats\n  shard_size_mb: 8\n  retries: 2\n")
+    assert _error(path).splitlines() == [
+        f"{path}: 'ingest.source' moved to 'source.location': set it there",
+        f"{path}: 'ingest.shard_size_mb' moved to 'common.shard_size_mb': set it there",
+        f"{path}: 'ingest.retries' moved to 'source.s3_retries': set it there"]
+    assert "'ingest.s3_profile' moved to 'source.s3_profile'" in _error(_write(tmp_path, ""), ["ingest.s3_profile=x"])
+    assert "'finetune.batch_size' moved to 'train.batch_size'" in _error(_write(tmp_path, "finetune:\n  batch_size: 8\n"))
+
+
 def test_every_problem_is_reported(tmp_path):
     message = _error(_write(tmp_path, "common:\n  seed: -1\n  image_size: big\n"))
     assert len(message.splitlines()) == 2
@@ -73,8 +84,8 @@ def test_missing_file_is_named(tmp_path):
 
 def test_overrides_apply_and_are_validated(tmp_path):
     path = _write(tmp_path, "common:\n  seed: 1\n")
-    params = load_params(path, ["common.seed=7", "ingest.digits_size=32"])
-    assert params.common.seed == 7 and params.ingest.digits_size == 32
+    params = load_params(path, ["common.seed=7", "source.digits_size=32"])
+    assert params.common.seed == 7 and params.source.digits_size == 32
     assert "common.seed = 'x'" in _error(path, ["common.seed=x"])
     assert "unknown key 'ingest.nope'" in _error(path, ["ingest.nope=1"])
     assert "expected key.path=value" in _error(path, ["common.seed"])

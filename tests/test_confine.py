@@ -21,7 +21,7 @@ from tests.conftest import copy_project
 # a valid value for each allowed key, other than the committed one where the schema allows another
 SAMPLES = {
     "common.seed": 7, "common.image_size": 48, "common.device": "cpu",
-    "ingest.source": "incoming/cats-vs-dogs", "ingest.budget_per_class": 7, "ingest.budget_fraction": None,
+    "source.location": "incoming/cats-vs-dogs", "ingest.budget_per_class": 7, "ingest.budget_fraction": None,
     "shift.source": "incoming/week-49", "shift.corruptions": ["jpeg"], "shift.severities": [2, 4],
     "shift.assignment": "random", "shift.include_clean": False, "shift.per_cell": 12,
     "select.candidates": ["efficientnet_lite0"], "select.rank_by": "knn", "select.sample_per_class": 20,
@@ -29,11 +29,11 @@ SAMPLES = {
     "select.max_gflops": 1.5, "select.max_latency_ms": 40.0, "select.batch_size": 32,
     "freeze.strategy": "lp_ft", "freeze.depth": 2, "freeze.epochs": 4, "freeze.lr": 0.001, "freeze.probe_cs": [0.1, 1.0],
     "freeze.layer_decay": 0.8, "freeze.gradual_every": 3, "freeze.gradual_step": 2, "freeze.bn_policy": "frozen",
-    "finetune.optimizer": "sgd", "finetune.weight_decay": 0.05, "finetune.momentum": 0.8, "finetune.batch_size": 32,
-    "finetune.min_epoch_steps": 10, "finetune.eval_batch_size": 128, "finetune.warmup_epochs": 0.5,
-    "finetune.label_smoothing": 0.0, "finetune.grad_clip": 2.0, "finetune.patience": 5, "finetune.augment": "light",
-    "finetune.feature_cache": False, "finetune.cache_views": 2, "finetune.amp": False, "finetune.cpu_bf16": True,
-    "finetune.channels_last": False, "finetune.compile": True,
+    "train.optimizer": "sgd", "train.weight_decay": 0.05, "train.momentum": 0.8, "train.batch_size": 32,
+    "train.min_epoch_steps": 10, "train.eval_batch_size": 128, "train.warmup_epochs": 0.5,
+    "train.label_smoothing": 0.0, "train.grad_clip": 2.0, "train.augment": "light", "train.amp": False,
+    "train.cpu_bf16": True, "train.channels_last": False, "train.compile": True,
+    "finetune.patience": 5, "finetune.feature_cache": False, "finetune.cache_views": 2,
     "baseline.lr": 0.001, "baseline.patience": 3, "baseline.max_epochs": 30,
     "evaluate.budgets": [4, 8], "evaluate.seeds": [3, 4, 5], "evaluate.curve_image_size": 32,
     "evaluate.curve_val_per_class": 5, "evaluate.ece_bins": 10, "evaluate.fgsm_epsilons": [0.0, 0.01],
@@ -53,7 +53,7 @@ def form_project(tmp_path_factory) -> Path:
     (work / "secret").mkdir()
     (project / "incoming" / "escape").symlink_to(work / "secret")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["ingest"]["source"] = "images"
+    params["source"]["location"] = "images"
     params["orchestrate"].update(form_source_roots=["incoming", str(work / "shared-batches")],
                                  form_s3_buckets=["team-images"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -65,9 +65,11 @@ def form_project(tmp_path_factory) -> Path:
 def test_the_allow_list_names_schema_keys_only_and_every_one_has_a_sample():
     assert FORM_KEYS <= set(param_keys()) and set(SAMPLES) == FORM_KEYS
     # the gates, limits and locations stay off the list, whatever is added to it later
-    for gate in ("promote.", "validate.", "orchestrate.", "export.", "drift.", "ingest.max_", "evaluate.alpha",
+    for gate in ("promote.", "validate.", "orchestrate.", "export.", "drift.", "source.max_", "evaluate.alpha",
                  "evaluate.min_gain", "evaluate.confidence", "select.weights", "finetune.nproc_per_node"):
         assert not [key for key in FORM_KEYS if key.startswith(gate)], gate
+    # of how a source is read (endpoints, profiles, roots, downloads), only where it is
+    assert [key for key in FORM_KEYS if key.startswith("source.")] == ["source.location"]
 
 
 @pytest.mark.parametrize("key", REFUSED)
@@ -92,7 +94,7 @@ def test_sections_and_unknown_keys_are_refused(form_project):
         RetrainParameters(extra={"finetune.lr_typo": 0.1}).overrides(params)
     # the auditor's examples: weaken the promotion, the gate, the limits
     for key, value in {"promote.allow_task_change": True, "promote.margin": 0, "validate.severity.decodes": "warning",
-                       "validate.max_pixels": 1e12, "ingest.max_unreadable_fraction": 0.99,
+                       "validate.max_pixels": 1e12, "source.max_unreadable_fraction": 0.99,
                        "orchestrate.stage_timeout_s": 1e12, "orchestrate.command_timeout_s": 1e12}.items():
         with pytest.raises(ValueError, match=f"^{key}: refused"):
             RetrainParameters(source="sklearn-digits", extra={key: value}).overrides(params)
@@ -123,7 +125,7 @@ def test_form_sources_stay_inside_what_params_yaml_admits(form_project, tmp_path
             form.overrides(params)
 
     # the project itself, its runs and registry are no sources: the auditor's "." and "runs"
-    refused(RetrainParameters(source="."), r"ingest.source = '\.': refused .* outside the folders params.yaml admits")
+    refused(RetrainParameters(source="."), r"source.location = '\.': refused .* outside the folders params.yaml admits")
     refused(RetrainParameters(source="runs"), "outside the folders params.yaml admits")
     refused(RetrainParameters(source="/etc"), r"outside the folders .*orchestrate.form_source_roots")
     refused(RetrainParameters(source="incoming/../../secret"), "outside the folders")
@@ -135,12 +137,12 @@ def test_form_sources_stay_inside_what_params_yaml_admits(form_project, tmp_path
     refused(DriftCheckParameters(batch_source="s3://other/batch"), "orchestrate.form_s3_buckets")
     # a drift check whose retrain form would be refused stops before it starts
     refused(DriftCheckParameters(retrain=RetrainParameters(extra={"promote.margin": 0})), "promote.margin: refused")
-    assert RetrainParameters(source="images/cats").overrides(params) == {"ingest.source": "images/cats"}
+    assert RetrainParameters(source="images/cats").overrides(params) == {"source.location": "images/cats"}
     assert RetrainParameters(source="incoming/cats-vs-dogs", extra={"freeze.lr": 0.01}).overrides(params) == {
-        "ingest.source": "incoming/cats-vs-dogs", "freeze.lr": 0.01}
-    assert RetrainParameters(source="s3://team-images/cats").overrides(params) == {"ingest.source": "s3://team-images/cats"}
+        "source.location": "incoming/cats-vs-dogs", "freeze.lr": 0.01}
+    assert RetrainParameters(source="s3://team-images/cats").overrides(params) == {"source.location": "s3://team-images/cats"}
     assert DriftCheckParameters(batch_source="incoming/week-49").overrides(params) == {"shift.source": "incoming/week-49"}
-    assert RetrainParameters(source="sklearn-digits").overrides(params) == {"ingest.source": "sklearn-digits"}
+    assert RetrainParameters(source="sklearn-digits").overrides(params) == {"source.location": "sklearn-digits"}
 
 
 def test_a_root_that_holds_the_project_still_admits_no_pipeline_state(form_project):
@@ -148,8 +150,8 @@ def test_a_root_that_holds_the_project_still_admits_no_pipeline_state(form_proje
     params["orchestrate"]["form_source_roots"] = ["."]  # an operator admitting the whole checkout
     for inside in ("runs/old-run/data", "registry", ".git", ".dvc"):
         with pytest.raises(ValueError, match="the pipeline's own state"):
-            confine_form_overrides({"ingest.source": inside}, form_project, params)
-    confine_form_overrides({"ingest.source": "incoming/week-49"}, form_project, params)
+            confine_form_overrides({"source.location": inside}, form_project, params)
+    confine_form_overrides({"source.location": "incoming/week-49"}, form_project, params)
 
 
 def test_the_drift_form_has_no_retrain_target_field():

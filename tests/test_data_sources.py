@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import IngestParams
+from pipeline.config import SourceParams
 from pipeline.data.sources import ordered_parallel, open_source
 from pipeline.data.sources.base import Confinement, Refused
 from pipeline.data.sources.digits import DigitsSource
@@ -88,11 +88,11 @@ def test_table_errors_name_the_file_and_columns(tmp_path):
     with pytest.raises(ValueError, match=r"bad.csv: needs a 'label' column .*found: \['file_name', 'label'\]"):
         TableSource(tmp_path / "bad.csv", lambda: None, _confined(tmp_path))
     with pytest.raises(FileNotFoundError, match="nope.csv: manifest table does not exist"):
-        open_source(str(tmp_path / "nope.csv"), IngestParams())
+        open_source(str(tmp_path / "nope.csv"), SourceParams())
 
 
 def test_open_source_dispatch(tmp_path):
-    cfg = IngestParams(digits_size=8)
+    cfg = SourceParams(digits_size=8)
     assert type(open_source("sklearn-digits", cfg)).__name__ == "DigitsSource"
     assert type(open_source(str(_folder(tmp_path / "f")), cfg)).__name__ == "FolderSource"
     with pytest.raises(ValueError, match="torchvision:Nope: unsupported dataset"):
@@ -100,11 +100,11 @@ def test_open_source_dispatch(tmp_path):
 
 
 def test_torchvision_fakedata_offline_and_missing_dataset_without_download(tmp_path):
-    source = open_source("torchvision:FakeData", IngestParams())
+    source = open_source("torchvision:FakeData", SourceParams())
     records = list(source.records())
     assert len(records) == 60 and source.labels == {"0", "1", "2"}
     assert Image.open(io.BytesIO(records[0].data)).size == (32, 32)
-    cfg = IngestParams(download_root=str(tmp_path / "tv"), allow_download=False)
+    cfg = SourceParams(download_root=str(tmp_path / "tv"), allow_download=False)
     with pytest.raises(FileNotFoundError, match=r"torchvision:Flowers102: not found under .*allow_download: true"):
         list(open_source("torchvision:Flowers102", cfg).records())
 
@@ -122,7 +122,7 @@ def _online(host: str = "thor.robots.ox.ac.uk") -> bool:
 @pytest.mark.skipif(not _online(), reason="offline: torchvision datasets cannot download")
 @pytest.mark.parametrize("name", ["OxfordIIITPet", "Flowers102"])
 def test_torchvision_download(tmp_path, name):
-    cfg = IngestParams(download_root=str(tmp_path / "tv"), allow_download=True)
+    cfg = SourceParams(download_root=str(tmp_path / "tv"), allow_download=True)
     source = open_source(f"torchvision:{name}", cfg)
     first = next(iter(source.records()))
     assert Image.open(io.BytesIO(first.data)).format == "JPEG" and first.label
@@ -152,9 +152,9 @@ def test_links_out_of_the_folder_fifos_and_big_files_are_refused_not_read(tmp_pa
     reasons = {Path(s.path).name: s.reason for s in source.skipped}
     assert not names & {"link.png", "pipe.png", "huge.png"}
     assert reasons["link.png"].startswith(f"refused: outside the source's folder (it resolves to {secret})")
-    assert "ingest.allowed_roots" in reasons["link.png"]
+    assert "source.allowed_roots" in reasons["link.png"]
     assert reasons["pipe.png"] == "refused: not a regular file (a FIFO, device or socket); only regular files are read"
-    assert reasons["huge.png"].startswith("refused: ") and "over ingest.max_file_mb (0.5 MiB)" in reasons["huge.png"]
+    assert reasons["huge.png"].startswith("refused: ") and "over source.max_file_mb (0.5 MiB)" in reasons["huge.png"]
     allowed = FolderSource(root, _confined(root, [str(secret.parent)], max_mb=0.5), workers=2)
     assert "link.png" in {Path(r.source_path).name for r in allowed.records()}
 
@@ -189,7 +189,7 @@ def test_linked_folders_are_walked_inside_the_roots_and_refused_by_name_outside(
     reasons = {s.path: s.reason for s in source.skipped}
     assert reasons[str(root / "cats" / "more")] == (
         f"refused: a folder link outside the source's folder (it resolves to {outside}); add its folder to "
-        "ingest.allowed_roots to read it")
+        "source.allowed_roots to read it")
     assert reasons[str(root / "birds")].startswith("refused: a folder link outside the source's folder (it resolves "
                                                    "to /)")
     assert reasons[str(root / "cats" / "x" / "up")] == (

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.common.io import write_json
 from pipeline.config import validate_params
 from pipeline.data.shards import read_classes
-from pipeline.drift.tests import detect
+from pipeline.drift.detector import detect
 from pipeline.models import LoadedModel
 from pipeline.models.inference import probabilities
 from pipeline.registry import open_registry

@@ -1,9 +1,13 @@
-"""dvc.yaml, the one definition of the stage graph: every stage's deps cover the code it runs.
+"""dvc.yaml, the one definition of the stage graph: every stage's deps cover the code it runs, and its
+params are the ones that code reads.
 
 DVC does not follow imports, so a stage whose deps miss a module it imports would not re-run when
 that module changes, and a run's outputs would no longer match its code. Each stage's module is
 followed through its ``pipeline`` imports (statically), and every module reached must sit under one
-of the stage's deps.
+of the stage's deps. The same code's ``params.<section>[.<key>]`` reads must be subscribed to, and
+every subscription read; a stage subscribes to ``common``, its own section and the shared ``source`` and
+``train``, and to another stage's keys only where :data:`SHARED_BY_DESIGN` (and a comment in dvc.yaml)
+says why, so that tweaking one stage never re-runs another.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ from pipeline.stages import STAGES, get_stage
 ROOT = Path(__file__).resolve().parents[1]
 # the stage table: every stage imports it, none depends on what it says
 EXEMPT = {"pipeline/stages/__init__.py"}
+# sections any stage may subscribe to: common (the CLI sets every stage's log level from it), source (how
+# images are read) and train (the loop of finetune and baseline)
+SHARED = {"common", "source", "train"}
+# keys of another stage's section a stage reads by design (each has its reason beside it in dvc.yaml)
+SHARED_BY_DESIGN = {
+    "ingest": {"validate.max_pixels"},
+    "shift": {"validate.max_pixels", "validate.stats_max_side", "validate.min_side", "validate.max_side",
+              "validate.accepted_modes", "validate.severity"},
+    "card": {"evaluate.confidence"},
+    "promote": {"freeze.probe_cs"},
+}
 
 
 def _module_file(module: str) -> Path | None:
@@ -61,6 +76,44 @@ def _code_of(module: str) -> set[str]:
         todo += _imported(path)
     files = (_module_file(m) for m in seen)
     return {str(f.relative_to(ROOT)) for f in files if f is not None and not _is_marker(f)}
+
+
+def _params_read(files: set[str]) -> set[str]:
+    """The ``params.<section>`` and ``params.<section>.<key>`` reads in these files (``validate_`` as ``validate``)."""
+    reads = set()
+    for path in files:
+        for node in ast.walk(ast.parse((ROOT / path).read_text())):
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.insert(0, node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "params" and chain:
+                reads.add(".".join([chain[0].removesuffix("_")] + chain[1:2]))
+    return reads
+
+
+def _covers(entry: str, read: str) -> bool:
+    """A subscription and a read meet: the same key, or one is the section of the other (a section handed to
+    a helper as a whole reads some of its keys)."""
+    return entry == read or read.startswith(entry + ".") or entry.startswith(read + ".")
+
+
+@pytest.mark.parametrize("stage", [spec.name for spec in STAGES])
+def test_stage_params_are_what_its_code_reads(stage):
+    listed = declared_paths(ROOT, stage, "params")
+    reads = _params_read(_code_of(get_stage(stage).module))
+    unlisted = sorted(r for r in reads if not any(_covers(entry, r) for entry in listed))
+    assert not unlisted, f"dvc.yaml stage {stage}: its code reads params {unlisted} it does not subscribe to"
+    unread = [entry for entry in listed if entry != "common" and not any(_covers(entry, r) for r in reads)]
+    assert not unread, f"dvc.yaml stage {stage}: subscribes to params {unread} its code never reads"
+
+
+@pytest.mark.parametrize("stage", [spec.name for spec in STAGES])
+def test_no_stage_subscribes_to_another_stages_section(stage):
+    foreign = [entry for entry in declared_paths(ROOT, stage, "params")
+               if entry.split(".")[0] not in SHARED | {stage} and entry not in SHARED_BY_DESIGN.get(stage, set())]
+    assert not foreign, (f"dvc.yaml stage {stage}: subscribes to {foreign} of another stage's section; move the "
+                         "keys to a section both read, or say why they are shared in SHARED_BY_DESIGN and dvc.yaml")
 
 
 @pytest.mark.parametrize("stage", [spec.name for spec in STAGES])

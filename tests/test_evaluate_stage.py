@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite0"
 SMALL = {
     "common": {"image_size": 32},
-    "ingest": {"digits_size": 32, "budget_per_class": 5},
+    "source": {"digits_size": 32},
+    "ingest": {"budget_per_class": 5},
     "shift": {"corruptions": ["gaussian_noise"], "severities": [5], "per_cell": 8},
-    "finetune": {"augment": "none", "batch_size": 32, "min_epoch_steps": 3},
+    "train": {"augment": "none", "batch_size": 32, "min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 12},
     "evaluate": {"budgets": [2, 10], "seeds": [0, 1, 2], "curve_val_per_class": 3,
                  "attack_images": 16, "interpret_classes": 2, "ideal_steps": 5,
@@ -181,7 +182,7 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
     classes = read_classes(dataset)
     model = LoadedModel.pretrained(MODEL, len(classes), 32, classes=classes)
     features = embed_splits(model, dataset, pool["id"].tolist(), val["id"].tolist()[:30], 256)
-    setup = Setup(dataset, MODEL, classes, 32, params.finetune, torch.device("cpu"), None)
+    setup = Setup(dataset, MODEL, classes, 32, params.train, torch.device("cpu"), None)
     curve = label_efficiency(params.evaluate, params.baseline, setup, features, pool["id"].tolist(),
                              val["id"].tolist()[:30], [2], majority_accuracy(features.test_labels),
                              params.freeze.probe_cs)

@@ -23,7 +23,8 @@ from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
 PARAMS = """
 common: {image_size: 32, seed: 0}
 freeze: {strategy: lp_ft, depth: 4, epochs: 3}
-finetune: {batch_size: 16, eval_batch_size: 64, augment: none, patience: 0}
+train: {batch_size: 16, eval_batch_size: 64, augment: none}
+finetune: {patience: 0}
 """
 
 

@@ -70,7 +70,7 @@ def faulty_run(tmp_path_factory, s3_endpoint):  # noqa: F811
     client.create_bucket(Bucket=BUCKET)
     _upload_folder(client, work / "tiny-digits", "images")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["ingest"]["source"] = f"s3://{BUCKET}/images"
+    params["source"]["location"] = f"s3://{BUCKET}/images"
     params["promote"]["registry"] = f"s3://{BUCKET}/registry"
     params["freeze"]["epochs"] = 3  # a checkpoint to resume from, and epochs after it
     params["orchestrate"]["push_backoff_s"] = 0.5

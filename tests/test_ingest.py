@@ -37,7 +37,7 @@ def _images(root: Path, layout: dict[str, int], start: int = 0) -> Path:
 
 
 def test_digits_default_ingest(tmp_path, capsys):
-    assert _ingest(tmp_path, "ingest.digits_size=16") == 0
+    assert _ingest(tmp_path, "source.digits_size=16") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 1797 and summary["classes"] == 10 and summary["skipped"] == 0
     manifest = read_manifest(tmp_path / "dataset")
@@ -53,7 +53,7 @@ def test_digits_default_ingest(tmp_path, capsys):
                                                                  "samples.png"}
     assert verify_dataset(tmp_path / "dataset") == 1797
     shards = {p.name: sha256_file(p) for p in (tmp_path / "dataset" / "shards").iterdir()}
-    assert _ingest(tmp_path / "again", "ingest.digits_size=16") == 0  # byte-identical on a second run
+    assert _ingest(tmp_path / "again", "source.digits_size=16") == 0  # byte-identical on a second run
     assert shards == {p.name: sha256_file(p) for p in (tmp_path / "again" / "dataset" / "shards").iterdir()}
 
 
@@ -62,7 +62,7 @@ def test_folder_with_bad_files_lists_every_skip(tmp_path, capsys):
     (root / "dogs" / "notes.txt").write_text("not an image")
     (root / "dogs" / "zcopy.png").write_bytes((root / "dogs" / "img7.png").read_bytes())
     (root / "readme.md").write_text("top-level file")
-    assert _ingest(tmp_path, f"ingest.source={root}", "ingest.budget_per_class=2") == 0
+    assert _ingest(tmp_path, f"source.location={root}", "ingest.budget_per_class=2") == 0
     report = json.loads((tmp_path / "report" / "ingest_report.json").read_text())
     reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert reasons["readme.md"] == "not inside a class folder"
@@ -77,9 +77,9 @@ def test_folder_with_bad_files_lists_every_skip(tmp_path, capsys):
 
 def test_adding_images_moves_no_old_image(tmp_path):
     root = _images(tmp_path / "imgs", {"a": 30, "b": 30})
-    assert _ingest(tmp_path / "v1", f"ingest.source={root}") == 0
+    assert _ingest(tmp_path / "v1", f"source.location={root}") == 0
     _images(root, {"a": 40, "b": 40, "c": 20}, start=1000)
-    assert _ingest(tmp_path / "v2", f"ingest.source={root}") == 0
+    assert _ingest(tmp_path / "v2", f"source.location={root}") == 0
     old = read_manifest(tmp_path / "v1" / "dataset").set_index("id")["split"]
     new = read_manifest(tmp_path / "v2" / "dataset").set_index("id")["split"]
     assert len(new) == 160 and new.loc[old.index].equals(old)
@@ -93,7 +93,7 @@ def test_adding_images_moves_no_old_image(tmp_path):
 ])
 def test_bad_input_is_an_error_naming_the_path_and_keeps_the_old_dataset(tmp_path, capsys, damage, message):
     root = _images(tmp_path / "imgs", {"cats": 4, "dogs": 4})
-    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    assert _ingest(tmp_path, f"source.location={root}") == 0
     before = read_manifest(tmp_path / "dataset")
     if damage == "duplicate":
         (root / "dogs" / "twin.png").write_bytes((root / "cats" / "deep" / "er" / "img0.png").read_bytes())
@@ -105,7 +105,7 @@ def test_bad_input_is_an_error_naming_the_path_and_keeps_the_old_dataset(tmp_pat
     else:
         (root / "hollow").mkdir()
     capsys.readouterr()
-    assert _ingest(tmp_path, f"ingest.source={root}") == 2
+    assert _ingest(tmp_path, f"source.location={root}") == 2
     err = capsys.readouterr().err.replace("/deep/er", "")
     assert err.startswith("tlops ingest: error:") and pd.Series([err]).str.contains(message).all(), err
     pd.testing.assert_frame_equal(read_manifest(tmp_path / "dataset"), before)
@@ -113,9 +113,9 @@ def test_bad_input_is_an_error_naming_the_path_and_keeps_the_old_dataset(tmp_pat
 
 def test_empty_and_missing_sources(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert _ingest(tmp_path, f"ingest.source={tmp_path / 'empty'}") == 2
+    assert _ingest(tmp_path, f"source.location={tmp_path / 'empty'}") == 2
     assert f"{tmp_path / 'empty'}: no class folders" in capsys.readouterr().err
-    assert _ingest(tmp_path, f"ingest.source={tmp_path / 'nope'}") == 2
+    assert _ingest(tmp_path, f"source.location={tmp_path / 'nope'}") == 2
     assert f"{tmp_path / 'nope'}: source folder does not exist" in capsys.readouterr().err
     assert _ingest(tmp_path, "ingest.budget_per_class=3", "ingest.budget_fraction=0.5") == 2
     assert "at most one of budget_per_class and budget_fraction" in capsys.readouterr().err
@@ -126,7 +126,7 @@ def test_an_over_limit_image_and_truncated_jpegs_reach_the_gate_instead_of_crash
     (root / "dogs" / "bomb.png").write_bytes(huge_png())  # 400 MP: over PIL's decompression-bomb limit
     for i in range(6):  # several, so that some land in train, whose samples the report draws
         (root / "cats" / f"cut{i}.jpg").write_bytes(truncated_jpeg(i))
-    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    assert _ingest(tmp_path, f"source.location={root}") == 0
     manifest = read_manifest(tmp_path / "dataset").set_index("source_path")
     assert manifest.loc[str(root / "dogs" / "bomb.png"), "width"] == 20000  # stored: validate judges it by name
     assert (manifest.index.str.contains("cut") & (manifest["split"] == "train")).any()
@@ -145,7 +145,7 @@ def _ingest_peak(out: Path, source: Path) -> tuple[int, str]:
     """Ingest ``source`` in a child process; returns its peak RSS (KiB) and its stderr."""
     done = subprocess.run([sys.executable, "-c", _PEAK_RSS, "ingest", "--dataset", str(out / "dataset"),
                            "--metrics", str(out / "metrics.json"), "--report-dir", str(out / "report"),
-                           "--set", f"ingest.source={source}", "--set", "ingest.val_fraction=0.01",
+                           "--set", f"source.location={source}", "--set", "ingest.val_fraction=0.01",
                            "--set", "ingest.test_fraction=0.01"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
     last = (done.stdout.strip().splitlines() or [""])[-1].split()
@@ -177,7 +177,7 @@ def test_files_named_as_images_that_are_none_reach_the_gate_which_fails_naming_t
     (root / "dogs" / "empty.png").write_bytes(b"")  # two failures, not one image under two labels
     (root / "cats" / "export.jpg").write_text("<html>Access denied</html>")  # an error page saved as an image
     (root / "dogs" / "notes.txt").write_text("taken at the shelter")  # not named as an image: skipped
-    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    assert _ingest(tmp_path, f"source.location={root}") == 0
     manifest = read_manifest(tmp_path / "dataset").set_index("source_path")
     for name in ("cats/empty.png", "dogs/empty.png", "cats/export.jpg"):
         assert manifest.loc[str(root / name), "width"] == 0, name
@@ -194,14 +194,14 @@ def test_files_named_as_images_that_are_none_reach_the_gate_which_fails_naming_t
 
 def test_refused_files_fail_the_ingest_naming_them_and_keep_the_old_dataset(tmp_path, capsys):
     root = _images(tmp_path / "imgs", {"cats": 6, "dogs": 6})
-    assert _ingest(tmp_path, f"ingest.source={root}") == 0
+    assert _ingest(tmp_path, f"source.location={root}") == 0
     before = read_manifest(tmp_path / "dataset")
     (tmp_path / "private").mkdir()
     (tmp_path / "private" / "key.png").write_bytes(good_png(99, 8))
     (root / "cats" / "key.png").symlink_to(tmp_path / "private" / "key.png")
     capsys.readouterr()
-    assert _ingest(tmp_path, f"ingest.source={root}") == 2
+    assert _ingest(tmp_path, f"source.location={root}") == 2
     err = capsys.readouterr().err.strip()
     assert f"1 file(s) refused\n  e.g. {root / 'cats' / 'key.png'}: refused: outside the source's folder" in err
     assert read_manifest(tmp_path / "dataset").equals(before)
-    assert _ingest(tmp_path, f"ingest.source={root}", f"ingest.allowed_roots=[{tmp_path / 'private'}]") == 0
+    assert _ingest(tmp_path, f"source.location={root}", f"source.allowed_roots=[{tmp_path / 'private'}]") == 0

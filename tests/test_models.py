@@ -22,7 +22,7 @@ from pipeline.data.shards import read_manifest, write_manifest
 from pipeline.drift.inputs import set_outputs
 from pipeline.evaluation.assess import score
 from pipeline.models import LoadedModel, Preprocessing, get_spec, list_models
-from pipeline.models.feature_cache import cached_embeddings
+from pipeline.models.embedding_cache import cached_embeddings
 from pipeline.promotion.evalset import EvaluationSet, predicted_classes
 from pipeline.training.data import training_data
 from tests.support import badimages as bad

@@ -87,7 +87,7 @@ def test_an_s3_batch_on_the_local_s3_server(chain, s3_endpoint, tmp_path):
         client.put_object(Bucket="batches", Key=f"2026-12-04/{path.name}", Body=path.read_bytes())
     client.put_object(Bucket="batches", Key="2026-12-04/notes.txt", Body=b"not an image")
     assert _predict("s3://batches/2026-12-04", tmp_path / "s3", "--model", str(chain["model"]),
-                    "--set", f"ingest.s3_endpoint_url={s3_endpoint}") == 0
+                    "--set", f"source.s3_endpoint_url={s3_endpoint}") == 0
     frame = pd.read_parquet(tmp_path / "s3" / "predictions.parquet")
     assert frame.set_index("source").loc["s3://batches/2026-12-04/notes.txt", "status"] == "refused"
     predicted = frame[frame["status"] == "predicted"]

@@ -205,7 +205,7 @@ def test_a_stopped_s3_registry_is_transient_for_promote_and_the_champion_stays(t
         (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png").write_bytes(good_png(i, 32))
     assert main(["ingest", "--dataset", str(tmp_path / "dataset"), "--metrics", str(tmp_path / "i.json"),
-                 "--report-dir", str(tmp_path / "ri"), "--set", f"ingest.source={tmp_path / 'imgs'}",
+                 "--report-dir", str(tmp_path / "ri"), "--set", f"source.location={tmp_path / 'imgs'}",
                  "--set", "ingest.test_fraction=0.4"]) == 0
     LoadedModel.pretrained("efficientnet_lite0", 2, 32, classes=["c0", "c1"]).save(tmp_path / "model", {})
     (tmp_path / "evaluation.json").write_text(json.dumps({"verdict": "positive", "recommended_model": "finetuned"}))

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import Params
 from pipeline.models import LoadedModel
-from pipeline.models.feature_cache import cached_embeddings
+from pipeline.models.embedding_cache import cached_embeddings
 from pipeline.selection.candidates import rank_candidates
 from pipeline.stages.select import Args, run
 from pipeline.selection.scoring import logme

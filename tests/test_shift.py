@@ -23,7 +23,7 @@ def dataset(tmp_path_factory) -> Path:
         (root / "imgs" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
         (root / "imgs" / f"c{i % 3}" / f"{i}.png").write_bytes(good_png(i, 12))
     assert main(["ingest", "--dataset", str(root / "dataset"), "--metrics", str(root / "m.json"), "--report-dir",
-                 str(root / "rep"), "--set", f"ingest.source={root / 'imgs'}"]) == 0
+                 str(root / "rep"), "--set", f"source.location={root / 'imgs'}"]) == 0
     return root / "dataset"
 
 

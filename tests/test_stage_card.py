@@ -32,7 +32,8 @@ def run_outputs(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("card")
     source = write_digit_folder(work / "digits", size=SIZE)
     params = validate_params({"common": {"image_size": SIZE},
-                              "ingest": {"source": str(source), "val_fraction": 0.25, "test_fraction": 0.25}})
+                              "source": {"location": str(source)},
+                              "ingest": {"val_fraction": 0.25, "test_fraction": 0.25}})
     paths = {"dataset": work / "dataset", "ingest": work / "ingest.json", "validation": work / "validate.json",
              "model": work / "model", "source": source}
     ingest.run(params, ingest.Args(dataset=paths["dataset"], metrics=paths["ingest"], report_dir=work / "ri"))
@@ -79,7 +80,7 @@ def _card(outputs: dict[str, Path], out: Path, figures: dict, validation: Path |
                  "--validation", str(validation or outputs["validation"]),
                  "--evaluation", str(out / "evaluation.json"), "--drift", str(out / "drift.json"),
                  "--export", str(out / "export.json"), "--model", str(outputs["model"]),
-                 "--report-dir", str(out / "card"), "--set", f"ingest.source={outputs['source']}",
+                 "--report-dir", str(out / "card"), "--set", f"source.location={outputs['source']}",
                  "--set", f"common.image_size={SIZE}"])
 
 

@@ -31,7 +31,8 @@ TLOPS = Path(sys.executable).with_name("tlops")
 PARAMS = """
 common: {image_size: 32, seed: 0}
 freeze: {strategy: partial, depth: 3, epochs: 2, lr: 0.003}
-finetune: {batch_size: 16, eval_batch_size: 64, augment: none, patience: 0}
+train: {batch_size: 16, eval_batch_size: 64, augment: none}
+finetune: {patience: 0}
 """
 # a rank that does what its argument says: sleep (after joining the gloo group), exit N, or die by SIGKILL
 RANK_SCRIPT = """

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import FinetuneParams, FreezeParams
-from pipeline.training.featcache import cache_views, compute_features
+from pipeline.config import FinetuneParams, FreezeParams, TrainParams
+from pipeline.training.frozen_features import cache_views, compute_features
 from pipeline.freezing.blocks import block_of, block_param_counts
 from pipeline.training.data import TrainData
 from pipeline.training.loop import Precision, RunContext, Trainer
@@ -20,7 +20,7 @@ from pipeline.models import LoadedModel, get_spec
 from tests.test_training_data import TINY_MODEL, tensor_dataset
 
 BLOCKS = get_spec(TINY_MODEL).blocks
-FAST = dict(batch_size=16, eval_batch_size=64, warmup_epochs=0.5, patience=0)
+FAST = dict(batch_size=16, eval_batch_size=64, warmup_epochs=0.5)
 
 
 def _data(train: int = 32, val: int = 12) -> TrainData:
@@ -32,11 +32,14 @@ def _plan(model: nn.Module, **freeze) -> FreezePlan:
     return make_plan(FreezeParams(**freeze), TINY_MODEL, BLOCKS, block_param_counts(model, BLOCKS), DataStats(32, 3))
 
 
-def _fit(tmp_path, freeze: dict, finetune: dict | None = None, data: TrainData | None = None, **ctx):
+def _fit(tmp_path, freeze: dict, finetune: dict | None = None, data: TrainData | None = None,
+         train: dict | None = None, **ctx):
     model = LoadedModel.scratch(TINY_MODEL, 3, 32, seed=0).network
     plan = _plan(model, **freeze)
-    trainer = Trainer(model, plan, data or _data(), FinetuneParams(**{**FAST, **(finetune or {})}),
-                      RunContext(torch.device("cpu"), 0, tmp_path / "ckpt", **ctx))
+    own = FinetuneParams(**{"patience": 0, **(finetune or {})})
+    trainer = Trainer(model, plan, data or _data(), TrainParams(**{**FAST, **(train or {})}),
+                      RunContext(torch.device("cpu"), 0, tmp_path / "ckpt", **ctx), patience=own.patience,
+                      feature_cache=own.feature_cache, cache_views=own.cache_views)
     return model, plan, trainer
 
 
@@ -75,7 +78,7 @@ def test_batchnorm_statistics_follow_the_policy(tmp_path, policy):
 
 def test_each_group_trains_at_the_planned_learning_rate(tmp_path):
     model, plan, trainer = _fit(tmp_path, dict(strategy="partial", depth=2, epochs=1, lr=1e-3, layer_decay=0.5),
-                                dict(warmup_epochs=0.5))
+                                train=dict(warmup_epochs=0.5))
     peaks = {}
 
     def record(step):
@@ -189,9 +192,9 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
 
 
 def test_cpu_bf16_autocast_trains(tmp_path):
-    assert Precision.choose(torch.device("cpu"), FinetuneParams(cpu_bf16=True)).dtype == torch.bfloat16
-    assert Precision.choose(torch.device("cpu"), FinetuneParams()).scaler() is None
-    _, _, trainer = _fit(tmp_path, dict(strategy="partial", depth=4, epochs=1), dict(cpu_bf16=True))
+    assert Precision.choose(torch.device("cpu"), TrainParams(cpu_bf16=True)).dtype == torch.bfloat16
+    assert Precision.choose(torch.device("cpu"), TrainParams()).scaler() is None
+    _, _, trainer = _fit(tmp_path, dict(strategy="partial", depth=4, epochs=1), train=dict(cpu_bf16=True))
     result = trainer.fit()
     assert math.isfinite(result.history[0]["train_loss"])
     assert 0 <= result.best["val_accuracy"] <= 1

@@ -38,7 +38,7 @@ def test_transfer_is_positive_at_a_small_budget_against_converged_scratch(photos
     classes = read_classes(photos)
     model = LoadedModel.pretrained("efficientnet_lite0", len(classes), SIZE, classes=classes)
     features = embed_splits(model, photos, pool["id"].tolist(), val["id"].tolist(), 256)
-    setup = Setup(photos, "efficientnet_lite0", classes, SIZE, params.finetune, torch.device("cpu"), None)
+    setup = Setup(photos, "efficientnet_lite0", classes, SIZE, params.train, torch.device("cpu"), None)
     curve = label_efficiency(params.evaluate, params.baseline, setup, features, pool["id"].tolist(),
                              val["id"].tolist(), [2], majority_accuracy(features.test_labels),
                              params.freeze.probe_cs)

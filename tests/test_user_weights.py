@@ -41,7 +41,7 @@ def chain(tmp_path_factory) -> dict:
         "select": {"candidates": [MODEL], "weights": {MODEL: {"uri": str(weights), "sha256": sha}},
                    "sample_per_class": 6, "cv_folds": 2, "bootstrap": 20, "logme_subsamples": 4, "latency_runs": 2},
         "freeze": {"strategy": "linear_probe"},
-        "finetune": {"batch_size": 16, "augment": "none", "min_epoch_steps": 1},
+        "train": {"batch_size": 16, "augment": "none", "min_epoch_steps": 1},
         "baseline": {"max_epochs": 2},
         "evaluate": {"budgets": [2], "seeds": [0, 1, 2], "curve_val_per_class": 2,
                      "attack_images": 4, "interpret_classes": 1, "ideal_steps": 2,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import BaselineParams, FinetuneParams
+from pipeline.config import BaselineParams, TrainParams
 from pipeline.evaluation.intervals import paired_comparison, seed_interval, wilson
 from pipeline.evaluation.label_efficiency import drawable_budgets, labels_saved, run_curve, summarise_curve
 from pipeline.evaluation.references import majority_accuracy, training_problem
@@ -128,7 +128,7 @@ def test_the_stopping_rule_marks_a_capped_run_still_improving_as_not_converged(t
     from pipeline.data.shards import read_manifest
 
     ids = read_manifest(dataset).query("split == 'train'")["id"].tolist()
-    loop = FinetuneParams(augment="none", min_epoch_steps=2)
+    loop = TrainParams(augment="none", min_epoch_steps=2)
     setup = Setup(dataset, TINY_MODEL, ["0", "1", "2"], 32, loop, torch.device("cpu"), None)
     capped = train_scratch(setup, BaselineParams(lr=0.01, patience=3, max_epochs=2), 0, ids)
     assert capped.fit.phases[-1]["stopped_by"] == "cap" and capped.fit.steps == 2 * 3  # 2 epochs of 30 // 8 steps

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
-__all__ = ["CommandTimeout", "run_command", "RESUME_ENV", "resume_requested"]
+__all__ = ["CommandTimeout", "run_command", "RESUME_ENV", "resume_requested", "signal_name"]
 _GRACE_S = 10.0  # between SIGTERM and SIGKILL
 _GUARD_MARGIN_S = 5.0  # the guard's own grace plus this, before the group gets SIGKILL from here
 _SLICE_S = 1.0  # longest single blocking wait: an exception injected into this thread lands within it
@@ -51,6 +51,14 @@ def resume_requested() -> bool:
 
 class CommandTimeout(RuntimeError):
     """A command ran past its limit and was stopped with every process it started."""
+
+
+def signal_name(number: int) -> str:
+    """The name of a signal number (``SIGKILL``), or ``signal <n>`` for one this platform does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def run_command(args: Sequence[str], cwd: str | Path, *, timeout: float | None, limit_name: str,

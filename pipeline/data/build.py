@@ -41,7 +41,7 @@ def pack_source(source: Source, dataset_dir: Path, shard_bytes: int, max_unreada
         source: the opened source.
         dataset_dir: the (temporary) dataset directory.
         shard_bytes: target shard size.
-        max_unreadable_fraction: ``ingest.max_unreadable_fraction``.
+        max_unreadable_fraction: ``source.max_unreadable_fraction``.
         refusal: why an image's bytes are not stored (None: they are), e.g. the gate's per-image rules for a
             drift-check batch; a refused image is skipped with that reason, and packing goes on.
     Returns:
@@ -59,7 +59,7 @@ def pack_source(source: Source, dataset_dir: Path, shard_bytes: int, max_unreada
     tried = len(rows) + len(unreadable)
     if unreadable and len(unreadable) > max_unreadable_fraction * tried:
         raise ValueError(f"{source.description}: {len(unreadable)} of {tried} file(s) could not be read "
-                         f"({len(unreadable) / tried:.1%} > ingest.max_unreadable_fraction = "
+                         f"({len(unreadable) / tried:.1%} > source.max_unreadable_fraction = "
                          f"{max_unreadable_fraction:g}){_listed(unreadable)}")
     if not rows:
         examples = {s.kind: s for s in reversed(skipped)}  # first example of each kind

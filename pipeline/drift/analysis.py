@@ -2,7 +2,7 @@
 detect at these sizes, descriptor shifts, accuracy, domain-classifier effect size, per-group tests
 (Holm-adjusted over the groups, so a clean control among 36 groups is not flagged by chance).
 
-The decision is the calibrated test of :mod:`pipeline.drift.tests`, never Evidently's own flags.
+The decision is the calibrated test of :mod:`pipeline.drift.detector`, never Evidently's own flags.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pipeline.drift.describe import describe_shifts, moved_words
 from pipeline.drift.inputs import SetOutputs, group_name
 from pipeline.drift.outliers import domain_classifier_scores, knn_distances
 from pipeline.drift.reference import Reference, choose_reference, detectable_table, size_warnings
-from pipeline.drift.tests import detect_with, holm, pca_project
+from pipeline.drift.detector import detect_with, holm, pca_project
 
 __all__ = ["analyse"]
 _GROUP_COLUMNS = ("corruption", "severity")

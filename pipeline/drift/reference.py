@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import DriftParams
 from pipeline.drift.inputs import SetOutputs
-from pipeline.drift.tests import detect_with, ks_detectable_share
+from pipeline.drift.detector import detect_with, ks_detectable_share
 
 __all__ = ["Reference", "choose_reference", "size_warnings", "detectable_table"]
 _TABLE_SIZES = (25, 50, 100, 200, 500, 1000)

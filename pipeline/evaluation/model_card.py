@@ -50,7 +50,7 @@ def render_card(inputs: Mapping[str, Any], run: Mapping[str, Any], source: str, 
     Args:
         inputs: :meth:`CardInputs.read`.
         run: run_name / run_tag of the run (pipeline/runs/naming.py).
-        source: where the data came from (``ingest.source``).
+        source: where the data came from (``source.location``).
         family: the architecture's family in the catalog (``timm`` or ``torchvision``).
         data_version: the dataset's content hash (pipeline/data/shards.py dataset_version).
         confidence: the intervals' coverage (``evaluate.confidence``).

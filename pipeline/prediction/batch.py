@@ -1,15 +1,14 @@
 """``tlops predict``: classify a batch of images with a trained model, image by image, refusing what the
 validation gate would refuse.
 
-The batch is any ingest source read without labels (a folder at any depth, a .csv/.parquet table, an
-``s3://`` prefix; a class folder or a label column is kept as ``label`` when present), or a dataset folder
-written by ingest or shift (the drift check's current set). Each image is profiled as the gate profiles
-it (pipeline/validation/profile.py) and checked against the gate's per-image rules in ``params.validate``:
-it must decode, and its width, height and mode must be within bounds. A rule of severity ``critical``
-refuses the image (``status`` refused, ``reason`` says which rule and the value); a ``warning`` one is
-noted in ``warning``. An unreadable or refused file is one row, never the end of the batch. Images go
-through the model's own preprocessing, as in evaluation, so a test image gets the evaluate stage's
-prediction.
+The batch is any source location read without labels, with the ``source`` settings (a folder at any depth, a
+.csv/.parquet table, an ``s3://`` prefix; a class folder or a label column is kept as ``label`` when present),
+or a dataset folder written by ingest or shift (the drift check's current set). Each image is profiled as the
+gate profiles it (pipeline/validation/profile.py) and checked against the gate's per-image rules in
+``params.validate``: it must decode, and its width, height and mode must be within bounds. A rule of severity
+``critical`` refuses the image (``status`` refused, ``reason`` says which rule and the value); a ``warning``
+one is noted in ``warning``. An unreadable or refused file is one row, never the end of the batch. Images go
+through the model's own preprocessing, as in evaluation, so a test image gets the evaluate stage's prediction.
 
 Outputs, in ``--out``: ``predictions.parquet`` and ``predictions.csv`` (one row per image: id (the first
 16 hex digits of the file's sha256), source, label, status, reason, warning, predicted, confidence, the
@@ -62,7 +61,7 @@ def read_batch(source: str, params: Params) -> Iterator[BatchImage]:
         for row, data in iter_records(Path(source).expanduser()):
             yield BatchImage(row.get("source_path") or row["id"], str(row.get("label", "")), data)
         return
-    reader = open_source(source, params.ingest, unlabelled=True)
+    reader = open_source(source, params.source, unlabelled=True)
     for record in reader.records():
         yield BatchImage(record.source_path, record.label, record.data)
     for skipped in reader.skipped:  # read failures, refused links and FIFOs: one row each

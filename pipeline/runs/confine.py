@@ -9,7 +9,7 @@ are checked against an allow-list before they reach a run's params.yaml:
   candidates, budgets, seeds, evaluation sizes). Every other key is refused with one line saying it is
   set in params.yaml: each gate (``validate.*``, ``promote.*``, ``export.*``, the verdict's
   ``evaluate.alpha``/``confidence``/``min_gain``, ``drift.*``), each limit and location
-  (``ingest.max_*``, ``orchestrate.*``, weights, endpoints), and the host's resources (workers, ranks).
+  (``source.max_*``, ``orchestrate.*``, weights, endpoints), and the host's resources (workers, ranks).
   An allow-list, so a key added to the schema later is refused until someone decides otherwise here.
 - a source (:data:`SOURCE_KEYS`) is ``sklearn-digits``, ``torchvision:<Dataset>`` (read from
   params.yaml's download root, downloads as params.yaml allows), ``s3://`` in a bucket params.yaml
@@ -28,10 +28,10 @@ from typing import Any, Iterable
 
 __all__ = ["FORM_KEYS", "SOURCE_KEYS", "confine_form_overrides"]
 
-SOURCE_KEYS = ("ingest.source", "shift.source")
+SOURCE_KEYS = ("source.location", "shift.source")
 FORM_KEYS = frozenset({
     "common.seed", "common.image_size", "common.device",
-    "ingest.source", "ingest.budget_per_class", "ingest.budget_fraction",
+    "source.location", "ingest.budget_per_class", "ingest.budget_fraction",
     "shift.source", "shift.corruptions", "shift.severities", "shift.assignment", "shift.include_clean",
     "shift.per_cell",
     "select.candidates", "select.rank_by", "select.sample_per_class", "select.knn_k", "select.cv_folds",
@@ -39,10 +39,10 @@ FORM_KEYS = frozenset({
     "select.batch_size",
     "freeze.strategy", "freeze.depth", "freeze.epochs", "freeze.lr", "freeze.probe_cs", "freeze.layer_decay",
     "freeze.gradual_every", "freeze.gradual_step", "freeze.bn_policy",
-    "finetune.optimizer", "finetune.weight_decay", "finetune.momentum", "finetune.batch_size",
-    "finetune.min_epoch_steps", "finetune.eval_batch_size", "finetune.warmup_epochs", "finetune.label_smoothing",
-    "finetune.grad_clip", "finetune.patience", "finetune.augment", "finetune.feature_cache", "finetune.cache_views",
-    "finetune.amp", "finetune.cpu_bf16", "finetune.channels_last", "finetune.compile",
+    "train.optimizer", "train.weight_decay", "train.momentum", "train.batch_size", "train.min_epoch_steps",
+    "train.eval_batch_size", "train.warmup_epochs", "train.label_smoothing", "train.grad_clip", "train.augment",
+    "train.amp", "train.cpu_bf16", "train.channels_last", "train.compile",
+    "finetune.patience", "finetune.feature_cache", "finetune.cache_views",
     "baseline.lr", "baseline.patience", "baseline.max_epochs",
     "evaluate.budgets", "evaluate.seeds", "evaluate.curve_image_size", "evaluate.curve_val_per_class",
     "evaluate.ece_bins", "evaluate.fgsm_epsilons", "evaluate.attack_images", "evaluate.interpret_classes",
@@ -114,7 +114,7 @@ def _resolve(path: str, project: Path) -> Path:
 
 
 def _own_sources(params: dict[str, Any]) -> list[str]:
-    return [s for s in ((params.get("ingest") or {}).get("source"), (params.get("shift") or {}).get("source")) if s]
+    return [s for s in ((params.get("source") or {}).get("location"), (params.get("shift") or {}).get("source")) if s]
 
 
 def _own_buckets(params: dict[str, Any]) -> Iterable[str]:

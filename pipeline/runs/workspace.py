@@ -14,7 +14,6 @@ import fcntl
 import functools
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import yaml
 
 from pipeline.common.errors import EXIT_TRANSIENT, TransientError
 from pipeline.common.io import read_json, write_text
-from pipeline.common.processes import RESUME_ENV, CommandTimeout, run_command
+from pipeline.common.processes import RESUME_ENV, CommandTimeout, run_command, signal_name
 from pipeline.common.logs import get_logger
 from pipeline.config import OrchestrateParams, apply_overrides, load_params, validate_params
 from pipeline.project import DVC_YAML
@@ -204,7 +203,7 @@ class RunWorkspace:
             if EXIT_TRANSIENT in codes:
                 raise TransientError(f"stage {stage} hit a transient failure:\n{tail}")
             if codes[-1] < 0:  # the stage (or DVC itself) died by a signal: no verdict on the data or code
-                raise TransientError(f"stage {stage} was killed by {_signal_name(-codes[-1])}; a retry resumes "
+                raise TransientError(f"stage {stage} was killed by {signal_name(-codes[-1])}; a retry resumes "
                                        f"it in {self.path}:\n{tail}")
             raise StageFailed(f"stage {stage} failed (exit {codes[-1]}):\n{tail}")
         if f"Running stage '{stage}'" in output:
@@ -411,7 +410,7 @@ def _last_error(output: str, code: int) -> str:
     errors = [line for line in lines if line.startswith("ERROR")]
     if errors:
         return errors[-1]
-    return lines[-1] if lines else (f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}")
+    return lines[-1] if lines else (f"killed by {signal_name(-code)}" if code < 0 else f"exit {code}")
 
 
 def _as_signal(code: int) -> int:
@@ -421,13 +420,6 @@ def _as_signal(code: int) -> int:
     command and exits 128+N where bash would have exec'd it and DVC would see -N.
     """
     return -(code - 128) if 128 < code <= 128 + 64 else code
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _git(cwd: Path, *args: str, check: bool = True, timeout: float = _UNCONFIGURED_S) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from pipeline.data.shards import train_in_budget
 from pipeline.models import LoadedModel, ModelSpec, WeightsRef, WeightsRejected, WeightsUnavailable, get_spec
 from pipeline.models.build import build_architecture
 from pipeline.models.cost import count_params, measure_gflops
-from pipeline.models.feature_cache import cached_embeddings
+from pipeline.models.embedding_cache import cached_embeddings
 from pipeline.selection.scoring import bootstrap_ci, knn_predictions, linear_probe_predictions, logme, subsample_ci
 
 __all__ = ["RULE", "Candidates", "spec_or_error", "stratified_sample", "assess", "rank_candidates"]

@@ -1,5 +1,5 @@
 """Building the current set: seeded test images under each corruption x severity (or one seeded pair per
-image), clean copies kept, or a new batch from any ingest source taken as it is (its own group,
+image), clean copies kept, or a new batch from any source location taken as it is (its own group,
 ``batch:<name>``); and its figure.
 
 The set is what evaluate and drift both score whole, so "accuracy on the shifted set" is one figure.
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pipeline.common.logs import progress
-from pipeline.config import IngestParams, ShiftParams, ValidateParams
+from pipeline.config import ShiftParams, SourceParams, ValidateParams
 from pipeline.data.build import index_labels, pack_source
 from pipeline.data.images import decode_rgb
 from pipeline.data.pack import describe_image, store_image
@@ -41,9 +41,9 @@ def batch_group(source_uri: str) -> str:
     return BATCH_PREFIX + name
 
 
-def pack_batch(source_uri: str, ingest: IngestParams, validate: ValidateParams, dataset_dir: Path, shard_bytes: int,
+def pack_batch(source_uri: str, reading: SourceParams, validate: ValidateParams, dataset_dir: Path, shard_bytes: int,
                classes: list[str]) -> tuple[pd.DataFrame, list[Skipped], str]:
-    """A new batch from any ingest source, packed as a current set (corruption ``batch:<name>``, severity 0).
+    """A new batch from any source location, packed as a current set (corruption ``batch:<name>``, severity 0).
 
     No gate runs on a batch before drift and evaluate score it, so each image is held to the gate's
     per-image rules here (:func:`image_refusal`: it decodes within ``validate.max_pixels``, sides and mode
@@ -52,7 +52,7 @@ def pack_batch(source_uri: str, ingest: IngestParams, validate: ValidateParams, 
 
     Args:
         source_uri: the batch (a folder, a manifest, s3://...).
-        ingest: the ingest params (S3 endpoint, credentials profile, workers, retries).
+        reading: the source params (S3 endpoint, credentials profile, read workers, retries, confinement).
         validate: the gate's params (its per-image rules).
         dataset_dir: the (temporary) current-set directory.
         shard_bytes: target shard size.
@@ -60,14 +60,14 @@ def pack_batch(source_uri: str, ingest: IngestParams, validate: ValidateParams, 
     Returns:
         (manifest rows, what was skipped (refused images included), a description of the batch).
     """
-    source = open_source(source_uri, ingest)
+    source = open_source(source_uri, reading)
     settings = ProfileSettings(max_pixels=validate.max_pixels, stats_max_side=validate.stats_max_side)
 
     def refusal(data: bytes) -> str | None:
         rule = image_refusal(profile_image(data, settings), validate)[0]
         return None if rule is None else f"{GATE_REFUSAL}: {rule}"
 
-    manifest, skipped = pack_source(source, dataset_dir, shard_bytes, ingest.max_unreadable_fraction, refusal)
+    manifest, skipped = pack_source(source, dataset_dir, shard_bytes, reading.max_unreadable_fraction, refusal)
     manifest["label_idx"] = index_labels(manifest, classes, source.description)
     manifest = manifest.assign(split="test", in_budget=True, corruption=batch_group(source_uri), severity=0,
                                origin_id="")

@@ -1,7 +1,7 @@
 """Stage ``baseline``: the same architecture trained from random initialisation, to convergence.
 
 Same train images (inside the label budget), augmentation, seed, optimizer, clipping and loop as the
-fine-tune (the ``finetune`` params drive the engine for both), but every block trains from a seeded
+fine-tune (the ``train`` params drive the engine for both), but every block trains from a seeded
 random start at its own larger learning rate, with BatchNorm learning its statistics, until the
 stopping rule ends it (pipeline/training/recipes.py): ``baseline.patience`` epochs without a better
 val accuracy, or the ``baseline.max_epochs`` cap, which a run still improving reports as not
@@ -10,7 +10,7 @@ Inputs: the dataset directory, ``freeze_plan.json`` (the architecture).
 Outputs: the model directory (``model.pt`` + ``card.json``), ``metrics.json`` (converged, stopped by,
 steps, epochs, seconds, val/test accuracy), ``history.csv`` (dvc plots), a PNG of the curves, and
 the checkpoint directory.
-Params: ``common``, ``baseline``, and ``finetune`` (the shared loop settings; a change there must re-run
+Params: ``common``, ``baseline``, and ``train`` (the loop shared with the fine-tune; a change there re-runs
 the baseline too, so that the comparison stays fair).
 """
 
@@ -54,7 +54,7 @@ def run(params: Params, args: Args) -> dict:
     """Train the scratch baseline to convergence and write the model, metrics, history and curves.
 
     Args:
-        params: validated params (reads ``common``, ``baseline`` and ``finetune``).
+        params: validated params (reads ``common``, ``baseline`` and ``train``).
         args: stage paths.
     Returns:
         Summary: converged, steps, epochs, best val accuracy, test accuracy, training seconds.
@@ -65,7 +65,7 @@ def run(params: Params, args: Args) -> dict:
     plan = load_plan(args.plan)
     classes = read_classes(args.dataset)
     ids = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
-    setup = Setup(Path(args.dataset), plan.model, classes, common.image_size, params.finetune,
+    setup = Setup(Path(args.dataset), plan.model, classes, common.image_size, params.train,
                   select_device(common.device), Path(args.checkpoints), common.num_workers)
     log.info("scratch baseline %s on %d images: lr %g, patience %d, at most %d epochs", plan.model, len(ids), cfg.lr,
              cfg.patience, cfg.max_epochs)
@@ -81,7 +81,7 @@ def run(params: Params, args: Args) -> dict:
                "trainable_params": trained.plan.phases[0].trainable_params,
                "images_per_s": round(sum(r["images_per_s"] for r in fit.history) / len(fit.history), 1)}
     card = {"init": "random", "seed": common.seed, "freeze_plan": trained.plan.to_json(), "train_images": len(ids),
-            "params": {"common": common.model_dump(), "finetune": params.finetune.model_dump(),
+            "params": {"common": common.model_dump(), "train": params.train.model_dump(),
                        "baseline": cfg.model_dump()}, "metrics": metrics}
     trained.model.save(args.model_dir, card)
     write_json(args.metrics, metrics)

@@ -6,7 +6,7 @@ bundle (the candidate's card.json). Output: a report folder with ``model_card.md
 transfer verdict and why, robustness per corruption, drift at training time, the exports' checks,
 limitations drawn from this run's figures, and the lines that load the model with plain timm/torch.
 Promotion stores the Markdown with the registry version; the flow shows it as an artifact.
-Params: ``common``, ``ingest.source`` (named as the data's origin) and ``evaluate.confidence`` (the intervals').
+Params: ``common``, ``source.location`` (named as the data's origin) and ``evaluate.confidence`` (the intervals').
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     use_validated(args.dataset, args.validation)
     inputs = CardInputs(args.ingest, args.validation, args.evaluation, args.drift, args.export, args.model).read()
     run_info = run_identity(Path.cwd())
-    markdown = render_card(inputs, run_info, params.ingest.source, get_spec(inputs["model"]["model"]).family,
+    markdown = render_card(inputs, run_info, params.source.location, get_spec(inputs["model"]["model"]).family,
                            dataset_version(read_manifest(args.dataset)["sha256"].tolist()), params.evaluate.confidence)
     with atomic_dir(args.report_dir) as tmp:
         write_card(tmp, markdown, card_title(inputs["model"], run_info))

@@ -8,7 +8,7 @@ paths; what the flow reads to trigger retraining), ``--report-dir`` (report.html
 evidently.html + evidently.json, outliers.png), ``--workspace`` (Evidently Workspace: one snapshot per
 run is added; it persists between runs and `tlops drift-ui` serves it).
 Params: ``common`` and ``drift``.
-The decision is the calibrated test of :mod:`pipeline.drift.tests`, never Evidently's own flags.
+The decision is the calibrated test of :mod:`pipeline.drift.detector`, never Evidently's own flags.
 """
 
 from __future__ import annotations

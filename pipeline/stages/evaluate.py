@@ -29,7 +29,7 @@ from pipeline.common.faults import kill_point
 from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
-from pipeline.config import BaselineParams, FinetuneParams, FreezeParams, Params
+from pipeline.config import BaselineParams, FreezeParams, Params, TrainParams
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
 from pipeline.evaluation.assess import attack_set, explain, score, shift_ids
 from pipeline.evaluation.comparison import (MODELS, assemble_metrics, embed_splits, full_label_comparison,
@@ -80,7 +80,7 @@ def run(params: Params, args: Args) -> dict:
     device = select_device(common.device)
     plan, classes = load_plan(args.plan), read_classes(args.dataset)
     finetuned, scratch = LoadedModel.load(args.finetuned, device), LoadedModel.load(args.baseline, device)
-    loop_cfg = FinetuneParams(**finetuned.card["params"]["finetune"])
+    loop_cfg = TrainParams(**finetuned.card["params"]["train"])
     scratch_cfg = BaselineParams(**scratch.card["params"]["baseline"])
     cs = plan.probe_cs or FreezeParams().probe_cs  # plans written before the probe was solved: the defaults
     manifest = read_manifest(args.dataset)

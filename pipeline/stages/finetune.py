@@ -6,7 +6,8 @@ selection chose).
 Outputs: the model directory (``model.pt`` state dict + ``card.json``), ``metrics.json``, the
 per-epoch ``history.csv`` (for ``dvc plots``), a PNG of the curves, and the checkpoint directory
 (``last.pt``, kept between runs so that ``--resume`` continues after a crash).
-Params: ``common`` (seed, device, image_size, num_workers) and ``finetune``.
+Params: ``common`` (seed, device, image_size, num_workers), ``train`` (the loop, shared with the baseline) and
+``finetune`` (its stopping rule, head-only caching, processes).
 
 Runs as one process, or under ``torchrun --nproc_per_node N -m pipeline.cli finetune ...`` with
 DistributedDataParallel (NCCL on CUDA, gloo on the CPU); only rank 0 writes outputs. With
@@ -66,13 +67,13 @@ def run(params: Params, args: Args) -> dict:
     """Fine-tune by the plan and write the model, metrics, history and curves.
 
     Args:
-        params: validated params (reads ``common`` and ``finetune``).
+        params: validated params (reads ``common``, ``train`` and ``finetune``).
         args: stage paths and the ``resume`` flag.
     Returns:
         Summary: best val accuracy and epoch, test accuracy, epochs run, throughput, output paths.
     """
     use_validated(args.dataset, args.validation)
-    common, cfg = params.common, params.finetune
+    common, cfg, own = params.common, params.train, params.finetune
     seed_everything(common.seed)
     plan = load_plan(args.plan)
     info, device = init_distributed(select_device(common.device))
@@ -89,7 +90,8 @@ def run(params: Params, args: Args) -> dict:
                          args.resume or resume_requested(), info,
                          on_epoch=LiveHistory(args.live) if args.live is not None else None)
         started = time.perf_counter()
-        result = Trainer(model.network, plan, data, loop, ctx).fit()
+        result = Trainer(model.network, plan, data, loop, ctx, patience=own.patience,
+                         feature_cache=own.feature_cache, cache_views=own.cache_views).fit()
         seconds = time.perf_counter() - started
         summary = {}
         if info.is_main:
@@ -154,11 +156,11 @@ def _kept(result: FitResult) -> dict:
 
 def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedModel, result: FitResult,
                    seconds: float, world_size: int) -> dict:
-    device, precision = model.device, Precision.choose(model.device, params.finetune)
+    device, precision = model.device, Precision.choose(model.device, params.train)
     test = model.inputs(args.dataset, "test")
     test_scores = {}
     if len(test):
-        loader = DataLoader(test, batch_size=params.finetune.eval_batch_size, num_workers=params.common.num_workers)
+        loader = DataLoader(test, batch_size=params.train.eval_batch_size, num_workers=params.common.num_workers)
         test_scores = evaluate(model.network, loader, device, precision)
     body = [row["images_per_s"] for row in result.history if result.cache_modes[row["phase_index"]] == "off"]
     metrics = {"best_epoch": result.best["epoch"], "best_phase": result.best["phase"], **_kept(result),
@@ -173,7 +175,8 @@ def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedMo
     card = {"freeze_plan": plan.to_json(),
             "data": {"dataset": str(args.dataset), "version": dataset_version(manifest["sha256"].tolist()),
                      "train_images": len(train_in_budget(manifest, args.dataset))},
-            "params": {"common": params.common.model_dump(), "finetune": params.finetune.model_dump()},
+            "params": {"common": params.common.model_dump(), "train": params.train.model_dump(),
+                       "finetune": params.finetune.model_dump()},
             "metrics": metrics}
     model.save(args.model_dir, card)
     write_json(args.metrics, metrics)

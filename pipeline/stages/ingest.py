@@ -1,12 +1,12 @@
 """Stage `ingest`: read images from a source, pack them into tar shards, split train/val/test.
 
-Inputs: the images named by ``ingest.source`` (sklearn-digits, a folder, a .csv/.parquet table,
+Inputs: the images at ``source.location`` (sklearn-digits, a folder, a .csv/.parquet table,
 s3://bucket/prefix, torchvision:<Dataset>).
 Outputs: ``--dataset`` (manifest.parquet, classes.json, splits.json, shards/), ``--metrics``
 (split sizes, class counts, skipped count), ``--report-dir`` (ingest_report.json listing every skipped
 item with its reason; class_counts.png; samples.png).
-Params: ``common`` (seed salts the split hash), ``ingest`` and ``validate.max_pixels`` (larger images are
-stored undecoded, for the gate to refuse).
+Params: ``common`` (seed salts the split hash; shard size), ``source`` (where and how to read), ``ingest`` (splits
+and label budget) and ``validate.max_pixels`` (larger images are stored undecoded, for the gate to refuse).
 """
 
 from __future__ import annotations
@@ -39,17 +39,18 @@ def run(params: Params, args: Args) -> dict:
     """Ingest the configured source into a sharded, split dataset.
 
     Args:
-        params: validated params (reads ``common`` and ``ingest``).
+        params: validated params (reads ``common``, ``source``, ``ingest`` and ``validate.max_pixels``).
         args: output paths.
     Returns:
         Summary: images, classes, split sizes, skipped count, shards.
     """
     cfg, seed = params.ingest, params.common.seed
     started = time.perf_counter()
-    source = open_source(cfg.source, cfg)
+    source = open_source(params.source.location, params.source)
     log.info("ingesting %s", source.description)
     with atomic_dir(args.dataset) as tmp:
-        manifest, skipped = pack_source(source, tmp, int(cfg.shard_size_mb * 2**20), cfg.max_unreadable_fraction)
+        manifest, skipped = pack_source(source, tmp, int(params.common.shard_size_mb * 2**20),
+                                        params.source.max_unreadable_fraction)
         check_class_sizes(manifest, source.labels, cfg.min_images_per_class, skipped, source.description)
         classes = sorted(set(manifest["label"]))
         manifest["label_idx"] = index_labels(manifest, classes, source.description)

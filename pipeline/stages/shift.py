@@ -2,14 +2,14 @@
 
 By default every test image is corrupted ImageNet-C style (gaussian noise, blur, contrast, brightness,
 pixelate, JPEG, rotation at severities 1-5, seeded per image), recording corruption, severity and
-origin_id per row. With ``shift.source`` set, a real new batch from any ingest source is taken as the
+origin_id per row. With ``shift.source`` set, a real new batch from any source location is taken as the
 current set instead (corruption "none", severity 0). The work is in pipeline/shift/.
 Inputs: ``--dataset`` (the ingested dataset).
 Outputs: ``--current`` (a dataset directory, all rows split "test"), ``--metrics`` (counts per
 corruption and severity), ``--report-dir`` (shift_report.json, corruptions.png).
-Params: ``common`` (seed), ``shift``, and for a batch the source-access keys of ``ingest`` (S3 endpoint and
-profile, workers, retries, shard size) and the gate's per-image rules of ``validate`` (an image that breaks
-one, e.g. an empty .jpg, is one refused row of shift_report.json, and the batch goes on).
+Params: ``common`` (seed, shard size), ``shift``, and for a batch ``source`` (how a source is read: S3 endpoint
+and profile, read workers, retries, confinement) and the gate's per-image rules of ``validate`` (an image that
+breaks one, e.g. an empty .jpg, is one refused row of shift_report.json, and the batch goes on).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def run(params: Params, args: Args) -> dict:
     """Write the current set: corrupted test images, or a new batch from a source.
 
     Args:
-        params: validated params (reads ``common``, ``shift`` and ``ingest``'s source access).
+        params: validated params (reads ``common``, ``shift``, ``source`` and ``validate``'s per-image rules).
         args: input and output paths.
     Returns:
         Summary: images, source, counts per corruption.
@@ -51,11 +51,11 @@ def run(params: Params, args: Args) -> dict:
     use_validated(args.dataset, args.validation)
     cfg, seed = params.shift, params.common.seed
     classes = read_classes(args.dataset)
-    shard_bytes = int(params.ingest.shard_size_mb * 2**20)
+    shard_bytes = int(params.common.shard_size_mb * 2**20)
     skipped: list = []
     with atomic_dir(args.current) as tmp:
         if cfg.source:
-            manifest, skipped, description = pack_batch(cfg.source, params.ingest, params.validate_, tmp, shard_bytes,
+            manifest, skipped, description = pack_batch(cfg.source, params.source, params.validate_, tmp, shard_bytes,
                                                         classes)
         else:
             manifest = corrupt_test_split(args.dataset, tmp / SHARDS_DIR, cfg, seed, shard_bytes)

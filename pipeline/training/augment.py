@@ -23,7 +23,7 @@ def resolve_augment(name: str, image_size: int) -> str:
     if name == "auto":
         return "light" if image_size < SMALL_INPUT else "standard"
     if name not in AUGMENTS:
-        raise ValueError(f"finetune.augment = {name!r}: not one of auto, {', '.join(AUGMENTS)}")
+        raise ValueError(f"train.augment = {name!r}: not one of auto, {', '.join(AUGMENTS)}")
     return name
 
 

@@ -52,7 +52,7 @@ def training_data(preprocessing: Preprocessing, dataset: str | os.PathLike, trai
         preprocessing: the model's preprocessing.
         dataset: the dataset directory.
         train_ids: the training images (inside the label budget, or a curve subset).
-        augment: ``finetune.augment`` (``auto`` is resolved by the input size).
+        augment: ``train.augment`` (``auto`` is resolved by the input size).
         val_ids: the val images that pick the best epoch (default: the whole val split).
         min_epoch_items: a smaller train set is cycled to this many items an epoch (``min_epoch_steps x
             batch``): with 20 images, an epoch of one step would end runs on noise.

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientError
+from pipeline.common.processes import signal_name
 
 __all__ = ["DistInfo", "init_distributed", "wrap_ddp", "all_reduce_sum", "barrier", "shutdown", "NPROC_ENV",
            "LAUNCHER_ENV", "under_torchrun", "processes_wanted", "torchrun_command", "run_torchrun", "RanksFailed",
@@ -234,7 +235,7 @@ def run_torchrun(command: list[str], env: Mapping[str, str] | None = None) -> No
     if code == 0:
         return
     if not verdict:
-        verdict = (f"torchrun's agent was killed by {_signal_name(-code)}" if code < 0
+        verdict = (f"torchrun's agent was killed by {signal_name(-code)}" if code < 0
                    else f"torchrun's agent exited with {code} before any rank failed")
     message = f"{verdict} (the {nproc}-process torchrun run of this stage; the ranks' own messages are above)"
     if code == EXIT_TRANSIENT or code < 0:
@@ -260,7 +261,7 @@ def ranks_verdict(failures: Mapping[int, object], world_size: int) -> tuple[int,
     items = list(failures.items())
     causes = items[:1] + [(rank, f) for rank, f in items[1:] if f.exitcode != -signal.SIGTERM]
     codes = [failure.exitcode for _, failure in causes]
-    parts = [f"rank {rank} of {world_size} " + (f"was killed by {_signal_name(-failure.exitcode)}"
+    parts = [f"rank {rank} of {world_size} " + (f"was killed by {signal_name(-failure.exitcode)}"
                                                 if failure.exitcode < 0 else f"exited with {failure.exitcode}")
              for rank, failure in causes]
     if any(code < 0 or code == EXIT_TRANSIENT for code in codes):
@@ -272,13 +273,6 @@ def ranks_verdict(failures: Mapping[int, object], world_size: int) -> tuple[int,
     stopped = len(items) - len(causes)
     others = f" (torchrun then stopped {stopped} other rank{'s' if stopped > 1 else ''})" if stopped else ""
     return code, ("; ".join(parts) or "a rank failed") + others
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _die_with_parent(sig: int, parent: int | None = None) -> None:

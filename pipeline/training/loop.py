@@ -5,7 +5,7 @@ the head is the optimum of a logistic regression whose penalty is chosen on val
 (pipeline.training.probe). Every other phase: ``freeze_to`` the planned depth, one optimizer group per
 trainable block at its planned learning rate (AdamW or Nesterov SGD), linear warmup then cosine,
 label smoothing, gradient clipping, early stopping on validation accuracy; head-only phases train on
-cached backbone features (pipeline.training.featcache). The best val epoch over all phases is kept, so
+cached backbone features (pipeline.training.frozen_features). The best val epoch over all phases is kept, so
 a fine-tune phase replaces the probe only when it beats it on val.
 
 The stopping rule (docs/finetune.md): a phase stops after ``patience`` epochs without a better val
@@ -36,12 +36,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.common.device import memory_format
 from pipeline.common.logs import get_logger, progress
 from pipeline.common.seeding import seed_everything
-from pipeline.config import FinetuneParams
+from pipeline.config import TrainParams
 from pipeline.models.inference import run_batches
 from pipeline.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.data import TrainData
 from pipeline.training.ddp import DistInfo, all_reduce_sum, wrap_ddp
-from pipeline.training.featcache import CachedHead, FeatureViews, as_batch, cache_views, supports_cache
+from pipeline.training.frozen_features import CachedHead, FeatureViews, as_batch, cache_views, supports_cache
 from pipeline.training.probe import fit_linear_probe, scale_to_loss, set_head
 from pipeline.freezing.blocks import freeze_to, param_groups, set_train_mode
 from pipeline.freezing.plan import FreezePlan, Phase
@@ -73,7 +73,7 @@ class Precision:
     dtype: torch.dtype | None
 
     @classmethod
-    def choose(cls, device: torch.device, cfg: FinetuneParams) -> "Precision":
+    def choose(cls, device: torch.device, cfg: TrainParams) -> "Precision":
         """bf16 on CUDA where supported (else fp16), optional bf16 on the CPU, else full precision."""
         if device.type == "cuda" and cfg.amp:
             return cls("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -148,10 +148,16 @@ def evaluate(module: nn.Module, loader: DataLoader, device: torch.device, precis
 
 
 class Trainer:
-    """Runs a freeze plan on a model: ``Trainer(...).fit()`` trains it and loads the best weights."""
+    """Runs a freeze plan on a model: ``Trainer(...).fit()`` trains it and loads the best weights.
 
-    def __init__(self, model: nn.Module, plan: FreezePlan, data: TrainData, cfg: FinetuneParams, ctx: RunContext):
+    ``cfg`` is the loop (the ``train`` section); the run's own stopping rule (``patience``: ``finetune.patience``
+    or ``baseline.patience``) and head-only caching (``finetune.feature_cache``, ``cache_views``) come beside it.
+    """
+
+    def __init__(self, model: nn.Module, plan: FreezePlan, data: TrainData, cfg: TrainParams, ctx: RunContext, *,
+                 patience: int, feature_cache: bool = False, cache_views: int = 0):
         self.model, self.plan, self.data, self.cfg, self.ctx = model, plan, data, cfg, ctx
+        self.patience, self.feature_cache, self.cache_views = patience, feature_cache, cache_views
         self.device = ctx.device
         self.precision = Precision.choose(ctx.device, cfg)
         self.memory_format = memory_format(ctx.device, cfg.channels_last)
@@ -161,8 +167,9 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.best_state: dict[str, torch.Tensor] = {}
         self.cache_modes = [self._cache_mode(phase) for phase in plan.phases]
-        self.fingerprint = fingerprint(plan.to_json(), cfg.model_dump(), ctx.seed, len(data.train),
-                                       len(data.val), ctx.dist.world_size)
+        settings = cfg.model_dump() | {"patience": patience, "feature_cache": feature_cache, "cache_views": cache_views}
+        self.fingerprint = fingerprint(plan.to_json(), settings, ctx.seed, len(data.train), len(data.val),
+                                       ctx.dist.world_size)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer: torch.optim.Optimizer | None = None  # the current phase's
         self.phase_best: tuple[float, float] | None = None  # the current phase's best (val accuracy, -val loss)
@@ -222,7 +229,7 @@ class Trainer:
             improved = self.phase_best is None or key > tuple(self.phase_best)
             self.phase_best = key if improved else self.phase_best
             since_best = 0 if improved else since_best + 1
-            stop = self.cfg.patience > 0 and since_best >= self.cfg.patience
+            stop = self.patience > 0 and since_best >= self.patience
             done = stop or epoch + 1 == phase.epochs
             if done:
                 self._finish_phase(phase, epoch + 1, "patience" if stop else "cap", since_best)
@@ -232,7 +239,7 @@ class Trainer:
                 break
 
     def _finish_phase(self, phase: Phase, epochs: int, stopped_by: str, since_best: int, **details: Any) -> None:
-        converged = stopped_by in ("patience", "solved") or (self.cfg.patience > 0 and since_best >= self.cfg.patience)
+        converged = stopped_by in ("patience", "solved") or (self.patience > 0 and since_best >= self.patience)
         self.outcomes.append({"phase": phase.name, "epochs": epochs, "stopped_by": stopped_by,
                               "since_best": since_best, "converged": converged,
                               "steps": int(sum(r["steps"] for r in self.history if r["phase"] == phase.name)),
@@ -266,18 +273,18 @@ class Trainer:
 
     def _cache_mode(self, phase: Phase) -> str:
         """'off', 'features' (one clean pass) or 'views:K' (K augmented passes) for this phase."""
-        if not (self.cfg.feature_cache and phase.cacheable and supports_cache(self.model)
+        if not (self.feature_cache and phase.cacheable and supports_cache(self.model)
                 and self.plan.bn_policy != "train"):
             return "off"
-        if self.data.augmented and self.cfg.cache_views > 0:
-            return f"views:{self.cfg.cache_views}"
+        if self.data.augmented and self.cache_views > 0:
+            return f"views:{self.cache_views}"
         return "features"
 
     def _phase_data(self, index: int, cached: str) -> tuple[Dataset, Dataset, nn.Module]:
         """(train set, val set, module mapping their inputs to logits) for the phase's cache mode."""
         if cached == "off":
             return self.data.train, self.data.val, self.model
-        views = 1 if cached == "features" else self.cfg.cache_views
+        views = 1 if cached == "features" else self.cache_views
         source = self.data.train_plain if cached == "features" else self.data.train
         seed = self.ctx.seed * 1_000_003 + index * 1009
         batch = self.cfg.eval_batch_size

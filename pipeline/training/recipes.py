@@ -6,7 +6,7 @@ engine's loop (the fine-tune's optimizer, augmentation, schedule shape and clipp
 learning rate, with BatchNorm learning its statistics, until the stopping rule ends it: ``patience``
 epochs without a better val accuracy, or the ``max_epochs`` cap, which a run still improving reports
 as not converged. A small train set is repeated within an epoch so that one epoch is at least
-``finetune.min_epoch_steps`` optimizer steps, so that the patience window is never shorter than
+``train.min_epoch_steps`` optimizer steps, so that the patience window is never shorter than
 ``patience x min_epoch_steps`` steps (with 20 images, a 50-step window stopped scratch at 0.44 test
 accuracy where a 100-step one let it reach 0.86), and its batch is at most a quarter of it
 (pipeline.training.data.small_data_batch), so that every run takes several steps per pass.
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.common.processes import resume_requested
-from pipeline.config import BaselineParams, FinetuneParams, FreezeParams
+from pipeline.config import BaselineParams, FreezeParams, TrainParams
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import FreezePlan, build_phases
 from pipeline.models.loaded import LoadedModel
@@ -41,7 +41,7 @@ class Setup:
     model_name: str
     classes: list[str]
     image_size: int
-    cfg: FinetuneParams  # the fine-tune's loop settings (optimizer, augmentation, clipping, ...)
+    cfg: TrainParams  # the loop the fine-tune runs too (optimizer, augmentation, clipping, ...)
     device: torch.device
     checkpoints: Path | None  # checkpoint folder of a kept run; None: throwaway runs write none
     num_workers: int = 0
@@ -88,7 +88,7 @@ def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Seque
     model = LoadedModel.scratch(setup.model_name, len(setup.classes), setup.image_size, seed=seed,
                                 classes=setup.classes)
     batch = small_data_batch(len(train_ids), setup.cfg.batch_size)
-    loop = setup.cfg.model_copy(update={"patience": cfg.patience, "batch_size": batch})
+    loop = setup.cfg.model_copy(update={"batch_size": batch})
     blocks = model.spec.blocks
     plan = scratch_plan(setup.model_name, blocks, block_param_counts(model.network, blocks), cfg.max_epochs, cfg.lr)
     data = training_data(model.preprocessing, setup.dataset, train_ids, loop.augment, val_ids,
@@ -96,7 +96,7 @@ def train_scratch(setup: Setup, cfg: BaselineParams, seed: int, train_ids: Seque
     ctx = RunContext(device=setup.device, seed=seed, ckpt_dir=setup.checkpoints, num_workers=setup.num_workers,
                      resume=setup.checkpoints is not None and resume_requested(), on_epoch=on_epoch)
     started = time.perf_counter()
-    fit = Trainer(model.network, plan, data, loop, ctx).fit()
+    fit = Trainer(model.network, plan, data, loop, ctx, patience=cfg.patience).fit()
     seconds = time.perf_counter() - started
     model.to(setup.device)
     test = None

@@ -22,7 +22,8 @@ def build_chain(work: Path, images: Path, batch: Path | None = None) -> dict[str
     """Ingest ``images`` (30% val, 30% test); the current set is heavy noise on the test split plus clean
     copies, or ``batch`` when given. Returns the paths: dataset, current, model, profile."""
     params = validate_params({"common": {"image_size": SIZE},
-                              "ingest": {"source": str(images), "val_fraction": 0.3, "test_fraction": 0.3},
+                              "source": {"location": str(images)},
+                              "ingest": {"val_fraction": 0.3, "test_fraction": 0.3},
                               "shift": {"corruptions": ["gaussian_noise"], "severities": [5],
                                         "source": str(batch) if batch else None}})
     p = {name: work / name for name in ("dataset", "current", "model")}

@@ -20,7 +20,7 @@ TINY = {
     "select": {"candidates": ["efficientnet_lite0"], "sample_per_class": 8, "bootstrap": 50, "cv_folds": 3,
                "latency_runs": 2},
     "freeze": {"epochs": 1},
-    "finetune": {"min_epoch_steps": 3},
+    "train": {"min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 8},
     "evaluate": {"budgets": [3], "seeds": [0, 1, 2], "attack_images": 20, "interpret_classes": 2, "ideal_steps": 5,
                  "adversarial_max_steps": 10},
@@ -56,7 +56,7 @@ def make_tiny_project(project: Path, remote: Path, **sections: dict) -> Path:
     ``sections`` (section -> values) are merged over TINY."""
     source = write_digit_folder(remote.parent / "tiny-digits")
     params = _deep_update(_deep_update(yaml.safe_load((project / "params.yaml").read_text()), TINY), sections)
-    params["ingest"]["source"] = str(source)
+    params["source"]["location"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)],
                    cwd=project, check=True)

@@ -50,7 +50,7 @@ class Refused(ValueError):
 @dataclass(frozen=True)
 class Confinement:
     """Where local reads may go and how much they may read: the source's own folder plus
-    ``ingest.allowed_roots``, regular files only, at most ``max_bytes`` each."""
+    ``source.allowed_roots``, regular files only, at most ``max_bytes`` each."""
 
     roots: tuple[Path, ...]
     max_bytes: int
@@ -81,7 +81,7 @@ class Confinement:
         real = path.resolve()
         if not self.admits(real):
             where = f" (it resolves to {real})" if real != path.absolute() else ""
-            raise Refused(f"outside the source's folder{where}; add its folder to ingest.allowed_roots to read it")
+            raise Refused(f"outside the source's folder{where}; add its folder to source.allowed_roots to read it")
         with os.fdopen(_open_resolved(real), "rb") as fh:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode):
@@ -94,7 +94,7 @@ class Confinement:
     def check_size(self, size: int) -> None:
         """Refuse ``size`` bytes above the cap."""
         if size > self.max_bytes:
-            raise Refused(f"{size} bytes, over ingest.max_file_mb ({self.max_bytes / 2**20:g} MiB)")
+            raise Refused(f"{size} bytes, over source.max_file_mb ({self.max_bytes / 2**20:g} MiB)")
 
 
 _NOT_REGULAR = "not a regular file (a FIFO, device or socket); only regular files are read"

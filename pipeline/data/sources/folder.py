@@ -16,7 +16,7 @@ class FolderSource(Source):
     packer to judge.
 
     A linked folder (a class folder, or one below it) is walked like a linked file is read: only when it
-    resolves inside the source's folder or ``ingest.allowed_roots``, and never into itself (a loop);
+    resolves inside the source's folder or ``source.allowed_roots``, and never into itself (a loop);
     otherwise it is refused by name, with where it points."""
 
     def __init__(self, root: str | Path, confinement: Confinement, workers: int = 8, unlabelled: bool = False):
@@ -77,7 +77,7 @@ class FolderSource(Source):
         target = folder.resolve()
         if not self.confinement.admits(target):
             reason = (f"a folder link outside the source's folder (it resolves to {target}); add its folder to "
-                      "ingest.allowed_roots to read it")
+                      "source.allowed_roots to read it")
         elif folder.parent.resolve().is_relative_to(target):
             reason = f"a folder link to {target}, which holds the link itself (a loop)"
         else:

@@ -43,7 +43,7 @@ def _download(client: Any, bucket: str, key: str, max_bytes: int | None) -> byte
     response = client.get_object(Bucket=bucket, Key=key)
     if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
         response["Body"].close()
-        raise Refused(f"{response['ContentLength']} bytes, over ingest.max_file_mb ({max_bytes / 2**20:g} MiB)")
+        raise Refused(f"{response['ContentLength']} bytes, over source.max_file_mb ({max_bytes / 2**20:g} MiB)")
     return response["Body"].read()
 
 

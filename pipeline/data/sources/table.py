@@ -17,7 +17,7 @@ PATH_COLUMNS = ("path", "uri", "source_path", "file")  # first one present names
 
 class TableSource(Source):
     """Stream the images a table lists: local paths relative to the table (absolute ones and ``../`` only
-    inside ``ingest.allowed_roots``), file:// and s3:// URIs. Failed reads are listed for the packer."""
+    inside ``source.allowed_roots``), file:// and s3:// URIs. Failed reads are listed for the packer."""
 
     def __init__(self, table: str | Path, s3_client: Callable[[], Any], confinement: Confinement, workers: int = 8,
                  unlabelled: bool = False):

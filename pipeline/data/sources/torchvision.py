@@ -2,7 +2,7 @@
 
 All official splits are pooled (tlops makes its own hash splits). Where the dataset keeps its images
 as files (OxfordIIITPet, Flowers102) the original JPEG bytes are stored; otherwise each image is
-encoded as PNG. Downloading needs ``ingest.allow_download: true``; without it a missing dataset is an
+encoded as PNG. Downloading needs ``source.allow_download: true``; without it a missing dataset is an
 error saying so. ``FakeData`` (random images, no download) exercises the same code offline.
 """
 
@@ -80,7 +80,7 @@ class TorchvisionSource(Source):
         try:
             return getattr(tvd, self.name)(**kwargs)
         except RuntimeError as err:
-            hint = "" if self.allow_download else "; set ingest.allow_download: true to fetch it"
+            hint = "" if self.allow_download else "; set source.allow_download: true to fetch it"
             raise FileNotFoundError(f"torchvision:{self.name}: not found under {self.root} ({err}){hint}") from None
 
 

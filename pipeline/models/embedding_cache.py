@@ -4,7 +4,8 @@
 ``meta`` (JSON). The key hashes the model name, the sha256 of its pretrained weights, its
 preprocessing (image size, mean/std, interpolation) and the dataset version (sha256 over the image
 hashes of the rows used, in order), so any change to those computes afresh and nothing stale is reused.
-Used by ``select`` (scoring) and by the comparison's linear probes.
+Used by ``select`` (scoring) and by the comparison's linear probes; the training loop's in-memory features
+of a frozen backbone are pipeline/training/frozen_features.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The calibrated drift detector: permutation MMD on embeddings plus KS on softmax outputs.
 
 This is the "Failing Loudly" (Rabanser et al., 2019) recipe, whose false-positive rate is known
-by construction and measured in tests/test_drift_tests.py:
+by construction and measured in tests/test_drift_detector.py:
 
 * MMD: an RBF-kernel maximum mean discrepancy between reference and current embeddings after a PCA
   to ``pca_dims`` components, with a permutation p-value. The PCA and the median-heuristic bandwidth

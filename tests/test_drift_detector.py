@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.drift.tests import combine, detect, ks_softmax_test, median_bandwidth, mmd_permutation_test
+from pipeline.drift.detector import combine, detect, ks_softmax_test, median_bandwidth, mmd_permutation_test
 
 ALPHA = 0.05
 

@@ -1,4 +1,5 @@
-"""Frozen-backbone feature caching: run the frozen layers once, then train only the head for many epochs.
+"""The frozen backbone's outputs, held in memory for one phase: run the frozen layers once, then train only
+the head for many epochs (the on-disk embeddings that select scores are pipeline/models/embedding_cache.py).
 
 When every block below the head is frozen and its BatchNorm layers keep their statistics, the
 backbone is a fixed function: its pooled outputs (timm's ``forward_head(..., pre_logits=True)``)
