@@ -50,20 +50,21 @@ def decide(candidate: LoadedModel, candidate_data: DataRecord, champion: dict | 
         champion_predicted = predicted_classes(side.model, images) if compared else None
     blessing = bless(images.labels, predicted, references, champion_predicted, candidate.classes, cfg,
                      params.common.seed)
-    decision, promoted, reason = _outcome(blessing, side, champion, cfg)
+    decision, promoted, reason = _outcome(blessing, side, cfg)
     return {"decision": decision, "promoted": promoted, "reason": reason, "task_change": side.change,
             "test_accuracy": _accuracy(predicted, images.labels),
             "champion_test_accuracy": _accuracy(champion_predicted, images.labels),
-            "previous_champion": champion["version"] if champion else None, "same_model": side.same_model,
+            "previous_champion": side.version, "same_model": side.same_model,
             "blessing": {**blessing, "evaluation_set": images.record, "params": cfg.model_dump()}}
 
 
 @dataclass
 class _ChampionSide:
-    """What the champion brings to a decision: its model (None without a champion), the change of task
-    against the candidate (None: the same classes), whether it is the candidate's model, its data record
+    """What the champion brings to a decision: its version and model (None without a champion), the change of
+    task against the candidate (None: the same classes), whether it is the candidate's model, its data record
     (None: not used or not kept) and what the evaluation set's record says of it."""
 
+    version: str | None = None
     model: LoadedModel | None = None
     change: str | None = None
     same_model: bool = False
@@ -84,19 +85,18 @@ def _champion_side(champion: dict | None, candidate: LoadedModel, registry: Regi
             else "registered" if data is not None
             else "none: the champion's version was registered without a data record, so the images it "
                  "trained on are unknown; compared on the candidate's test images only")
-    return _ChampionSide(model, change, model.card["state_dict_sha256"] == candidate.card["state_dict_sha256"],
-                         data, note)
+    same_model = model.card["state_dict_sha256"] == candidate.card["state_dict_sha256"]
+    return _ChampionSide(champion["version"], model, change, same_model, data, note)
 
 
-def _outcome(blessing: dict[str, Any], side: _ChampionSide, champion: dict | None,
-             cfg: PromoteParams) -> tuple[str, bool, str]:
+def _outcome(blessing: dict[str, Any], side: _ChampionSide, cfg: PromoteParams) -> tuple[str, bool, str]:
     """(decision, promoted, reason): the blessing's outcome, unless the candidate is the champion's model
     already or a change of task the params do not allow."""
     if side.same_model:
-        return "kept champion", False, f"this model is already the champion ({champion['version']})"
+        return "kept champion", False, f"this model is already the champion ({side.version})"
     if side.change is not None and not cfg.allow_task_change:
         return "refused: task change", False, (
-            f"refused: {side.change} ({champion['version']}); a model for another task replaces the champion only "
+            f"refused: {side.change} ({side.version}); a model for another task replaces the champion only "
             "with promote.allow_task_change: true")
     outcome, reason = blessing["outcome"], blessing["reason"]
     failed = [c["check"] for c in blessing["checks"] if not c["passed"]]
