@@ -17,7 +17,6 @@ from typing import Callable
 import yaml
 
 from pipeline.common.processes import run_command
-from pipeline.stages import STAGES
 
 __all__ = ["DVC_YAML", "find_root", "main_checkout", "dvc_stages", "built_stages", "declared_options",
            "declared_paths", "replaced_outputs", "dvc", "dvc_status", "GIT_QUERY_TIMEOUT_S"]
@@ -48,9 +47,9 @@ def dvc_stages(root: Path) -> dict[str, dict]:
 
 
 def built_stages(root: Path) -> list[str]:
-    """The stages of the chain that dvc.yaml declares, in chain order."""
-    declared = dvc_stages(root)
-    return [spec.name for spec in STAGES if spec.name in declared]
+    """The stages that dvc.yaml declares, in its order: the chain order (tests/test_dvc_graph.py holds dvc.yaml
+    to the stage table, pipeline/stages/__init__.py, which this bottom-floor module does not import)."""
+    return list(dvc_stages(root))
 
 
 def declared_paths(root: Path, stage: str, kind: str) -> list[str]:

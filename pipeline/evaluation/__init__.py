@@ -5,7 +5,8 @@
     references.py        trivial references (majority class, pixel logistic regression) and failed training
     verdict.py           positive / no_gain / negative / inconclusive per comparison and overall (the documented rule)
     label_efficiency.py  budgets x seeds on the same subsets, both sides at their best; labels saved, time saved
-    comparison.py        the evaluate stage's pieces: embeddings, the curve's runs, paired tests, metrics.json
+    evaluate.py          the whole evaluation in named steps (the evaluate stage's one call), and its files
+    comparison.py        its pieces: embeddings, the curve's runs, paired tests, metrics.json
     assess.py            scores and explanations of one loaded model
     robustness.py        accuracy per corruption and severity
     interpret.py         class ideal inputs, adversarial pairs, FGSM accuracy

@@ -1,5 +1,6 @@
-"""The evaluate stage's comparison of transfer against scratch: the curve runs, the probe, the paired
-full-label and shift tests, the trivial references, the verdict, and the metrics.json the report renders.
+"""The pieces of the comparison of transfer against scratch (pipeline/evaluation/evaluate.py runs them): the
+embeddings, the curve runs, the paired full-label and shift tests, the recommended model, and the metrics.json
+the report renders.
 """
 
 from __future__ import annotations
@@ -128,17 +129,6 @@ def assemble_metrics(parts: dict[str, Any], scores: dict, learning: dict, explai
         classes: class names.
         show: the visualised class indices.
     """
-    ft_card, sc_card = models["finetuned"].card, models["scratch"].card
-    cost = {
-        "finetuned": {"trainable_params": ft_card["freeze_plan"]["trainable_params"],
-                      "train_seconds": ft_card["metrics"].get("train_seconds")},
-        "linear_probe": {"trainable_params": int(np.prod(models["linear_probe"].network.get_classifier().weight.shape))
-                         + len(classes), "train_seconds": round(probe_seconds, 2)},
-        "scratch": {"trainable_params": sc_card["metrics"]["trainable_params"],
-                    "train_seconds": sc_card["metrics"]["train_seconds"]},
-    }
-    for name in MODELS:
-        cost[name]["images_per_s"] = scores[name]["images_per_s"]
     curve = parts["curve"]
     verdict, reason = overall_verdict(curve["budgets"], parts["full_labels"], parts["shift"])
     adversarial = {name: [{k: v for k, v in pair.items() if k not in ("original", "adversarial")}
@@ -158,10 +148,26 @@ def assemble_metrics(parts: dict[str, Any], scores: dict, learning: dict, explai
         "shift_accuracy": {name: scores[name]["shift"]["accuracy"] for name in MODELS},
         "models": {split: {name: scores[name][split] for name in MODELS} for split in ("test", "shift")},
         "robustness": {name: scores[name]["robustness"] for name in MODELS},
-        "cost": cost,
+        "cost": _cost(models, scores, probe_seconds, len(classes)),
         "weights": {name: model.fingerprint() for name, model in models.items()},
         "fgsm": {name: e["fgsm"] for name, e in explained.items()},
         "adversarial": adversarial,
         "ideal_inputs": {name: {classes[c]: p for c, p in zip(show, e["ideal"][1])} for name, e in explained.items()},
     }
 
+
+def _cost(models: dict[str, LoadedModel], scores: dict, probe_seconds: float, num_classes: int) -> dict[str, dict]:
+    """Per model: the parameters it trained, its training seconds and its inference throughput."""
+    ft_card, sc_card = models["finetuned"].card, models["scratch"].card
+    head = models["linear_probe"].network.get_classifier().weight
+    cost = {
+        "finetuned": {"trainable_params": ft_card["freeze_plan"]["trainable_params"],
+                      "train_seconds": ft_card["metrics"].get("train_seconds")},
+        "linear_probe": {"trainable_params": int(np.prod(head.shape)) + num_classes,
+                         "train_seconds": round(probe_seconds, 2)},
+        "scratch": {"trainable_params": sc_card["metrics"]["trainable_params"],
+                    "train_seconds": sc_card["metrics"]["train_seconds"]},
+    }
+    for name in MODELS:
+        cost[name]["images_per_s"] = scores[name]["images_per_s"]
+    return cost

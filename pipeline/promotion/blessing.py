@@ -133,20 +133,22 @@ def bless(labels: np.ndarray, candidate: np.ndarray, references: dict[str, np.nd
                              + (f"; paired test {_p(comparison['p_value'])}: "
                                 f"{'a' if significant else 'no'} significant gain at alpha {cfg.alpha} "
                                 "(promote.superiority)" if cfg.superiority else "")))
-    failed = {c["check"]: c for c in checks if not c["passed"]}
-    if "evidence" in failed:
-        outcome, reason = "insufficient evidence", failed["evidence"]["detail"]
-    elif failed.keys() - {"gain"}:
-        outcome = "refused"
-        reason = "; ".join(f"{name}: {c['detail']}" for name, c in failed.items() if name != "gain")
-    elif failed:
-        outcome, reason = "kept champion", f"as good as the champion, not better: {failed['gain']['detail']}"
-    else:
-        outcome = "promoted"
-        reason = (f"{checks[-1]['detail']}; {checks[1]['detail']}" if comparison is not None
-                  else f"no champion to compare with; {checks[1]['detail']}")
+    outcome, reason = _outcome(checks, comparison is not None)
     return {"outcome": outcome, "reason": reason, "checks": checks, "champion_comparison": comparison,
             "method": PAIRED_TEST}
+
+
+def _outcome(checks: list[dict[str, Any]], compared: bool) -> tuple[str, str]:
+    """(outcome, reason) of the checks, by the rule of the module docstring (``compared``: with a champion)."""
+    failed = {c["check"]: c for c in checks if not c["passed"]}
+    if "evidence" in failed:
+        return "insufficient evidence", failed["evidence"]["detail"]
+    if failed.keys() - {"gain"}:
+        return "refused", "; ".join(f"{name}: {c['detail']}" for name, c in failed.items() if name != "gain")
+    if failed:
+        return "kept champion", f"as good as the champion, not better: {failed['gain']['detail']}"
+    return "promoted", (f"{checks[-1]['detail']}; {checks[1]['detail']}" if compared
+                        else f"no champion to compare with; {checks[1]['detail']}")
 
 
 def check_rows(decision: dict[str, Any]) -> list[dict[str, str]]:

@@ -20,15 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.common.device import select_device
-from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
 from pipeline.freezing.plan import load_plan
-from pipeline.training.curves import plot_history, write_history
+from pipeline.training.outputs import TrainingOutputs
 from pipeline.training.recipes import Setup, train_scratch
-from pipeline.training.tracking import LiveHistory
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -69,8 +67,8 @@ def run(params: Params, args: Args) -> dict:
                   select_device(common.device), Path(args.checkpoints), common.num_workers)
     log.info("scratch baseline %s on %d images: lr %g, patience %d, at most %d epochs", plan.model, len(ids), cfg.lr,
              cfg.patience, cfg.max_epochs)
-    trained = train_scratch(setup, cfg, common.seed, ids,
-                            on_epoch=LiveHistory(args.live) if args.live is not None else None)
+    outputs = TrainingOutputs(args.model_dir, args.metrics, args.history, args.plot, args.live)
+    trained = train_scratch(setup, cfg, common.seed, ids, on_epoch=outputs.on_epoch())
     fit, outcome = trained.fit, trained.fit.phases[-1]
     metrics = {"converged": fit.converged, "stopped_by": outcome["stopped_by"], "epochs_run": outcome["epochs"],
                "max_epochs": cfg.max_epochs, "optimizer_steps": fit.steps, "batch_size": trained.batch_size,
@@ -82,13 +80,11 @@ def run(params: Params, args: Args) -> dict:
                "images_per_s": round(sum(r["images_per_s"] for r in fit.history) / len(fit.history), 1)}
     card = {"init": "random", "seed": common.seed, "freeze_plan": trained.plan.to_json(), "train_images": len(ids),
             "params": {"common": common.model_dump(), "train": params.train.model_dump(),
-                       "baseline": cfg.model_dump()}, "metrics": metrics}
-    trained.model.save(args.model_dir, card)
-    write_json(args.metrics, metrics)
-    write_history(args.history, fit.history)
+                       "baseline": cfg.model_dump()}}
     state = "converged" if fit.converged else "NOT converged"
-    plot_history(args.plot, fit.history, f"{plan.model} from scratch, {state} after {outcome['epochs']} epochs "
-                 f"(best val acc {metrics['val_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f})")
+    outputs.write(trained.model, card, metrics, fit.history, f"{plan.model} from scratch, {state} after "
+                  f"{outcome['epochs']} epochs (best val acc {metrics['val_accuracy']:.3f}, test acc "
+                  f"{metrics['test_accuracy']:.3f})")
     log.info("scratch %s: %s (%s) after %d steps, val acc %.4f, test acc %.4f in %.0fs", plan.model, state,
              outcome["stopped_by"], fit.steps, metrics["val_accuracy"], metrics["test_accuracy"], trained.seconds)
     return {**metrics, "model_dir": str(args.model_dir)}

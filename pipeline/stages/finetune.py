@@ -26,7 +26,6 @@ from typing import Callable
 from torch.utils.data import DataLoader
 
 from pipeline.common.device import select_device
-from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.processes import resume_requested
 from pipeline.common.seeding import seed_everything
@@ -35,12 +34,11 @@ from pipeline.data.shards import (dataset_version, read_classes, read_manifest, 
                                   validation_field)
 from pipeline.freezing.plan import FreezePlan, load_plan
 from pipeline.models import LoadedModel
-from pipeline.training.curves import plot_history, write_history
-from pipeline.training.tracking import LiveHistory
 from pipeline.training.data import small_data_batch, training_data
 from pipeline.training.ddp import (barrier, init_distributed, processes_wanted, run_torchrun, shutdown,
                                    torchrun_command, under_torchrun)
 from pipeline.training.loop import FitResult, Precision, RunContext, Trainer, evaluate
+from pipeline.training.outputs import TrainingOutputs
 
 __all__ = ["Args", "run", "launch"]
 log = get_logger(__name__)
@@ -86,16 +84,17 @@ def run(params: Params, args: Args) -> dict:
         loop = cfg.model_copy(update={"batch_size": small_data_batch(len(ids), cfg.batch_size)})
         data = training_data(model.preprocessing, args.dataset, ids, cfg.augment,
                              min_epoch_items=loop.min_epoch_steps * loop.batch_size)
+        outputs = TrainingOutputs(args.model_dir, args.metrics, args.history, args.plot, args.live)
         ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers,
-                         args.resume or resume_requested(), info,
-                         on_epoch=LiveHistory(args.live) if args.live is not None else None)
+                         args.resume or resume_requested(), info, on_epoch=outputs.on_epoch())
         started = time.perf_counter()
         result = Trainer(model.network, plan, data, loop, ctx, patience=own.patience,
                          feature_cache=own.feature_cache, cache_views=own.cache_views).fit()
         seconds = time.perf_counter() - started
         summary = {}
         if info.is_main:
-            summary = _write_outputs(params, args, plan, model.to(device), result, seconds, info.world_size)
+            summary = _write_outputs(params, args.dataset, outputs, plan, model.to(device), result, seconds,
+                                     info.world_size)
         barrier(info)
         return summary
     finally:
@@ -154,10 +153,10 @@ def _kept(result: FitResult) -> dict:
     return {"probe_val_accuracy": probe[0], "kept_reason": why}
 
 
-def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedModel, result: FitResult,
-                   seconds: float, world_size: int) -> dict:
+def _write_outputs(params: Params, dataset: Path, outputs: TrainingOutputs, plan: FreezePlan, model: LoadedModel,
+                   result: FitResult, seconds: float, world_size: int) -> dict:
     device, precision = model.device, Precision.choose(model.device, params.train)
-    test = model.inputs(args.dataset, "test")
+    test = model.inputs(dataset, "test")
     test_scores = {}
     if len(test):
         loader = DataLoader(test, batch_size=params.train.eval_batch_size, num_workers=params.common.num_workers)
@@ -171,17 +170,13 @@ def _write_outputs(params: Params, args: Args, plan: FreezePlan, model: LoadedMo
                "strategy": plan.strategy, "cache": result.cache_modes, "device": str(device),
                "precision": str(precision.dtype or "float32"), "world_size": world_size,
                "weights_sha256": model.weights.get("sha256")}
-    manifest = read_manifest(args.dataset)
+    manifest = read_manifest(dataset)
     card = {"freeze_plan": plan.to_json(),
-            "data": {"dataset": str(args.dataset), "version": dataset_version(manifest["sha256"].tolist()),
-                     "train_images": len(train_in_budget(manifest, args.dataset))},
+            "data": {"dataset": str(dataset), "version": dataset_version(manifest["sha256"].tolist()),
+                     "train_images": len(train_in_budget(manifest, dataset))},
             "params": {"common": params.common.model_dump(), "train": params.train.model_dump(),
-                       "finetune": params.finetune.model_dump()},
-            "metrics": metrics}
-    model.save(args.model_dir, card)
-    write_json(args.metrics, metrics)
-    write_history(args.history, result.history)
-    plot_history(args.plot, result.history, f"{plan.model}: {plan.strategy} (best val acc "
-                 f"{metrics['val_accuracy']:.3f}, test acc {metrics['test_accuracy'] or 0:.3f})")
+                       "finetune": params.finetune.model_dump()}}
+    outputs.write(model, card, metrics, result.history, f"{plan.model}: {plan.strategy} (best val acc "
+                  f"{metrics['val_accuracy']:.3f}, test acc {metrics['test_accuracy'] or 0:.3f})")
     log.info("fine-tuned %s: val acc %.4f, test acc %s", plan.model, metrics["val_accuracy"], metrics["test_accuracy"])
-    return {**metrics, "model_dir": str(args.model_dir), "plot": str(args.plot)}
+    return {**metrics, "model_dir": str(outputs.model_dir), "plot": str(outputs.plot)}

@@ -10,4 +10,6 @@
     augment.py          the augmentation suited to the input size
     checkpoint.py       per-epoch checkpoints
     curves.py           per-epoch history CSV and the curves PNG
+    outputs.py          what a training stage writes (model, metrics, history, curves, DVCLive), fine-tune and
+                        baseline alike
 """

@@ -204,9 +204,20 @@ def run_torchrun(command: list[str], env: Mapping[str, str] | None = None) -> No
     env = {**(os.environ if env is None else env), LAUNCHER_ENV: str(os.getpid())}
     if "OMP_NUM_THREADS" not in env and nproc.isdigit():  # torchrun would give each rank 1 thread
         env["OMP_NUM_THREADS"] = str(max(torch.get_num_threads() // int(nproc), 1))
+    code, verdict, received = _wait_forwarding_signals(command, env)
+    if received:  # stopped on request: end the way the signal would have ended this process
+        signal.raise_signal(received[0])
+    if code != 0:
+        raise _failure(code, verdict, nproc)
+
+
+def _wait_forwarding_signals(command: list[str], env: dict[str, str]) -> tuple[int, str, list[int]]:
+    """Start the agent in its own session and wait for it, forwarding the signals this process gets
+    (:func:`run_torchrun`). Returns its exit code, the one-line verdict its ranks' failures left (empty when
+    none did) and the signals forwarded."""
     fd, status = tempfile.mkstemp(prefix="tlops-torchrun-", suffix=".txt")
     os.close(fd)
-    env[_STATUS_ENV] = status
+    env = {**env, _STATUS_ENV: status}
     received: list[int] = []
     previous = {}
     try:
@@ -227,22 +238,22 @@ def run_torchrun(command: list[str], env: Mapping[str, str] | None = None) -> No
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        verdict = Path(status).read_text(encoding="utf-8").strip()
+        return code, Path(status).read_text(encoding="utf-8").strip(), received
     finally:
         Path(status).unlink(missing_ok=True)
-    if received:  # stopped on request: end the way the signal would have ended this process
-        signal.raise_signal(received[0])
-    if code == 0:
-        return
+
+
+def _failure(code: int, verdict: str, nproc: str) -> Exception:
+    """The error for a torchrun run that ended with ``code`` (:func:`run_torchrun`'s Raises)."""
     if not verdict:
         verdict = (f"torchrun's agent was killed by {signal_name(-code)}" if code < 0
                    else f"torchrun's agent exited with {code} before any rank failed")
     message = f"{verdict} (the {nproc}-process torchrun run of this stage; the ranks' own messages are above)"
     if code == EXIT_TRANSIENT or code < 0:
-        raise TransientError(message)
+        return TransientError(message)
     if code == EXIT_BAD_INPUT:
-        raise ValueError(message)
-    raise RanksFailed(message)
+        return ValueError(message)
+    return RanksFailed(message)
 
 
 def ranks_verdict(failures: Mapping[int, object], world_size: int) -> tuple[int, str]:
