@@ -30,7 +30,7 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import BaselineParams, FinetuneParams, FreezeParams, Params
-from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
+from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.evaluation.assess import attack_set, explain, score, shift_ids
 from pipeline.evaluation.comparison import (MODELS, assemble_metrics, embed_splits, full_label_comparison,
                                             history_curve, label_efficiency, recommend)
@@ -41,6 +41,7 @@ from pipeline.evaluation.report import write_report
 from pipeline.evaluation.verdict import announce
 from pipeline.freezing.plan import load_plan
 from pipeline.models import LoadedModel
+from pipeline.stages.protocol import use_validated, validation_field
 from pipeline.training.probe import fit_linear_probe, set_head
 from pipeline.training.recipes import Setup
 
@@ -74,17 +75,17 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: verdict, its reason, test accuracy of each model, labels saved, the recommended model, paths.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.evaluate
     seed_everything(common.seed)
     device = select_device(common.device)
-    plan, classes = load_plan(args.plan), read_classes(args.dataset)
+    plan, classes = load_plan(args.plan), read_classes(dataset)
     finetuned, scratch = LoadedModel.load(args.finetuned, device), LoadedModel.load(args.baseline, device)
     loop_cfg = FinetuneParams(**finetuned.card["params"]["finetune"])
     scratch_cfg = BaselineParams(**scratch.card["params"]["baseline"])
     cs = plan.probe_cs or FreezeParams().probe_cs  # plans written before the probe was solved: the defaults
-    manifest = read_manifest(args.dataset)
-    pool = train_in_budget(manifest, args.dataset)  # "all" means the labels the run has
+    manifest = read_manifest(dataset)
+    pool = train_in_budget(manifest, dataset)  # "all" means the labels the run has
     val = manifest[manifest["split"] == "val"]
     val_ids = val["id"].to_numpy()[sample_per_class(val["label_idx"], cfg.curve_val_per_class, common.seed)].tolist()
     size = cfg.curve_image_size or common.image_size
@@ -92,21 +93,21 @@ def run(params: Params, args: Args) -> dict:
     # the transfer side: the selection's weights, its embeddings computed once
     backbone = LoadedModel.selected(plan.model, plan.weights, len(classes), size, seed=common.seed,
                                     classes=classes, device=device)
-    features = embed_splits(backbone, args.dataset, pool["id"].tolist(), val_ids, loop_cfg.eval_batch_size)
+    features = embed_splits(backbone, dataset, pool["id"].tolist(), val_ids, loop_cfg.eval_batch_size)
     probe = fit_linear_probe(features.train, features.train_labels, features.val, features.val_labels,
                              len(classes), cs)
     set_head(backbone.network, probe)
     references = {"majority_class": majority_accuracy(features.test_labels),
-                  "pixel_logistic_regression": pixel_probe_accuracy(args.dataset, pool["id"].tolist(), val_ids,
+                  "pixel_logistic_regression": pixel_probe_accuracy(dataset, pool["id"].tolist(), val_ids,
                                                                     len(classes), cs)}
     budgets, skipped = drawable_budgets(pool["label_idx"], cfg.budgets)
-    setup = Setup(Path(args.dataset), plan.model, classes, size, loop_cfg, device, None, common.num_workers)
+    setup = Setup(dataset, plan.model, classes, size, loop_cfg, device, None, common.num_workers)
     curve = label_efficiency(cfg, scratch_cfg, setup, features, pool["id"].tolist(), val_ids, budgets,
                              references["majority_class"], cs)
 
     models = {"finetuned": finetuned, "linear_probe": backbone.to(device), "scratch": scratch}
     shifted = shift_ids(args.current)
-    scored = {name: score(model, name, args.dataset, args.current, shifted, classes, cfg.ece_bins,
+    scored = {name: score(model, name, dataset, args.current, shifted, classes, cfg.ece_bins,
                           loop_cfg.eval_batch_size) for name, model in models.items()}
     scores, correct = {n: s for n, (s, _) in scored.items()}, {n: c for n, (_, c) in scored.items()}
     baseline = scratch.card["metrics"]
@@ -124,7 +125,7 @@ def run(params: Params, args: Args) -> dict:
              "labels_saved": labels_saved(curve["budgets"], len(pool), full["finetuned_accuracy"],
                                           full["scratch_accuracy"], problem)}
 
-    images, labels = attack_set(args.dataset, finetuned.preprocessing, cfg.attack_images, common.seed)
+    images, labels = attack_set(dataset, finetuned.preprocessing, cfg.attack_images, common.seed)
     show = list(range(min(cfg.interpret_classes, len(classes))))
     explained = {name: explain(models[name], images, labels, show, cfg.fgsm_epsilons, cfg.ideal_steps,
                                cfg.tv_weight, cfg.adversarial_step, cfg.adversarial_max_steps, common.seed)

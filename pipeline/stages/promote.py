@@ -35,7 +35,6 @@ from pipeline.common.faults import kill_point
 from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
-from pipeline.data.shards import use_validated, validation_field
 from pipeline.models import LoadedModel
 from pipeline.models.loaded import read_card
 from pipeline.project import main_checkout
@@ -43,6 +42,7 @@ from pipeline.promotion.decide import decide
 from pipeline.promotion.evalset import DataRecord
 from pipeline.registry import DATA, ChampionChanged, open_registry, run_candidate
 from pipeline.runs.naming import run_identity
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -70,7 +70,7 @@ class Args:
 
 def run(params: Params, args: Args) -> dict[str, Any]:
     """Decide, register and (maybe) promote; write the decision."""
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     root = Path.cwd()
     registry = open_registry(params.promote.registry, main_checkout(root))
     evaluation, model_dir = run_candidate(args.evaluation, args.model, args.baseline)
@@ -83,7 +83,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     base = {"verdict": verdict, "candidate": recommended, "candidate_reason": evaluation.get("recommended_reason", ""),
             "registry": registry.location, **run}
     with tempfile.TemporaryDirectory() as scratch:
-        candidate_data = DataRecord.of_dataset(args.dataset)
+        candidate_data = DataRecord.of_dataset(dataset)
         data = candidate_data.write(Path(scratch) / DATA)
         for attempt in range(1, _ATTEMPTS + 1):
             champion, token = registry.champion_and_token()
@@ -91,7 +91,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
                 decision = registry.card(run["run_name"])
                 log.info("promotion: this run's version is already the champion (an earlier attempt promoted it)")
                 break
-            decided = decide(candidate, candidate_data, champion, registry, device, params, args.dataset)
+            decided = decide(candidate, candidate_data, champion, registry, device, params, dataset)
             version = None if decided.pop("same_model") else run["run_name"]
             decision = {**base, **decided, "version": version}
             if decision["version"] is not None:  # idempotent: a rerun after a crash finds its version registered
