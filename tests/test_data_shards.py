@@ -1,9 +1,11 @@
-"""Shard writer and readers: offsets, random access, streaming, torch Dataset, reproducibility."""
+"""Shard writer and readers: offsets, random access, streaming, torch Dataset, reproducibility, and the
+gate's quarantine as a value the readers take."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -15,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.common.io import sha256_file
 from pipeline.data import shards
-from pipeline.data.shards import (ShardImageDataset, ShardWriter, iter_records, open_image, read_classes,
-                                  read_image_bytes, read_manifest, verify_dataset, write_classes,
+from pipeline.data.shards import (GatedDataset, ShardImageDataset, ShardWriter, iter_records, open_image,
+                                  read_classes, read_image_bytes, read_manifest, verify_dataset, write_classes,
                                   write_manifest)
 
 
@@ -121,3 +123,29 @@ def test_missing_and_damaged_files_are_named(tmp_path):
     shard.unlink()
     with pytest.raises(FileNotFoundError, match="shard-00000.tar: shard missing"):
         open_image(tmp_path / "ds", read_manifest(tmp_path / "ds")["id"].iloc[0])
+
+
+def test_quarantine_is_the_value_a_read_is_given(tmp_path):
+    """Two datasets in one process: only the read given a GatedDataset leaves its ids out, and the same
+    directory read as a plain path afterwards has every row again (nothing is remembered between reads)."""
+    _write_dataset(tmp_path / "a")
+    _write_dataset(tmp_path / "b")
+    ids = read_manifest(tmp_path / "a")["id"].tolist()
+    left_out = frozenset(ids[:3])  # one train, one val, one test image
+    gated = GatedDataset(tmp_path / "a", left_out)
+    assert os.fspath(gated) == str(gated) == str(tmp_path / "a")
+
+    assert read_manifest(gated)["id"].tolist() == ids[3:]
+    assert [row["id"] for row, _ in iter_records(gated)] == sorted(ids[3:], key=ids.index)
+    assert verify_dataset(gated) == 27
+    train = ShardImageDataset(gated, "train")
+    assert len(train) == 9 and not left_out & set(train.rows["id"])
+    with pytest.raises(KeyError, match="not in the selection"):
+        ShardImageDataset(gated, ids=[ids[0]])
+    with pytest.raises(KeyError, match=ids[1]):
+        open_image(gated, ids[1])
+
+    assert len(read_manifest(tmp_path / "b")) == 30  # the other dataset: no quarantine given, none applied
+    assert read_manifest(tmp_path / "a")["id"].tolist() == ids  # the same directory as a plain path: every row
+    assert len(ShardImageDataset(tmp_path / "a", "train")) == 10 and open_image(tmp_path / "a", ids[1])
+    assert len(read_manifest(GatedDataset(tmp_path / "a"))) == 30  # a gate that quarantined nothing

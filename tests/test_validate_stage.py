@@ -1,5 +1,6 @@
 """`tlops validate` end to end: bad data stops the gate with a message naming checks and files;
-clean data (with convertible modes) passes; the quarantine policy excludes, lists and counts."""
+clean data (with convertible modes) passes; the quarantine policy excludes, lists and counts, and the
+stages after it never decode a quarantined image."""
 
 from __future__ import annotations
 
@@ -11,10 +12,24 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
+from pipeline.data.shards import ShardImageDataset, dataset_version, read_manifest
+from pipeline.stages.protocol import use_validated
 from tests.support import badimages as bad
 from tests.support.badimages import Item
+from tests.test_training_data import TINY_MODEL, write_selection
 
 CLASSES = ["cat", "dog", "owl", "empty"]
+# the smallest chain after validate: the tiny test network at 32 px, one corruption, a few steps each
+_CHAIN_PARAMS = """
+validate: {workers: 1}
+common: {image_size: 32, seed: 0}
+shift: {corruptions: [contrast], severities: [1]}
+freeze: {strategy: lp_ft, depth: 4, epochs: 1}
+finetune: {batch_size: 8, eval_batch_size: 64, augment: none, patience: 0, min_epoch_steps: 1}
+baseline: {patience: 1, max_epochs: 2}
+evaluate: {budgets: [2], seeds: [0, 1, 2], curve_val_per_class: 1, attack_images: 4, interpret_classes: 1,
+           ideal_steps: 1, adversarial_max_steps: 1, fgsm_epsilons: [0.0]}
+"""
 
 
 def _clean_items(seed0: int = 0) -> list[Item]:
@@ -149,9 +164,44 @@ def test_later_stages_leave_quarantined_images_out(tmp_path, capsys):
     assert _shift(out, out / "metrics.json") == 0, capsys.readouterr().err
     current = pd.read_parquet(out / "current" / "manifest.parquet")
     assert len(current) == 2 * 6 and "trunc" not in set(current["origin_id"])  # 6 good test images, clean + 1
-    from pipeline.data.shards import ShardImageDataset  # the training readers see the same exclusion
+    gated = use_validated(out / "dataset", out / "metrics.json")  # what every stage reads through
+    assert gated.quarantined == {"trunc", "zero"} and len(ShardImageDataset(gated, "train")) == 18
+    assert len(ShardImageDataset(out / "dataset", "train")) == 19  # a plain path: the dataset as ingested
+    assert use_validated(out / "dataset", None).quarantined == frozenset()  # no gate given: nothing left out
 
-    assert len(ShardImageDataset(out / "dataset", "train")) == 18
+
+def test_training_and_evaluation_never_decode_a_quarantined_image(tmp_path, capsys):
+    """freeze, finetune, baseline and evaluate (each its own gate read, as each stage process does) on data
+    whose train, val and test splits each hold an image that does not decode: a read of any of them would
+    fail the stage."""
+    items = _clean_items() + [Item("zero", "cat", "train", bad.zero_byte()),
+                              Item("trunc_val", "owl", "val", bad.truncated_jpeg(1)),
+                              Item("trunc", "dog", "test", bad.truncated_jpeg(2))]
+    code, out = _validate(tmp_path, items, CLASSES[:3], "validate.corrupt_policy=quarantine",
+                          "validate.max_quarantine_fraction=0.1")
+    assert code == 0, capsys.readouterr().err
+    (out / "params.yaml").write_text(_CHAIN_PARAMS)
+    assert _shift(out, out / "metrics.json") == 0, capsys.readouterr().err
+    write_selection(out / "selection.json", TINY_MODEL)
+    gate = ["--params", str(out / "params.yaml"), "--dataset", str(out / "dataset"),
+            "--validation", str(out / "metrics.json")]
+    assert main(["freeze", *gate, "--selection", str(out / "selection.json"), "--plan", str(out / "plan.json"),
+                 "--metrics", str(out / "freeze.json")]) == 0, capsys.readouterr().err
+    for stage in ("finetune", "baseline"):
+        assert main([stage, *gate, "--plan", str(out / "plan.json"), "--model-dir", str(out / stage),
+                     "--metrics", str(out / f"{stage}.json"), "--history", str(out / f"{stage}.csv"),
+                     "--plot", str(out / f"{stage}.png"), "--checkpoints", str(out / "ckpt" / stage)]) == 0, \
+            capsys.readouterr().err
+    card = json.loads((out / "finetune" / "card.json").read_text())
+    kept = read_manifest(use_validated(out / "dataset", out / "metrics.json"))
+    assert card["data"]["train_images"] == 18  # 19 train images, one quarantined
+    assert card["data"]["version"] == dataset_version(kept["sha256"].tolist())  # the rows used, not the folder
+    assert main(["evaluate", *gate, "--current", str(out / "current"), "--plan", str(out / "plan.json"),
+                 "--finetuned", str(out / "finetune"), "--finetune-history", str(out / "finetune.csv"),
+                 "--baseline", str(out / "baseline"), "--baseline-history", str(out / "baseline.csv"),
+                 "--metrics", str(out / "evaluate.json"), "--plots", str(out / "plots"),
+                 "--report-dir", str(out / "report")]) == 0, capsys.readouterr().err
+    assert json.loads((out / "evaluate.json").read_text())["test_accuracy"]
 
 
 def test_later_stages_refuse_data_that_failed_the_gate(tmp_path, capsys):

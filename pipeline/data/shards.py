@@ -11,6 +11,10 @@ DVC tracks a handful of shards instead of one file per image. Each manifest row 
 byte offset and length of its image inside the tar, so readers seek straight to it (random access)
 or walk the shards in order (streaming) without unpacking anything to disk. Shards are byte-for-byte
 reproducible (fixed tar header fields), so the same images give the same DVC hashes.
+
+Every reader takes the dataset as a directory path or as a :class:`GatedDataset` (the directory plus the
+ids the validation gate quarantined, from pipeline/stages/protocol.py): what a read leaves out is the value
+it is given, never an earlier call in the process.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import io
 import os
 import tarfile
-from dataclasses import field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,14 +33,12 @@ from torch.utils.data import Dataset
 
 from pipeline.data.images import decode_rgb
 from pipeline.common.io import atomic_path, read_json, write_json
-from pipeline.common.logs import get_logger
 
 __all__ = [
     "MANIFEST", "CLASSES", "SPLITS", "SHARDS_DIR", "MANIFEST_COLUMNS", "SHIFT_COLUMNS",
-    "ShardWriter", "write_manifest", "write_classes",
+    "GatedDataset", "ShardWriter", "write_manifest", "write_classes",
     "read_manifest", "read_classes", "read_splits", "iter_records", "read_image_bytes",
-    "open_image", "verify_dataset", "ShardImageDataset", "use_validated", "validation_field",
-    "train_in_budget", "dataset_version",
+    "open_image", "verify_dataset", "ShardImageDataset", "train_in_budget", "dataset_version",
 ]
 
 MANIFEST = "manifest.parquet"
@@ -47,10 +49,25 @@ MANIFEST_COLUMNS = ("id", "source_path", "label", "label_idx", "split", "sha256"
                     "bytes", "shard", "offset", "length", "in_budget")
 SHIFT_COLUMNS = ("corruption", "severity", "origin_id")  # added by a shift/"current" set
 _BLOCK = tarfile.BLOCKSIZE
-log = get_logger(__name__)
-# Image ids each dataset directory (resolved) leaves out of every read in this process: the validation
-# gate's quarantine, set once at the start of a stage by use_validated().
-_QUARANTINED: dict[Path, frozenset[str]] = {}
+
+
+@dataclass(frozen=True)
+class GatedDataset:
+    """A dataset directory as the validation gate passed it: every reader here leaves out ``quarantined``.
+
+    Path-like (``os.fspath`` and ``str`` give the directory), so it goes wherever a dataset directory goes and
+    the readers of this module see its quarantine. Pass it on as it is: ``Path(gated)`` is a plain path again,
+    which reads every row. A plain path is the dataset as ingested (nothing left out).
+    """
+
+    directory: Path
+    quarantined: frozenset[str] = frozenset()  # image ids (validate's metrics.json ``quarantine``)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.directory)
+
+    def __str__(self) -> str:
+        return str(self.directory)
 
 
 class ShardWriter:
@@ -139,10 +156,13 @@ def write_classes(dataset_dir: str | os.PathLike, classes: Sequence[str]) -> Pat
 def read_manifest(dataset_dir: str | os.PathLike) -> pd.DataFrame:
     """Read the manifest table of a dataset directory.
 
+    Every reader of this module selects its rows here, so a GatedDataset's quarantine holds for all of them.
+
     Args:
-        dataset_dir: the dataset directory written by ingest or shift.
+        dataset_dir: the dataset directory written by ingest or shift, or a GatedDataset of it.
     Returns:
-        One row per image (MANIFEST_COLUMNS, plus SHIFT_COLUMNS for a shift set).
+        One row per image (MANIFEST_COLUMNS, plus SHIFT_COLUMNS for a shift set), without the rows a
+        GatedDataset quarantines.
     """
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
@@ -151,44 +171,9 @@ def read_manifest(dataset_dir: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks columns {missing}")
-    quarantined = _QUARANTINED.get(Path(dataset_dir).resolve())
-    if quarantined:
-        manifest = manifest[~manifest["id"].isin(quarantined)].reset_index(drop=True)
+    if isinstance(dataset_dir, GatedDataset) and dataset_dir.quarantined:
+        manifest = manifest[~manifest["id"].isin(dataset_dir.quarantined)].reset_index(drop=True)
     return manifest
-
-
-def validation_field() -> Any:
-    """The ``validation`` argument of every stage after validate (see use_validated)."""
-    return field(default=None, metadata={"help": "validate's metrics.json: stop unless the gate passed, and leave "
-                                                 "out the images it quarantined (None in code: no gate)"})
-
-
-def use_validated(dataset_dir: str | os.PathLike, validation: str | os.PathLike | None) -> int:
-    """Stop unless the validation gate passed; leave its quarantined images out of every later read.
-
-    Every stage after ``validate`` calls this first, so no training starts on data that failed the
-    gate, and images quarantined by ``validate.corrupt_policy: quarantine`` are never decoded.
-
-    Args:
-        dataset_dir: the dataset directory the gate validated.
-        validation: the validate stage's metrics.json; None uses the dataset as ingested (no gate).
-    Returns:
-        How many images are left out.
-    Raises:
-        ValueError: the gate failed (its failed checks are named).
-    """
-    if validation is None:
-        return 0
-    gate = read_json(validation)
-    if not gate.get("passed"):
-        raise ValueError(f"{validation}: the validation gate failed ({', '.join(gate.get('failed_critical', []))}); "
-                         f"fix the data and re-run `tlops validate` before this stage")
-    quarantined = frozenset(entry["id"] for entry in gate.get("quarantine", []))
-    _QUARANTINED[Path(dataset_dir).resolve()] = quarantined
-    if quarantined:
-        log.info("%s: leaving out %d images quarantined by the validation gate (%s)", dataset_dir, len(quarantined),
-                 validation)
-    return len(quarantined)
 
 
 def train_in_budget(manifest: pd.DataFrame, where: str | os.PathLike = "the dataset") -> pd.DataFrame:
@@ -229,7 +214,7 @@ def iter_records(dataset_dir: str | os.PathLike, split: str | None = None) -> It
     """Stream (manifest row, image bytes) in storage order, one shard open at a time.
 
     Args:
-        dataset_dir: the dataset directory.
+        dataset_dir: the dataset directory, or a GatedDataset (its quarantined images are never read).
         split: only rows of this split ("train", "val", "test"); None for all.
     Returns:
         An iterator of (row as a dict, encoded image bytes).
@@ -254,7 +239,7 @@ def open_image(dataset_dir: str | os.PathLike, image_id: str) -> Image.Image:
     """Return one image of a dataset by id, decoded as the models see it (upright 8-bit RGB).
 
     Args:
-        dataset_dir: the dataset directory.
+        dataset_dir: the dataset directory, or a GatedDataset (a quarantined id is unknown).
         image_id: the manifest id.
     Returns:
         The PIL image.
@@ -281,7 +266,8 @@ class ShardImageDataset(Dataset):
     """A torch Dataset of (transform(RGB PIL image), label_idx) read straight from the shards.
 
     Shard files are opened lazily and per process, so DataLoader workers (fork or spawn) never
-    share a file offset. ``rows`` is the selected manifest slice, in item order.
+    share a file offset. ``rows`` is the selected manifest slice, in item order: a GatedDataset's
+    quarantined images are not among them (asking for one by id is an unknown id).
     """
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str | None = None,

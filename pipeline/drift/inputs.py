@@ -8,6 +8,7 @@ both sides are measured alike.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +30,7 @@ log = get_logger(__name__)
 class SetOutputs:
     """One image set, rows aligned: manifest, descriptors, embeddings (N, D), softmax (N, C)."""
 
-    dataset: Path
+    dataset: os.PathLike  # the directory, or the stage's GatedDataset (its quarantine left out)
     manifest: pd.DataFrame
     descriptors: pd.DataFrame
     embeddings: np.ndarray
@@ -74,12 +75,12 @@ def group_name(corruption: str, severity: int) -> str:
     return corruption if severity == 0 else f"{corruption} {severity}"
 
 
-def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: DriftParams,
+def set_outputs(dataset: os.PathLike, split: str | None, model: LoadedModel, cfg: DriftParams,
                 descriptors: pd.DataFrame) -> SetOutputs:
     """Embed and classify every image of a dataset split; align descriptors to the same rows.
 
     Args:
-        dataset: dataset directory.
+        dataset: dataset directory, or a GatedDataset (its quarantined images are left out).
         split: "train"/"val"/"test", several joined by "+" ("train+val"), or None for every row.
         model: the loaded fine-tuned model.
         cfg: ``params.drift`` (inference batch size).
@@ -97,20 +98,20 @@ def set_outputs(dataset: Path, split: str | None, model: LoadedModel, cfg: Drift
         splits = sorted(read_manifest(dataset)["split"].unique())
         raise ValueError(f"{dataset}: no images in split {split!r} (splits: {splits})")
     out = model.outputs(images, ("embeddings", "logits"), batch_size=cfg.inference_batch_size,
-                        desc=f"embed {dataset.name}")
+                        desc=f"embed {Path(dataset).name}")
     rows = images.rows.reset_index(drop=True)
     return SetOutputs(dataset, rows, _align(descriptors, rows["id"], dataset), out["embeddings"].numpy(),
                       probabilities(out["logits"]), classes)
 
 
-def _check_classes(dataset: Path, model: LoadedModel) -> list[str]:
+def _check_classes(dataset: os.PathLike, model: LoadedModel) -> list[str]:
     classes = read_classes(dataset)
     if list(classes) != model.classes:
         raise ValueError(f"{dataset}/classes.json {classes} differs from the model's classes {model.classes}")
     return model.classes
 
 
-def _align(descriptors: pd.DataFrame, ids: pd.Series, where: Path) -> pd.DataFrame:
+def _align(descriptors: pd.DataFrame, ids: pd.Series, where: os.PathLike) -> pd.DataFrame:
     indexed = descriptors.drop_duplicates("id").set_index("id")
     missing = ids[~ids.isin(indexed.index)]
     if len(missing):

@@ -51,7 +51,7 @@ def write_reports(current: SetOutputs, summary: dict[str, Any], report_dir: Path
                 "descriptors_moved": ", ".join(summary["descriptors_moved"]) or "none",
                 "current": str(current.dataset), "n_current": str(summary["n_current"])}
     tags = ["drift" if summary["drift_detected"] else "no drift", *summary["descriptors_moved"]]
-    snapshot = build_snapshot(*frames, descriptor_columns, metadata, tags, name=f"drift {current.dataset.name}",
+    snapshot = build_snapshot(*frames, descriptor_columns, metadata, tags, name=f"drift {Path(current.dataset).name}",
                               classes=current.classes)
     summary["evidently"] = save_snapshot(snapshot, Path(reports["evidently_html"]), Path(reports["evidently_json"]))
     write_review_page(Path(reports["html"]), summary, thumbnails, Path(reports["evidently_html"]))

@@ -5,6 +5,7 @@ the report renders.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class Features:
     weights_sha256: str | None
 
 
-def embed_splits(model: LoadedModel, dataset: Path, train_ids: Sequence[str], val_ids: Sequence[str],
+def embed_splits(model: LoadedModel, dataset: os.PathLike, train_ids: Sequence[str], val_ids: Sequence[str],
                  batch_size: int) -> Features:
     """Embed the train pool, the val images and the test split with a pretrained (headless) model."""
     started, parts = time.perf_counter(), []

@@ -10,6 +10,7 @@ verdict. :meth:`Evaluation.write` writes metrics.json, the plots and the HTML re
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class EvaluationInputs:
     """What a run's evaluation reads: the dataset, the domain-shift set, the freeze plan, and the fine-tuned and
     scratch baseline models with their histories."""
 
-    dataset: Path  # test split scored, train split for the curve
+    dataset: os.PathLike  # test split scored, train split for the curve (a GatedDataset: without the quarantine)
     current: Path  # the domain-shift set (`tlops shift`)
     plan: Path  # freeze_plan.json: architecture, weights, the probe's penalties
     finetuned: Path
@@ -157,7 +158,7 @@ def _transfer_side(ctx: _Context) -> tuple[LoadedModel, Features, float]:
 def _curve(ctx: _Context, features: Features, majority: float) -> tuple[dict, list]:
     """The label-efficiency curve at every budget the pool can draw; returns it and the budgets skipped."""
     budgets, skipped = drawable_budgets(ctx.pool["label_idx"], ctx.cfg.budgets)
-    setup = Setup(Path(ctx.inputs.dataset), ctx.plan.model, ctx.classes, ctx.size, ctx.loop_cfg, ctx.device, None,
+    setup = Setup(ctx.inputs.dataset, ctx.plan.model, ctx.classes, ctx.size, ctx.loop_cfg, ctx.device, None,
                   ctx.common.num_workers)
     curve = label_efficiency(ctx.cfg, ctx.scratch_cfg, setup, features, ctx.pool_ids, ctx.val_ids, budgets, majority,
                              ctx.cs)

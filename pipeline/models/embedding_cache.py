@@ -3,7 +3,8 @@
 ``<cache>/<model>-<key>.npz`` holds ``features`` [N, D] float32, ``labels`` [N] int64, ``ids`` [N] and
 ``meta`` (JSON). The key hashes the model name, the sha256 of its pretrained weights, its
 preprocessing (image size, mean/std, interpolation) and the dataset version (sha256 over the image
-hashes of the rows used, in order), so any change to those computes afresh and nothing stale is reused.
+hashes of the rows used, in order: read through the GatedDataset a stage passes, so without the images the
+gate quarantined), so any change to those computes afresh and nothing stale is reused.
 Used by ``select`` (scoring) and by the comparison's linear probes; the training loop's in-memory features
 of a frozen backbone are pipeline/training/frozen_features.py.
 """
@@ -57,7 +58,8 @@ def cached_embeddings(model: LoadedModel, dataset_dir: str | os.PathLike, cache_
 
     Args:
         model: a pretrained model (its weights' sha256 is part of the key).
-        dataset_dir: the dataset directory.
+        dataset_dir: the dataset directory, or a GatedDataset (its quarantined images are neither embedded
+            nor part of the key; asking for one in ``ids`` is a KeyError).
         cache_dir: the feature cache folder.
         split: ``train`` / ``val`` / ``test``, or None for all rows.
         ids: image ids to use, in this order (default: every row of the split, in manifest order).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class Candidate:
     extras: list[Path] = field(default_factory=list)  # stored with the version (the model card)
 
     @classmethod
-    def of_run(cls, model_dir: Path, dataset: Path, evaluation: dict[str, Any], device: torch.device,
+    def of_run(cls, model_dir: Path, dataset: os.PathLike, evaluation: dict[str, Any], device: torch.device,
                exports: Path | None = None, model_card: Path | None = None) -> "Candidate":
         """The candidate of a run: the model in ``model_dir``, registered as the export bundle ``exports`` when
         given (the same model with its serving files), with the data record of ``dataset``."""

@@ -3,6 +3,7 @@ evaluation set; used by the promote stage and by `tlops registry promote`."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ __all__ = ["decide", "class_change"]
 
 
 def decide(candidate: LoadedModel, candidate_data: DataRecord, champion: dict | None, registry: Registry,
-           device: torch.device, params: Params, pixel_dataset: Path | None) -> dict[str, Any]:
+           device: torch.device, params: Params, pixel_dataset: os.PathLike | None) -> dict[str, Any]:
     """The decision's fields for a candidate against ``champion`` (its pointer record, or None).
 
     Args:

@@ -15,6 +15,7 @@ leaves only the candidate's side, and the record says so.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +43,7 @@ class EvaluationSet:
     ``parts`` are (dataset directory, ids of its test split); ``labels`` and ``sha256`` follow the
     parts' order; ``record`` is what decision.json says of where the images came from."""
 
-    parts: list[tuple[Path, list[str]]]
+    parts: list[tuple[os.PathLike, list[str]]]
     labels: np.ndarray
     sha256: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
@@ -56,15 +57,16 @@ class DataRecord:
     """One model's side of an evaluation: its test images (a dataset directory and the ids of its test
     split) and the sha256 of the images it trained or chose on."""
 
-    directory: Path
+    directory: os.PathLike  # a dataset directory, or the run's GatedDataset (its quarantine left out)
     test: pd.DataFrame
     seen: set[str]
 
     @classmethod
-    def of_dataset(cls, dataset: Path) -> "DataRecord":
-        """The record of a run's dataset directory (its test split; train and val seen)."""
+    def of_dataset(cls, dataset: os.PathLike) -> "DataRecord":
+        """The record of a run's dataset (its test split; train and val seen): kept as given, so that a
+        GatedDataset's quarantine holds for every later read of it (:meth:`write`, the evaluation set)."""
         manifest = read_manifest(dataset)
-        return cls(Path(dataset), manifest[manifest["split"] == "test"],
+        return cls(dataset, manifest[manifest["split"] == "test"],
                    set(manifest.loc[manifest["split"].isin(_TRAINED_ON), "sha256"].astype(str)))
 
     @classmethod
@@ -79,7 +81,7 @@ class DataRecord:
     def write(self, dest: Path) -> Path:
         """Write this record as a registered version keeps it (``dest``: the version's ``data/``): the test
         images copied into a dataset directory of their own, and the hashes seen. Quarantined images (the
-        validation gate's) are already left out, as every reader of the dataset leaves them."""
+        validation gate's) are left out when ``directory`` is the run's GatedDataset."""
         test_dir, rows = dest / _TEST, []
         with ShardWriter(test_dir / SHARDS_DIR, _SHARD_BYTES) as writer:
             for row, data in iter_records(self.directory, "test"):
@@ -153,7 +155,7 @@ def majority_reference(images: EvaluationSet) -> np.ndarray:
     return np.full(len(images), values[counts.argmax()], dtype=object)
 
 
-def pixel_reference(dataset: Path, images: EvaluationSet, cs: Sequence[float]) -> np.ndarray:
+def pixel_reference(dataset: os.PathLike, images: EvaluationSet, cs: Sequence[float]) -> np.ndarray:
     """A logistic regression on raw pixels, fitted on the candidate's training labels (penalty chosen on its
     val split), predicting each image of the evaluation set."""
     manifest = read_manifest(dataset)

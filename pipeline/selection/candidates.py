@@ -12,6 +12,7 @@ within ``select.tie_tolerance`` of the best.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ class Candidates:
     """What every candidate is assessed on."""
 
     cfg: SelectParams
-    dataset: Path
+    dataset: os.PathLike  # the dataset directory, or the stage's GatedDataset (its quarantine left out)
     cache: Path
     ids: list[str]  # the stratified sample scored
     num_classes: int

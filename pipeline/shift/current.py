@@ -8,6 +8,7 @@ The set is what evaluate and drift both score whole, so "accuracy on the shifted
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -90,7 +91,7 @@ def corruption_plan(image_id: str, cfg: ShiftParams, seed: int) -> list[tuple[st
     return ([CLEAN] if cfg.include_clean else []) + pairs
 
 
-def corrupt_test_split(dataset: Path, shards_dir: Path, cfg: ShiftParams, seed: int,
+def corrupt_test_split(dataset: os.PathLike, shards_dir: Path, cfg: ShiftParams, seed: int,
                         shard_bytes: int) -> pd.DataFrame:
     """Write the corrupted (and clean) test images, at most ``cfg.per_cell`` per cell, as shards.
 
@@ -139,7 +140,7 @@ def _capped_plans(manifest: pd.DataFrame, cfg: ShiftParams, seed: int) -> dict[s
     return plans
 
 
-def _corrupted(dataset: Path, plans: dict[str, list[tuple[str, int]]],
+def _corrupted(dataset: os.PathLike, plans: dict[str, list[tuple[str, int]]],
                seed: int) -> Iterator[tuple[dict, bytes, str, int]]:
     ids = set(plans)
     for origin, data in iter_records(dataset, split="test"):

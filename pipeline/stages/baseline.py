@@ -23,8 +23,9 @@ from pipeline.common.device import select_device
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
-from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
+from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.freezing.plan import load_plan
+from pipeline.stages.protocol import use_validated, validation_field
 from pipeline.training.outputs import TrainingOutputs
 from pipeline.training.recipes import Setup, train_scratch
 
@@ -57,13 +58,13 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: converged, steps, epochs, best val accuracy, test accuracy, training seconds.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.baseline
     seed_everything(common.seed)
     plan = load_plan(args.plan)
-    classes = read_classes(args.dataset)
-    ids = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
-    setup = Setup(Path(args.dataset), plan.model, classes, common.image_size, params.train,
+    classes = read_classes(dataset)
+    ids = train_in_budget(read_manifest(dataset), dataset)["id"].tolist()
+    setup = Setup(dataset, plan.model, classes, common.image_size, params.train,
                   select_device(common.device), Path(args.checkpoints), common.num_workers)
     log.info("scratch baseline %s on %d images: lr %g, patience %d, at most %d epochs", plan.model, len(ids), cfg.lr,
              cfg.patience, cfg.max_epochs)

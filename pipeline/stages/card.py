@@ -18,10 +18,11 @@ from typing import Any
 from pipeline.common.io import atomic_dir
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
-from pipeline.data.shards import dataset_version, read_manifest, use_validated
+from pipeline.data.shards import dataset_version, read_manifest
 from pipeline.evaluation.model_card import CARD_MD, CardInputs, card_title, render_card, write_card
 from pipeline.models.catalog import get_spec
 from pipeline.runs.naming import run_identity
+from pipeline.stages.protocol import use_validated
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -43,11 +44,11 @@ class Args:
 
 def run(params: Params, args: Args) -> dict[str, Any]:
     """Render the card from the run's outputs and write it."""
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     inputs = CardInputs(args.ingest, args.validation, args.evaluation, args.drift, args.export, args.model).read()
     run_info = run_identity(Path.cwd())
     markdown = render_card(inputs, run_info, params.source.location, get_spec(inputs["model"]["model"]).family,
-                           dataset_version(read_manifest(args.dataset)["sha256"].tolist()), params.evaluate.confidence)
+                           dataset_version(read_manifest(dataset)["sha256"].tolist()), params.evaluate.confidence)
     with atomic_dir(args.report_dir) as tmp:
         write_card(tmp, markdown, card_title(inputs["model"], run_info))
     log.info("model card of the %s model: %s", inputs["export"]["candidate"], args.report_dir / CARD_MD)

@@ -22,12 +22,12 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
-from pipeline.data.shards import use_validated, validation_field
 from pipeline.drift.analysis import analyse
 from pipeline.drift.inputs import current_descriptors, reference_descriptors, set_outputs
 from pipeline.drift.review import write_reports
 from pipeline.models import LoadedModel
 from pipeline.project import main_checkout
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -57,15 +57,15 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: drift_detected, p-value, descriptors moved, accuracy, report paths.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     cfg = params.drift
     seed_everything(params.common.seed)
     started = time.perf_counter()
     model = LoadedModel.load(args.model, select_device(params.common.device))
-    reference = set_outputs(args.dataset, cfg.reference_split, model, cfg, reference_descriptors(args.image_profile))
+    reference = set_outputs(dataset, cfg.reference_split, model, cfg, reference_descriptors(args.image_profile))
     current = set_outputs(args.current, None, model, cfg, current_descriptors(args.current, params.common))
     summary = analyse(reference, current, cfg, params.common.seed)
-    summary.update(reference=f"{args.dataset} ({cfg.reference_split})", current=str(args.current),
+    summary.update(reference=f"{dataset} ({cfg.reference_split})", current=str(args.current),
                    model=model.fingerprint())
     for warning in summary["warnings"]:
         log.warning("drift: %s", warning)

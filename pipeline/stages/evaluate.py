@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.data.shards import use_validated, validation_field
+from pipeline.stages.protocol import use_validated, validation_field
 from pipeline.evaluation.evaluate import EvaluationInputs, evaluate
 
 __all__ = ["Args", "run"]
@@ -58,8 +58,8 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: verdict, its reason, test accuracy of each model, labels saved, the recommended model, paths.
     """
-    use_validated(args.dataset, args.validation)
-    evaluation = evaluate(EvaluationInputs(args.dataset, args.current, args.plan, args.finetuned,
+    dataset = use_validated(args.dataset, args.validation)
+    evaluation = evaluate(EvaluationInputs(dataset, args.current, args.plan, args.finetuned,
                                            args.finetune_history, args.baseline, args.baseline_history),
                           params.common, params.evaluate)
     report = evaluation.write(args.metrics, args.plots, args.report_dir)

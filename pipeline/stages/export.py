@@ -13,6 +13,7 @@ serving file that disagrees with the evaluated model is never registered.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,10 @@ import torch
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
-from pipeline.data.shards import use_validated, validation_field
 from pipeline.models import LoadedModel
 from pipeline.models.export import EXPORT_CARD, check_exports, export_formats
 from pipeline.registry import run_candidate
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -47,11 +48,11 @@ class Args:
 
 def run(params: Params, args: Args) -> dict[str, Any]:
     """Export the candidate, check each format against PyTorch on test images, write the bundle."""
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     cfg = params.export
     evaluation, model_dir = run_candidate(args.evaluation, args.finetuned, args.baseline)
     model = LoadedModel.load(model_dir, "cpu")  # exports are traced on the CPU: device-neutral files
-    images = _test_batch(model, args.dataset, cfg.check_images)
+    images = _test_batch(model, dataset, cfg.check_images)
     with torch.no_grad():
         reference = model.network(images).numpy()
     formats = tuple(cfg.formats)
@@ -62,7 +63,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
         failed = {name: check for name, check in checks.items() if not check["passed"]}
         if failed:
             raise ValueError("; ".join(
-                f"{name} export disagrees with PyTorch on {check['images']} test images of {args.dataset}: max "
+                f"{name} export disagrees with PyTorch on {check['images']} test images of {dataset}: max "
                 f"|logit difference| {check['max_abs_logit_diff']:.2e} (export.atol {cfg.atol:.0e}), top-1 agreement "
                 f"{check['top1_agreement']:.4f}" for name, check in failed.items()))
         card = {"model": model.name, "candidate": evaluation["recommended_model"],
@@ -81,7 +82,7 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     return metrics
 
 
-def _test_batch(model: LoadedModel, dataset: Path, limit: int) -> torch.Tensor:
+def _test_batch(model: LoadedModel, dataset: os.PathLike, limit: int) -> torch.Tensor:
     """Up to ``limit`` preprocessed test images (real ones: a random tensor would not exercise the
     value ranges the model sees), in split order."""
     test = model.inputs(dataset, "test")

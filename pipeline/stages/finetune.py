@@ -17,6 +17,7 @@ DistributedDataParallel (NCCL on CUDA, gloo on the CPU); only rank 0 writes outp
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ from pipeline.common.logs import get_logger
 from pipeline.common.processes import resume_requested
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
-from pipeline.data.shards import (dataset_version, read_classes, read_manifest, train_in_budget, use_validated,
-                                  validation_field)
+from pipeline.data.shards import dataset_version, read_classes, read_manifest, train_in_budget
 from pipeline.freezing.plan import FreezePlan, load_plan
 from pipeline.models import LoadedModel
+from pipeline.stages.protocol import use_validated, validation_field
 from pipeline.training.data import small_data_batch, training_data
 from pipeline.training.ddp import (barrier, init_distributed, processes_wanted, run_torchrun, shutdown,
                                    torchrun_command, under_torchrun)
@@ -70,19 +71,19 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: best val accuracy and epoch, test accuracy, epochs run, throughput, output paths.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     common, cfg, own = params.common, params.train, params.finetune
     seed_everything(common.seed)
     plan = load_plan(args.plan)
     info, device = init_distributed(select_device(common.device))
     try:
-        classes = read_classes(args.dataset)
+        classes = read_classes(dataset)
         # the weights the selection scored (sha256-checked), a fresh head
         model = LoadedModel.selected(plan.model, plan.weights, len(classes), common.image_size, seed=common.seed,
                                      classes=classes)
-        ids = train_in_budget(read_manifest(args.dataset), args.dataset)["id"].tolist()
+        ids = train_in_budget(read_manifest(dataset), dataset)["id"].tolist()
         loop = cfg.model_copy(update={"batch_size": small_data_batch(len(ids), cfg.batch_size)})
-        data = training_data(model.preprocessing, args.dataset, ids, cfg.augment,
+        data = training_data(model.preprocessing, dataset, ids, cfg.augment,
                              min_epoch_items=loop.min_epoch_steps * loop.batch_size)
         outputs = TrainingOutputs(args.model_dir, args.metrics, args.history, args.plot, args.live)
         ctx = RunContext(device, common.seed, Path(args.checkpoints), common.num_workers,
@@ -93,7 +94,7 @@ def run(params: Params, args: Args) -> dict:
         seconds = time.perf_counter() - started
         summary = {}
         if info.is_main:
-            summary = _write_outputs(params, args.dataset, outputs, plan, model.to(device), result, seconds,
+            summary = _write_outputs(params, dataset, outputs, plan, model.to(device), result, seconds,
                                      info.world_size)
         barrier(info)
         return summary
@@ -153,7 +154,7 @@ def _kept(result: FitResult) -> dict:
     return {"probe_val_accuracy": probe[0], "kept_reason": why}
 
 
-def _write_outputs(params: Params, dataset: Path, outputs: TrainingOutputs, plan: FreezePlan, model: LoadedModel,
+def _write_outputs(params: Params, dataset: os.PathLike, outputs: TrainingOutputs, plan: FreezePlan, model: LoadedModel,
                    result: FitResult, seconds: float, world_size: int) -> dict:
     device, precision = model.device, Precision.choose(model.device, params.train)
     test = model.inputs(dataset, "test")

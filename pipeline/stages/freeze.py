@@ -15,12 +15,13 @@ from pathlib import Path
 from pipeline.common.io import read_json, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
-from pipeline.data.shards import read_classes, read_manifest, train_in_budget, use_validated, validation_field
+from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import DataStats, make_plan
 from pipeline.models.build import build_architecture
 from pipeline.models.catalog import get_spec
 from pipeline.selection.result import selected_model
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -46,11 +47,11 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: strategy, frozen depth per phase, trainable parameters, plan path.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     name, probe, weights = selected_model(read_json(args.selection), Path(args.selection))
     spec = get_spec(name)
-    classes = read_classes(args.dataset)
-    train = train_in_budget(read_manifest(args.dataset), args.dataset)
+    classes = read_classes(dataset)
+    train = train_in_budget(read_manifest(dataset), dataset)
     network = build_architecture(spec)  # parameter counts only: no weights needed
     network.reset_classifier(len(classes))
     plan = make_plan(params.freeze, name, spec.blocks, block_param_counts(network, spec.blocks),

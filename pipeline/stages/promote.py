@@ -26,11 +26,11 @@ from typing import Any
 from pipeline.common.device import select_device
 from pipeline.common.io import write_json
 from pipeline.config import Params
-from pipeline.data.shards import use_validated, validation_field
 from pipeline.project import main_checkout
 from pipeline.promotion.candidate import Candidate, promote_candidate
 from pipeline.registry import open_registry, run_candidate
 from pipeline.runs.naming import run_identity
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 
@@ -56,12 +56,12 @@ class Args:
 
 def run(params: Params, args: Args) -> dict[str, Any]:
     """Decide, register and (maybe) promote; write the decision."""
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     root = Path.cwd()
     registry = open_registry(params.promote.registry, main_checkout(root))
     evaluation, model_dir = run_candidate(args.evaluation, args.model, args.baseline)
     device = select_device(params.common.device)
-    candidate = Candidate.of_run(model_dir, args.dataset, evaluation, device, args.exports, args.model_card)
+    candidate = Candidate.of_run(model_dir, dataset, evaluation, device, args.exports, args.model_card)
     decision = promote_candidate(registry, candidate, run_identity(root), params, device)
     write_json(args.decision, decision)
     return decision

@@ -18,9 +18,10 @@ from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
-from pipeline.data.shards import dataset_version, read_classes, read_manifest, use_validated, validation_field
+from pipeline.data.shards import dataset_version, read_classes, read_manifest
 from pipeline.selection.candidates import RULE, Candidates, assess, rank_candidates, spec_or_error, stratified_sample
 from pipeline.selection.figures import plot_selection
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -47,13 +48,13 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: the pick, its scores, how many were scored and removed.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     common, cfg = params.common, params.select
     seed_everything(common.seed)
     specs = [spec_or_error(name) for name in dict.fromkeys(cfg.candidates)]
-    manifest = read_manifest(args.dataset)
+    manifest = read_manifest(dataset)
     ids = stratified_sample(manifest, cfg.sample_per_class, common.seed)
-    ctx = Candidates(cfg, Path(args.dataset), Path(args.features), ids, len(read_classes(args.dataset)),
+    ctx = Candidates(cfg, dataset, Path(args.features), ids, len(read_classes(dataset)),
                      common.image_size, select_device(common.device), common.seed, common.num_workers,
                      grayscale=bool((manifest["mode"] != "RGB").any()))
     rows = [assess(spec, ctx) for spec in specs]

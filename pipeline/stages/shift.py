@@ -21,8 +21,9 @@ from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
 from pipeline.data.build import write_dataset
-from pipeline.data.shards import SHARDS_DIR, read_classes, use_validated, validation_field
+from pipeline.data.shards import SHARDS_DIR, read_classes
 from pipeline.shift.current import GATE_REFUSAL, corrupt_test_split, pack_batch, plot_current
+from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
 log = get_logger(__name__)
@@ -48,9 +49,9 @@ def run(params: Params, args: Args) -> dict:
     Returns:
         Summary: images, source, counts per corruption.
     """
-    use_validated(args.dataset, args.validation)
+    dataset = use_validated(args.dataset, args.validation)
     cfg, seed = params.shift, params.common.seed
-    classes = read_classes(args.dataset)
+    classes = read_classes(dataset)
     shard_bytes = int(params.common.shard_size_mb * 2**20)
     skipped: list = []
     with atomic_dir(args.current) as tmp:
@@ -58,8 +59,8 @@ def run(params: Params, args: Args) -> dict:
             manifest, skipped, description = pack_batch(cfg.source, params.source, params.validate_, tmp, shard_bytes,
                                                         classes)
         else:
-            manifest = corrupt_test_split(args.dataset, tmp / SHARDS_DIR, cfg, seed, shard_bytes)
-            description = f"test split of {args.dataset} under {len(cfg.corruptions)} corruptions"
+            manifest = corrupt_test_split(dataset, tmp / SHARDS_DIR, cfg, seed, shard_bytes)
+            description = f"test split of {dataset} under {len(cfg.corruptions)} corruptions"
         write_dataset(tmp, manifest, classes)
     counts = manifest.groupby(["corruption", "severity"]).size()
     refused = [s for s in skipped if s.kind == GATE_REFUSAL]

@@ -14,6 +14,7 @@ accuracy where a 100-step one let it reach 0.86), and its batch is at most a qua
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ __all__ = ["Setup", "Trained", "scratch_plan", "train_scratch"]
 class Setup:
     """What every scratch run of one comparison shares."""
 
-    dataset: Path
+    dataset: os.PathLike  # the dataset directory, or the stage's GatedDataset (its quarantine left out)
     model_name: str
     classes: list[str]
     image_size: int
