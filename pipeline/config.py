@@ -138,7 +138,7 @@ class ValidateSeverities(Section):
 
 
 class ValidateParams(Section):
-    """Thresholds of the validation gate (pipeline/validate.py)."""
+    """Thresholds of the validation gate (stage validate; the checks: pipeline/validation/)."""
 
     corrupt_policy: Literal["fail", "quarantine"] = Field(
         "fail", description="fail: any undecodable image fails the gate; quarantine: exclude and list them")
@@ -181,7 +181,7 @@ class SelectWeights(Section):
 
 
 class SelectParams(Section):
-    """Candidates, budgets and scoring for model selection (pipeline/select.py)."""
+    """Candidates, budgets and scoring for model selection (stage select; pipeline/selection/)."""
 
     candidates: list[str] = Field(["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], min_length=1,
                                   description="catalog names, timm:<arch>, or <name>.random_init (a control)")
@@ -203,7 +203,7 @@ class SelectParams(Section):
 
 
 class FreezeParams(Section):
-    """Freezing strategy, phase lengths and per-block learning rates (pipeline/freeze.py)."""
+    """Freezing strategy, phase lengths and per-block learning rates (stage freeze; the rule: pipeline/freezing/plan.py)."""
 
     strategy: Literal["auto", "linear_probe", "partial", "full", "gradual", "lp_ft"] = Field(
         "auto", description="auto picks strategy and depth from data size, classes and selection scores")
@@ -301,7 +301,7 @@ class EvaluateParams(Section):
 
 
 class DriftParams(Section):
-    """Drift detection and reports (pipeline/drift/stage.py)."""
+    """Drift detection and reports (stage drift; pipeline/drift/)."""
 
     reference_split: Literal["train", "val", "test", "train+val"] = Field(
         "val", description="reference images. train alone reads as drift on any fresh data (the model is "
@@ -322,7 +322,7 @@ class DriftParams(Section):
 
 
 class ExportParams(Section):
-    """Serving exports of the run's candidate (pipeline/stages/export.py)."""
+    """Serving exports of the run's candidate (stage export; pipeline/models/export.py)."""
 
     formats: list[Literal["torchscript", "onnx"]] = Field(["torchscript", "onnx"], min_length=1,
                                                           description="files written beside model.pt")
@@ -339,7 +339,7 @@ class ExportParams(Section):
 
 
 class PromoteParams(Section):
-    """The promotion blessing and the model registry (pipeline/stages/promote.py, pipeline/promotion/)."""
+    """The promotion blessing and the model registry (stage promote; pipeline/promotion/, pipeline/registry.py)."""
 
     registry: str = Field("registry", min_length=1,
                           description="a folder (relative paths resolve against the main checkout, shared by "

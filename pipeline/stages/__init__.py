@@ -5,7 +5,8 @@ are flags) and ``run(params, args) -> dict`` (a small JSON-able summary); the wo
 library packages it calls (pipeline/data, validation, shift, selection, freezing, training,
 evaluation, drift, models). The CLI, DVC (through the CLI) and the Prefect flow all call that one ``run``.
 A stage that can run as several processes also exposes ``launch(params, argv)`` (finetune: torchrun when
-``finetune.nproc_per_node`` > 1); the CLI calls it after reading the params.
+``finetune.nproc_per_node`` > 1); the CLI calls it after reading the params. Every stage after validate
+starts with protocol.py's ``use_validated`` (stop on a failed gate; read the dataset without its quarantine).
 """
 
 from __future__ import annotations

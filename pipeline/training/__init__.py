@@ -10,6 +10,7 @@
     augment.py          the augmentation suited to the input size
     checkpoint.py       per-epoch checkpoints
     curves.py           per-epoch history CSV and the curves PNG
+    tracking.py         per-epoch metrics logged with DVCLive (dvc exp show / dvc plots)
     outputs.py          what a training stage writes (model, metrics, history, curves, DVCLive), fine-tune and
                         baseline alike
 """

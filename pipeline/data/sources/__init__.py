@@ -7,6 +7,9 @@
     torchvision:<Dataset>     OxfordIIITPet, Flowers102 (download when allowed), FakeData
     <file>.csv / .parquet     a table of (path or URI, label)
     <folder>                  ImageFolder layout on disk
+
+Modules: base.py (the record, the skip list, confinement to allowed roots), digits.py, folder.py, table.py,
+s3.py and torchvision.py (one source each).
 """
 
 from __future__ import annotations
