@@ -27,7 +27,6 @@ Never asserts times: figures and ratios measured in this run only.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil

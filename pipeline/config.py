@@ -5,7 +5,7 @@ subscribes each stage to just those, so tweaking one stage never re-runs another
 by design: ``source`` (where the images come from and how they are read: ingest, shift's new batch, and
 ``tlops predict`` read sources alike) and ``train`` (the training loop that finetune and baseline both run,
 so that the comparison stays fair). The few single keys a stage reads from another stage's section are
-named, with the reason, in dvc.yaml (tests/test_dvc_graph.py holds them to that).
+named, with the reason, in dvc.yaml (tests/test_project_dvc_graph.py holds them to that).
 A bad value stops with one line per problem naming the key path, the bad value and what is allowed.
 """
 

@@ -47,7 +47,7 @@ def dvc_stages(root: Path) -> dict[str, dict]:
 
 
 def built_stages(root: Path) -> list[str]:
-    """The stages that dvc.yaml declares, in its order: the chain order (tests/test_dvc_graph.py holds dvc.yaml
+    """The stages that dvc.yaml declares, in its order: the chain order (tests/test_project_dvc_graph.py holds dvc.yaml
     to the stage table, pipeline/stages/__init__.py, which this bottom-floor module does not import)."""
     return list(dvc_stages(root))
 

@@ -1,5 +1,5 @@
 """Evaluation library: metrics, label efficiency on a real task, interpretation, the report
-(the verdict rule and the intervals: tests/test_verdict.py)."""
+(the verdict rule and the intervals: tests/test_evaluation_verdict.py)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_class_ideal_inputs_raise_the_class_score_and_tv_smooths(stripes_model):
     model, _, _ = stripes_model
     smooth, probs = class_ideal_inputs(model, [0, 1], size=16, steps=60, tv_weight=0.5)
     rough, _ = class_ideal_inputs(model, [0, 1], size=16, steps=60, tv_weight=0.0)
-    assert smooth.shape == (2, 3, 16, 16) and 0 <= smooth.min() and smooth.max() <= 1
+    assert smooth.shape == (2, 3, 16, 16) and smooth.min() >= 0 and smooth.max() <= 1
     assert min(probs) > 0.9
     assert total_variation(smooth).mean() < total_variation(rough).mean()
 

@@ -1,6 +1,6 @@
 """A run's candidate through the registry (pipeline/promotion/candidate.py): registered, compared again when
 another run promotes meanwhile, a transient error when the champion keeps changing, and a rerun after the swap
-finishing the job; on a real folder with real classifiers (the promote stage end to end: tests/test_blessing.py)."""
+finishing the job; on a real folder with real classifiers (the promote stage end to end: tests/test_promotion_blessing.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pipeline.models import LoadedModel
 from pipeline.promotion.candidate import Candidate, promote_candidate
 from pipeline.registry import ChampionChanged, Registry, open_registry
 from tests.support.heads import MODEL, SIZE, train_head
-from tests.test_blessing import _folder, _ingest
+from tests.support.promotion import ingest_folder, photo_class_folder
 
 pytestmark = pytest.mark.slow  # trains heads on real photo crops
 RUN = {"run_name": "20260102-000000-candidate", "run_tag": None}
@@ -36,7 +36,7 @@ def _fresh_log_handler():
 def work(tmp_path_factory) -> dict[str, Any]:
     """A three-class folder, a head trained on it (the candidate) and an untrained head (another run's model)."""
     root = tmp_path_factory.mktemp("candidate")
-    dataset = _ingest(_folder(root / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"], "coffee": ["coffee"]}, 40),
+    dataset = ingest_folder(photo_class_folder(root / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"], "coffee": ["coffee"]}, 40),
                       root)
     rival = LoadedModel.pretrained(MODEL, 3, SIZE, classes=read_classes(dataset), seed=7).save(root / "rival", {})
     return {"dataset": dataset, "model": train_head(dataset, root / "m0"), "rival": rival}

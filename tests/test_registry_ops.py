@@ -16,7 +16,7 @@ from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_REFUSED
 from pipeline.registry import open_registry
 from tests.support.heads import train_head
 from tests.support.s3server import make_client
-from tests.test_blessing import _folder, _ingest, _promote
+from tests.support.promotion import ingest_folder, photo_class_folder, run_promote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,12 +34,12 @@ def test_list_show_promote_force_alias_rollback_and_history(tmp_path, monkeypatc
     monkeypatch.chdir(ROOT)  # the CLI finds dvc.yaml from here
     monkeypatch.setenv("TLOPS_USER", "ada")
     registry = tmp_path / "registry"
-    dataset = _ingest(_folder(tmp_path / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"],
+    dataset = ingest_folder(photo_class_folder(tmp_path / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"],
                                                   "coffee": ["coffee"]}, 40), tmp_path)
     first, second = "20260101-000000-first", "20260102-000000-second"
-    assert _promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "m0", seed=0), first,
+    assert run_promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "m0", seed=0), first,
                     registry)["promoted"] is True
-    assert _promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "m1", seed=1), second,
+    assert run_promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "m1", seed=1), second,
                     registry)["decision"] == "kept champion"
 
     code, out, _ = _cli(capsys, registry, "list")

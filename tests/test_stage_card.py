@@ -3,7 +3,7 @@ limitations drawn from the figures), as Markdown and a self-contained HTML page,
 
 The dataset, the ingest and validate outputs and the model are real (a small digit folder, the timm test
 network); the evaluation, drift and export figures are written here with the keys those stages write, so each limitation
-can be switched on and off (the whole chain's card is checked in tests/test_orchestration_e2e.py).
+can be switched on and off (the whole chain's card is checked in tests/test_flows_e2e.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a training stage writes (pipeline/training/outputs.py), the fine-tune and the baseline alike: the model with
 its card, metrics.json, the history CSV, the curves PNG and the DVCLive folder (the stages end to end:
-tests/test_finetune.py, tests/test_evaluate_stage.py)."""
+tests/test_stage_finetune.py, tests/test_stage_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pipeline.models import LoadedModel
 from pipeline.training.curves import HISTORY_COLUMNS
 from pipeline.training.outputs import TrainingOutputs
 from pipeline.training.tracking import LiveHistory
-from tests.test_training_data import TINY_MODEL
+from tests.support.training_data import TINY_MODEL
 
 HISTORY = [{"epoch": e, "phase": "full", "phase_index": 0, "train_loss": 1.0 / e, "train_accuracy": 0.5,
             "val_loss": 1.1 / e, "val_accuracy": 0.4 + e / 10, "head_lr": 0.01, "images_per_s": 50.0,

@@ -3,7 +3,6 @@ name or run tag), or a model folder (``model.pt`` + ``card.json``, e.g. an expor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

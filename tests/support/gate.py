@@ -1,5 +1,5 @@
 """A passed validation gate, for stage tests that build their dataset without running `tlops validate`
-(the gate itself, quarantine included, is tested in test_validate_stage.py)."""
+(the gate itself, quarantine included, is tested in test_stage_validate.py)."""
 
 from __future__ import annotations
 

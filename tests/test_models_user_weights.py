@@ -22,7 +22,7 @@ from pipeline.models import LoadedModel
 from pipeline.stages import baseline, drift, evaluate, finetune, freeze, select, shift
 from pipeline.validation.dataset import profile_dataset
 from tests.support.gate import passed_gate
-from tests.test_training_data import write_dataset
+from tests.support.training_data import write_dataset
 
 MODEL = "timm:test_efficientnet"
 pytestmark = pytest.mark.slow  # a whole (tiny) chain

@@ -18,7 +18,7 @@ from pipeline.cli import main
 from pipeline.data.images import decode_rgb
 from pipeline.data.shards import iter_records
 from pipeline.models import LoadedModel
-from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
+from tests.support.training_data import TINY_MODEL, write_dataset, write_selection
 
 PARAMS = """
 common: {image_size: 32, seed: 0}

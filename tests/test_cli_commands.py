@@ -70,7 +70,7 @@ def test_a_library_error_ends_in_one_line_naming_its_type_and_place(capsys, proj
     _fail_with(monkeypatch, KeyError(1))  # what Evidently raised on string labels: once printed as "error: 1"
     assert main(["freeze"]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("tlops freeze: internal error: KeyError: 1 (raised in tests/test_cli.py:")
+    assert last.startswith("tlops freeze: internal error: KeyError: 1 (raised in tests/test_cli_commands.py:")
 
 
 def test_our_own_checks_stay_bad_input_with_their_sentence(capsys, project, monkeypatch):

@@ -12,7 +12,7 @@ from pipeline.config import FreezeParams
 from pipeline.freezing.blocks import block_lrs, block_of, block_param_counts, freeze_to, param_groups, set_train_mode
 from pipeline.freezing.plan import DataStats, auto_choice, build_phases, load_plan, make_plan
 from pipeline.models import LoadedModel, get_spec
-from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
+from tests.support.training_data import TINY_MODEL, write_dataset, write_selection
 
 BLOCKS = ("conv_stem+bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4+conv_head+bn2", "classifier")
 

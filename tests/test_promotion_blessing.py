@@ -4,21 +4,18 @@ real classifiers (a pretrained network whose head is trained on each folder)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.common.io import write_json
-from pipeline.config import PromoteParams, validate_params
+from pipeline.config import PromoteParams
 from pipeline.data.shards import read_manifest
 from pipeline.promotion.blessing import bless, blessing_markdown
 from pipeline.promotion.evalset import DataRecord, evaluation_set
 from pipeline.registry import DATA, open_registry
-from pipeline.stages import ingest, promote
-from tests.support.gate import passed_gate
 from tests.support.heads import SIZE, train_head
 from tests.support.photos import photo_crops
+from tests.support.promotion import ingest_folder, photo_class_folder, run_promote
 
 CLASSES = [str(i) for i in range(5)]
 
@@ -99,34 +96,6 @@ def test_as_good_is_kept_champion_a_significant_gain_promotes_a_loss_is_refused(
 # ---- the promote stage on real folders and real classifiers ---------------------------------------------------
 
 
-def _folder(root: Path, classes: dict[str, list[str]], per_photo: int, seed: int = 0) -> Path:
-    """``root/<class>/<j>.png``: ``per_photo`` crops of each photo a class lists."""
-    rng = np.random.default_rng(seed)
-    for label, photos in classes.items():
-        (root / label).mkdir(parents=True, exist_ok=True)
-        crops = [crop for photo in photos for crop in photo_crops(photo, per_photo, rng, SIZE)]
-        for j, data in enumerate(crops):
-            (root / label / f"{j:03d}.png").write_bytes(data)
-    return root
-
-
-def _ingest(folder: Path, work: Path, seed: int = 0) -> Path:
-    params = validate_params({"common": {"image_size": SIZE, "seed": seed},
-                              "source": {"location": str(folder)},
-                              "ingest": {"val_fraction": 0.2, "test_fraction": 0.3}})
-    ingest.run(params, ingest.Args(dataset=work / "dataset", metrics=work / "i.json", report_dir=work / "ri"))
-    return work / "dataset"
-
-
-def _promote(monkeypatch, work: Path, dataset: Path, model: Path, run_name: str, registry: Path) -> dict:
-    monkeypatch.setattr("pipeline.stages.promote.run_identity", lambda root: {"run_name": run_name, "run_tag": None})
-    params = validate_params({"common": {"image_size": SIZE},
-                              "promote": {"registry": str(registry), "min_eval_per_class": 5}})
-    evaluation = write_json(work / "evaluation.json", {"verdict": "positive", "recommended_model": "finetuned"})
-    return promote.run(params, promote.Args(dataset=dataset, model=model, baseline=model, evaluation=evaluation,
-                                            decision=work / f"{run_name}.json", validation=passed_gate(work)))
-
-
 @pytest.mark.slow
 def test_a_first_run_on_labels_drawn_at_random_is_not_crowned(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
@@ -135,9 +104,9 @@ def test_a_first_run_on_labels_drawn_at_random_is_not_crowned(tmp_path, monkeypa
         label = rng.choice(["a", "b", "c"], p=[0.45, 0.3, 0.25])
         (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
         (tmp_path / "imgs" / label / f"{j:03d}.png").write_bytes(data)
-    dataset = _ingest(tmp_path / "imgs", tmp_path)
+    dataset = ingest_folder(tmp_path / "imgs", tmp_path)
     model = train_head(dataset, tmp_path / "model")
-    decision = _promote(monkeypatch, tmp_path, dataset, model, "20260101-000000-random", tmp_path / "registry")
+    decision = run_promote(monkeypatch, tmp_path, dataset, model, "20260101-000000-random", tmp_path / "registry")
     assert decision["promoted"] is False and decision["decision"].startswith("refused: references")
     assert "does not beat the trivial reference" in decision["reason"] and "majority class" in decision["reason"]
     registry = open_registry(str(tmp_path / "registry"), tmp_path)
@@ -149,13 +118,13 @@ def test_a_first_run_on_labels_drawn_at_random_is_not_crowned(tmp_path, monkeypa
 def test_a_candidate_from_a_small_easy_folder_is_judged_on_the_champions_test_images_too(tmp_path, monkeypatch):
     registry = tmp_path / "registry"
     # the champion learned two classes that each span two photos; the candidate's folder holds one photo a class
-    broad = _ingest(_folder(tmp_path / "broad", {"x": ["chelsea", "grass"], "y": ["brick", "astronaut"]}, 40),
+    broad = ingest_folder(photo_class_folder(tmp_path / "broad", {"x": ["chelsea", "grass"], "y": ["brick", "astronaut"]}, 40),
                     tmp_path / "a")
-    first = _promote(monkeypatch, tmp_path, broad, train_head(broad, tmp_path / "champion"),
+    first = run_promote(monkeypatch, tmp_path, broad, train_head(broad, tmp_path / "champion"),
                      "20260101-000000-broad", registry)
     assert first["promoted"] is True, first["reason"]
-    easy = _ingest(_folder(tmp_path / "easy", {"x": ["chelsea"], "y": ["brick"]}, 30, seed=1), tmp_path / "b")
-    decision = _promote(monkeypatch, tmp_path, easy, train_head(easy, tmp_path / "candidate"),
+    easy = ingest_folder(photo_class_folder(tmp_path / "easy", {"x": ["chelsea"], "y": ["brick"]}, 30, seed=1), tmp_path / "b")
+    decision = run_promote(monkeypatch, tmp_path, easy, train_head(easy, tmp_path / "candidate"),
                         "20260102-000000-easy", registry)
     evalset = decision["blessing"]["evaluation_set"]
     assert evalset["champion_data"] == "registered"
@@ -170,11 +139,11 @@ def test_a_candidate_from_a_small_easy_folder_is_judged_on_the_champions_test_im
 @pytest.mark.slow
 def test_the_same_recipe_retrained_with_another_seed_is_not_a_promotion(tmp_path, monkeypatch):
     registry = tmp_path / "registry"
-    dataset = _ingest(_folder(tmp_path / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"],
+    dataset = ingest_folder(photo_class_folder(tmp_path / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"],
                                                   "coffee": ["coffee"]}, 40), tmp_path)
-    assert _promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "s0", seed=0),
+    assert run_promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "s0", seed=0),
                     "20260101-000000-seed0", registry)["promoted"] is True
-    again = _promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "s1", seed=1),
+    again = run_promote(monkeypatch, tmp_path, dataset, train_head(dataset, tmp_path / "s1", seed=1),
                      "20260102-000000-seed1", registry)
     checks = {c["check"]: c for c in again["blessing"]["checks"]}
     assert again["decision"] == "kept champion" and again["promoted"] is False, again["reason"]
@@ -184,14 +153,14 @@ def test_the_same_recipe_retrained_with_another_seed_is_not_a_promotion(tmp_path
 
 
 def test_no_evaluation_image_was_trained_on_by_either_model_after_the_data_grew(tmp_path):
-    first = _ingest(_folder(tmp_path / "v1", {"cat": ["chelsea"], "cup": ["coffee"]}, 30), tmp_path / "r1")
+    first = ingest_folder(photo_class_folder(tmp_path / "v1", {"cat": ["chelsea"], "cup": ["coffee"]}, 30), tmp_path / "r1")
     record = DataRecord.of_dataset(first).write(tmp_path / "version" / DATA)
     # the data grew, and the team split it again (another seed): former test images are now trained on
-    grown = _folder(tmp_path / "v2", {"cat": ["chelsea"], "cup": ["coffee"]}, 30)
-    _folder(tmp_path / "v2-more", {"cat": ["chelsea"], "cup": ["coffee"]}, 20, seed=5)
+    grown = photo_class_folder(tmp_path / "v2", {"cat": ["chelsea"], "cup": ["coffee"]}, 30)
+    photo_class_folder(tmp_path / "v2-more", {"cat": ["chelsea"], "cup": ["coffee"]}, 20, seed=5)
     for path in (tmp_path / "v2-more").rglob("*.png"):
         path.rename(grown / path.parent.name / f"more-{path.name}")
-    second = _ingest(grown, tmp_path / "r2", seed=1)
+    second = ingest_folder(grown, tmp_path / "r2", seed=1)
     images = evaluation_set(DataRecord.of_dataset(second), ["cat", "cup"], DataRecord.of_version(record), "registered")
     old, new = read_manifest(first), read_manifest(second)
     trained = set(old.loc[old["split"] != "test", "sha256"]) | set(new.loc[new["split"] != "test", "sha256"])

@@ -463,7 +463,7 @@ def test_compose_stack_agrees_with_the_project(resolved, params):
     assert _mounts(services["reports"])["/project"] == "project:ro"
     root = re.search(r"^\s*root\s+(\S+);", (COMPOSE / "nginx.conf").read_text(), re.M).group(1)
     assert root == f"/project/{orchestrate.runs_dir}"
-    assert "autoindex off;" in (COMPOSE / "nginx.conf").read_text()  # tests/test_access.py runs it
+    assert "autoindex off;" in (COMPOSE / "nginx.conf").read_text()  # tests/test_flows_access.py runs it
     buckets = set(re.findall(r"tlops/(tlops-[a-z]+)", " ".join(_command(services["minio-init"]))))
     assert buckets == {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
     assert env["TLOPS_DVC_REMOTE"].startswith("s3://tlops-dvc/")

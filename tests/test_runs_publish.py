@@ -24,7 +24,7 @@ def _workspace(tmp_path: Path) -> Path:
 
 def test_presigned_links_open_the_uploaded_reports(tmp_path: Path, s3_endpoint: str, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    # the links are signed by a separate read-only identity (tests/test_access.py: never the pipeline's)
+    # the links are signed by a separate read-only identity (tests/test_flows_access.py: never the pipeline's)
     (tmp_path / "credentials").write_text("[reports-reader]\naws_access_key_id = reader\naws_secret_access_key = r\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     make_client(s3_endpoint).create_bucket(Bucket="reports")

@@ -17,7 +17,7 @@ from pipeline.training.data import TrainData
 from pipeline.training.loop import Precision, RunContext, Trainer
 from pipeline.freezing.plan import DataStats, FreezePlan, make_plan
 from pipeline.models import LoadedModel, get_spec
-from tests.test_training_data import TINY_MODEL, tensor_dataset
+from tests.support.training_data import TINY_MODEL, tensor_dataset
 
 BLOCKS = get_spec(TINY_MODEL).blocks
 FAST = dict(batch_size=16, eval_batch_size=64, warmup_epochs=0.5)

@@ -8,7 +8,7 @@ train one after the other, stage output reaches the run log while the stage runs
 are http URLs that a browser opens (served by the reports web server), and the fine-tune runs under
 torchrun with 2 processes (`finetune.nproc_per_node: 2`, gloo on the CPU) from the flow. The project's
 chain is cut after the fine-tune (ingest, validate, select, freeze, finetune): these tests are about the
-engine, and the whole chain runs through Prefect in tests/test_orchestration_e2e.py.
+engine, and the whole chain runs through Prefect in tests/test_flows_e2e.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from datetime import datetime
 
 import httpx
 import pytest
-import yaml
 
 from flows.server import PrefectServer, ReportServer
 from pipeline.config import load_params

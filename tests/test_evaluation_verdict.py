@@ -15,7 +15,7 @@ from pipeline.evaluation.label_efficiency import drawable_budgets, labels_saved,
 from pipeline.evaluation.references import majority_accuracy, training_problem
 from pipeline.evaluation.verdict import budget_verdict, overall_verdict, paired_verdict
 from pipeline.training.recipes import Setup, train_scratch
-from tests.test_training_data import TINY_MODEL, write_dataset
+from tests.support.training_data import TINY_MODEL, write_dataset
 
 LABELS = np.repeat(np.arange(3), 20)  # a train pool of 20 images per class
 

@@ -1,7 +1,7 @@
 """A custom run from the dashboard cannot set the work pool's job variables that reach the worker's host.
 
 The schema check here is Prefect's own (``prefect.utilities.schema_tools.validate``, what the server runs on a
-flow run's job variables); tests/test_engines.py checks the same against a real server and pool.
+flow run's job variables); tests/test_flows_engines.py checks the same against a real server and pool.
 """
 
 from __future__ import annotations

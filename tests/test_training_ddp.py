@@ -24,7 +24,7 @@ from pipeline.config import load_params
 from pipeline.stages import finetune
 from pipeline.training import ddp
 from pipeline.training.ddp import NPROC_ENV, RanksFailed, processes_wanted, run_torchrun, torchrun_command
-from tests.test_training_data import TINY_MODEL, write_dataset, write_selection
+from tests.support.training_data import TINY_MODEL, write_dataset, write_selection
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 TLOPS = Path(sys.executable).with_name("tlops")

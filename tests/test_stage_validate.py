@@ -16,7 +16,7 @@ from pipeline.data.shards import ShardImageDataset, dataset_version, read_manife
 from pipeline.stages.protocol import use_validated
 from tests.support import badimages as bad
 from tests.support.badimages import Item
-from tests.test_training_data import TINY_MODEL, write_selection
+from tests.support.training_data import TINY_MODEL, write_selection
 
 CLASSES = ["cat", "dog", "owl", "empty"]
 # the smallest chain after validate: the tiny test network at 32 px, one corruption, a few steps each

@@ -63,7 +63,7 @@ def form_project(tmp_path_factory) -> Path:
 
 
 def test_the_allow_list_names_schema_keys_only_and_every_one_has_a_sample():
-    assert FORM_KEYS <= set(param_keys()) and set(SAMPLES) == FORM_KEYS
+    assert set(param_keys()) >= FORM_KEYS and set(SAMPLES) == FORM_KEYS
     # the gates, limits and locations stay off the list, whatever is added to it later
     for gate in ("promote.", "validate.", "orchestrate.", "export.", "drift.", "source.max_", "evaluate.alpha",
                  "evaluate.min_gain", "evaluate.confidence", "select.weights", "finetune.nproc_per_node"):
