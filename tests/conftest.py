@@ -21,10 +21,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 @pytest.fixture(autouse=True)
 def _fresh_log_handler():
-    """Each test starts without the CLI's log handler: setup_logging() adds it once per process, bound to the
-    stderr of the test that first called it (which capsys closes afterwards)."""
+    """Each test starts without the CLI's log handler (setup_logging() adds it once per process), so what a test
+    logs does not depend on which tests ran before it; pytest's own capture handlers stay."""
     yield
-    logging.getLogger("tlops").handlers.clear()
+    tlops = logging.getLogger("tlops")
+    for handler in [h for h in tlops.handlers if type(h).__module__ == "pipeline.common.logs"]:
+        tlops.removeHandler(handler)
 
 
 def copy_project(dest: Path) -> Path:

@@ -31,7 +31,7 @@ def setup_logging(level: str = "INFO") -> None:
     """Configure the ``tlops`` logger once: timestamped lines on stderr."""
     root = logging.getLogger("tlops")
     root.setLevel(level.upper())
-    if not root.handlers:
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):  # others' handlers (pytest's) don't count
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
