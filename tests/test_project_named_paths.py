@@ -41,7 +41,9 @@ def _exists(name: str) -> bool:
     if any(c.exists() for c in candidates):
         return True
     # a generated output named by its place (ignored by git), e.g. bench/results/
-    return subprocess.run(["git", "check-ignore", "-q", "--no-index", name], cwd=ROOT).returncode == 0
+    # (as a file or as a folder: a folder pattern such as bench/results/ matches only the name with its slash)
+    return any(subprocess.run(["git", "check-ignore", "-q", "--no-index", form], cwd=ROOT).returncode == 0
+               for form in (name, name + "/"))
 
 
 def named_paths() -> dict[str, set[str]]:

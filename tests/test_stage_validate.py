@@ -25,7 +25,8 @@ validate: {workers: 1}
 common: {image_size: 32, seed: 0}
 shift: {corruptions: [contrast], severities: [1]}
 freeze: {strategy: lp_ft, depth: 4, epochs: 1}
-finetune: {batch_size: 8, eval_batch_size: 64, augment: none, patience: 0, min_epoch_steps: 1}
+train: {batch_size: 8, eval_batch_size: 64, augment: none, min_epoch_steps: 1}
+finetune: {patience: 0}
 baseline: {patience: 1, max_epochs: 2}
 evaluate: {budgets: [2], seeds: [0, 1, 2], curve_val_per_class: 1, attack_images: 4, interpret_classes: 1,
            ideal_steps: 1, adversarial_max_steps: 1, fgsm_epsilons: [0.0]}
