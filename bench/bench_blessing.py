@@ -90,7 +90,8 @@ def main() -> None:
                       "seed 2": train_head(dataset, run / "m-seed2", seed=2),
                       "worse recipe (10 steps)": train_head(dataset, run / "m-worse", seed=3, steps=10)}
 
-            def judge(label: str, registry: Path, version: str) -> dict:
+            def judge(label: str, registry: Path, version: str, *, params=params, dataset=dataset, models=models,
+                      evaluation=evaluation, run=run) -> dict:  # this iteration's values, bound
                 promote.run_identity = lambda root: {"run_name": version, "run_tag": None}  # a version per call
                 cfg = params.model_copy(update={"promote": params.promote.model_copy(
                     update={"registry": str(registry)})})

@@ -260,7 +260,7 @@ def _public(figures: dict) -> dict:
 
 def measure_engine(report: BenchReport, label: str, api: httpx.Client) -> list[dict]:
     rows = []
-    for i, run in enumerate(["full"] + [f"noop{n}" for n in range(1, NOOP_RERUNS + 1)]):
+    for run in ["full"] + [f"noop{n}" for n in range(1, NOOP_RERUNS + 1)]:
         progress(f"engine {label}: {run} run started")
         t0 = time.perf_counter()
         run_id = trigger(api, {"reason": f"bench engines {label} {run}"})

@@ -170,7 +170,8 @@ def main() -> int:
             figures = ingest_in_child(source, work / f"out-{label}", endpoint)
             runs[label] = figures
             report.emit(kind="ingest", source=label.split("-")[0], images=figures["images"],
-                        seconds=round(figures["seconds"], 2), images_per_s=round(figures["images"] / figures["seconds"]),
+                        seconds=round(figures["seconds"], 2),
+                        images_per_s=round(figures["images"] / figures["seconds"]),
                         peak_rss_mb=round(figures["peak_rss_mb"], 1),
                         vs_plain_read=round(figures["images"] / figures["seconds"] / (count / read_s), 3))
         report.emit(kind="ratio", what="peak RSS folder large/small (1.0 = flat)", images=(ns.images, ns.small),

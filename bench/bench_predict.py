@@ -4,10 +4,11 @@ Run: ``python -m bench.bench_predict [--model models/serving | --arch efficientn
 [--batch 32] [--repeats 10]``.
 The model is a trained model folder when given (its own input size), else a catalog architecture with its
 pretrained weights and a fresh 10-class head (throughput does not depend on the head's values). The three
-runtimes take the same preprocessed batches (eager in the channels_last layout our inference uses on the CPU) (random pixels: the cost of a forward pass does not depend on
-them), after two warm-up passes each; each figure is the median of ``--repeats`` timed passes over the
-batches, at batch 1 (interactive) and ``--batch`` (bulk). The exports are checked against eager first
-(max |logit difference|), so a fast but wrong runtime cannot win.
+runtimes take the same preprocessed batches (eager in the channels_last layout our inference uses on the
+CPU) (random pixels: the cost of a forward pass does not depend on them), after two warm-up passes each;
+each figure is the median of ``--repeats`` timed passes over the batches, at batch 1 (interactive) and
+``--batch`` (bulk). The exports are checked against eager first (max |logit difference|), so a fast but
+wrong runtime cannot win.
 """
 
 from __future__ import annotations

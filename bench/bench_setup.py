@@ -39,7 +39,8 @@ def timed_setup(installer: str, target: str, warm: bool) -> tuple[float, str]:
                               text=True)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"make {target} INSTALLER={installer} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            raise RuntimeError(f"make {target} INSTALLER={installer} failed:\n"
+                               f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         return seconds, proc.stdout.strip().splitlines()[-1]
 
 

@@ -53,7 +53,7 @@ def predict_current(project: str, name: str) -> dict[str, Any]:
 
 @flow(name="drift-check", log_prints=True, on_failure=[notify_on_failure, prune_on_failure],
       on_crashed=[notify_on_failure])
-def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> dict[str, Any]:
+def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> dict[str, Any]:  # noqa: B008 (Prefect builds the deployment's parameter schema from this default)
     """Check the newest batch for drift against the champion; start retrain when it drifted.
 
     The whole check keeps within ``orchestrate.flow_timeout_s`` (flows/limits.py).

@@ -112,7 +112,7 @@ def prune_on_failure(flow, flow_run, state) -> None:
 
 @flow(name="retrain", log_prints=True, on_failure=[notify_on_failure, prune_on_failure],
       on_crashed=[notify_on_failure])
-def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "on demand") -> dict[str, Any]:
+def retrain(parameters: RetrainParameters = RetrainParameters(), reason: str = "on demand") -> dict[str, Any]:  # noqa: B008 (Prefect builds the deployment's parameter schema from this default)
     """Run the stage chain in a fresh versioned worktree, then publish a summary, metrics and report links.
 
     The whole run keeps within ``orchestrate.flow_timeout_s`` and waits at most ``orchestrate.slot_timeout_s``

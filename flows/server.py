@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["PrefectServer", "ReportServer", "free_port", "report_path", "AUTH_FILE", "SERVER_AUTH_ENV", "CLIENT_AUTH_ENV",
-           "server_auth_string", "client_auth_string"]
+__all__ = ["PrefectServer", "ReportServer", "free_port", "report_path", "AUTH_FILE", "SERVER_AUTH_ENV",
+           "CLIENT_AUTH_ENV", "server_auth_string", "client_auth_string"]
 # Prefect 3.8.8's basic auth: the server compares the decoded Authorization header with
 # PREFECT_SERVER_API_AUTH_STRING (every API route but GET /api/health and /api/ready); clients and
 # workers send PREFECT_API_AUTH_STRING. Both are "user:password".
@@ -114,7 +114,7 @@ class PrefectServer:
     def start(self, timeout: float = 120) -> "PrefectServer":
         """Start the server and wait until /api/health answers."""
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the server process's log)
         prefect = Path(sys.executable).with_name("prefect")
         env = self.env()
         if self.database_url:  # only the server needs it; clients talk to the API
@@ -142,7 +142,8 @@ class PrefectServer:
                         return
             except OSError:
                 time.sleep(0.5)
-        raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout:.0f}s; see {self.log_path}")
+        raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout:.0f}s; "
+                           f"see {self.log_path}")
 
     def stop(self) -> None:
         """Stop the server and everything it started."""

@@ -203,7 +203,8 @@ class SelectParams(Section):
 
 
 class FreezeParams(Section):
-    """Freezing strategy, phase lengths and per-block learning rates (stage freeze; the rule: pipeline/freezing/plan.py)."""
+    """Freezing strategy, phase lengths and per-block learning rates (stage freeze; the rule:
+    pipeline/freezing/plan.py)."""
 
     strategy: Literal["auto", "linear_probe", "partial", "full", "gradual", "lp_ft"] = Field(
         "auto", description="auto picks strategy and depth from data size, classes and selection scores")
@@ -259,7 +260,8 @@ class BaselineParams(Section):
     """From-scratch training (stage baseline, and the scratch side of the label-efficiency curve): trained to
     convergence under one stopping rule; optimizer, augmentation and loop are the fine-tune's (``train``)."""
 
-    lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block (scratch needs more than a fine-tune)")
+    lr: float = Field(3e-3, gt=0, le=10, description="learning rate of every block "
+                                                     "(scratch needs more than a fine-tune)")
     patience: int = Field(5, ge=1, description="epochs without a better val accuracy that stop a scratch run")
     max_epochs: int = Field(60, ge=1, le=100000, description="the cap; a run that hits it still improving is "
                                                              "reported as not converged")

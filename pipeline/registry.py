@@ -111,7 +111,8 @@ class _FolderStore:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{self.root}/.lock: held by another promoter for {_LOCK_WAIT_S:g} s")
+                        raise TimeoutError(f"{self.root}/.lock: held by another promoter "
+                                           f"for {_LOCK_WAIT_S:g} s") from None
                     time.sleep(0.05)
             try:
                 yield

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 # a shell with two background children, one of them a python that ignores SIGTERM (only SIGKILL ends it);
 # every pid is written to pids.txt once all are running
 FAMILY = textwrap.dedent("""\
-    {python} -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open("stubborn.pid", "w").write(str(os.getpid())); time.sleep(300)' &
+    {python} -c 'import os, signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open("stubborn.pid", "w").write(str(os.getpid()))
+    time.sleep(300)' &
     sleep 300 &
     sleeper=$!
     while [ ! -s stubborn.pid ]; do sleep 0.05; done

@@ -38,13 +38,14 @@ def test_empty_file_gives_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("common:\n  sed: 1\n", "unknown key 'common.sed' (allowed here: device, image_size, log_level, num_workers, seed, "
-                                 "shard_size_mb)"),
+        ("common:\n  sed: 1\n", "unknown key 'common.sed' (allowed here: device, image_size, log_level, num_workers, "
+                                 "seed, shard_size_mb)"),
         ("comon:\n  seed: 1\n", "unknown key 'comon'"),
         ("common:\n  seed: ten\n", "common.seed = 'ten': Input should be a valid integer"),
         ("common:\n  image_size: 4\n", "common.image_size = 4: Input should be greater than or equal to 8"),
         ("common:\n  device: gpu\n", "common.device = 'gpu': String should match pattern"),
-        ("common:\n  log_level: LOUD\n", "common.log_level = 'LOUD': Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ("common:\n  log_level: LOUD\n", "common.log_level = 'LOUD': Input should be 'DEBUG', 'INFO', 'WARNING' "
+                                          "or 'ERROR'"),
         ("ingest:\n  val_fraction: 1.5\n", "ingest.val_fraction = 1.5: Input should be less than 1"),
         ("ingest:\n  val_fraction: 0.5\n  test_fraction: 0.45\n", "val_fraction + test_fraction = 0.95: must be < 0.9"),
         ("common: 3\n", "common = 3: Input should be a valid dictionary or instance of CommonParams"),
@@ -69,7 +70,8 @@ def test_a_key_that_moved_is_refused_naming_its_new_place(tmp_path):
         f"{path}: 'ingest.shard_size_mb' moved to 'common.shard_size_mb': set it there",
         f"{path}: 'ingest.retries' moved to 'source.s3_retries': set it there"]
     assert "'ingest.s3_profile' moved to 'source.s3_profile'" in _error(_write(tmp_path, ""), ["ingest.s3_profile=x"])
-    assert "'finetune.batch_size' moved to 'train.batch_size'" in _error(_write(tmp_path, "finetune:\n  batch_size: 8\n"))
+    assert "'finetune.batch_size' moved to 'train.batch_size'" in _error(_write(tmp_path,
+                                                                                 "finetune:\n  batch_size: 8\n"))
 
 
 def test_every_problem_is_reported(tmp_path):

@@ -12,7 +12,8 @@ from pipeline.drift.describe import describe_shifts, moved_words
 def _profile(n: int, seed: int, brightness: float = 0.8, blur_var: float = 900.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"brightness_mean": rng.normal(brightness, 0.05, n), "contrast": rng.normal(0.9, 0.05, n),
-                         "blur_var": rng.normal(blur_var, 80, n), "width": np.full(n, 64), "id": [f"i{i}" for i in range(n)]})
+                         "blur_var": rng.normal(blur_var, 80, n), "width": np.full(n, 64),
+                         "id": [f"i{i}" for i in range(n)]})
 
 
 def test_blurred_darker_images_read_sharpness_down_and_brightness_down():

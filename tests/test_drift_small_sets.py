@@ -27,7 +27,8 @@ from tests.support.heads import train_head
 from tests.support.photos import photo_crops, write_photo_folder
 
 
-# about fifteen test images a class (promoted_set): the evidence and pixel-reference checks are test_promotion_blessing.py's
+# about fifteen test images a class (promoted_set): the evidence and pixel-reference checks are
+# test_promotion_blessing.py's
 SMALL_SET_BLESSING = {"min_eval_per_class": 5, "pixel_reference": False}
 
 

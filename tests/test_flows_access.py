@@ -36,7 +36,7 @@ from flows.server import AUTH_FILE, PrefectServer, ReportServer, client_auth_str
 from pipeline.config import OrchestrateParams
 from pipeline.runs.publish import publish_reports
 from tests.support.flowruns import artifacts, finish, start, wait_for
-from tests.support.s3server import make_client, s3_endpoint  # noqa: F401 (fixture)
+from tests.support.s3server import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = Path("/usr/sbin/nginx")
@@ -107,7 +107,7 @@ def test_worker_with_the_auth_string_runs_a_flow(server, tmp_path):
             logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}).raise_for_status()
             return any(row["message"] == "hello worker" for row in logs.json())
 
-        log = open(tmp_path / "worker.log", "wb")
+        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 (the worker process's log)
         worker = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--worker"], cwd=ROOT, env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -207,7 +207,6 @@ def nginx(tmp_path):
         + f"worker_processes 1;\npid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'logs' / 'error.log'};\n"
         f"events {{ worker_connections 64; }}\n"
         f"http {{ {types} access_log off; {temp} include {tmp_path / 'server.conf'}; }}\n")
-    log = tmp_path / "logs" / "error.log"
     with open(tmp_path / "stderr", "wb") as stderr:
         process = subprocess.Popen([str(NGINX), "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
                                     "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=stderr)
@@ -235,7 +234,8 @@ def test_reports_server_serves_reports_and_nothing_else(served, request):
     [(label, link)] = publish_reports(run, RUN, OrchestrateParams(reports_url=base))
     page = httpx.get(link, timeout=30)
     assert label == "evaluate/report.html" and page.status_code == 200
-    assert page.text == "<html><body>verdict: gain</body></html>" and page.headers["content-type"].startswith("text/html")
+    assert (page.text == "<html><body>verdict: gain</body></html>"
+            and page.headers["content-type"].startswith("text/html"))
     host, port = base.removeprefix("http://").split(":")
     for path in REFUSED:
         connection = http.client.HTTPConnection(host, int(port), timeout=30)  # sends the path as written
@@ -252,7 +252,7 @@ def test_reports_server_serves_reports_and_nothing_else(served, request):
 # ---------------------------------------------------------------- report links
 
 @pytest.fixture
-def temporary_credentials(tmp_path, monkeypatch, s3_endpoint):  # noqa: F811
+def temporary_credentials(tmp_path, monkeypatch, s3_endpoint):
     """The pipeline on temporary credentials with distinctive values, and an AWS profile `tlops-reports`
     of a separate read-only identity. Yields the pipeline's (key id, secret, token)."""
     pipeline = ("ASIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30), "FwoG" + secrets.token_urlsafe(60))

@@ -99,7 +99,7 @@ def served(tmp_path_factory):
     cut_chain(project, freeze={"epochs": 200}, train={"min_epoch_steps": 50}, finetune={"patience": 0})
     with PrefectServer(work / "prefect") as server:
         env = {**server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-        log = open(work / "serve.log", "wb")
+        log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
         serve = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project, env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         api = httpx.Client(base_url=server.api_url, timeout=30)
@@ -161,7 +161,8 @@ def test_a_cancelled_fine_tune_leaves_no_process_and_the_next_run_never_overlaps
     run2 = _run_of(api, second)
 
     def run1_gone() -> bool:
-        return bool(watcher.samples) and watcher.samples[-1].at > cancelled_at and run1 not in watcher.samples[-1].working
+        return (bool(watcher.samples) and watcher.samples[-1].at > cancelled_at
+                and run1 not in watcher.samples[-1].working)
 
     wait_for(run1_gone, GONE_WITHIN_S, f"processes of the cancelled run {run1} were still running "
                                        f"{GONE_WITHIN_S} s after the cancel: {watcher.samples[-1].working.get(run1)}")

@@ -42,7 +42,7 @@ def served(tmp_path_factory):
     # runs here use other seeds, so other splits: 30% test keeps every class in the blessing's evidence
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote", ingest={"test_fraction": 0.3})
     server = PrefectServer(work / "prefect").start()
-    log = open(work / "serve.log", "wb")
+    log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
     events = _EventReceiver()  # the runs' events (pipeline/runs/notify.py), POSTed as a team's webhook gets them
     serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project,
                                env={**server.env(), WEBHOOK_ENV: events.url}, stdout=log,
@@ -156,7 +156,8 @@ def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, f
         for severity, accuracy in severities.items():
             assert (corruption, severity, f"{accuracy:.4f}") in rows, (corruption, severity)
     for name, row in test["per_class"].items():
-        assert (name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"])) in rows
+        assert (name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                str(row["support"])) in rows
     assert f"Transfer verdict: {metrics['verdict']}" in card
     assert f"drift {'detected' if drift['drift_detected'] else 'not detected'}" in card
 
@@ -254,7 +255,8 @@ def test_deployments_have_schedules_limits_and_a_parameter_form(served):
     api = served["api"]
     scheduled = api.get("/deployments/name/retrain/retrain-scheduled").json()
     assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * 1"]
-    assert scheduled["global_concurrency_limit"]["limit"] == 1  # Prefect 3 keeps the limit here, not in concurrency_limit
+    # Prefect 3 keeps the limit here, not in concurrency_limit
+    assert scheduled["global_concurrency_limit"]["limit"] == 1
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     drift = api.get("/deployments/name/drift-check/drift-check").json()
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 6 * * *"]
@@ -272,7 +274,7 @@ def test_make_ui_serves_on_the_server_it_started_with_a_reports_server(tmp_path)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log = open(tmp_path / "ui.log", "wb")
+    log = open(tmp_path / "ui.log", "wb")  # noqa: SIM115 (the UI process's log)
     ui = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--start-server", "--port", str(port),
                            "--reports-port", str(reports_port)], cwd=project, env=env, stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True)

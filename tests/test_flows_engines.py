@@ -48,7 +48,7 @@ def engine(tmp_path_factory):
         registered = subprocess.run([sys.executable, "-m", "flows.deploy", "--register"], cwd=project, env=env,
                                     capture_output=True, text=True, timeout=300)
         assert registered.returncode == 0, registered.stdout + registered.stderr
-        log = open(work / "worker.log", "wb")
+        log = open(work / "worker.log", "wb")  # noqa: SIM115 (the worker process's log)
         worker = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--worker"], cwd=project, env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         api = httpx.Client(base_url=server.api_url, timeout=30)
@@ -118,7 +118,8 @@ def test_scheduled_and_on_demand_runs_take_turns_with_live_logs_and_http_links(e
                                             f"{engine['work'] / 'worker.log'}")
     runs = [finish(api, run_id) for run_id in (scheduled, on_demand)]
     assert {r["deployment_id"] for r in runs} == {
-        api.get(f"/deployments/name/retrain/{name}").json()["id"] for name in ("retrain-scheduled", "retrain-on-demand")}
+        api.get(f"/deployments/name/retrain/{name}").json()["id"]
+        for name in ("retrain-scheduled", "retrain-on-demand")}
 
     # one after the other: the training intervals of the two runs do not overlap
     (a_start, a_end), (b_start, b_end) = sorted(_trained_between(api, r["id"]) for r in runs)

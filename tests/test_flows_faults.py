@@ -34,7 +34,7 @@ from prefect.testing.utilities import prefect_test_harness
 from pipeline.common.faults import KILL_AT_ENV, KILL_FLAGS_ENV
 from pipeline.registry import open_registry
 from tests.conftest import copy_project
-from tests.support.s3server import make_client, s3_endpoint  # noqa: F401 (fixture)
+from tests.support.s3server import make_client
 from tests.support.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def _upload_folder(client, folder: Path, prefix: str) -> None:
 def _kill_finetune_mid_epoch(project: Path, killed: list[int], stop: threading.Event) -> None:
     """Watch for the run's first fine-tune checkpoint, then SIGKILL the `tlops finetune` process."""
     while not stop.is_set():
-        for checkpoint in (project / "runs").glob("*/checkpoints/finetune/last.pt"):
+        for _checkpoint in (project / "runs").glob("*/checkpoints/finetune/last.pt"):
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 cmdline = proc.info["cmdline"] or []
                 if "finetune" in cmdline and any(part.endswith("tlops") for part in cmdline[:2]):
@@ -63,7 +63,7 @@ def _kill_finetune_mid_epoch(project: Path, killed: list[int], stop: threading.E
 
 
 @pytest.fixture(scope="module")
-def faulty_run(tmp_path_factory, s3_endpoint):  # noqa: F811
+def faulty_run(tmp_path_factory, s3_endpoint):
     work = tmp_path_factory.mktemp("flow-faults")
     project = make_tiny_project(copy_project(work / "project"), work / "unused-remote")
     client = make_client(s3_endpoint)

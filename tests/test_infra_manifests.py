@@ -624,7 +624,10 @@ def test_entrypoint_seeds_an_empty_project_volume(tmp_path):
                              text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == str(project)
-    git = lambda *a: subprocess.run(["git", *a], cwd=project, capture_output=True, text=True).stdout.strip()
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=project, capture_output=True, text=True).stdout.strip()
+
     assert git("rev-list", "--count", "HEAD") == "1" and git("status", "--porcelain") == ""
     assert git("ls-files", "lost+found", ".tlops-init.lock") == ""
     assert (project / "dvc.yaml").is_file() and (project / ".dvc" / "config").is_file()

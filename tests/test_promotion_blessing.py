@@ -118,12 +118,14 @@ def test_a_first_run_on_labels_drawn_at_random_is_not_crowned(tmp_path, monkeypa
 def test_a_candidate_from_a_small_easy_folder_is_judged_on_the_champions_test_images_too(tmp_path, monkeypatch):
     registry = tmp_path / "registry"
     # the champion learned two classes that each span two photos; the candidate's folder holds one photo a class
-    broad = ingest_folder(photo_class_folder(tmp_path / "broad", {"x": ["chelsea", "grass"], "y": ["brick", "astronaut"]}, 40),
-                    tmp_path / "a")
+    broad = ingest_folder(photo_class_folder(tmp_path / "broad",
+                                             {"x": ["chelsea", "grass"], "y": ["brick", "astronaut"]}, 40),
+                          tmp_path / "a")
     first = run_promote(monkeypatch, tmp_path, broad, train_head(broad, tmp_path / "champion"),
                      "20260101-000000-broad", registry)
     assert first["promoted"] is True, first["reason"]
-    easy = ingest_folder(photo_class_folder(tmp_path / "easy", {"x": ["chelsea"], "y": ["brick"]}, 30, seed=1), tmp_path / "b")
+    easy = ingest_folder(photo_class_folder(tmp_path / "easy", {"x": ["chelsea"], "y": ["brick"]}, 30, seed=1),
+                         tmp_path / "b")
     decision = run_promote(monkeypatch, tmp_path, easy, train_head(easy, tmp_path / "candidate"),
                         "20260102-000000-easy", registry)
     evalset = decision["blessing"]["evaluation_set"]
@@ -153,7 +155,8 @@ def test_the_same_recipe_retrained_with_another_seed_is_not_a_promotion(tmp_path
 
 
 def test_no_evaluation_image_was_trained_on_by_either_model_after_the_data_grew(tmp_path):
-    first = ingest_folder(photo_class_folder(tmp_path / "v1", {"cat": ["chelsea"], "cup": ["coffee"]}, 30), tmp_path / "r1")
+    first = ingest_folder(photo_class_folder(tmp_path / "v1", {"cat": ["chelsea"], "cup": ["coffee"]}, 30),
+                          tmp_path / "r1")
     record = DataRecord.of_dataset(first).write(tmp_path / "version" / DATA)
     # the data grew, and the team split it again (another seed): former test images are now trained on
     grown = photo_class_folder(tmp_path / "v2", {"cat": ["chelsea"], "cup": ["coffee"]}, 30)

@@ -1,6 +1,7 @@
 """A run's candidate through the registry (pipeline/promotion/candidate.py): registered, compared again when
 another run promotes meanwhile, a transient error when the champion keeps changing, and a rerun after the swap
-finishing the job; on a real folder with real classifiers (the promote stage end to end: tests/test_promotion_blessing.py)."""
+finishing the job; on a real folder with real classifiers (the promote stage end to end:
+tests/test_promotion_blessing.py)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def _fresh_log_handler():
 def work(tmp_path_factory) -> dict[str, Any]:
     """A three-class folder, a head trained on it (the candidate) and an untrained head (another run's model)."""
     root = tmp_path_factory.mktemp("candidate")
-    dataset = ingest_folder(photo_class_folder(root / "imgs", {"rocket": ["rocket"], "gravel": ["gravel"], "coffee": ["coffee"]}, 40),
-                      root)
+    dataset = ingest_folder(photo_class_folder(root / "imgs",
+                                               {"rocket": ["rocket"], "gravel": ["gravel"], "coffee": ["coffee"]}, 40),
+                            root)
     rival = LoadedModel.pretrained(MODEL, 3, SIZE, classes=read_classes(dataset), seed=7).save(root / "rival", {})
     return {"dataset": dataset, "model": train_head(dataset, root / "m0"), "rival": rival}
 

@@ -27,8 +27,9 @@ SAMPLES = {
     "select.candidates": ["efficientnet_lite0"], "select.rank_by": "knn", "select.sample_per_class": 20,
     "select.knn_k": 3, "select.cv_folds": 3, "select.tie_tolerance": 0.02, "select.max_params_m": 5.0,
     "select.max_gflops": 1.5, "select.max_latency_ms": 40.0, "select.batch_size": 32,
-    "freeze.strategy": "lp_ft", "freeze.depth": 2, "freeze.epochs": 4, "freeze.lr": 0.001, "freeze.probe_cs": [0.1, 1.0],
-    "freeze.layer_decay": 0.8, "freeze.gradual_every": 3, "freeze.gradual_step": 2, "freeze.bn_policy": "frozen",
+    "freeze.strategy": "lp_ft", "freeze.depth": 2, "freeze.epochs": 4, "freeze.lr": 0.001,
+    "freeze.probe_cs": [0.1, 1.0], "freeze.layer_decay": 0.8, "freeze.gradual_every": 3, "freeze.gradual_step": 2,
+    "freeze.bn_policy": "frozen",
     "train.optimizer": "sgd", "train.weight_decay": 0.05, "train.momentum": 0.8, "train.batch_size": 32,
     "train.min_epoch_steps": 10, "train.eval_batch_size": 128, "train.warmup_epochs": 0.5,
     "train.label_smoothing": 0.0, "train.grad_clip": 2.0, "train.augment": "light", "train.amp": False,
@@ -37,8 +38,8 @@ SAMPLES = {
     "baseline.lr": 0.001, "baseline.patience": 3, "baseline.max_epochs": 30,
     "evaluate.budgets": [4, 8], "evaluate.seeds": [3, 4, 5], "evaluate.curve_image_size": 32,
     "evaluate.curve_val_per_class": 5, "evaluate.ece_bins": 10, "evaluate.fgsm_epsilons": [0.0, 0.01],
-    "evaluate.attack_images": 50, "evaluate.interpret_classes": 2, "evaluate.ideal_steps": 30, "evaluate.tv_weight": 0.2,
-    "evaluate.adversarial_step": 0.004, "evaluate.adversarial_max_steps": 50,
+    "evaluate.attack_images": 50, "evaluate.interpret_classes": 2, "evaluate.ideal_steps": 30,
+    "evaluate.tv_weight": 0.2, "evaluate.adversarial_step": 0.004, "evaluate.adversarial_max_steps": 50,
 }
 REFUSED = sorted(set(param_keys()) - FORM_KEYS)
 
@@ -141,7 +142,8 @@ def test_form_sources_stay_inside_what_params_yaml_admits(form_project, tmp_path
     assert RetrainParameters(source="incoming/cats-vs-dogs", extra={"freeze.lr": 0.01}).overrides(params) == {
         "source.location": "incoming/cats-vs-dogs", "freeze.lr": 0.01}
     assert RetrainParameters(source="s3://team-images/cats").overrides(params) == {"source.location": "s3://team-images/cats"}
-    assert DriftCheckParameters(batch_source="incoming/week-49").overrides(params) == {"shift.source": "incoming/week-49"}
+    assert DriftCheckParameters(batch_source="incoming/week-49").overrides(params) == {
+        "shift.source": "incoming/week-49"}
     assert RetrainParameters(source="sklearn-digits").overrides(params) == {"source.location": "sklearn-digits"}
 
 

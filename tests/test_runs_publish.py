@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import OrchestrateParams
 from pipeline.runs.publish import publish_reports
-from tests.support.s3server import make_client, s3_endpoint  # noqa: F401  (fixture)
+from tests.support.s3server import make_client
 
 
 def _workspace(tmp_path: Path) -> Path:

@@ -22,7 +22,7 @@ import yaml
 from flows.server import free_port
 from pipeline.common.errors import TransientError
 from pipeline.runs.workspace import RunWorkspace
-from tests.support.s3server import ThrottlingProxy, make_client, s3_endpoint  # noqa: F401 (fixture)
+from tests.support.s3server import ThrottlingProxy, make_client
 
 BUCKET, PREFIX = "dvc-store", "remote"
 FILES = 24
@@ -48,7 +48,7 @@ def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def toy_s3(project: Path, s3_endpoint):  # noqa: F811
+def toy_s3(project: Path, s3_endpoint):
     """The toy pipeline, committed, with an S3 default remote whose endpoint each test points at its proxy."""
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": TOY_STAGE}}))
     (project / "toy.py").write_text(TOY_SCRIPT)
@@ -88,7 +88,7 @@ def _run(project: Path, name: str, **overrides) -> RunWorkspace:
     return workspace
 
 
-def test_a_store_answering_500s_is_retried_until_it_recovers(toy_s3, s3_endpoint, monkeypatch, caplog):  # noqa: F811
+def test_a_store_answering_500s_is_retried_until_it_recovers(toy_s3, s3_endpoint, monkeypatch, caplog):
     project, client = toy_s3
     with ThrottlingProxy(s3_endpoint, failures=10**6, fault="error", methods=("PUT",)) as proxy:
         workspace = _run(project, "recovers", **{"orchestrate.push_retries": 3})
@@ -120,7 +120,7 @@ def test_a_store_that_stays_down_is_a_transient_failure_naming_the_error(toy_s3)
     assert time.monotonic() - started < 600
 
 
-def test_a_push_killed_midway_leaves_only_whole_objects_and_a_rerun_completes_it(toy_s3, s3_endpoint):  # noqa: F811
+def test_a_push_killed_midway_leaves_only_whole_objects_and_a_rerun_completes_it(toy_s3, s3_endpoint):
     project, client = toy_s3
     with ThrottlingProxy(s3_endpoint, failures=0, methods=("PUT",), delay_s=0.3) as proxy:
         workspace = _run(project, "killed")
@@ -145,7 +145,7 @@ def test_a_push_killed_midway_leaves_only_whole_objects_and_a_rerun_completes_it
     _assert_all_whole(objects)
 
 
-def test_a_store_too_slow_for_the_limit_fails_the_push_naming_the_limit(toy_s3, s3_endpoint):  # noqa: F811
+def test_a_store_too_slow_for_the_limit_fails_the_push_naming_the_limit(toy_s3, s3_endpoint):
     project, _ = toy_s3
     with ThrottlingProxy(s3_endpoint, failures=0, methods=("PUT",), delay_s=10) as proxy:
         workspace = _run(project, "slow", **{"orchestrate.push_retries": 1, "orchestrate.command_timeout_s": 8})

@@ -1,4 +1,5 @@
-"""The scratch recipe's plan and batch (its training runs in tests/test_evaluation_verdict.py and test_stage_evaluate.py)."""
+"""The scratch recipe's plan and batch (its training runs in tests/test_evaluation_verdict.py and
+test_stage_evaluate.py)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ TOLERANCE = 1e-3  # export.atol's default: float32 kernels of the three runtimes
 def chain(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("export")
     chain = build_chain(work, write_photo_folder(work / "images", ["camera", "moon"], 24))
-    chain["evaluation"] = write_json(work / "evaluation.json", {"verdict": "positive", "recommended_model": "finetuned"})
+    chain["evaluation"] = write_json(work / "evaluation.json",
+                                     {"verdict": "positive", "recommended_model": "finetuned"})
     chain["validation"] = passed_gate(work)
     return chain
 

@@ -72,7 +72,8 @@ def test_folder_with_bad_files_lists_every_skip(tmp_path, capsys):
     manifest = read_manifest(tmp_path / "dataset")
     assert len(manifest) == 11 and set(manifest["label"]) == {"cats", "dogs"}
     train = manifest[manifest["split"] == "train"]
-    assert (train.groupby("label")["in_budget"].sum() <= 2).all() and manifest[manifest["split"] != "train"]["in_budget"].all()
+    assert ((train.groupby("label")["in_budget"].sum() <= 2).all()
+            and manifest[manifest["split"] != "train"]["in_budget"].all())
 
 
 def test_adding_images_moves_no_old_image(tmp_path):

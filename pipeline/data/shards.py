@@ -118,7 +118,7 @@ class ShardWriter:
         self.close()
         name = f"shard-{len(self.shards):05d}.tar"
         self.shards.append(name)
-        self._tar = tarfile.open(self.shards_dir / name, "w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(self.shards_dir / name, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (the current shard, closed by close())
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -303,7 +303,7 @@ class ShardImageDataset(Dataset):
         if os.getpid() != self._pid:  # a forked worker: never reuse the parent's file objects
             self._handles, self._pid = {}, os.getpid()
         if shard not in self._handles:
-            self._handles[shard] = open(_shard_path(self.dataset_dir / SHARDS_DIR, shard), "rb")
+            self._handles[shard] = open(_shard_path(self.dataset_dir / SHARDS_DIR, shard), "rb")  # noqa: SIM115 (cached per worker, closed by close())
         return self._handles[shard]
 
     def __getstate__(self) -> dict:

@@ -92,8 +92,8 @@ def start_ui(workspace_dir: str | Path, host: str = "127.0.0.1", port: int = 800
         raise FileNotFoundError(f"{workspace_dir}: no Evidently Workspace here (run `tlops drift` first)")
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (handed to the child)
     env = {**os.environ, "DO_NOT_TRACK": "1"}
-    return subprocess.Popen(_ui_command(workspace_dir, host, port), stdout=out, stderr=subprocess.STDOUT if out else None,
-                            env=env)
+    return subprocess.Popen(_ui_command(workspace_dir, host, port), stdout=out,
+                            stderr=subprocess.STDOUT if out else None, env=env)
 
 
 def wait_until_serving(url: str, process: subprocess.Popen | None = None, timeout: float = 60.0) -> None:

@@ -60,8 +60,8 @@ def render_card(inputs: Mapping[str, Any], run: Mapping[str, Any], source: str, 
     other = "scratch" if candidate == "finetuned" else "finetuned"
     test = evaluation["models"]["test"][candidate]
     context = {
-        "run": run, "source": source, "data_version": data_version, "model": model, "candidate": candidate, "other": other,
-        "ingest": inputs["ingest"], "validation": inputs["validation"], "evaluation": evaluation,
+        "run": run, "source": source, "data_version": data_version, "model": model, "candidate": candidate,
+        "other": other, "ingest": inputs["ingest"], "validation": inputs["validation"], "evaluation": evaluation,
         "drift": inputs["drift"], "export": inputs["export"], "test": test,
         "interval": evaluation["full_labels"][f"{candidate}_interval"],
         "shift_interval": evaluation["shift"][f"{candidate}_interval"],

@@ -49,7 +49,7 @@ def make_offline(docs_dir: Path, metrics: Mapping[str, Any]) -> list[Path]:
         note = render(__file__, "data_docs_note.html.j2", filters={"status_label": status_label}, status=status,
                       report=_relative(docs_dir.parent / REPORT_PAGE, page), pages=listed)
         html = html.replace("</head>", f"<style>\n{css}</style>\n</head>", 1)
-        html = _BODY.sub(lambda m: m.group(0) + "\n" + note, html, count=1)
+        html = _BODY.sub(lambda m: m.group(0) + "\n" + note, html, count=1)  # noqa: B023 (called within this iteration)
         page.write_text(html, encoding="utf-8")
     return pages
 

@@ -31,7 +31,8 @@ def start(api: httpx.Client, flow: str, deployment: str, parameters: dict) -> st
 
 def finish(api: httpx.Client, run_id: str, timeout: float = 900) -> dict:
     def done() -> bool:
-        return api.get(f"/flow_runs/{run_id}").json()["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+        return (api.get(f"/flow_runs/{run_id}").json()["state"]["type"]
+                in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
     wait_for(done, timeout, f"flow run {run_id} did not finish in {timeout}s")
     run = api.get(f"/flow_runs/{run_id}").json()

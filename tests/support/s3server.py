@@ -29,7 +29,8 @@ import pytest
 from flows.server import free_port
 
 __all__ = ["s3_endpoint", "moto_server", "S3_ENV", "make_client", "ThrottlingProxy"]
-_ERRORS = {"throttle": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+_ERRORS = {"throttle": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
+                             b"</Error>"),
            "error": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
                           b"</Error>")}
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -169,7 +169,8 @@ class Source:
         self.skip(path, f"refused: {error}" if isinstance(error, Refused) else f"unreadable: {error}")
 
 
-def ordered_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[tuple[T, R | None, Exception | None]]:
+def ordered_parallel(fn: Callable[[T], R], items: Iterable[T],
+                     workers: int) -> Iterator[tuple[T, R | None, Exception | None]]:
     """Run ``fn`` over ``items`` on threads, yielding (item, result, error) in input order.
 
     At most ``2 * workers`` calls are in flight, so memory stays flat however many items there are
