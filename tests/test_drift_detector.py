@@ -22,15 +22,22 @@ def _mixture_pool(n: int = 1200, dims: int = 48, classes: int = 10, seed: int = 
     return emb, probs / probs.sum(1, keepdims=True)
 
 
-def _no_shift_alarms(trials: int, n_ref: int, n_cur: int, **kwargs) -> int:
-    emb, probs = _mixture_pool()
-    rng = np.random.default_rng(123)
+def _split_alarms(emb: np.ndarray, trials: int, n_ref: int, n_cur: int, split_seed: int,
+                  probs: np.ndarray | None = None, **kwargs) -> int:
+    """Alarms on ``trials`` random reference/current splits of one pool (no shift between them)."""
+    rng = np.random.default_rng(split_seed)
     alarms = 0
     for trial in range(trials):
         order = rng.permutation(len(emb))
         ref, cur = order[:n_ref], order[n_ref:n_ref + n_cur]
-        alarms += detect(emb[ref], emb[cur], probs[ref], probs[cur], alpha=ALPHA, seed=trial, **kwargs).drift_detected
+        softmax = (probs[ref], probs[cur]) if probs is not None else ()
+        alarms += detect(emb[ref], emb[cur], *softmax, seed=trial, **kwargs).drift_detected
     return alarms
+
+
+def _no_shift_alarms(trials: int, n_ref: int, n_cur: int, **kwargs) -> int:
+    emb, probs = _mixture_pool()
+    return _split_alarms(emb, trials, n_ref, n_cur, 123, probs, alpha=ALPHA, **kwargs)
 
 
 def _upper(trials: int) -> int:
@@ -46,12 +53,8 @@ def test_false_positive_rate_stays_near_alpha_on_no_shift_splits():
 
 def test_mmd_alone_is_calibrated_and_not_vacuous():
     emb, _ = _mixture_pool()
-    rng = np.random.default_rng(7)
-    trials, alarms = 100, 0
-    for trial in range(trials):
-        order = rng.permutation(len(emb))
-        alarms += detect(emb[order[:150]], emb[order[150:250]], permutations=200, pca_dims=16,
-                         seed=trial).drift_detected
+    trials = 100
+    alarms = _split_alarms(emb, trials, 150, 100, 7, permutations=200, pca_dims=16)
     # Upper: never far above alpha. Lower: a test that never fires would also "pass" the upper bound.
     assert stats.binom.ppf(0.001, trials, ALPHA) <= alarms <= _upper(trials), f"{alarms}/{trials}"
 
@@ -130,12 +133,8 @@ def digit_embeddings():
 @pytest.mark.slow
 def test_calibrated_and_powerful_on_real_pretrained_embeddings(digit_embeddings):
     clean, noisy = digit_embeddings
-    rng = np.random.default_rng(11)
-    trials, alarms = 40, 0
-    for trial in range(trials):
-        order = rng.permutation(len(clean))
-        alarms += detect(clean[order[:200]], clean[order[200:250]], permutations=200, pca_dims=16,
-                         seed=trial).drift_detected
+    trials = 40
+    alarms = _split_alarms(clean, trials, 200, 50, 11, permutations=200, pca_dims=16)
     assert alarms <= _upper(trials), f"{alarms}/{trials} false alarms on clean digit splits"
     decision = detect(clean[:250], noisy, permutations=200, pca_dims=16)
     assert decision.drift_detected, decision.to_dict()
