@@ -23,7 +23,7 @@ from flows.retrain import RETRY_POLICY, announce, notify_on_failure, prune_on_fa
 from pipeline.config import Params, load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
-from pipeline.runs.naming import run_name
+from pipeline.common.run_names import run_name
 from pipeline.runs.summary import drift_summary
 from pipeline.runs.workspace import RunWorkspace, release_run
 

@@ -22,7 +22,7 @@ from flows.parameters import RetrainParameters
 from pipeline.common.errors import TransientError
 from pipeline.config import OrchestrateParams, load_params
 from pipeline.project import built_stages, find_root
-from pipeline.runs.naming import run_name
+from pipeline.common.run_names import run_name
 from pipeline.runs.notify import EVENTS, emit, failure_event, run_events
 from pipeline.runs.publish import publish_reports
 from pipeline.runs.summary import headline_table, model_card, promotion_checks, render_summary, stage_metrics

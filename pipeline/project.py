@@ -1,4 +1,5 @@
-"""Where the project is and what dvc.yaml declares: the one definition of stage paths.
+"""Where the project is, which run a checkout belongs to, and what dvc.yaml declares: the one definition of
+stage paths.
 
 Stage code never builds ``data/...`` paths itself. ``dvc.yaml`` passes every path on the stage's
 command line, and running ``tlops <stage>`` by hand with no paths takes the same ones from there.
@@ -12,14 +13,15 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
 from pipeline.common.processes import run_command
+from pipeline.common.run_names import BRANCH_PREFIX, run_name, tag_of
 
 __all__ = ["DVC_YAML", "find_root", "main_checkout", "dvc_stages", "built_stages", "declared_options",
-           "declared_paths", "replaced_outputs", "dvc", "dvc_status", "GIT_QUERY_TIMEOUT_S"]
+           "declared_paths", "replaced_outputs", "dvc", "dvc_status", "GIT_QUERY_TIMEOUT_S", "run_identity"]
 DVC_YAML = "dvc.yaml"
 GIT_QUERY_TIMEOUT_S = 60.0  # a local, read-only git query (rev-parse): a hang here is a broken repository
 
@@ -130,3 +132,13 @@ def dvc_status(root: Path, timeout: float) -> dict[str, list]:
         raise RuntimeError(f"dvc status failed in {root}: {out.stderr.strip()}")
     raw = json.loads(out.stdout or "{}")
     return {key.split(":")[-1]: value for key, value in raw.items()}
+
+
+def run_identity(checkout: Path) -> dict[str, Any]:
+    """The run a checkout belongs to: its name and tag (from the ``runs/<name>`` branch), or a manual name."""
+    branch = run_command(["git", "rev-parse", "--abbrev-ref", "HEAD"], checkout, timeout=GIT_QUERY_TIMEOUT_S,
+                         limit_name="a fixed limit for local git queries").stdout.strip()
+    if branch.startswith(BRANCH_PREFIX):
+        name = branch.removeprefix(BRANCH_PREFIX)
+        return {"run_name": name, "run_tag": tag_of(name)}
+    return {"run_name": run_name("manual"), "run_tag": None}

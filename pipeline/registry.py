@@ -41,7 +41,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.common.s3 import S3Store
-from pipeline.runs.naming import check_run_name, check_run_tag
+from pipeline.common.run_names import check_run_name, check_run_tag
 
 __all__ = ["DATA", "CHAMPION", "Registry", "ChampionChanged", "open_registry", "run_candidate", "actor", "check_alias"]
 DATA = "data"  # a version's data record (pipeline/promotion/evalset.py)

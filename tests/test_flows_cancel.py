@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from flows.server import PrefectServer
-from pipeline.runs.naming import run_name
+from pipeline.common.run_names import run_name
 from tests.conftest import copy_project
 from tests.support.flowruns import start, wait_for
 from tests.support.tiny import cut_chain, make_tiny_project
@@ -140,7 +140,7 @@ def _state(api: httpx.Client, run_id: str) -> str:
 
 
 def _run_of(api: httpx.Client, run_id: str) -> str:
-    """The flow run's worktree name without its timestamp (pipeline/runs/naming.py: run_name)."""
+    """The flow run's worktree name without its timestamp (pipeline/common/run_names.py: run_name)."""
     return run_name(api.get(f"/flow_runs/{run_id}").json()["name"]).split("-", 2)[2]
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.common.errors import TransientError
 from pipeline.config import ConfigError
-from pipeline.runs.naming import run_name
+from pipeline.common.run_names import run_name
 from pipeline.config import OrchestrateParams
 from pipeline.runs.workspace import RunWorkspace, StageFailed, prune_runs, push_waits, release_run
 

@@ -7,6 +7,7 @@
     guard.py       the per-command guard process (parent-death signal, subreaper, group kill)
     faults.py      named kill points for the fault-injection tests
     s3.py          the one boto3 client factory, the object store, the S3 error mapping
+    run_names.py   run names, their branches and tags: made and checked here only (registry versions are run names)
     device.py      cuda > mps > cpu, overridable by ``common.device``
     seeding.py     one seed for python, numpy and torch
     figures.py     the headless plotting backend and atomic PNG writes

@@ -49,7 +49,7 @@ def render_card(inputs: Mapping[str, Any], run: Mapping[str, Any], source: str, 
 
     Args:
         inputs: :meth:`CardInputs.read`.
-        run: run_name / run_tag of the run (pipeline/runs/naming.py).
+        run: run_name / run_tag of the run (pipeline/common/run_names.py).
         source: where the data came from (``source.location``).
         family: the architecture's family in the catalog (``timm`` or ``torchvision``).
         data_version: the dataset's content hash (pipeline/data/shards.py dataset_version).

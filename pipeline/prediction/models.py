@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.models.loaded import CARD
 from pipeline.registry import Registry
-from pipeline.runs.naming import run_of
+from pipeline.common.run_names import run_of
 
 __all__ = ["ModelRef", "resolve_model"]
 

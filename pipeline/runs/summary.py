@@ -15,7 +15,7 @@ import yaml
 from pipeline.evaluation.model_card import CARD_MD
 from pipeline.project import declared_options, declared_paths, dvc_stages
 from pipeline.promotion.blessing import blessing_markdown, check_rows
-from pipeline.runs.naming import tag_of
+from pipeline.common.run_names import tag_of
 
 # stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
 TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "evaluate")

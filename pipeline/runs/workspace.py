@@ -25,12 +25,12 @@ import yaml
 
 from pipeline.common.errors import EXIT_TRANSIENT, TransientError
 from pipeline.common.io import read_json, write_text
+from pipeline.common.run_names import branch_of, tag_of
 from pipeline.common.processes import RESUME_ENV, CommandTimeout, run_command, signal_name
 from pipeline.common.logs import get_logger
 from pipeline.config import OrchestrateParams, apply_overrides, load_params, validate_params
 from pipeline.project import DVC_YAML
 from pipeline.project import dvc as _dvc
-from pipeline.runs.naming import branch_of, tag_of
 
 __all__ = ["RunWorkspace", "StageResult", "StageFailed", "runs_root", "prune_runs", "release_run", "push_waits"]
 log = get_logger(__name__)
@@ -427,4 +427,3 @@ def _git(cwd: Path, *args: str, check: bool = True, timeout: float = _UNCONFIGUR
     if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
     return proc
-

@@ -21,7 +21,7 @@ from pipeline.config import Params
 from pipeline.data.shards import dataset_version, read_manifest
 from pipeline.evaluation.model_card import CARD_MD, CardInputs, card_title, render_card, write_card
 from pipeline.models.catalog import get_spec
-from pipeline.runs.naming import run_identity
+from pipeline.project import run_identity
 from pipeline.stages.protocol import use_validated
 
 __all__ = ["Args", "run"]

@@ -26,10 +26,9 @@ from typing import Any
 from pipeline.common.device import select_device
 from pipeline.common.io import write_json
 from pipeline.config import Params
-from pipeline.project import main_checkout
+from pipeline.project import main_checkout, run_identity
 from pipeline.promotion.candidate import Candidate, promote_candidate
 from pipeline.registry import open_registry, run_candidate
-from pipeline.runs.naming import run_identity
 from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]

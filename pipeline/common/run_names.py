@@ -1,21 +1,18 @@
-"""Run names, branches and tags: made here and nowhere else.
+"""Run names, branches and tags: made and checked here and nowhere else.
 
 A run named ``<UTC timestamp>-<label>`` works on branch ``runs/<name>`` and is tagged ``run-<name>``
 when committed; a stage run outside a run worktree (by hand) gets a ``<timestamp>-manual`` name and no tag.
+The registry's version names are run names, so the format sits here, below the registry and the runs.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from typing import Any
 
-from pipeline.common.processes import run_command
-from pipeline.project import GIT_QUERY_TIMEOUT_S
-
-__all__ = ["run_name", "branch_of", "tag_of", "run_of", "run_identity", "check_run_name", "check_run_tag"]
-_BRANCH_PREFIX = "runs/"
+__all__ = ["run_name", "branch_of", "tag_of", "run_of", "check_run_name", "check_run_tag", "BRANCH_PREFIX"]
+BRANCH_PREFIX = "runs/"
 _TAG_PREFIX = "run-"
 _RUN_NAME = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_-]{1,40}$")  # what run_name makes, and nothing else
 
@@ -28,7 +25,7 @@ def run_name(label: str) -> str:
 
 def branch_of(name: str) -> str:
     """The git branch a run works on."""
-    return f"{_BRANCH_PREFIX}{name}"
+    return f"{BRANCH_PREFIX}{name}"
 
 
 def tag_of(name: str) -> str:
@@ -57,13 +54,3 @@ def check_run_tag(tag: Any, where: str) -> str:
     if not isinstance(tag, str) or not tag.startswith(_TAG_PREFIX) or not _RUN_NAME.match(tag[len(_TAG_PREFIX):]):
         raise ValueError(f"{where}: {tag!r} is not a run tag (run-<YYYYmmdd-HHMMSS>-<label>)")
     return tag
-
-
-def run_identity(checkout: Path) -> dict[str, Any]:
-    """The run a checkout belongs to: its name and tag (from the ``runs/<name>`` branch), or a manual name."""
-    branch = run_command(["git", "rev-parse", "--abbrev-ref", "HEAD"], checkout, timeout=GIT_QUERY_TIMEOUT_S,
-                         limit_name="a fixed limit for local git queries").stdout.strip()
-    if branch.startswith(_BRANCH_PREFIX):
-        name = branch.removeprefix(_BRANCH_PREFIX)
-        return {"run_name": name, "run_tag": tag_of(name)}
-    return {"run_name": run_name("manual"), "run_tag": None}
