@@ -25,6 +25,7 @@ from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.evaluation.comparison import embed_splits, full_label_comparison, label_efficiency, recommend
 from pipeline.evaluation.label_efficiency import sample_per_class
 from pipeline.evaluation.references import majority_accuracy
+from pipeline.evaluation.scratch_curve import scratch_curve
 from pipeline.models import LoadedModel
 from pipeline.stages import baseline, finetune, freeze, ingest, select
 from pipeline.training.recipes import Setup
@@ -37,11 +38,12 @@ def _chain(work: Path, budget_per_class: int | None) -> dict:
     params = validate_params({"ingest": {"budget_per_class": budget_per_class}, "select": {"candidates": [MODEL]}})
     ds = work / "ds"
     ingest.run(params, ingest.Args(ds, work / "i.json", work / "ri"))
-    select.run(params, select.Args(ds, work / "features", work / "selection.json", work / "s.json", work / "s.png"))
+    select.run(params, select.Args(ds, work / "features", work / "selection.json", work / "s.json", work / "s.png",
+                                   work / "architecture.json"))
     freeze.run(params, freeze.Args(ds, work / "selection.json", work / "plan.json", work / "f.json"))
     tuned = finetune.run(params, finetune.Args(ds, work / "plan.json", work / "ft", work / "ft.json", work / "ft.csv",
                                                work / "ft.png", work / "ck-ft"))
-    scratch = baseline.run(params, baseline.Args(ds, work / "plan.json", work / "bl", work / "bl.json",
+    scratch = baseline.run(params, baseline.Args(ds, work / "architecture.json", work / "bl", work / "bl.json",
                                                  work / "bl.csv", work / "bl.png", work / "ck-bl"))
     correct = {}
     for name in ("ft", "bl"):
@@ -69,17 +71,17 @@ def main() -> None:
             report.emit(case="digits", labels_per_class=budget or "all",
                         **{k: v for k, v in chain.items() if k not in ("dataset", "params")})
         ds, params = chain["dataset"], chain["params"].model_copy(deep=True)
-        params.evaluate.seeds = ns.seeds
         manifest = read_manifest(ds)
         pool, val = train_in_budget(manifest, ds), manifest[manifest["split"] == "val"]
-        val_ids = val["id"].to_numpy()[sample_per_class(val["label_idx"], params.evaluate.curve_val_per_class, 0)]
+        val_ids = val["id"].to_numpy()[sample_per_class(val["label_idx"], params.curve.val_per_class, 0)]
         classes = read_classes(ds)
         model = LoadedModel.pretrained(MODEL, len(classes), params.common.image_size, classes=classes)
         features = embed_splits(model, ds, pool["id"].tolist(), val_ids.tolist(), 256)
         setup = Setup(ds, MODEL, classes, params.common.image_size, params.train, torch.device("cpu"), None)
-        curve = label_efficiency(params.evaluate, params.baseline, setup, features, pool["id"].tolist(),
-                                 val_ids.tolist(), ns.budgets, majority_accuracy(features.test_labels),
-                                 params.freeze.probe_cs)
+        scratch = scratch_curve(setup, params.baseline, pool["id"].tolist(), pool["label_idx"].tolist(),
+                                val_ids.tolist(), ns.budgets, ns.seeds, majority_accuracy(features.test_labels))
+        curve = label_efficiency(scratch, "scratch_runs.json", features, pool["id"].tolist(), len(classes),
+                                 params.freeze.probe_cs, params.evaluate.confidence, params.evaluate.min_gain)
     for point in curve["budgets"]:
         runs = {side: [r for r in curve["runs"] if r["name"] == point["name"] and r["side"] == side]
                 for side in ("transfer", "scratch")}

@@ -267,16 +267,31 @@ class BaselineParams(Section):
                                                              "reported as not converged")
 
 
-class EvaluateParams(Section):
-    """Transfer vs scratch: the verdict, label efficiency, robustness, interpretation (stage evaluate)."""
+class CurveParams(Section):
+    """The label-efficiency curve's draws (stage curve trains their scratch side; evaluate learns the transfer side
+    on the draws it recorded)."""
 
     budgets: list[int] = Field([2, 10], description="label budgets of the curve: k train images per class "
                                                    "(above the run's label budget: not drawn); all labels are "
                                                    "compared by the fine-tuned and baseline models")
     seeds: list[int] = Field([0, 1, 2], min_length=3, description="seeds per budget (>= 3 for an interval)")
-    curve_image_size: int | None = Field(None, ge=8, le=1024, description="input side of the curve runs; None = common")
-    curve_val_per_class: int | None = Field(10, ge=1, description="val images per class that stop each scratch run "
-                                                                  "and choose each probe's penalty; None = all")
+    image_size: int | None = Field(None, ge=8, le=1024, description="input side of the curve runs; None = common")
+    val_per_class: int | None = Field(10, ge=1, description="val images per class that stop each scratch run "
+                                                            "and choose each probe's penalty; None = all")
+
+    @model_validator(mode="after")
+    def _budgets_and_seeds_distinct(self) -> "CurveParams":
+        bad = [b for b in self.budgets if b < 1]
+        if bad or len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"budgets {self.budgets}: each >= 1 and listed once")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds}: listed twice; the interval needs distinct seeds")
+        return self
+
+
+class EvaluateParams(Section):
+    """Transfer vs scratch: the verdict, label efficiency, robustness, interpretation (stage evaluate)."""
+
     confidence: float = Field(0.95, gt=0.5, lt=1, description="coverage of every interval")
     alpha: float = Field(0.05, gt=0, lt=1, description="level of the paired tests (full labels, shift set)")
     min_gain: float = Field(0.0, ge=0, le=1, description="smallest accuracy lead of transfer that counts as positive")
@@ -291,12 +306,7 @@ class EvaluateParams(Section):
     adversarial_max_steps: int = Field(100, ge=1, description="nudges before giving up on flipping a label")
 
     @model_validator(mode="after")
-    def _budgets_and_seeds_distinct(self) -> "EvaluateParams":
-        bad = [b for b in self.budgets if b < 1]
-        if bad or len(set(self.budgets)) != len(self.budgets):
-            raise ValueError(f"budgets {self.budgets}: each >= 1 and listed once")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds {self.seeds}: listed twice; the interval needs distinct seeds")
+    def _epsilons_in_pixel_range(self) -> "EvaluateParams":
         if any(not 0 <= e <= 1 for e in self.fgsm_epsilons):
             raise ValueError(f"fgsm_epsilons {self.fgsm_epsilons}: each must be in [0, 1] (pixel units)")
         return self
@@ -429,7 +439,9 @@ _MOVED = {**{f"ingest.{key}": f"source.{key}" for key in ("digits_size", "s3_end
                                                           "allow_download", "download_root")},
           "ingest.source": "source.location", "ingest.retries": "source.s3_retries",
           "ingest.download_workers": "source.read_workers", "ingest.shard_size_mb": "common.shard_size_mb",
-          **{f"finetune.{key}": f"train.{key}" for key in TrainParams.model_fields}}
+          **{f"finetune.{key}": f"train.{key}" for key in TrainParams.model_fields},
+          "evaluate.budgets": "curve.budgets", "evaluate.seeds": "curve.seeds",
+          "evaluate.curve_image_size": "curve.image_size", "evaluate.curve_val_per_class": "curve.val_per_class"}
 
 
 class Params(Section):
@@ -445,6 +457,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     baseline: BaselineParams = BaselineParams()
+    curve: CurveParams = CurveParams()
     evaluate: EvaluateParams = EvaluateParams()
     drift: DriftParams = DriftParams()
     export: ExportParams = ExportParams()

@@ -100,7 +100,7 @@ def test_the_gpu_profile_applies_over_params_and_a_run_form_can_ask_for_it():
     root = Path(__file__).resolve().parents[1]
     cpu, gpu = load_params(root / "params.yaml"), load_params(root / "params.yaml", profile="gpu")
     assert (cpu.common.image_size, gpu.common.image_size) == (64, 224)
-    assert len(gpu.evaluate.budgets) > len(cpu.evaluate.budgets) and gpu.shift.per_cell is None
+    assert len(gpu.curve.budgets) > len(cpu.curve.budgets) and gpu.shift.per_cell is None
     assert load_params(root / "params.yaml", ["common.image_size=96"], profile="gpu").common.image_size == 96
     with pytest.raises(ConfigError, match="profile 'tpu'.*profiles here: gpu"):
         load_params(root / "params.yaml", profile="tpu")

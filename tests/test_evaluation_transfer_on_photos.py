@@ -17,6 +17,7 @@ from pipeline.config import validate_params
 from pipeline.data.shards import read_classes, read_manifest
 from pipeline.evaluation.comparison import embed_splits, label_efficiency
 from pipeline.evaluation.references import majority_accuracy
+from pipeline.evaluation.scratch_curve import scratch_curve
 from pipeline.models import LoadedModel
 from pipeline.training.recipes import Setup
 from tests.support.photos import write_photo_dataset
@@ -32,16 +33,18 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.mark.timeout(1200)
 def test_transfer_is_positive_at_a_small_budget_against_converged_scratch(photos):
-    params = validate_params({"common": {"image_size": SIZE}, "evaluate": {"seeds": [0, 1, 2, 3, 4]}})
+    params = validate_params({"common": {"image_size": SIZE}})
     manifest = read_manifest(photos)
     pool, val = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"]
     classes = read_classes(photos)
     model = LoadedModel.pretrained("efficientnet_lite0", len(classes), SIZE, classes=classes)
-    features = embed_splits(model, photos, pool["id"].tolist(), val["id"].tolist(), 256)
+    pool_ids, val_ids = pool["id"].tolist(), val["id"].tolist()
+    features = embed_splits(model, photos, pool_ids, val_ids, 256)
     setup = Setup(photos, "efficientnet_lite0", classes, SIZE, params.train, torch.device("cpu"), None)
-    curve = label_efficiency(params.evaluate, params.baseline, setup, features, pool["id"].tolist(),
-                             val["id"].tolist(), [2], majority_accuracy(features.test_labels),
-                             params.freeze.probe_cs)
+    scratch = scratch_curve(setup, params.baseline, pool_ids, pool["label_idx"].tolist(), val_ids, [2],
+                            [0, 1, 2, 3, 4], majority_accuracy(features.test_labels))
+    curve = label_efficiency(scratch, "scratch_runs.json", features, pool_ids, len(classes), params.freeze.probe_cs,
+                             params.evaluate.confidence, params.evaluate.min_gain)
     (point,) = curve["budgets"]
     assert point["scratch"]["converged"] and not point["scratch"]["failed_seeds"], point["reason"]
     assert point["verdict"] == "positive", point["reason"]

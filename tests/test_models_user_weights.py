@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import validate_params
 from pipeline.models import LoadedModel
-from pipeline.stages import baseline, drift, evaluate, finetune, freeze, select, shift
+from pipeline.stages import baseline, curve, drift, evaluate, finetune, freeze, select, shift
 from pipeline.validation.dataset import profile_dataset
 from tests.support.gate import passed_gate
 from tests.support.training_data import write_dataset
@@ -43,27 +43,30 @@ def chain(tmp_path_factory) -> dict:
         "freeze": {"strategy": "linear_probe"},
         "train": {"batch_size": 16, "augment": "none", "min_epoch_steps": 1},
         "baseline": {"max_epochs": 2},
-        "evaluate": {"budgets": [2], "seeds": [0, 1, 2], "curve_val_per_class": 2,
-                     "attack_images": 4, "interpret_classes": 1, "ideal_steps": 2,
-                     "adversarial_max_steps": 2, "fgsm_epsilons": [0.0]},
+        "curve": {"budgets": [2], "seeds": [0, 1, 2], "val_per_class": 2},
+        "evaluate": {"attack_images": 4, "interpret_classes": 1, "ideal_steps": 2, "adversarial_max_steps": 2,
+                     "fgsm_epsilons": [0.0]},
         "drift": {"permutations": 50, "top_outliers": 2},
     })
     ds = write_dataset(work / "ds", {"train": 36, "val": 12, "test": 12})
     gate = passed_gate(work)
     p = {name: work / name for name in ("sel", "plan", "ft", "bl", "current", "ev", "drift")}
     select.run(params, select.Args(ds, work / "features", p["sel"] / "selection.json", p["sel"] / "m.json",
-                                   p["sel"] / "plot.png", gate))
+                                   p["sel"] / "plot.png", gate, p["sel"] / "architecture.json"))
     freeze.run(params, freeze.Args(ds, p["sel"] / "selection.json", p["plan"] / "plan.json", p["plan"] / "m.json",
                                    gate))
     finetune.run(params, finetune.Args(ds, p["plan"] / "plan.json", p["ft"] / "model", p["ft"] / "m.json",
                                        p["ft"] / "history.csv", p["ft"] / "curves.png", p["ft"] / "ckpt",
                                        validation=gate))
-    baseline.run(params, baseline.Args(ds, p["plan"] / "plan.json", p["bl"] / "model", p["bl"] / "m.json",
+    baseline.run(params, baseline.Args(ds, p["sel"] / "architecture.json", p["bl"] / "model", p["bl"] / "m.json",
                                        p["bl"] / "history.csv", p["bl"] / "curves.png", p["bl"] / "ckpt", gate))
+    curve.run(params, curve.Args(ds, p["sel"] / "architecture.json", p["bl"] / "m.json", p["bl"] / "runs.json",
+                                 p["bl"] / "curve.json", gate))
     shift.run(params, shift.Args(ds, p["current"], work / "shift.json", work / "shift-report", gate))
     evaluate.run(params, evaluate.Args(ds, p["current"], p["plan"] / "plan.json", p["ft"] / "model",
                                        p["ft"] / "history.csv", p["bl"] / "model", p["bl"] / "history.csv",
-                                       p["ev"] / "metrics.json", p["ev"] / "plots", p["ev"] / "report", gate))
+                                       p["bl"] / "runs.json", p["ev"] / "metrics.json", p["ev"] / "plots",
+                                       p["ev"] / "report", gate))
     profile_dataset(ds, params.validate_).to_parquet(work / "profile.parquet")
     drift.run(params, drift.Args(ds, work / "profile.parquet", p["current"], p["ft"] / "model",
                                  p["drift"] / "drift.json", p["drift"] / "reports", work / "workspace", gate))

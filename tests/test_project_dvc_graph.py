@@ -31,6 +31,7 @@ SHARED_BY_DESIGN = {
     "ingest": {"validate.max_pixels"},
     "shift": {"validate.max_pixels", "validate.stats_max_side", "validate.min_side", "validate.max_side",
               "validate.accepted_modes", "validate.severity"},
+    "curve": {"baseline"},  # the scratch recipe: every curve run is the baseline's on fewer labels
     "card": {"evaluate.confidence"},
     "promote": {"freeze.probe_cs"},
 }

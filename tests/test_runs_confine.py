@@ -36,8 +36,8 @@ SAMPLES = {
     "train.cpu_bf16": True, "train.channels_last": False, "train.compile": True,
     "finetune.patience": 5, "finetune.feature_cache": False, "finetune.cache_views": 2,
     "baseline.lr": 0.001, "baseline.patience": 3, "baseline.max_epochs": 30,
-    "evaluate.budgets": [4, 8], "evaluate.seeds": [3, 4, 5], "evaluate.curve_image_size": 32,
-    "evaluate.curve_val_per_class": 5, "evaluate.ece_bins": 10, "evaluate.fgsm_epsilons": [0.0, 0.01],
+    "curve.budgets": [4, 8], "curve.seeds": [3, 4, 5], "curve.image_size": 32,
+    "curve.val_per_class": 5, "evaluate.ece_bins": 10, "evaluate.fgsm_epsilons": [0.0, 0.01],
     "evaluate.attack_images": 50, "evaluate.interpret_classes": 2, "evaluate.ideal_steps": 30,
     "evaluate.tv_weight": 0.2, "evaluate.adversarial_step": 0.004, "evaluate.adversarial_max_steps": 50,
 }

@@ -1,4 +1,4 @@
-"""The baseline and evaluate stages end to end on the real digits (32 px, a label budget of 5 per class),
+"""The baseline, curve and evaluate stages end to end on the real digits (32 px, a label budget of 5 per class),
 and the honesty checks: every interval is an accuracy, the curve stays inside the label budget, the
 report's headline and its side-by-side numbers agree, random labels are never positive.
 """
@@ -18,11 +18,14 @@ from pipeline.config import Params, validate_params
 from pipeline.data.shards import read_classes, read_manifest, write_manifest
 from pipeline.evaluation.comparison import embed_splits, label_efficiency
 from pipeline.evaluation.references import majority_accuracy
+from pipeline.evaluation.scratch_curve import scratch_curve
 from pipeline.evaluation.report import flatten, fmt
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import FreezePlan, build_phases
 from pipeline.models import LoadedModel, get_spec
-from pipeline.stages import baseline, finetune, ingest, shift
+from pipeline.common.io import write_json
+from pipeline.selection.result import architecture_record
+from pipeline.stages import baseline, curve, finetune, ingest, shift
 from pipeline.training.recipes import Setup
 from tests.support.gate import passed_gate
 
@@ -36,9 +39,9 @@ SMALL = {
     "shift": {"corruptions": ["gaussian_noise"], "severities": [5], "per_cell": 8},
     "train": {"augment": "none", "batch_size": 32, "min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 12},
-    "evaluate": {"budgets": [2, 10], "seeds": [0, 1, 2], "curve_val_per_class": 3,
-                 "attack_images": 16, "interpret_classes": 2, "ideal_steps": 5,
-                 "adversarial_max_steps": 10, "fgsm_epsilons": [0.0, 0.03]},
+    "curve": {"budgets": [2, 10], "seeds": [0, 1, 2], "val_per_class": 3},
+    "evaluate": {"attack_images": 16, "interpret_classes": 2, "ideal_steps": 5, "adversarial_max_steps": 10,
+                 "fgsm_epsilons": [0.0, 0.03]},
 }
 OVERRIDES = [f"{section}.{key}={json.dumps(value)}" for section, values in SMALL.items() if section == "evaluate"
              for key, value in values.items()] + ["common.image_size=32"]
@@ -56,11 +59,12 @@ def _probe_plan(params: Params) -> FreezePlan:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> dict[str, Path]:
-    """ingest -> shift -> (plan) -> finetune -> baseline on the digits at 32 px, 5 labels per class."""
+    """ingest -> shift -> (plan) -> finetune -> baseline -> curve on the digits at 32 px, 5 labels per class."""
     work = tmp_path_factory.mktemp("chain")
     params = validate_params(SMALL)
     p = {name: work / name for name in ("dataset", "current", "finetuned", "baseline", "ck")}
     p["plan"] = _probe_plan(params).save(work / "plan.json")
+    p["architecture"] = write_json(work / "architecture.json", architecture_record(MODEL))
     ingest.run(params, ingest.Args(dataset=p["dataset"], metrics=work / "i.json", report_dir=work / "ri"))
     shift.run(params, shift.Args(dataset=p["dataset"], current=p["current"], metrics=work / "s.json",
                                  report_dir=work / "rs"))
@@ -68,9 +72,12 @@ def chain(tmp_path_factory) -> dict[str, Path]:
                                        metrics=work / "ft.json", history=work / "ft.csv", plot=work / "ft.png",
                                        checkpoints=p["ck"] / "ft"))
     p["baseline_metrics"] = work / "bl.json"
-    baseline.run(params, baseline.Args(dataset=p["dataset"], plan=p["plan"], model_dir=p["baseline"],
+    baseline.run(params, baseline.Args(dataset=p["dataset"], architecture=p["architecture"], model_dir=p["baseline"],
                                        metrics=p["baseline_metrics"], history=work / "bl.csv", plot=work / "bl.png",
                                        checkpoints=p["ck"] / "bl"))
+    p["scratch_curve"] = work / "scratch_runs.json"
+    curve.run(params, curve.Args(dataset=p["dataset"], architecture=p["architecture"], baseline=p["baseline_metrics"],
+                                 out=p["scratch_curve"], metrics=work / "curve.json"))
     p["work"] = work
     return p
 
@@ -81,7 +88,8 @@ def evaluated(chain) -> dict:
     argv = ["evaluate", "--dataset", chain["dataset"], "--current", chain["current"], "--plan", chain["plan"],
             "--finetuned", chain["finetuned"], "--finetune-history", chain["work"] / "ft.csv",
             "--baseline", chain["baseline"], "--baseline-history", chain["work"] / "bl.csv",
-            "--metrics", out / "metrics.json", "--plots", out / "plots", "--report-dir", out / "report",
+            "--scratch-curve", chain["scratch_curve"], "--metrics", out / "metrics.json", "--plots", out / "plots",
+            "--report-dir", out / "report",
             "--validation", passed_gate(out)]
     cwd = Path.cwd()
     try:
@@ -155,7 +163,8 @@ def test_evaluate_names_a_missing_input(chain, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     argv = ["evaluate", "--dataset", chain["dataset"], "--current", chain["current"], "--plan", chain["plan"],
             "--finetuned", chain["work"] / "nope", "--finetune-history", "x", "--baseline", chain["baseline"],
-            "--baseline-history", "y", "--metrics", "m", "--plots", "p", "--report-dir", "r",
+            "--baseline-history", "y", "--scratch-curve", chain["scratch_curve"], "--metrics", "m", "--plots", "p",
+            "--report-dir", "r",
             "--validation", passed_gate(chain["work"])]
     assert tlops([str(a) for a in argv]) == 2
     assert "nope/card.json: file not found" in capsys.readouterr().err
@@ -181,11 +190,13 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
     params = validate_params(SMALL)
     classes = read_classes(dataset)
     model = LoadedModel.pretrained(MODEL, len(classes), 32, classes=classes)
-    features = embed_splits(model, dataset, pool["id"].tolist(), val["id"].tolist()[:30], 256)
+    pool_ids, val_ids = pool["id"].tolist(), val["id"].tolist()[:30]
+    features = embed_splits(model, dataset, pool_ids, val_ids, 256)
     setup = Setup(dataset, MODEL, classes, 32, params.train, torch.device("cpu"), None)
-    curve = label_efficiency(params.evaluate, params.baseline, setup, features, pool["id"].tolist(),
-                             val["id"].tolist()[:30], [2], majority_accuracy(features.test_labels),
-                             params.freeze.probe_cs)
-    (point,) = curve["budgets"]
+    scratch = scratch_curve(setup, params.baseline, pool_ids, pool["label_idx"].tolist(), val_ids, [2], [0, 1, 2],
+                            majority_accuracy(features.test_labels))
+    learnt = label_efficiency(scratch, "scratch_runs.json", features, pool_ids, len(classes), params.freeze.probe_cs,
+                              0.95, 0.0)
+    (point,) = learnt["budgets"]
     assert abs(point["transfer"]["mean"] - 0.1) < 0.1  # chance level: nothing to learn
     assert point["verdict"] != "positive", point["reason"]

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.data.shards import ShardImageDataset, dataset_version, read_manifest
+from pipeline.selection.result import architecture_record
 from pipeline.stages.protocol import use_validated
 from tests.support import badimages as bad
 from tests.support.badimages import Item
@@ -28,7 +29,8 @@ freeze: {strategy: lp_ft, depth: 4, epochs: 1}
 train: {batch_size: 8, eval_batch_size: 64, augment: none, min_epoch_steps: 1}
 finetune: {patience: 0}
 baseline: {patience: 1, max_epochs: 2}
-evaluate: {budgets: [2], seeds: [0, 1, 2], curve_val_per_class: 1, attack_images: 4, interpret_classes: 1,
+curve: {budgets: [2], seeds: [0, 1, 2], val_per_class: 1}
+evaluate: {attack_images: 4, interpret_classes: 1,
            ideal_steps: 1, adversarial_max_steps: 1, fgsm_epsilons: [0.0]}
 """
 
@@ -188,11 +190,16 @@ def test_training_and_evaluation_never_decode_a_quarantined_image(tmp_path, caps
             "--validation", str(out / "metrics.json")]
     assert main(["freeze", *gate, "--selection", str(out / "selection.json"), "--plan", str(out / "plan.json"),
                  "--metrics", str(out / "freeze.json")]) == 0, capsys.readouterr().err
-    for stage in ("finetune", "baseline"):
-        assert main([stage, *gate, "--plan", str(out / "plan.json"), "--model-dir", str(out / stage),
+    (out / "architecture.json").write_text(json.dumps(architecture_record(TINY_MODEL)))
+    for stage, model in (("finetune", ["--plan", str(out / "plan.json")]),
+                         ("baseline", ["--architecture", str(out / "architecture.json")])):
+        assert main([stage, *gate, *model, "--model-dir", str(out / stage),
                      "--metrics", str(out / f"{stage}.json"), "--history", str(out / f"{stage}.csv"),
                      "--plot", str(out / f"{stage}.png"), "--checkpoints", str(out / "ckpt" / stage)]) == 0, \
             capsys.readouterr().err
+    assert main(["curve", *gate, "--architecture", str(out / "architecture.json"), "--baseline",
+                 str(out / "baseline.json"), "--out", str(out / "scratch_runs.json"),
+                 "--metrics", str(out / "curve.json")]) == 0, capsys.readouterr().err
     card = json.loads((out / "finetune" / "card.json").read_text())
     kept = read_manifest(use_validated(out / "dataset", out / "metrics.json"))
     assert card["data"]["train_images"] == 18  # 19 train images, one quarantined
@@ -200,8 +207,8 @@ def test_training_and_evaluation_never_decode_a_quarantined_image(tmp_path, caps
     assert main(["evaluate", *gate, "--current", str(out / "current"), "--plan", str(out / "plan.json"),
                  "--finetuned", str(out / "finetune"), "--finetune-history", str(out / "finetune.csv"),
                  "--baseline", str(out / "baseline"), "--baseline-history", str(out / "baseline.csv"),
-                 "--metrics", str(out / "evaluate.json"), "--plots", str(out / "plots"),
-                 "--report-dir", str(out / "report")]) == 0, capsys.readouterr().err
+                 "--scratch-curve", str(out / "scratch_runs.json"), "--metrics", str(out / "evaluate.json"),
+                 "--plots", str(out / "plots"), "--report-dir", str(out / "report")]) == 0, capsys.readouterr().err
     assert json.loads((out / "evaluate.json").read_text())["test_accuracy"]
 
 

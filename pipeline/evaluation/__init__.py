@@ -5,8 +5,9 @@
     references.py        trivial references (majority class, pixel logistic regression) and failed training
     verdict.py           positive / no_gain / negative / inconclusive per comparison and overall (the documented rule)
     label_efficiency.py  budgets x seeds on the same subsets, both sides at their best; labels saved, time saved
+    scratch_curve.py     the curve's scratch side (the curve stage): every draw's converged run, side by side
     evaluate.py          the whole evaluation in named steps (the evaluate stage's one call), and its files
-    comparison.py        its pieces: embeddings, the curve's runs, paired tests, metrics.json
+    comparison.py        its pieces: embeddings, the curve's transfer side, paired tests, metrics.json
     assess.py            scores and explanations of one loaded model
     robustness.py        accuracy per corruption and severity
     interpret.py         class ideal inputs, adversarial pairs, FGSM accuracy

@@ -14,13 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.config import BaselineParams, EvaluateParams
+from pipeline.config import EvaluateParams
 from pipeline.evaluation.intervals import INTERVAL_METHOD, PAIRED_TEST, paired_comparison, wilson
-from pipeline.evaluation.label_efficiency import elapsed_curve, run_curve, summarise_curve, time_saved
+from pipeline.evaluation.label_efficiency import Draw, curve_row, elapsed_curve, summarise_curve, time_saved
 from pipeline.evaluation.verdict import overall_verdict, paired_verdict
 from pipeline.models import LoadedModel
 from pipeline.training.probe import fit_linear_probe
-from pipeline.training.recipes import Setup, train_scratch
 
 __all__ = ["MODELS", "Features", "embed_splits", "history_curve", "label_efficiency",
            "full_label_comparison", "recommend", "assemble_metrics"]
@@ -65,31 +64,41 @@ def history_curve(path: Path, card: dict) -> list[dict]:
     return elapsed_curve(rows.to_dict("records"), card["metrics"].get("train_seconds"), upfront=cached)
 
 
-def label_efficiency(cfg: EvaluateParams, scratch_cfg: BaselineParams, setup: Setup, features: Features,
-                     train_ids: Sequence[str], val_ids: Sequence[str], budgets: Sequence[int], majority: float,
-                     cs: Sequence[float]) -> dict:
-    """Both sides at every budget x seed on the same subsets: runs, per-budget summaries and verdicts."""
-    num_classes = len(setup.classes)
+def label_efficiency(scratch: dict, where: os.PathLike, features: Features, pool_ids: Sequence[str],
+                     num_classes: int, cs: Sequence[float], confidence: float, min_gain: float) -> dict:
+    """The transfer side on the draws the curve stage trained scratch on, then both sides per budget.
 
-    def transfer(indices: np.ndarray, seed: int) -> dict:
-        fit = fit_linear_probe(features.train[indices], features.train_labels[indices], features.val,
+    Args:
+        scratch: the curve stage's scratch_runs.json (pipeline/evaluation/scratch_curve.py).
+        where: its path, for errors.
+        features: the pretrained embeddings of the pool (in ``pool_ids`` order), the curve's val images and test.
+        pool_ids: the label pool.
+        num_classes: classes of the task.
+        cs: the probe's penalties.
+        confidence: interval coverage.
+        min_gain: smallest transfer lead that counts as positive.
+    Returns:
+        ``budgets`` (summaries and verdicts) and ``runs`` (both sides, draw by draw).
+    """
+    position = {image_id: i for i, image_id in enumerate(pool_ids)}
+    rows = []
+    for run in scratch["runs"]:
+        outside = [i for i in run["train_ids"] if i not in position]
+        if outside:
+            raise ValueError(f"{where}: the {run['name']} seed {run['seed']} draw names {len(outside)} image(s) "
+                             f"outside the label pool (e.g. {outside[0]}): re-run `tlops curve`")
+        draw = Draw(run["budget"], run["seed"], np.sort([position[i] for i in run["train_ids"]]))
+        started = time.perf_counter()
+        fit = fit_linear_probe(features.train[draw.indices], features.train_labels[draw.indices], features.val,
                                features.val_labels, num_classes, cs)
         predicted = fit.logits(features.test).argmax(1)
-        return {"accuracy": round(float((predicted == features.test_labels).mean()), 4), "converged": True,
-                "steps": fit.iterations, "c": fit.c,
-                "seconds": round(fit.seconds + features.seconds_per_image * (len(indices) + len(features.val)), 3),
-                "classes_predicted": int(np.unique(predicted).size), "weights_sha256": features.weights_sha256}
-
-    def scratch(indices: np.ndarray, seed: int) -> dict:
-        run = train_scratch(setup, scratch_cfg, seed, [train_ids[i] for i in indices], val_ids)
-        accuracy = round(run.test["accuracy"], 4)
-        return {"accuracy": accuracy, "converged": run.fit.converged, "steps": run.fit.steps,
-                "epochs": run.fit.phases[-1]["epochs"], "seconds": round(run.seconds, 3), "batch_size": run.batch_size,
-                "classes_predicted": run.test["classes_predicted"],
-                "failed": run.test["classes_predicted"] <= 1 or accuracy <= majority}
-
-    rows = run_curve(features.train_labels, budgets, cfg.seeds, transfer, scratch)
-    return {"budgets": summarise_curve(rows, len(features.test_labels), cfg.confidence, cfg.min_gain), "runs": rows}
+        seconds = fit.seconds + features.seconds_per_image * (len(draw.indices) + len(features.val))
+        transfer = {"accuracy": round(float((predicted == features.test_labels).mean()), 4), "converged": True,
+                    "steps": fit.iterations, "c": fit.c, "seconds": round(seconds, 3),
+                    "classes_predicted": int(np.unique(predicted).size), "weights_sha256": features.weights_sha256}
+        rows += [curve_row(draw, features.train_labels, "transfer", transfer, time.perf_counter() - started),
+                 {k: v for k, v in run.items() if k != "train_ids"}]
+    return {"budgets": summarise_curve(rows, len(features.test_labels), confidence, min_gain), "runs": rows}
 
 
 def full_label_comparison(name: str, finetuned_correct: np.ndarray, scratch_correct: np.ndarray,

@@ -20,14 +20,14 @@ import torch
 
 from pipeline.common.device import select_device
 from pipeline.common.faults import kill_point
-from pipeline.common.io import write_json
+from pipeline.common.io import read_json, write_json
 from pipeline.common.seeding import seed_everything
 from pipeline.config import BaselineParams, CommonParams, EvaluateParams, FreezeParams, TrainParams
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.evaluation.assess import attack_set, explain, score, shift_ids
 from pipeline.evaluation.comparison import (MODELS, Features, assemble_metrics, embed_splits, full_label_comparison,
                                             history_curve, label_efficiency, recommend)
-from pipeline.evaluation.label_efficiency import drawable_budgets, labels_saved, sample_per_class
+from pipeline.evaluation.label_efficiency import labels_saved
 from pipeline.evaluation.outputs import write_plots
 from pipeline.evaluation.references import majority_accuracy, pixel_probe_accuracy, training_problem
 from pipeline.evaluation.report import write_report
@@ -35,7 +35,6 @@ from pipeline.evaluation.verdict import announce
 from pipeline.freezing.plan import FreezePlan, load_plan
 from pipeline.models import LoadedModel
 from pipeline.training.probe import fit_linear_probe, set_head
-from pipeline.training.recipes import Setup
 
 __all__ = ["EvaluationInputs", "Evaluation", "evaluate"]
 
@@ -52,6 +51,7 @@ class EvaluationInputs:
     finetune_history: Path
     baseline: Path
     baseline_history: Path
+    scratch_curve: Path  # the curve stage's scratch_runs.json: the draws and their scratch runs
 
 
 @dataclass
@@ -86,11 +86,12 @@ class _Context:
     finetuned: LoadedModel
     scratch: LoadedModel
     loop_cfg: TrainParams  # the fine-tune's loop settings (from its card)
-    scratch_cfg: BaselineParams  # the baseline's settings (from its card): the curve's scratch runs
+    scratch_cfg: BaselineParams  # the baseline's settings (from its card)
     cs: list[float]  # the probe's penalties
     pool: pd.DataFrame  # the train rows inside the label budget ("all labels")
-    val_ids: list[str]  # the val images the curve's runs choose on
-    size: int  # the curve's image size
+    scratch_curve: dict  # the curve stage's draws and scratch runs
+    val_ids: list[str]  # the val images the curve's runs choose on (the curve stage's)
+    size: int  # the curve's image size (the curve stage's)
 
     @property
     def pool_ids(self) -> list[str]:
@@ -113,7 +114,7 @@ def evaluate(inputs: EvaluationInputs, common: CommonParams, cfg: EvaluateParams
     references = {"majority_class": majority_accuracy(features.test_labels),
                   "pixel_logistic_regression": pixel_probe_accuracy(inputs.dataset, ctx.pool_ids, ctx.val_ids,
                                                                     len(ctx.classes), ctx.cs)}
-    curve, skipped = _curve(ctx, features, references["majority_class"])
+    curve, skipped = _curve(ctx, features)
     models = {"finetuned": ctx.finetuned, "linear_probe": backbone, "scratch": ctx.scratch}
     scores, correct = _scores(ctx, models)
     parts = {**_comparisons(ctx, scores, correct, references, curve), "curve": curve, "references": references,
@@ -127,20 +128,19 @@ def evaluate(inputs: EvaluationInputs, common: CommonParams, cfg: EvaluateParams
 
 
 def _load(inputs: EvaluationInputs, common: CommonParams, cfg: EvaluateParams) -> _Context:
-    """The models, the recipes they were trained with (from their cards), the label pool and the curve's val
-    images."""
+    """The models, the recipes they were trained with (from their cards), the label pool and the curve stage's
+    draws."""
     device = select_device(common.device)
     plan, classes = load_plan(inputs.plan), read_classes(inputs.dataset)
     finetuned, scratch = LoadedModel.load(inputs.finetuned, device), LoadedModel.load(inputs.baseline, device)
     manifest = read_manifest(inputs.dataset)
     pool = train_in_budget(manifest, inputs.dataset)  # "all" means the labels the run has
-    val = manifest[manifest["split"] == "val"]
-    val_ids = val["id"].to_numpy()[sample_per_class(val["label_idx"], cfg.curve_val_per_class, common.seed)].tolist()
+    curve = read_json(inputs.scratch_curve)
     return _Context(inputs, common, cfg, device, plan, classes, finetuned, scratch,
                     loop_cfg=TrainParams(**finetuned.card["params"]["train"]),
                     scratch_cfg=BaselineParams(**scratch.card["params"]["baseline"]),
                     cs=plan.probe_cs or FreezeParams().probe_cs,  # plans written before the probe was solved
-                    pool=pool, val_ids=val_ids, size=cfg.curve_image_size or common.image_size)
+                    pool=pool, scratch_curve=curve, val_ids=curve["val_ids"], size=curve["image_size"])
 
 
 def _transfer_side(ctx: _Context) -> tuple[LoadedModel, Features, float]:
@@ -155,14 +155,12 @@ def _transfer_side(ctx: _Context) -> tuple[LoadedModel, Features, float]:
     return backbone.to(ctx.device), features, probe.seconds
 
 
-def _curve(ctx: _Context, features: Features, majority: float) -> tuple[dict, list]:
-    """The label-efficiency curve at every budget the pool can draw; returns it and the budgets skipped."""
-    budgets, skipped = drawable_budgets(ctx.pool["label_idx"], ctx.cfg.budgets)
-    setup = Setup(ctx.inputs.dataset, ctx.plan.model, ctx.classes, ctx.size, ctx.loop_cfg, ctx.device, None,
-                  ctx.common.num_workers)
-    curve = label_efficiency(ctx.cfg, ctx.scratch_cfg, setup, features, ctx.pool_ids, ctx.val_ids, budgets, majority,
-                             ctx.cs)
-    return curve, skipped
+def _curve(ctx: _Context, features: Features) -> tuple[dict, list]:
+    """The label-efficiency curve: the transfer side on the curve stage's draws beside its scratch runs; returns it
+    and the budgets the pool could not give."""
+    curve = label_efficiency(ctx.scratch_curve, ctx.inputs.scratch_curve, features, ctx.pool_ids, len(ctx.classes),
+                             ctx.cs, ctx.cfg.confidence, ctx.cfg.min_gain)
+    return curve, ctx.scratch_curve["skipped"]
 
 
 def _scores(ctx: _Context, models: dict[str, LoadedModel]) -> tuple[dict, dict]:

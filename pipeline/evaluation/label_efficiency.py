@@ -27,7 +27,8 @@ from pipeline.common.logs import get_logger, progress
 from pipeline.evaluation.intervals import seed_interval
 from pipeline.evaluation.verdict import budget_verdict
 
-__all__ = ["SIDES", "RunFn", "budget_name", "sample_per_class", "drawable_budgets", "run_curve", "summarise_curve",
+__all__ = ["SIDES", "RunFn", "budget_name", "sample_per_class", "drawable_budgets", "Draw", "curve_draws", "curve_row",
+           "run_curve", "summarise_curve",
            "labels_saved", "time_to_reach", "time_saved", "elapsed_curve"]
 
 SIDES = ("transfer", "scratch")
@@ -71,15 +72,42 @@ def drawable_budgets(labels: Sequence[int], budgets: Sequence[int]) -> tuple[lis
 
 
 @dataclass(frozen=True)
-class _Run:
+class Draw:
+    """One budget x seed of the curve: the train images both sides learn from."""
+
     budget: int
     seed: int
-    side: str
+    indices: np.ndarray  # sorted indices into the label pool
+
+    @property
+    def name(self) -> str:
+        return f"{budget_name(self.budget)} seed {self.seed}"
+
+
+def curve_draws(labels: Sequence[int], budgets: Sequence[int], seeds: Sequence[int]) -> list[Draw]:
+    """Every budget x seed's stratified draw from the label pool (:func:`sample_per_class`), budgets in order."""
+    return [Draw(b, s, sample_per_class(labels, b, s)) for b in budgets for s in seeds]
+
+
+def curve_row(draw: Draw, labels: Sequence[int], side: str, metrics: dict, wall_seconds: float) -> dict:
+    """One run of the curve as the summaries read it: the draw's budget, seed and label counts with the run's
+    own figures (``accuracy``, ``converged``, ``steps``, ``seconds`` at least)."""
+    missing = {"accuracy", "converged", "steps", "seconds"} - set(metrics)
+    if missing:
+        raise ValueError(f"the {side} run of {draw.name} returned {sorted(metrics)}: it lacks {sorted(missing)}")
+    log.info("%s %s: accuracy %.4f, %s, %d steps, %.1fs", side, draw.name, metrics["accuracy"],
+             "converged" if metrics["converged"] else "NOT converged", metrics["steps"], metrics["seconds"])
+    return {**metrics, "budget": draw.budget, "name": budget_name(draw.budget), "n_labels": len(draw.indices),
+            "max_per_class": int(np.bincount(np.asarray(labels, dtype=int)[draw.indices]).max()), "seed": draw.seed,
+            "side": side, "wall_seconds": round(wall_seconds, 3)}
 
 
 def run_curve(labels: Sequence[int], budgets: Sequence[int], seeds: Sequence[int], transfer_fn: RunFn,
               scratch_fn: RunFn) -> list[dict]:
-    """Both sides at every budget and seed, on the same subsets.
+    """Both sides at every budget and seed, on the same subsets, one run after the other.
+
+    (The pipeline runs the scratch side in its own stage, pipeline/evaluation/scratch_curve.py, and the
+    transfer side in evaluate, on the draws that stage recorded; this is both at once, for studies.)
 
     Args:
         labels: label index of every train item the run has (the pool budgets are drawn from).
@@ -88,24 +116,14 @@ def run_curve(labels: Sequence[int], budgets: Sequence[int], seeds: Sequence[int
         transfer_fn: learns the transfer side from the given train indices.
         scratch_fn: learns the scratch side from the given train indices.
     Returns:
-        One row per run: budget, name, n_labels, max_per_class, seed, side and the run's own figures.
+        One row per run (:func:`curve_row`).
     """
-    labels = np.asarray(labels, dtype=int)
-    runs = [_Run(b, s, side) for b in budgets for s in seeds for side in SIDES]
     rows = []
-    for run in progress(runs, desc="label-efficiency runs", unit="run"):
-        indices = sample_per_class(labels, run.budget, run.seed)
-        started = time.perf_counter()
-        metrics = (transfer_fn if run.side == "transfer" else scratch_fn)(indices, run.seed)
-        missing = {"accuracy", "converged", "steps", "seconds"} - set(metrics)
-        if missing:
-            raise ValueError(f"the {run.side} run returned {sorted(metrics)}: it lacks {sorted(missing)}")
-        rows.append({**metrics, "budget": run.budget, "name": budget_name(run.budget), "n_labels": len(indices),
-                     "max_per_class": int(np.bincount(labels[indices]).max()), "seed": run.seed, "side": run.side,
-                     "wall_seconds": round(time.perf_counter() - started, 3)})
-        log.info("%s %s seed %d: accuracy %.4f, %s, %d steps, %.1fs", run.side, budget_name(run.budget), run.seed,
-                 metrics["accuracy"], "converged" if metrics["converged"] else "NOT converged", metrics["steps"],
-                 metrics["seconds"])
+    for draw in progress(curve_draws(labels, budgets, seeds), desc="label-efficiency draws", unit="draw"):
+        for side, fn in (("transfer", transfer_fn), ("scratch", scratch_fn)):
+            started = time.perf_counter()
+            metrics = fn(draw.indices, draw.seed)
+            rows.append(curve_row(draw, labels, side, metrics, time.perf_counter() - started))
     return rows
 
 

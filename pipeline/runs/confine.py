@@ -44,7 +44,7 @@ FORM_KEYS = frozenset({
     "train.amp", "train.cpu_bf16", "train.channels_last", "train.compile",
     "finetune.patience", "finetune.feature_cache", "finetune.cache_views",
     "baseline.lr", "baseline.patience", "baseline.max_epochs",
-    "evaluate.budgets", "evaluate.seeds", "evaluate.curve_image_size", "evaluate.curve_val_per_class",
+    "curve.budgets", "curve.seeds", "curve.image_size", "curve.val_per_class",
     "evaluate.ece_bins", "evaluate.fgsm_epsilons", "evaluate.attack_images", "evaluate.interpret_classes",
     "evaluate.ideal_steps", "evaluate.tv_weight", "evaluate.adversarial_step", "evaluate.adversarial_max_steps",
 })

@@ -18,7 +18,7 @@ from pipeline.promotion.blessing import blessing_markdown, check_rows
 from pipeline.common.run_names import tag_of
 
 # stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
-TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "evaluate")
+TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "curve", "evaluate")
 
 __all__ = ["render_summary", "html_reports", "headline_table", "stage_metrics", "drift_summary"]
 
@@ -136,6 +136,8 @@ def _headlines(metrics: dict[str, dict[str, Any]]) -> list[str]:
              ("finetune", "Fine-tuned", "val accuracy {val_accuracy}, test accuracy {test_accuracy} ({kept_reason})"),
              ("baseline", "Scratch baseline", "converged {converged} ({stopped_by} after {epochs_run} epochs), "
                                               "test accuracy {test_accuracy}"),
+             ("curve", "Scratch curve", "{runs} runs ({shared} shared with the baseline), all converged {converged}, "
+                                        "{workers} side by side in {wall_seconds} s"),
              ("evaluate", "Transfer verdict", "{verdict}: {verdict_reason}"),
              ("drift", "Drift detected", "{drift_detected} (p = {p_value}; {n_reference} reference vs {n_current} "
                                          "current images; moved: {descriptors_moved})"),

@@ -40,6 +40,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("freeze", "write the freeze plan: frozen blocks, per-group learning rates", "pipeline.stages.freeze"),
     StageSpec("finetune", "train by the freeze plan; checkpoints, resume, curves", "pipeline.stages.finetune"),
     StageSpec("baseline", "train the same architecture from scratch on the same budget", "pipeline.stages.baseline"),
+    StageSpec("curve", "the label-efficiency curve's scratch runs, side by side", "pipeline.stages.curve"),
     StageSpec("evaluate", "transfer vs scratch: accuracy, label efficiency, robustness, verdict",
               "pipeline.stages.evaluate"),
     StageSpec("drift", "calibrated drift test and Evidently report on the current set", "pipeline.stages.drift"),

@@ -2,8 +2,9 @@
 
 Inputs: the dataset directory (train split, rows inside the label budget), the feature cache folder.
 Outputs: ``selection.json`` (ranking table, every score with its 95% bootstrap interval, the cost of
-scoring, the candidates removed and why, the chosen weights with their sha256), ``metrics.json`` and
-a score-vs-cost plot (PNG).
+scoring, the candidates removed and why, the chosen weights with their sha256), ``metrics.json``,
+a score-vs-cost plot (PNG) and ``architecture.json`` (the chosen architecture alone: what the scratch
+stages depend on, so that a new selection of the same architecture retrains no scratch model).
 Params: ``common`` (seed, device, image_size, num_workers) and ``select``.
 The filters, scores and pick rule are in pipeline/selection/candidates.py (docs/select.md).
 """
@@ -21,6 +22,7 @@ from pipeline.config import Params
 from pipeline.data.shards import dataset_version, read_classes, read_manifest
 from pipeline.selection.candidates import RULE, Candidates, assess, rank_candidates, spec_or_error, stratified_sample
 from pipeline.selection.figures import plot_selection
+from pipeline.selection.result import architecture_record
 from pipeline.stages.protocol import use_validated, validation_field
 
 __all__ = ["Args", "run"]
@@ -37,6 +39,8 @@ class Args:
     metrics: Path = field(metadata={"help": "metrics.json to write"})
     plot: Path = field(metadata={"help": "score-vs-cost PNG to write"})
     validation: Path | None = validation_field()
+    architecture: Path | None = field(default=None, metadata={
+        "help": "architecture.json to write: the chosen architecture alone, what the scratch stages depend on"})
 
 
 def run(params: Params, args: Args) -> dict:
@@ -73,6 +77,8 @@ def run(params: Params, args: Args) -> dict:
         "scoring_seconds": round(sum(r["cost"]["total_s"] for r in ranked), 3),
     }
     write_json(args.out, selection)
+    if args.architecture is not None:
+        write_json(args.architecture, architecture_record(pick["name"]))
     metrics = {"selected": pick["name"], "scored": len(ranked), "removed": len(selection["removed"]),
                "scoring_seconds": selection["scoring_seconds"], "weights_sha256": pick["weights"].get("sha256"),
                **{f"selected_{k}": v["value"] for k, v in pick["scores"].items()}}

@@ -5,6 +5,7 @@
     data.py             the train/val datasets of a run (the model's preprocessing plus augmentation, small sets cycled)
     probe.py            the linear probe solved to the optimum (logistic regression, val-chosen penalty)
     recipes.py          training from scratch to convergence (the baseline and the curve's scratch runs)
+    workers.py          independent runs side by side in worker processes, each on its share of the threads
     frozen_features.py  the frozen backbone's outputs, computed once in memory, that head-only phases train on
     ddp.py              torchrun + DistributedDataParallel (NCCL on CUDA, gloo on the CPU)
     augment.py          the augmentation suited to the input size

@@ -22,8 +22,8 @@ TINY = {
     "freeze": {"epochs": 1},
     "train": {"min_epoch_steps": 3},
     "baseline": {"patience": 2, "max_epochs": 8},
-    "evaluate": {"budgets": [3], "seeds": [0, 1, 2], "attack_images": 20, "interpret_classes": 2, "ideal_steps": 5,
-                 "adversarial_max_steps": 10},
+    "curve": {"budgets": [3], "seeds": [0, 1, 2]},
+    "evaluate": {"attack_images": 20, "interpret_classes": 2, "ideal_steps": 5, "adversarial_max_steps": 10},
     "drift": {"permutations": 100, "max_samples": 200},
     # 30 digits a class leave about 5 test images each: enough for orchestration tests to see a champion
     # crowned (it must still beat the majority class by the paired test), not for the full blessing
