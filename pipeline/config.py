@@ -223,8 +223,8 @@ class FreezeParams(Section):
 
 
 class TrainParams(Section):
-    """The training loop (pipeline/training/loop.py) that finetune and baseline both run, and evaluate's curve runs
-    after them: one section, so that a change here re-runs both sides of the comparison alike (a fair one)."""
+    """The training loop (pipeline/training/loop.py) that finetune, baseline and the curve's scratch runs all run:
+    one section, so that a change here re-runs both sides of the comparison alike (a fair one)."""
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0, le=1)

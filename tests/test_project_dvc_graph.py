@@ -131,3 +131,15 @@ def test_every_stage_is_declared_with_its_own_command():
         assert dvc_stages(ROOT)[spec.name]["cmd"].startswith(f"tlops {spec.name} ")
         assert f"pipeline/stages/{spec.name}.py" in declared_paths(ROOT, spec.name, "deps")
         assert declared_options(ROOT, spec.name)  # paths come from the command line
+
+
+def test_the_scratch_side_depends_on_the_architecture_alone():
+    """A change of selection, freezing or fine-tuning that keeps the architecture retrains no scratch model: the
+    baseline and the curve read none of their outputs but select's architecture.json, and none of their params."""
+    upstream = {path for stage in ("select", "freeze", "finetune") for kind in ("outs", "metrics", "plots")
+                for path in declared_paths(ROOT, stage, kind)} - {"results/select/architecture.json"}
+    for stage in ("baseline", "curve"):
+        deps = set(declared_paths(ROOT, stage, "deps"))
+        assert "results/select/architecture.json" in deps and not deps & upstream, (stage, deps & upstream)
+        params = {entry.split(".")[0] for entry in declared_paths(ROOT, stage, "params")}
+        assert not params & {"select", "freeze", "finetune"}, (stage, params)

@@ -200,3 +200,21 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
     (point,) = learnt["budgets"]
     assert abs(point["transfer"]["mean"] - 0.1) < 0.1  # chance level: nothing to learn
     assert point["verdict"] != "positive", point["reason"]
+
+
+@pytest.mark.timeout(1200)
+def test_the_curve_shares_the_baselines_run_where_a_draw_is_it(chain):
+    """With 5 labels a class, a budget of 5 draws the whole pool: seed 0 (the baseline's) is the baseline's run."""
+    params = validate_params({**SMALL, "curve": {"budgets": [5], "seeds": [0, 1, 2], "val_per_class": 3}})
+    out = chain["work"] / "shared"
+    summary = curve.run(params, curve.Args(dataset=chain["dataset"], architecture=chain["architecture"],
+                                           baseline=chain["baseline_metrics"], out=out / "runs.json",
+                                           metrics=out / "metrics.json"))
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    baseline_metrics = json.loads(chain["baseline_metrics"].read_text())
+    assert [r.get("shared_with") for r in runs] == ["baseline", None, None]
+    assert summary["trained"] == 2 and summary["shared"] == 1
+    assert runs[0]["accuracy"] == round(baseline_metrics["test_accuracy"], 4)
+    assert runs[0]["steps"] == baseline_metrics["optimizer_steps"] and runs[0]["n_labels"] == 50
+    assert all(r["n_labels"] == 50 and r["val_images"] == 30 for r in runs[1:])  # trained on the curve's val images
+    assert len({tuple(r["train_ids"]) for r in runs}) == 1  # every seed draws the whole pool

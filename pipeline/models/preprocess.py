@@ -58,8 +58,19 @@ class Preprocessing:
 
     def transform(self, augment: Sequence[nn.Module] = ()) -> v2.Compose:
         """RGB PIL image -> normalised float tensor; ``augment`` steps run on the resized uint8 image."""
-        return v2.Compose([*self._resize(), *augment, v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(list(self.mean), list(self.std))])
+        return v2.Compose([*self._resize(), *self._finish(augment)])
+
+    def resized(self) -> v2.Compose:
+        """The deterministic head of :meth:`transform`: RGB PIL image -> uint8 tensor at the input size."""
+        return v2.Compose(self._resize())
+
+    def finish(self, augment: Sequence[nn.Module] = ()) -> v2.Compose:
+        """The rest of :meth:`transform`, on a :meth:`resized` image: ``augment``, then the normalised float tensor
+        (``transform(a)(image)`` equals ``finish(a)(resized()(image))``, random draws included)."""
+        return v2.Compose(self._finish(augment))
+
+    def _finish(self, augment: Sequence[nn.Module]) -> list[nn.Module]:
+        return [*augment, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
 
     def pixels(self) -> v2.Compose:
         """RGB PIL image -> float tensor in [0, 1] at the input size, before normalisation (attacks, figures)."""

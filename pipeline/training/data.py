@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch.utils.data import Dataset
 
-from pipeline.data.shards import ShardImageDataset
+from pipeline.data.shards import ShardImageDataset, read_manifest
 from pipeline.models.preprocess import Preprocessing
 from pipeline.training.augment import augment_steps, resolve_augment
 
-__all__ = ["TrainData", "Repeated", "small_data_batch", "training_data"]
+__all__ = ["TrainData", "Repeated", "ResizedImages", "small_data_batch", "training_data", "CACHE_BYTES"]
+# a run keeps its images decoded and resized in memory up to this size (uint8 at the input side): a small train
+# set is visited hundreds of times (20 images, 700 steps of 8), and decoding and resizing them on each visit
+# took a tenth of a scratch run at 64 px (more for large photos); above it, images are read on each visit
+CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -36,6 +40,38 @@ class Repeated(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[index % len(self.dataset)]
+
+
+class ResizedImages(Dataset):
+    """A run's images through ``finish`` (augmentation and normalisation) on every visit, from a cache of the
+    decoded and resized images filled on the first visit. An item equals the uncached transform's, random
+    draws included (the resize draws none). :meth:`through` is another finish over the same cache (the
+    augmented and plain train sets share one)."""
+
+    def __init__(self, source: ShardImageDataset, finish: Callable, cache: list | None = None):
+        self.source, self.finish = source, finish  # source yields (uint8 tensor at the input size, label)
+        self._cache = cache if cache is not None else [None] * len(source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        if self._cache[index] is None:
+            self._cache[index] = self.source[index]
+        image, label = self._cache[index]
+        return self.finish(image), label
+
+    def through(self, finish: Callable) -> "ResizedImages":
+        """The same images (and cache) through another finish."""
+        return ResizedImages(self.source, finish, self._cache)
+
+
+def _images(preprocessing: Preprocessing, dataset: str | os.PathLike, split: str, ids: Sequence[str] | None,
+            augment: Sequence, cached: bool) -> Dataset:
+    if not cached:
+        return ShardImageDataset(dataset, split, preprocessing.transform(augment), ids=ids)
+    return ResizedImages(ShardImageDataset(dataset, split, preprocessing.resized(), ids=ids),
+                         preprocessing.finish(augment))
 
 
 def small_data_batch(n_train: int, batch_size: int) -> int:
@@ -65,11 +101,13 @@ def training_data(preprocessing: Preprocessing, dataset: str | os.PathLike, trai
         raise ValueError(f"{dataset}: no training images to train on")
     name = resolve_augment(augment, preprocessing.image_size)
     steps = augment_steps(name, preprocessing.image_size)
-    data = TrainData(train=Repeated(ShardImageDataset(dataset, "train", preprocessing.transform(steps), ids=train_ids),
-                                    min_epoch_items),
-                     train_plain=ShardImageDataset(dataset, "train", preprocessing.transform(), ids=train_ids),
-                     val=ShardImageDataset(dataset, "val", preprocessing.transform(), ids=val_ids),
-                     augmented=bool(steps))
+    val_count = len(val_ids) if val_ids is not None else int((read_manifest(dataset)["split"] == "val").sum())
+    cached = (len(train_ids) + val_count) * 3 * preprocessing.image_size ** 2 <= CACHE_BYTES
+    train = _images(preprocessing, dataset, "train", train_ids, steps, cached)
+    plain = train.through(preprocessing.finish()) if cached else _images(preprocessing, dataset, "train", train_ids,
+                                                                            (), False)
+    data = TrainData(train=Repeated(train, min_epoch_items), train_plain=plain,
+                     val=_images(preprocessing, dataset, "val", val_ids, (), cached), augmented=bool(steps))
     if len(data.val) == 0:
         raise ValueError(f"{dataset}: the val split is empty (early stopping needs it)")
     return data
