@@ -5,6 +5,7 @@ Wiring only: the worktree, DVC calls, promotion and the summary live in pipeline
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from prefect.tasks import exponential_backoff
 from flows.engine import ensure_concurrency_limit
 from flows.limits import run_time_limit, training_slot
 from flows.parameters import RetrainParameters
+from flows.server import ServerStartFailed, temporary_server
 from pipeline.common.errors import TransientError
 from pipeline.common.threads import busy_note, job
 from pipeline.common.threads import resolve as resolve_threads
@@ -182,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=main.__doc__)
     parser.add_argument("--profile", default=None, help="a params profile, e.g. gpu (params.gpu.yaml)")
     ns = parser.parse_args(argv)
-    result = retrain(RetrainParameters(profile=ns.profile or None), reason="make run")
+    limit = load_params(find_root() / "params.yaml").orchestrate.server_startup_s
+    try:
+        with temporary_server(limit):
+            result = retrain(RetrainParameters(profile=ns.profile or None), reason="make run")
+    except ServerStartFailed as err:  # nothing has run yet: one line saying what to do
+        print(f"make run: {err}", file=sys.stderr)
+        return 1
     print(f"\nRun {result['run']} done. Its worktree (data, model, reports): {result['workspace']}")
     print(f"Reports: {Path(result['workspace']) / 'reports'}")
     return 0
