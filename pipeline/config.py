@@ -386,8 +386,8 @@ class OrchestrateParams(Section):
                                                            "together stay within command_timeout_s")
     keep_runs: int = Field(5, ge=1, description="run worktrees kept, finished and failed, newest first; older ones "
                                                 "are removed after each run (their tags and DVC versions stay)")
-    # how fast, not what, a stage computes (float rounding aside, which differs between machines anyway): here,
-    # where no stage subscribes, so a change re-runs nothing (pipeline/common/threads.py)
+    # how fast a stage computes (its numbers only through rounding, as another machine would): here, where no stage
+    # subscribes, so a change re-runs nothing (pipeline/common/threads.py)
     threads: int | None = Field(None, ge=1, le=4096, description="threads of each stage process of a run; null = "
                                                                  "the cores this process may use, shared equally "
                                                                  "by the jobs in progress on the machine")

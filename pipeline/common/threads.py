@@ -3,7 +3,8 @@
 PyTorch, OpenMP and the BLAS libraries each start one thread per core of the machine. Two such processes on one
 machine (a drift check beside a retrain on one worker, a `make run` beside the test suite) keep twice as many
 busy threads as there are cores; OpenMP's threads spin at each barrier for a thread that is not running, and
-both jobs slowed down tenfold instead of twofold (61 img/s alone, 2-6 beside another job; bench/bench_jobs.py).
+both jobs slowed down tenfold instead of twofold (the scratch baseline: 61 img/s alone, 2-6 beside the test suite;
+bench/bench_jobs.py measures it).
 
 So every stage process (and `tlops predict`) takes its share once, when it starts (:func:`run_threads`):
 
@@ -315,8 +316,9 @@ def run_threads(setting: int | None, what: str = "") -> Iterator[Share]:
 
 def busy_note(share: Share) -> str | None:
     """A note when the machine is busier than its cores with work an automatic share does not count (only tlops
-    jobs are counted): threads that wait for one another at every step then thrash (bench/bench_jobs.py: 2
-    threads beside other work ran at a tenth of 1 thread's speed). None when there is nothing to say."""
+    jobs are counted): threads that wait for one another at every step then thrash (bench/bench_jobs.py on the
+    busy 2-core machine: 2 threads ran at a quarter to a sixteenth of 1 thread's speed). None when there is
+    nothing to say."""
     if not share.automatic or share.threads < 2 or not hasattr(os, "getloadavg"):
         return None
     load, cores = os.getloadavg()[0], machine_cores()
