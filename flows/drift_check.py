@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from flows.limits import run_time_limit
 from flows.parameters import DriftCheckParameters
 from flows.retrain import RETRY_POLICY, announce, notify_on_failure, prune_on_failure, publish, run_stage, version
+from pipeline.common.threads import job
 from pipeline.config import Params, load_params
 from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
@@ -67,7 +68,8 @@ def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> di
         return {"drift_detected": None, "reason": "no champion"}
     name = run_name(flow_run.get_name() or "drift-check")
     try:
-        with run_time_limit(params.orchestrate, f"drift check {name}"):
+        # one job on this machine: beside a retrain, each takes half the cores (pipeline/common/threads.py)
+        with run_time_limit(params.orchestrate, f"drift check {name}"), job(f"drift check {name}"):
             return _check(project, params, champion, name, parameters)
     finally:  # however the check ends, it is over: prune_runs may count its worktree from now on
         release_run(project, name)

@@ -5,6 +5,7 @@ Wiring only: the worktree, DVC calls, promotion and the summary live in pipeline
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from prefect.tasks import exponential_backoff
 from flows.engine import ensure_concurrency_limit
 from flows.limits import run_time_limit, training_slot
 from flows.parameters import RetrainParameters
+from flows.server import ServerStartFailed, temporary_server
 from pipeline.common.errors import TransientError
+from pipeline.common.threads import busy_note, job
+from pipeline.common.threads import resolve as resolve_threads
 from pipeline.config import OrchestrateParams, load_params
 from pipeline.project import built_stages, find_root
 from pipeline.common.run_names import run_name
@@ -50,9 +54,13 @@ def prepare(project: str, name: str, overrides: dict[str, Any]) -> str:
 def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
     """Run one stage through DVC in the run's worktree; a retry (after a kill) resumes from its checkpoint."""
     attempt, logger = task_run.run_count, get_run_logger()
+    workspace = RunWorkspace.open(Path(project), name)
+    share = resolve_threads(workspace.limits.threads)  # what the stage takes as it starts (its log keeps quiet)
+    logger.info("stage %s: %d thread(s) (%s)", stage, share.threads, share.reason)
+    if busy := busy_note(share):
+        logger.warning("stage %s: %s", stage, busy)
     # each line the stage prints (per-epoch lines, progress) reaches the run log while the stage runs
-    result = RunWorkspace.open(Path(project), name).repro(stage, resume=attempt > 1,
-                                                          on_line=lambda line: logger.info("%s | %s", stage, line))
+    result = workspace.repro(stage, resume=attempt > 1, on_line=lambda line: logger.info("%s | %s", stage, line))
     logger.info("stage %s: %s in %.1fs (attempt %d)", stage, result.status, result.seconds, attempt)
     return {**result.as_dict(), "attempt": attempt}
 
@@ -136,7 +144,9 @@ def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters
     get_run_logger().info("run %s waits for the %r slot (one retrain trains at a time; at most %g s, "
                           "orchestrate.slot_timeout_s)", name, orchestrate.concurrency_limit,
                           orchestrate.slot_timeout_s)
-    with training_slot(orchestrate, f"retrain run {name}"):
+    # counted as a job on this machine once it trains (not while it waits): its stages and a drift check
+    # beside it share the cores (pipeline/common/threads.py)
+    with training_slot(orchestrate, f"retrain run {name}"), job(f"retrain run {name}"):
         workspace = prepare(project, name, overrides)
         chain = built_stages(Path(workspace))
         stages = [run_stage(project, name, stage) for stage in chain if stage != "promote"]
@@ -174,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=main.__doc__)
     parser.add_argument("--profile", default=None, help="a params profile, e.g. gpu (params.gpu.yaml)")
     ns = parser.parse_args(argv)
-    result = retrain(RetrainParameters(profile=ns.profile or None), reason="make run")
+    limit = load_params(find_root() / "params.yaml").orchestrate.server_startup_s
+    try:
+        with temporary_server(limit):
+            result = retrain(RetrainParameters(profile=ns.profile or None), reason="make run")
+    except ServerStartFailed as err:  # nothing has run yet: one line saying what to do
+        print(f"make run: {err}", file=sys.stderr)
+        return 1
     print(f"\nRun {result['run']} done. Its worktree (data, model, reports): {result['workspace']}")
     print(f"Reports: {Path(result['workspace']) / 'reports'}")
     return 0

@@ -4,8 +4,10 @@ the runs' HTML reports (``<run>/reports/<file>`` only)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
+import math
 import os
 import posixpath
 import secrets
@@ -17,10 +19,11 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["PrefectServer", "ReportServer", "free_port", "report_path", "AUTH_FILE", "SERVER_AUTH_ENV",
-           "CLIENT_AUTH_ENV", "server_auth_string", "client_auth_string"]
+           "CLIENT_AUTH_ENV", "server_auth_string", "client_auth_string", "temporary_server", "ServerStartFailed"]
 # Prefect 3.8.8's basic auth: the server compares the decoded Authorization header with
 # PREFECT_SERVER_API_AUTH_STRING (every API route but GET /api/health and /api/ready); clients and
 # workers send PREFECT_API_AUTH_STRING. Both are "user:password".
@@ -160,6 +163,59 @@ class PrefectServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerStartFailed(RuntimeError):
+    """Prefect's temporary server did not start within ``orchestrate.server_startup_s``; says what to do."""
+
+
+@contextlib.contextmanager
+def temporary_server(limit_s: float) -> Iterator[str | None]:
+    """Prefect's temporary server for a run started without one (`make run`), given ``limit_s`` seconds to start.
+
+    Prefect starts this server itself the first time a flow needs its API and no PREFECT_API_URL is set, with
+    its own limit of 20 s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS): its first start creates the
+    database (12 s here on a quiet machine), and a busy machine took longer and failed the whole run. Here it
+    is started before the flow, with the limit set for the block (Prefect's settings are read when prefect is
+    imported, so the environment variable set later would be ignored; ``temporary_settings`` is its way), and
+    the flow then uses the running server. Prefect's own server rather than one this process would start and
+    own (:class:`PrefectServer`): `prefect server start` also builds and serves the dashboard and runs the
+    background services, more work on a machine already busy, and would repeat the port choice and the
+    shutdown Prefect does for its temporary server (it stops with this process).
+
+    Args:
+        limit_s: ``orchestrate.server_startup_s``.
+    Yields:
+        The API URL in use: the temporary server's, PREFECT_API_URL's (a server already there: nothing is
+        started), or None where Prefect may not start one (the flow then fails with Prefect's message).
+    Raises:
+        ServerStartFailed: not answering within ``limit_s``, or the server process ended; names the param and
+            the two ways out.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED,
+                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield PREFECT_API_URL.value() or None
+        return
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: math.ceil(limit_s)}):
+        server = SubprocessASGIServer()  # the instance Prefect's clients use (one per process)
+        started = time.monotonic()
+        try:
+            server.start(timeout=limit_s)
+        except Exception as err:  # noqa: BLE001 (a timeout is a RuntimeError, a bad health answer httpx's)
+            exited = server.server_process is not None and server.server_process.poll() is not None
+            server.stop()  # Prefect leaves it running after a timeout
+            cause = (f"its process exited with {server.server_process.returncode} (its error is above)" if exited
+                     else f"it did not answer within {limit_s:g} s (orchestrate.server_startup_s)")
+            raise ServerStartFailed(
+                f"Prefect's temporary server did not start: {cause}, after {time.monotonic() - started:.1f} s. "
+                "On a busy machine raise orchestrate.server_startup_s in params.yaml; or start a server that stays "
+                "up (`prefect server start` in another terminal, after `source .venv/bin/activate`) and run "
+                "`make run PREFECT_API_URL=http://127.0.0.1:4200/api` "
+                f"(Prefect said: {str(err).strip()[:300] or type(err).__name__})") from None
+        yield server.api_url
 
 
 def report_path(url_path: str) -> bool:

@@ -26,6 +26,7 @@ from pipeline.common.errors import (BAD_INPUT_ERRORS, DISK_FULL, EXIT_BAD_INPUT,
                                     EXIT_TRANSIENT, TransientError, describe_error, raised_in_pipeline)
 from pipeline.common.io import replaced_as_set
 from pipeline.common.logs import get_logger, setup_logging
+from pipeline.common.threads import run_threads
 from pipeline.config import ConfigError, load_params
 from pipeline.project import (declared_options, declared_paths, dvc, dvc_stages, dvc_status, find_root, main_checkout,
                               replaced_outputs)
@@ -126,10 +127,12 @@ def _run_stage(name: str, argv: list[str]) -> int:
     args = module.Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Args)})
     # a stage that may run as several processes (finetune under torchrun) says so after its params are read
     launch = getattr(module, "launch", None)
-    ranks = launch(params, argv) if launch is not None else None
     outputs = _output_args(args, declared, replaced_outputs(root, name)) if _replaces_outputs() else []
-    with replaced_as_set(outputs):
-        summary = ranks() if ranks is not None else module.run(params, args)
+    # the stage computes with its share of the machine's cores (its ranks split it), not with all of them
+    with run_threads(params.orchestrate.threads, f"tlops {name}"):
+        ranks = launch(params, argv) if launch is not None else None
+        with replaced_as_set(outputs):
+            summary = ranks() if ranks is not None else module.run(params, args)
     if summary is not None and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 prints it
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
@@ -215,7 +218,8 @@ def _predict(root: Path, ns: argparse.Namespace) -> int:
         raise ValueError(f"--top-k {ns.top_k}: must be at least 1")
     params = load_params(ns.params or root / "params.yaml", ns.overrides, ns.profile)
     registry = open_registry(params.promote.registry, main_checkout(root))
-    with tempfile.TemporaryDirectory(prefix="tlops-predict-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="tlops-predict-") as scratch, \
+            run_threads(params.orchestrate.threads, "tlops predict"):
         model = resolve_model(ns.model, registry, Path(scratch))
         summary = predict_batch(read_batch(ns.source, params), model, params, ns.out, top_k=ns.top_k)
     refused = f"; {summary['refused']} refused (see the reason column)" if summary["refused"] else ""

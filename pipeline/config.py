@@ -146,7 +146,8 @@ class ValidateParams(Section):
                                            description="quarantine fails anyway above this fraction of bad images")
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard: width*height above is an error")
     stats_max_side: int = Field(512, ge=32, le=8192, description="side images are reduced to for the pixel stats")
-    workers: int = Field(0, ge=0, le=256, description="profile processes; 0 = one per CPU core, 1 = in-process")
+    workers: int = Field(0, ge=0, le=256, description="profile processes; 0 = one per thread of the run's share "
+                                                     "(orchestrate.threads), 1 = in-process")
     chunk_size: int = Field(64, ge=1, le=100_000, description="images per worker task")
     min_rows: int = Field(20, ge=0, description="fewest images in the dataset")
     max_rows: int = Field(10_000_000, ge=1, description="most images in the dataset")
@@ -377,7 +378,7 @@ class PromoteParams(Section):
 
 
 class OrchestrateParams(Section):
-    """Prefect deployments: schedules and run workspaces (flows/)."""
+    """Prefect deployments: schedules, run workspaces and the limits and cores each run keeps to (flows/)."""
 
     retrain_cron: str = Field("0 3 * * 1", min_length=9, description="retrain-scheduled: weekly, Monday 03:00")
     drift_cron: str = Field("0 6 * * *", min_length=9, description="drift-check: daily at 06:00")
@@ -395,6 +396,13 @@ class OrchestrateParams(Section):
                                                            "together stay within command_timeout_s")
     keep_runs: int = Field(5, ge=1, description="run worktrees kept, finished and failed, newest first; older ones "
                                                 "are removed after each run (their tags and DVC versions stay)")
+    # how fast a stage computes (its numbers only through rounding, as another machine would): here, where no stage
+    # subscribes, so a change re-runs nothing (pipeline/common/threads.py)
+    threads: int | None = Field(None, ge=1, le=4096, description="threads of each stage process of a run; null = "
+                                                                 "the cores this process may use, shared equally "
+                                                                 "by the jobs in progress on the machine")
+    server_startup_s: float = Field(120, gt=0, le=3600, description="seconds `make run` waits for Prefect's "
+                                                                    "temporary server to start before it fails")
     flow_timeout_s: float = Field(86400, gt=0, description="seconds a whole retrain or drift-check run may take, "
                                                            "the wait for the slot included; then the stage running "
                                                            "is stopped with every process it started")

@@ -53,6 +53,9 @@ def test_empty_file_gives_defaults(tmp_path):
         ("common:\n  seed: [1\n", "not valid YAML"),
         ("select:\n  weights:\n    resnet18: {uri: r18.pth, sha256: f37072fd}\n",
          "select.weights.resnet18.sha256 = 'f37072fd': String should match pattern '^[0-9a-fA-F]{64}$'"),
+        ("orchestrate:\n  threads: 0\n", "orchestrate.threads = 0: Input should be greater than or equal to 1"),
+        ("orchestrate:\n  threads: all\n", "orchestrate.threads = 'all': Input should be a valid integer"),
+        ("orchestrate:\n  server_startup_s: 0\n", "orchestrate.server_startup_s = 0: Input should be greater than 0"),
     ],
 )
 def test_bad_params_give_one_clear_line(tmp_path, text, expected):
@@ -61,6 +64,17 @@ def test_bad_params_give_one_clear_line(tmp_path, text, expected):
     assert expected in message
     assert message.startswith(str(path))
     assert len(message.splitlines()) == 1
+
+
+def test_the_cores_of_a_run_are_automatic_or_a_count_and_a_change_reruns_no_stage(tmp_path):
+    assert load_params(ROOT / "params.yaml").orchestrate.threads is None  # the machine's cores, shared by its jobs
+    assert load_params(_write(tmp_path, "orchestrate:\n  threads: 3\n")).orchestrate.threads == 3
+    assert load_params(ROOT / "params.yaml", ["orchestrate.server_startup_s=300"]).orchestrate.server_startup_s == 300
+    # how fast a stage computes, not what: no stage subscribes to orchestrate, so a change re-runs nothing
+    from pipeline.project import declared_paths, dvc_stages
+
+    assert not [stage for stage in dvc_stages(ROOT) if any(
+        entry.split(".")[0] == "orchestrate" for entry in declared_paths(ROOT, stage, "params"))]
 
 
 def test_a_key_that_moved_is_refused_naming_its_new_place(tmp_path):

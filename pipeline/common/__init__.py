@@ -9,6 +9,7 @@
     s3.py          the one boto3 client factory, the object store, the S3 error mapping
     run_names.py   run names, their branches and tags: made and checked here only (registry versions are run names)
     device.py      cuda > mps > cpu, overridable by ``common.device``
+    threads.py     each run's share of the machine's cores (``orchestrate.threads``), applied to torch, BLAS, children
     seeding.py     one seed for python, numpy and torch
     figures.py     the headless plotting backend and atomic PNG writes
     html.py        Jinja2 reports written atomically

@@ -41,6 +41,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, TransientError
 from pipeline.common.processes import signal_name
+from pipeline.common.threads import child_env
+from pipeline.common.threads import current as current_threads
 
 __all__ = ["DistInfo", "init_distributed", "wrap_ddp", "all_reduce_sum", "barrier", "shutdown", "NPROC_ENV",
            "LAUNCHER_ENV", "under_torchrun", "processes_wanted", "torchrun_command", "run_torchrun", "RanksFailed",
@@ -185,12 +187,13 @@ def torchrun_command(nproc: int, module_argv: list[str]) -> list[str]:
 def run_torchrun(command: list[str], env: Mapping[str, str] | None = None) -> None:
     """Run ``command`` (from :func:`torchrun_command`) and wait for it.
 
-    Each rank gets ``OMP_NUM_THREADS`` = this process's torch threads / N unless it is set (torchrun
-    alone would set 1). The agent runs in its own session, so a signal to this process's group reaches
-    it once, through here: SIGTERM, SIGINT and SIGHUP are forwarded to it (it stops its ranks), and
-    once it is gone this process gets the signal itself as if nothing had caught it (SIGTERM ends it,
-    SIGINT raises KeyboardInterrupt). If this process is killed outright, the agent and its ranks die
-    with it.
+    The ranks share this stage's threads (pipeline/common/threads.py): each gets ``OMP_NUM_THREADS`` (and
+    ``TLOPS_THREADS``, its share) = the stage's share / N, at least 1 (torchrun alone would set 1).
+
+    The agent runs in its own session, so a signal to this process's group reaches it once, through here:
+    SIGTERM, SIGINT and SIGHUP are forwarded to it (it stops its ranks), and once it is gone this process gets
+    the signal itself as if nothing had caught it (SIGTERM ends it, SIGINT raises KeyboardInterrupt). If this
+    process is killed outright, the agent and its ranks die with it.
 
     Args:
         command: the agent's command line.
@@ -202,8 +205,8 @@ def run_torchrun(command: list[str], env: Mapping[str, str] | None = None) -> No
     """
     nproc = command[command.index("--nproc_per_node") + 1] if "--nproc_per_node" in command else "?"
     env = {**(os.environ if env is None else env), LAUNCHER_ENV: str(os.getpid())}
-    if "OMP_NUM_THREADS" not in env and nproc.isdigit():  # torchrun would give each rank 1 thread
-        env["OMP_NUM_THREADS"] = str(max(torch.get_num_threads() // int(nproc), 1))
+    if nproc.isdigit():
+        env.update(child_env(max(current_threads() // int(nproc), 1)))
     code, verdict, received = _wait_forwarding_signals(command, env)
     if received:  # stopped on request: end the way the signal would have ended this process
         signal.raise_signal(received[0])

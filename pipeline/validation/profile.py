@@ -14,7 +14,6 @@ import hashlib
 import io
 import itertools
 import multiprocessing
-import os
 import warnings
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -28,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.common.logs import get_logger, progress
+from pipeline.common.threads import current as current_threads
 from pipeline.data.images import SIXTEEN_BIT_MODES, to_model_input
 
 if TYPE_CHECKING:  # the profiling workers import this module: no params schema in them
@@ -230,10 +230,9 @@ def profile_records(records: Iterable[tuple[dict[str, Any], bytes]], total: int 
 
 
 def resolve_workers(requested: int) -> int:
-    """Number of worker processes: ``requested``, or one per CPU core available when it is 0."""
-    if requested > 0:
-        return requested
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Number of worker processes: ``requested``, or one per thread of the run's share of the cores when it is 0
+    (pipeline/common/threads.py: on a machine shared with another job, half of its cores)."""
+    return requested if requested > 0 else current_threads()
 
 
 def _checked(records: Iterable[tuple[dict[str, Any], bytes]]) -> Iterator[tuple[dict[str, Any], bytes]]:
