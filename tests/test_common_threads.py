@@ -198,26 +198,6 @@ def test_validate_profiles_with_one_process_per_thread_of_the_share(jobs_dir, mo
 
 
 @pytest.mark.skipif(CORES < 2, reason="needs two cores to share")
-def test_a_long_stage_gives_cores_back_when_a_job_starts_and_takes_them_again_after(jobs_dir):
-    seen = _python(f"""
-        import json, os, subprocess, sys, torch
-        from pipeline.common.threads import rebalance, run_threads
-        counts = []
-        with run_threads(None, "long stage"):
-            counts.append(torch.get_num_threads())
-            env = {{k: v for k, v in os.environ.items() if k != "{JOB_ENV}"}}  # another job, not this one's
-            other = subprocess.Popen([sys.executable, "-c", {HOLDER!r}], env=env, stdout=subprocess.PIPE, text=True)
-            other.stdout.readline()
-            counts += [rebalance(), torch.get_num_threads()]
-            other.kill(); other.wait()
-            counts += [rebalance(), torch.get_num_threads()]
-        with run_threads(2, "fixed"):
-            counts.append(rebalance())
-        print(json.dumps(counts))
-        """)
-    assert seen == [CORES, CORES // 2, CORES // 2, CORES, CORES, None]
-
-
 def test_a_folder_that_cannot_be_written_leaves_the_job_uncounted_not_failed(tmp_path, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")

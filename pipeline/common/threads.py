@@ -16,9 +16,9 @@ So every stage process (and `tlops predict`) takes its share once, when it start
 A job is a flow run (a retrain, a drift check) or a stage run outside one (`tlops <stage>`, `dvc repro` by hand).
 Each holds an ``flock`` on a file of its own in a per-user folder (``<tmp>/tlops-jobs-<uid>``, or
 ``TLOPS_JOBS_DIR``) for as long as it runs; the processes it starts belong to it (``TLOPS_JOB``) and do not count
-again. The kernel drops a lock with its process, so a job killed outright stops counting at once. A long stage
-can take its share again between two epochs (:func:`rebalance`), so a run that started alone gives half back
-when a second job starts.
+again. The kernel drops a lock with its process, so a job killed outright stops counting at once. A stage keeps
+the share it started with to its end: a run's last digits depend on its thread count (a sum in another order), and
+a stage whose count changed between epochs would not reproduce, not even when resumed from a checkpoint.
 
 The share reaches the libraries of this process (torch's intra- and inter-op threads; the BLAS and OpenMP pools
 already loaded, through threadpoolctl) and every process it starts (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
@@ -34,7 +34,6 @@ import math
 import os
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,7 +41,7 @@ from typing import Iterator
 from pipeline.common.logs import get_logger
 
 __all__ = ["Share", "THREADS_ENV", "JOB_ENV", "JOBS_DIR_ENV", "LIBRARY_ENV", "PARAM", "machine_cores",
-           "running_jobs", "job", "resolve", "child_env", "applied", "run_threads", "current", "rebalance", "busy_note"]
+           "running_jobs", "job", "resolve", "child_env", "applied", "run_threads", "current", "busy_note"]
 log = get_logger(__name__)
 
 PARAM = "orchestrate.threads"
@@ -59,7 +58,7 @@ class Share:
 
     threads: int
     reason: str
-    automatic: bool = False  # the machine's cores divided among its jobs: :func:`rebalance` may take it again
+    automatic: bool = False  # the machine's cores divided among its jobs (the busy note applies)
 
 
 def _env_int(name: str) -> int | None:
@@ -286,9 +285,6 @@ def applied(threads: int) -> Iterator[None]:
                 os.environ[name] = value
 
 
-_active: list[Share] = []  # the share of the stage running in this process (run_threads), innermost last
-
-
 @contextlib.contextmanager
 def run_threads(setting: int | None, what: str = "") -> Iterator[Share]:
     """Run the block as a job with its share of this machine's cores (the entry of every stage process).
@@ -307,11 +303,7 @@ def run_threads(setting: int | None, what: str = "") -> Iterator[Share]:
         if busy := busy_note(share):
             log.debug(busy)
         with applied(share.threads):
-            _active.append(share)
-            try:
-                yield share
-            finally:
-                _active.pop()
+            yield share
 
 
 def busy_note(share: Share) -> str | None:
@@ -327,22 +319,3 @@ def busy_note(share: Share) -> str | None:
     return (f"this machine is busy (load {load:.1f} over the last minute on {cores} cores): {share.threads} threads "
             f"may wait on one another at every step; if the run is slow, give it fewer with {PARAM} (or "
             "OMP_NUM_THREADS)")
-
-
-def rebalance() -> int | None:
-    """Take an automatic share again, e.g. between two epochs of a long stage: a run that started alone gives
-    cores back when another job starts, and takes them again when it ends.
-
-    Returns:
-        The threads now; None where nothing is rebalanced (no stage share in this process, a fixed one, or a
-        call outside the main thread, whose threads torch does not let another thread set).
-    """
-    if not _active or not _active[-1].automatic or threading.current_thread() is not threading.main_thread():
-        return None
-    share = _automatic()
-    if share.threads != _active[-1].threads:
-        log.info("threads: %d, was %d (%s)", share.threads, _active[-1].threads, share.reason)
-        os.environ.update(child_env(share.threads))
-        _set_library_threads(share.threads)  # applied() restores the counts from before the stage at its end
-        _active[-1] = share
-    return share.threads

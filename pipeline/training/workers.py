@@ -4,8 +4,8 @@ The scratch runs of the label-efficiency curve share nothing but the data. On a 
 batches uses two threads little better than one (EfficientNet-Lite0 at 64 px, batch 8, measured on the
 2-core development machine), so two runs at once, one thread each, finish the curve about twice as fast
 as one after the other on two threads. Each worker gets ``threads // workers`` threads (at least one),
-where ``threads`` is what this process was given (``torch.get_num_threads()``): the runs share the stage's
-cores and never ask for more, so a stage beside another job slows down by its share, not by thrashing.
+where ``threads`` is the stage's share of the machine (pipeline/common/threads.py, applied to torch when the
+stage started): the runs split the stage's cores and never ask for more.
 
 Workers are spawned, not forked (a fork after torch started its thread pools can deadlock), and stay in
 this process's group: stopping the stage (pipeline/common/processes.py stops the whole group) stops them.
@@ -26,6 +26,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 
 from pipeline.common.logs import get_logger, setup_logging
+from pipeline.common.threads import child_env
 
 __all__ = ["worker_plan", "run_in_workers"]
 log = get_logger(__name__)
@@ -43,9 +44,8 @@ def worker_plan(jobs: int, threads: int, device: torch.device) -> tuple[int, int
 
 
 def _start_worker(threads: int, level: str) -> None:
-    """Each worker: its thread share (torch and the OpenMP/MKL pools of what it starts) and the stage's logging."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)
+    """Each worker: its thread share (torch, and the library pools of what it starts) and the stage's logging."""
+    os.environ.update(child_env(threads))
     torch.set_num_threads(threads)
     setup_logging(level)
 
