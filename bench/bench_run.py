@@ -35,9 +35,11 @@ _RUN_DONE = re.compile(r"Run (\S+) done\. Its worktree \(data, model, reports\):
 
 
 def _clone(rev: str, dest: Path, settings: list[str]) -> str:
-    """A clone of this project at ``rev`` with ``settings`` applied to its params.yaml; returns the commit."""
+    """A clone of this project at ``rev`` with ``settings`` applied to its params.yaml; returns ``rev``'s commit."""
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
     subprocess.run(["git", "checkout", "-q", rev], cwd=dest, check=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dest, check=True, capture_output=True,
+                            text=True).stdout.strip()
     if settings:
         params = yaml.safe_load((dest / "params.yaml").read_text())
         for setting in settings:
@@ -50,8 +52,7 @@ def _clone(rev: str, dest: Path, settings: list[str]) -> str:
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench"]
         subprocess.run(git + ["commit", "-q", "-am", "bench settings: " + " ".join(settings)], cwd=dest, check=True)
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dest, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return commit
 
 
 def _verdicts(worktree: Path) -> dict:
