@@ -195,6 +195,7 @@ def _objects(client, bucket: str) -> dict[str, bytes]:
     return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
 
 
+@pytest.mark.slow
 def test_a_stopped_s3_registry_is_transient_for_promote_and_the_champion_stays(tmp_path, s3_endpoint, monkeypatch,
                                                                                capsys):
     from flows.retrain import RETRY_POLICY
