@@ -17,6 +17,11 @@ pytest_plugins = ["tests.support.s3server"]
 os.environ.setdefault("TLOPS_NO_PROGRESS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under `pytest -n N` each worker (and every stage, torchrun rank and server it starts) computes on one
+    # thread: N workers of a machine's threads each would thrash the cores (set before torch or numpy loads)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,7 @@ from tests.conftest import copy_project
 from tests.support.s3server import make_client
 from tests.support.tiny import make_tiny_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the whole chain, killed and retried
 # made up at each run, so that the values are nowhere in the project's own files (this one included)
 KEY_ID, SECRET = "ASIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
 TOKEN = "IQoJb3JpZ2luX2VjE" + secrets.token_urlsafe(60)  # temporary credentials carry a session token
