@@ -19,7 +19,7 @@ UV_ENV = UV_NO_CONFIG=1 UV_INDEX_STRATEGY=unsafe-best-match \
   UV_EXTRA_INDEX_URL="$$($(PIP) config get global.extra-index-url 2>/dev/null)" \
   UV_FIND_LINKS="$$($(PIP) config get global.find-links 2>/dev/null | tr ' ' ',')"
 
-.PHONY: setup setup-dev run lint test bench ui deploy worker drift-ui lock clean-env
+.PHONY: setup setup-dev run lint test test-fast bench ui deploy worker drift-ui lock clean-env
 
 # $(call environment,<lock files>): install the locks into .venv unless the stamp says they are in. The stamp
 # holds one hash per installed set (of the lock files and pyproject.toml): a second call with unchanged locks
@@ -66,8 +66,19 @@ run: setup
 lint: setup-dev
 	$(BIN)/ruff check pipeline flows tests bench
 
+# the whole suite, as CI runs it, in TEST_WORKERS processes (pytest-xdist; each test file stays on one worker, so
+# its module-scoped chain or server is built once; tests/conftest.py gives each worker one compute thread);
+# TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+# the edit loop: the linter and every test not marked `slow` (no server started, no network trained, no
+# stage run in a subprocess); `make test` before a commit
+test-fast: lint
+	$(PYTEST) -m "not slow"
 
 bench: setup-dev
 	$(BIN)/python -m bench

@@ -17,6 +17,11 @@ pytest_plugins = ["tests.support.s3server"]
 os.environ.setdefault("TLOPS_NO_PROGRESS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under `pytest -n N` each worker (and every stage, torchrun rank and server it starts) computes on one
+    # thread: N workers of a machine's threads each would thrash the cores (set before torch or numpy loads)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +49,17 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def _project_template(tmp_path_factory) -> Path:
+    """One copy of the project for the session, never changed: ``project`` copies it (a copy of a folder is
+    faster than listing, copying and committing the checkout's files for every test)."""
+    return copy_project(tmp_path_factory.mktemp("template") / "project")
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path, _project_template: Path) -> Path:
     """A throwaway copy of the project (git + DVC initialised) to run stages and `dvc repro` in."""
-    return copy_project(tmp_path / "project")
+    return Path(shutil.copytree(_project_template, tmp_path / "project", symlinks=True))
 
 
 def _forget_prefect_exit_hooks_in_child() -> None:

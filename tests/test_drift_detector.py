@@ -45,12 +45,14 @@ def _upper(trials: int) -> int:
     return int(stats.binom.ppf(0.999, trials, ALPHA))
 
 
+@pytest.mark.slow
 def test_false_positive_rate_stays_near_alpha_on_no_shift_splits():
     trials = 100
     alarms = _no_shift_alarms(trials, n_ref=200, n_cur=50, permutations=200, pca_dims=16)
     assert alarms <= _upper(trials), f"{alarms}/{trials} false alarms at alpha {ALPHA}"
 
 
+@pytest.mark.slow
 def test_mmd_alone_is_calibrated_and_not_vacuous():
     emb, _ = _mixture_pool()
     trials = 100

@@ -44,6 +44,7 @@ def _snapshot(shift: float, name: str, classes: list[str] = CLASSES, current_cla
     (["cat", "dog", "fox"], ["cat", "fox"]),  # three classes, two in the batch: taken as binary too
     (["0", "1", "2"], None),
 ])
+@pytest.mark.slow
 def test_report_for_any_label_set_and_near_constant_descriptors(tmp_path, classes, current_classes):
     # width is constant and contrast varies by 1e-16 on both sides: numpy cannot bin them
     snapshot = _snapshot(0.3, "labels", classes, current_classes)
@@ -53,6 +54,7 @@ def test_report_for_any_label_set_and_near_constant_descriptors(tmp_path, classe
     assert snapshot.report.metadata["left_out_of_evidently"] == "width, contrast"
 
 
+@pytest.mark.slow
 def test_evidently_report_saved_as_html_and_json_with_its_metrics(tmp_path):
     values = save_snapshot(_snapshot(0.3, "shifted"), tmp_path / "evidently.html", tmp_path / "evidently.json")
     assert (tmp_path / "evidently.html").stat().st_size > 100_000

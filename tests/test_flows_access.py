@@ -57,6 +57,7 @@ def _api(server: PrefectServer, auth: tuple[str, str] | None) -> httpx.Client:
 
 # ---------------------------------------------------------------- Prefect basic auth
 
+@pytest.mark.slow
 def test_api_refuses_calls_without_the_auth_string(server):
     user, password = AUTH.split(":", 1)
     for auth in (None, (user, "wrong"), ("admin", password)):
@@ -75,6 +76,7 @@ def test_api_refuses_calls_without_the_auth_string(server):
     assert settings["auth"] == "BASIC"
 
 
+@pytest.mark.slow
 def test_worker_with_the_auth_string_runs_a_flow(server, tmp_path):
     env = {**server.env(), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     assert env["PREFECT_API_AUTH_STRING"] == AUTH and "PREFECT_SERVER_API_AUTH_STRING" not in env
@@ -226,6 +228,7 @@ def report_server(tmp_path):
         yield started.url, runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("served", ["nginx", "report_server"])
 def test_reports_server_serves_reports_and_nothing_else(served, request):
     base, runs = request.getfixturevalue(served)
@@ -309,6 +312,7 @@ def test_without_a_link_identity_the_links_are_plain_locations(tmp_path, tempora
     assert served == [("evaluate/report.html", f"https://reports.example/{RUN}/reports/evaluate/report.html")]
 
 
+@pytest.mark.slow
 def test_no_credential_of_the_pipeline_reaches_artifacts_or_the_run(tmp_path, temporary_credentials, server):
     """The retrain flow's publish task and link artifacts (flows/retrain.py), in a flow run on the server."""
     run = _published_run(tmp_path)

@@ -37,7 +37,7 @@ from tests.conftest import copy_project
 from tests.support.s3server import make_client
 from tests.support.tiny import make_tiny_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the whole chain, killed and retried
 # made up at each run, so that the values are nowhere in the project's own files (this one included)
 KEY_ID, SECRET = "ASIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
 TOKEN = "IQoJb3JpZ2luX2VjE" + secrets.token_urlsafe(60)  # temporary credentials carry a session token
@@ -50,12 +50,15 @@ def _upload_folder(client, folder: Path, prefix: str) -> None:
 
 
 def _kill_finetune_mid_epoch(project: Path, killed: list[int], stop: threading.Event) -> None:
-    """Watch for the run's first fine-tune checkpoint, then SIGKILL the `tlops finetune` process."""
+    """Watch for the run's first fine-tune checkpoint, then SIGKILL the `tlops finetune` process working in the
+    run's worktree (only that one: another test, or a `make run`, may be fine-tuning on this machine meanwhile)."""
+    runs = str(project / "runs") + os.sep
     while not stop.is_set():
         for _checkpoint in (project / "runs").glob("*/checkpoints/finetune/last.pt"):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
+            for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
                 cmdline = proc.info["cmdline"] or []
-                if "finetune" in cmdline and any(part.endswith("tlops") for part in cmdline[:2]):
+                if ("finetune" in cmdline and any(part.endswith("tlops") for part in cmdline[:2])
+                        and (proc.info["cwd"] or "").startswith(runs)):
                     os.kill(proc.info["pid"], signal.SIGKILL)
                     killed.append(proc.info["pid"])
                     return

@@ -18,6 +18,8 @@ from pipeline.config import ConfigError
 from pipeline.runs.notify import WEBHOOK_ENV, emit, failure_event
 from pipeline.runs.workspace import StageFailed
 
+pytestmark = pytest.mark.slow  # a Prefect test harness (its own API server) for the module
+
 
 @pytest.fixture(scope="module", autouse=True)
 def harness():

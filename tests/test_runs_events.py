@@ -101,6 +101,7 @@ def test_only_routed_events_leave_and_the_failure_webhook_gets_failures_only(rec
     assert set(Params().orchestrate.events) == set(EVENTS)
 
 
+@pytest.mark.slow
 def test_inside_a_flow_run_each_event_is_a_prefect_event(monkeypatch):
     from prefect import flow, get_client
     from prefect.events.worker import EventsWorker

@@ -24,6 +24,8 @@ from pipeline.common.errors import TransientError
 from pipeline.runs.workspace import RunWorkspace
 from tests.support.s3server import ThrottlingProxy, make_client
 
+pytestmark = pytest.mark.slow  # dvc push subprocesses through a fault-injecting proxy
+
 BUCKET, PREFIX = "dvc-store", "remote"
 FILES = 24
 TOY_STAGE = {"cmd": f"{sys.executable} -P toy.py", "deps": ["toy.py"], "params": ["common"], "outs": ["data/toy"]}

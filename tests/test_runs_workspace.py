@@ -76,6 +76,7 @@ def test_run_names_are_ref_safe():
     subprocess.run(["git", "check-ref-format", "--branch", f"runs/{name}"], check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_run_versions_and_reruns_skip(toy_project: Path, tmp_path: Path):
     first = RunWorkspace.create(toy_project, "r1", overrides={"common.seed": 3})
     assert first.repro("toy").status == "ran"
@@ -117,6 +118,7 @@ def test_bad_overrides_fail_before_any_git_work(toy_project: Path):
     assert not (toy_project / "runs" / "bad").exists()
 
 
+@pytest.mark.slow
 def test_failed_stage_is_not_retryable_and_names_the_exit(toy_project: Path):
     workspace = RunWorkspace.create(toy_project, "fails", overrides={"common.seed": 13})
     with pytest.raises(StageFailed, match=r"stage toy failed \(exit 2\)"):
@@ -124,6 +126,7 @@ def test_failed_stage_is_not_retryable_and_names_the_exit(toy_project: Path):
 
 
 # DVC runs a stage through $SHELL: bash execs the command (DVC sees -9), dash forks it and exits 137
+@pytest.mark.slow
 @pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])
 def test_a_killed_stage_is_transient_and_its_retry_is_asked_to_resume(toy_project: Path, shell: str,
                                                                       monkeypatch: pytest.MonkeyPatch):
@@ -135,6 +138,7 @@ def test_a_killed_stage_is_transient_and_its_retry_is_asked_to_resume(toy_projec
     assert (workspace.path / "data/toy/value.txt").read_text() == "resumed"
 
 
+@pytest.mark.slow
 def test_a_hung_stage_is_stopped_at_its_limit_with_everything_it_started(toy_project: Path):
     workspace = RunWorkspace.create(toy_project, "hangs", overrides={"common.seed": 17,
                                                                      "orchestrate.stage_timeouts": {"toy": 3}})
@@ -163,6 +167,7 @@ def test_duplicate_run_name_is_refused(toy_project: Path):
         RunWorkspace.create(toy_project, "dup")
 
 
+@pytest.mark.slow
 def test_stage_output_reaches_the_caller_while_the_stage_runs(toy_project: Path):
     workspace = RunWorkspace.create(toy_project, "talks", overrides={"common.seed": 23})
     heard: list[tuple[float, str]] = []
@@ -173,6 +178,7 @@ def test_stage_output_reaches_the_caller_while_the_stage_runs(toy_project: Path)
     assert [line for _, line in heard if line.startswith("epoch")] == ["epoch 1 done", "epoch 2 done"]
 
 
+@pytest.mark.slow
 def test_retention_removes_old_finished_worktrees_and_keeps_their_tags(toy_project: Path, monkeypatch):
     for day, name in enumerate(["old1", "old2", "new1", "new2"], start=1):
         monkeypatch.setenv("GIT_COMMITTER_DATE", f"2026-11-0{day}T12:00:00")  # tag order without sleeping
@@ -193,6 +199,7 @@ def test_retention_removes_old_finished_worktrees_and_keeps_their_tags(toy_proje
     assert prune_runs(toy_project, keep=2) == []
 
 
+@pytest.mark.slow
 def test_runs_dir_from_params_is_where_worktrees_go(toy_project: Path, tmp_path: Path):
     params = yaml.safe_load((toy_project / "params.yaml").read_text())
     params["orchestrate"]["runs_dir"] = str(tmp_path / "elsewhere")
@@ -213,6 +220,7 @@ def _made_on(workspace: RunWorkspace, day: int) -> None:
     os.utime(workspace.path / ".git", (_epoch(day), _epoch(day)))
 
 
+@pytest.mark.slow
 def test_failed_and_abandoned_runs_count_with_finished_ones_but_a_run_in_progress_never_goes(toy_project: Path,
                                                                                               monkeypatch, tmp_path):
     def finished(name: str, day: int) -> None:
@@ -277,6 +285,7 @@ def test_push_waits_double_up_to_their_cap_and_stay_within_the_command_limit():
     assert push_waits(OrchestrateParams(push_retries=0)) == []
 
 
+@pytest.mark.slow
 def test_a_failing_push_waits_the_capped_backoff_between_attempts(toy_project: Path):
     """A remote that refuses every upload (a folder under a plain file): each wait is what push_waits says."""
     blocker = toy_project.parent / "not-a-folder"

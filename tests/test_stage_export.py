@@ -23,6 +23,8 @@ from tests.support.drift_chain import SIZE, build_chain
 from tests.support.gate import passed_gate
 from tests.support.photos import write_photo_folder
 
+pytestmark = pytest.mark.slow  # ONNX and TorchScript exports of a real network
+
 TOLERANCE = 1e-3  # export.atol's default: float32 kernels of the three runtimes differ by ~1e-5
 
 

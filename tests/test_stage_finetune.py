@@ -20,6 +20,8 @@ from pipeline.data.shards import iter_records
 from pipeline.models import LoadedModel
 from tests.support.training_data import TINY_MODEL, write_dataset, write_selection
 
+pytestmark = pytest.mark.slow  # fine-tunes a network, twice
+
 PARAMS = """
 common: {image_size: 32, seed: 0}
 freeze: {strategy: lp_ft, depth: 4, epochs: 3}

@@ -124,6 +124,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_dvc_repro_push_pull_through_s3_and_local_remotes(s3_endpoint, bucket, project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["source"].update(location="s3://pets/v1", s3_endpoint_url=s3_endpoint)

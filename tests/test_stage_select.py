@@ -55,6 +55,7 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("features")
 
 
+@pytest.mark.slow
 def test_random_init_ranks_last_and_unavailable_is_reported(photo_dataset, shared_cache, tmp_path):
     selection = _run(photo_dataset, tmp_path, shared_cache, hub_dir=str(tmp_path / "empty-hub"),
                      candidates=["efficientnet_lite0.random_init", "efficientnet_lite0", "resnet18"])
@@ -71,6 +72,7 @@ def test_random_init_ranks_last_and_unavailable_is_reported(photo_dataset, share
     assert json.loads((tmp_path / "metrics.json").read_text())["selected"] == "efficientnet_lite0"
 
 
+@pytest.mark.slow
 def test_selection_is_deterministic_and_features_are_cached(photo_dataset, tmp_path):
     cache = tmp_path / "features"
     first = _run(photo_dataset, tmp_path / "a", cache, candidates=["efficientnet_lite0"])
@@ -84,6 +86,7 @@ def test_selection_is_deterministic_and_features_are_cached(photo_dataset, tmp_p
     assert fs.seconds > 0 and fs.features.shape == (14, 1280)
 
 
+@pytest.mark.slow
 def test_budget_filters_name_the_budget(photo_dataset, shared_cache, tmp_path):
     selection = _run(photo_dataset, tmp_path, shared_cache, max_params_m=3.5,
                      candidates=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vit_b_16"])

@@ -173,6 +173,7 @@ def test_later_stages_leave_quarantined_images_out(tmp_path, capsys):
     assert use_validated(out / "dataset", None).quarantined == frozenset()  # no gate given: nothing left out
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_never_decode_a_quarantined_image(tmp_path, capsys):
     """freeze, finetune, baseline and evaluate (each its own gate read, as each stage process does) on data
     whose train, val and test splits each hold an image that does not decode: a read of any of them would

@@ -130,6 +130,7 @@ class Jitter(torch.utils.data.Dataset):
         return x + 0.1 * torch.randn_like(x), y
 
 
+@pytest.mark.slow
 def test_augmented_views_are_cached_and_cycled(tmp_path):
     model = LoadedModel.scratch(TINY_MODEL, 3, 32).network
     loader = lambda: torch.utils.data.DataLoader(Jitter(tensor_dataset(12)), batch_size=8)  # noqa: E731
@@ -160,6 +161,7 @@ class Crash(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     freeze = dict(strategy="lp_ft", epochs=3, depth=3)
     whole, _, trainer = _fit(tmp_path / "whole", freeze)

@@ -1,8 +1,10 @@
 """A real S3-compatible server on 127.0.0.1 for tests: moto's server mode, plus a throttling proxy.
 
 ``moto_server()`` (also used by bench/bench_ingest.py) starts ``moto_server -H 127.0.0.1 -p <free port>``
-from this environment, waits until it answers, yields the endpoint URL and stops the server. The
-``s3_endpoint`` fixture (module scope) wraps it with dummy credentials in the environment.
+from this environment, waits until it answers, yields the endpoint URL and stops the server. One server
+serves the whole session (each start costs seconds of imports); the ``s3_endpoint`` fixture (module scope)
+empties it first (moto's reset API), so each module finds an empty store as from a fresh server, and puts
+dummy credentials in the environment meanwhile.
 ``ThrottlingProxy`` sits in front of it and answers the first requests for each object with
 503 SlowDown or 500, cuts bodies off, or slows requests, to prove that retries with backoff really happen
 and that a cut-off transfer leaves nothing partial."""
@@ -28,7 +30,7 @@ import pytest
 
 from flows.server import free_port
 
-__all__ = ["s3_endpoint", "moto_server", "S3_ENV", "make_client", "ThrottlingProxy"]
+__all__ = ["s3_endpoint", "moto_session", "moto_server", "S3_ENV", "make_client", "ThrottlingProxy"]
 _ERRORS = {"throttle": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
                              b"</Error>"),
            "error": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
@@ -52,15 +54,23 @@ def moto_server() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def moto_session() -> Iterator[str]:
+    """The session's moto server (started on first use); tests ask for ``s3_endpoint``."""
+    with moto_server() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto server for the module's tests, with dummy credentials in the environment meanwhile."""
+def s3_endpoint(moto_session: str) -> Iterator[str]:
+    """The moto server, emptied for the module's tests (no bucket of another module is left), with dummy
+    credentials in the environment meanwhile."""
+    urllib.request.urlopen(urllib.request.Request(moto_session + "/moto-api/reset", method="POST"), timeout=30).close()
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     try:
-        with moto_server() as url:
-            os.environ.update(S3_ENV)
-            os.environ.pop("AWS_ENDPOINT_URL", None)
-            yield url
+        os.environ.update(S3_ENV)
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        yield moto_session
     finally:
         for key, value in saved.items():
             if value is None:
