@@ -67,10 +67,12 @@ lint: setup-dev
 	$(BIN)/ruff check pipeline flows tests bench
 
 # the whole suite, as CI runs it, in TEST_WORKERS processes (pytest-xdist; each test file stays on one worker, so
-# its module-scoped chain or server is built once; tests/conftest.py gives each worker one compute thread);
+# its module-scoped chain or server is built once; tests/conftest.py gives each worker one compute thread and
+# starts the files of slow tests first);
 # TEST_WORKERS=0 runs it in this process
 TEST_WORKERS ?= 2
-PYTEST = $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+PYTEST = $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile \
+  --no-loadscope-reorder)
 
 test: lint
 	$(PYTEST)

@@ -62,6 +62,18 @@ def project(tmp_path: Path, _project_template: Path) -> Path:
     return Path(shutil.copytree(_project_template, tmp_path / "project", symlinks=True))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under `pytest -n N` (make test): the files of slow tests first, so that the longest files (a whole chain, a
+    converged training) start early instead of keeping one worker busy alone at the end; Makefile passes
+    --no-loadscope-reorder, which keeps this order. A run in one process keeps the files' own order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow: dict[Path, list[bool]] = {}
+    for item in items:
+        slow.setdefault(item.path, []).append(item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: (not all(slow[item.path]), -sum(slow[item.path])))  # stable within a file
+
+
 def _forget_prefect_exit_hooks_in_child() -> None:
     """Drop Prefect's service exit hooks in a forked child, where they can only fail.
 
