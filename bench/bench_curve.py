@@ -23,9 +23,8 @@ from pipeline.common.logs import setup_logging
 from pipeline.config import validate_params
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.evaluation.label_efficiency import curve_draws
-from pipeline.evaluation.scratch_curve import ScratchJob, scratch_run
+from pipeline.evaluation.scratch_curve import ScratchJob, curve_val_ids, scratch_run
 from pipeline.stages import ingest
-from pipeline.stages.curve import curve_val_ids
 from pipeline.training.recipes import Setup
 from pipeline.training.workers import run_in_workers, worker_plan
 

@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline.config import BaselineParams
-from pipeline.evaluation.label_efficiency import Draw, curve_draws, curve_row, drawable_budgets
+from pipeline.evaluation.label_efficiency import Draw, curve_draws, curve_row, drawable_budgets, sample_per_class
 from pipeline.training.recipes import Setup, train_scratch
 from pipeline.training.workers import run_in_workers, worker_plan
 
-__all__ = ["ScratchJob", "scratch_run", "shared_run", "scratch_curve"]
+__all__ = ["ScratchJob", "scratch_run", "shared_run", "curve_val_ids", "scratch_curve"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ def scratch_run(job: ScratchJob) -> tuple[dict, float]:
                "threads": torch.get_num_threads(),
                "failed": run.test["classes_predicted"] <= 1 or accuracy <= job.majority}
     return figures, time.perf_counter() - started
+
+
+def curve_val_ids(manifest: pd.DataFrame, per_class: int | None, seed: int) -> list[str]:
+    """The val images that stop every curve run and pick every probe's penalty: ``per_class`` of each class."""
+    val = manifest[manifest["split"] == "val"]
+    return val["id"].to_numpy()[sample_per_class(val["label_idx"], per_class, seed)].tolist()
 
 
 def shared_run(draw: Draw, pool_size: int, image_size: int, baseline: dict | None, majority: float) -> dict | None:

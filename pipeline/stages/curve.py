@@ -26,9 +26,8 @@ from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import Params
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget
-from pipeline.evaluation.label_efficiency import sample_per_class
 from pipeline.evaluation.references import majority_accuracy
-from pipeline.evaluation.scratch_curve import scratch_curve
+from pipeline.evaluation.scratch_curve import curve_val_ids, scratch_curve
 from pipeline.selection.result import read_architecture
 from pipeline.stages.protocol import use_validated, validation_field
 from pipeline.training.recipes import Setup
@@ -47,12 +46,6 @@ class Args:
     out: Path = field(metadata={"help": "scratch_runs.json to write: the draws and every scratch run"})
     metrics: Path = field(metadata={"help": "metrics.json to write"})
     validation: Path | None = validation_field()
-
-
-def curve_val_ids(manifest, per_class: int | None, seed: int) -> list[str]:
-    """The val images that stop every curve run and pick every probe's penalty: ``per_class`` of each class."""
-    val = manifest[manifest["split"] == "val"]
-    return val["id"].to_numpy()[sample_per_class(val["label_idx"], per_class, seed)].tolist()
 
 
 def run(params: Params, args: Args) -> dict:

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from torch.utils.data import Dataset
 
-from pipeline.data.shards import ShardImageDataset, read_manifest
+from pipeline.data.shards import ShardImageDataset
 from pipeline.models.preprocess import Preprocessing
 from pipeline.training.augment import augment_steps, resolve_augment
 
@@ -101,13 +101,14 @@ def training_data(preprocessing: Preprocessing, dataset: str | os.PathLike, trai
         raise ValueError(f"{dataset}: no training images to train on")
     name = resolve_augment(augment, preprocessing.image_size)
     steps = augment_steps(name, preprocessing.image_size)
-    val_count = len(val_ids) if val_ids is not None else int((read_manifest(dataset)["split"] == "val").sum())
-    cached = (len(train_ids) + val_count) * 3 * preprocessing.image_size ** 2 <= CACHE_BYTES
+    val_source = ShardImageDataset(dataset, "val", preprocessing.resized(), ids=val_ids)
+    cached = (len(train_ids) + len(val_source)) * 3 * preprocessing.image_size ** 2 <= CACHE_BYTES
     train = _images(preprocessing, dataset, "train", train_ids, steps, cached)
     plain = train.through(preprocessing.finish()) if cached else _images(preprocessing, dataset, "train", train_ids,
                                                                             (), False)
     data = TrainData(train=Repeated(train, min_epoch_items), train_plain=plain,
-                     val=_images(preprocessing, dataset, "val", val_ids, (), cached), augmented=bool(steps))
+                     val=ResizedImages(val_source, preprocessing.finish()) if cached else _images(
+                         preprocessing, dataset, "val", val_ids, (), False), augmented=bool(steps))
     if len(data.val) == 0:
         raise ValueError(f"{dataset}: the val split is empty (early stopping needs it)")
     return data
