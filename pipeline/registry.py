@@ -43,7 +43,8 @@ from pipeline.common.io import atomic_dir, read_json, write_json
 from pipeline.common.s3 import S3Store
 from pipeline.common.run_names import check_run_name, check_run_tag
 
-__all__ = ["DATA", "CHAMPION", "Registry", "ChampionChanged", "open_registry", "run_candidate", "actor", "check_alias"]
+__all__ = ["DATA", "CHAMPION", "Registry", "ChampionChanged", "open_registry", "open_store", "run_candidate", "actor",
+           "check_alias"]
 DATA = "data"  # a version's data record (pipeline/promotion/evalset.py)
 CHAMPION = "champion"  # the alias whose model serves (champion.json)
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
@@ -317,9 +318,15 @@ def _is_run_name(name: str) -> bool:
     return True
 
 
+def open_store(location: str, base: Path) -> tuple[_Store, str]:
+    """A store of whole folders at a folder (relative to ``base``) or an ``s3://`` URI, and where it is in words:
+    the registry's, and the served images' sampled batches (pipeline/serving/samples.py)."""
+    if location.startswith("s3://"):
+        return S3Store(location), location
+    root = Path(location) if Path(location).is_absolute() else base / location
+    return _FolderStore(root), str(root)
+
+
 def open_registry(location: str, base: Path) -> Registry:
     """Open the registry at a folder (relative to ``base``) or an ``s3://`` URI."""
-    if location.startswith("s3://"):
-        return Registry(S3Store(location), location)
-    root = Path(location) if Path(location).is_absolute() else base / location
-    return Registry(_FolderStore(root), str(root))
+    return Registry(*open_store(location, base))

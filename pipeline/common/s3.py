@@ -181,7 +181,7 @@ class S3Store:
 
     def key(self, rel: str) -> str:
         """The object key of ``rel`` under the store's prefix."""
-        return f"{self.prefix}/{rel}" if self.prefix else rel
+        return "/".join(part for part in (self.prefix, rel) if part)
 
     def uri(self, rel: str) -> str:
         """The ``s3://bucket/key`` of ``rel``."""
@@ -252,11 +252,11 @@ class S3Store:
     @_named_errors
     def list_dirs(self, rel: str) -> list[str]:
         """The whole folders directly under ``rel`` (those whose upload finished), sorted."""
-        prefix = self.key(rel) + "/"
+        prefix = (self.key(rel) + "/").lstrip("/")  # rel "": the store's top
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
                                                                       Delimiter="/")
         names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
-        return [name for name in names if self.has_dir(f"{rel}/{name}")]
+        return [name for name in names if self.has_dir(f"{rel}/{name}".lstrip("/"))]
 
     @_named_errors
     def list_files(self, rel: str) -> list[str]:

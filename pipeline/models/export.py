@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from pipeline.common.io import read_json, sha256_file
+from pipeline.common.io import atomic_dir, read_json, sha256_file, write_json
 from pipeline.common.logs import get_logger
 
-__all__ = ["FORMATS", "EXPORT_CARD", "ONNX_OPSET", "export_formats", "check_exports", "load_torchscript",
-           "onnx_session", "exported_logits"]
+if TYPE_CHECKING:
+    from pipeline.models.loaded import LoadedModel
+
+__all__ = ["FORMATS", "EXPORT_CARD", "ONNX_OPSET", "export_bundle", "export_formats", "check_exports",
+           "load_torchscript", "onnx_session", "exported_logits"]
 log = get_logger(__name__)
 EXPORT_CARD = "export.json"
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -84,6 +88,44 @@ def _write_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> 
 
 _WRITERS: dict[str, Callable[[torch.nn.Module, torch.Tensor, Path], None]] = {
     "torchscript": _write_torchscript, "onnx": _write_onnx}
+
+
+def export_bundle(model: "LoadedModel", model_dir: Path, images: torch.Tensor, out: Path, formats: tuple[str, ...],
+                  atol: float, card: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Write the serving bundle ``out`` (replaced whole): ``model_dir``'s files, each format's export and
+    export.json, after every export matched ``model`` on ``images`` (else a ValueError naming the format, and
+    nothing is written).
+
+    Args:
+        model: the model of ``model_dir``, loaded on the CPU.
+        model_dir: its directory (model.pt, card.json and what the stage put beside them).
+        images: real preprocessed images, at least 2 (the first 8 trace the exports).
+        out: the bundle directory.
+        formats: a subset of FORMATS.
+        atol: the largest absolute logit difference from PyTorch allowed.
+        card: more fields for export.json (e.g. which model of the run it is).
+    Returns:
+        Per format: its check (:func:`check_exports`) and the seconds the export took.
+    """
+    with torch.no_grad():
+        reference = model.network(images).numpy()
+    with atomic_dir(out) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        seconds = export_formats(model.network, images[:min(len(images), 8)], tmp, formats)
+        checks = check_exports(tmp, reference, images, formats, atol)
+        failed = {name: check for name, check in checks.items() if not check["passed"]}
+        if failed:
+            raise ValueError("; ".join(
+                f"{name} export disagrees with PyTorch on {check['images']} images: max |logit difference| "
+                f"{check['max_abs_logit_diff']:.2e} (export.atol {atol:.0e}), top-1 agreement "
+                f"{check['top1_agreement']:.4f}" for name, check in failed.items()))
+        checks = {name: {**check, "export_seconds": seconds[name]} for name, check in checks.items()}
+        write_json(tmp / EXPORT_CARD, {
+            "model": model.name, **(card or {}), "state_dict_sha256": model.card["state_dict_sha256"],
+            "classes": model.classes, "preprocessing": model.preprocessing.to_card(),
+            "input": "images: float32 [N, 3, S, S], preprocessed", "output": "logits: float32 [N, classes]",
+            "atol": atol, "formats": checks})
+    return checks
 
 
 def check_exports(model_dir: Path, reference: np.ndarray, images: torch.Tensor, formats: tuple[str, ...],
@@ -149,8 +191,9 @@ def load_torchscript(path_or_dir: str | os.PathLike) -> torch.jit.ScriptModule:
     return _jit_load(_checked_file(path, "torchscript") if path.is_dir() else path)
 
 
-def onnx_session(path_or_dir: str | os.PathLike) -> Any:
-    """An ONNX Runtime CPU session on a model directory's checked ONNX export (or on an .onnx file)."""
+def onnx_session(path_or_dir: str | os.PathLike, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on a model directory's checked ONNX export (or on an .onnx file), computing
+    with ``threads`` threads (None: ONNX Runtime's default, one per core)."""
     import onnxruntime
 
     path = Path(path_or_dir)
@@ -158,4 +201,6 @@ def onnx_session(path_or_dir: str | os.PathLike) -> Any:
         path = _checked_file(path, "onnx")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: the graph optimiser's notes are not the user's business
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -14,18 +14,17 @@ serving file that disagrees with the evaluated model is never registered.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.common.io import atomic_dir, write_json
+from pipeline.common.io import write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
 from pipeline.models import LoadedModel
-from pipeline.models.export import EXPORT_CARD, check_exports, export_formats
+from pipeline.models.export import export_bundle
 from pipeline.registry import run_candidate
 from pipeline.stages.protocol import use_validated, validation_field
 
@@ -53,25 +52,8 @@ def run(params: Params, args: Args) -> dict[str, Any]:
     evaluation, model_dir = run_candidate(args.evaluation, args.finetuned, args.baseline)
     model = LoadedModel.load(model_dir, "cpu")  # exports are traced on the CPU: device-neutral files
     images = _test_batch(model, dataset, cfg.check_images)
-    with torch.no_grad():
-        reference = model.network(images).numpy()
-    formats = tuple(cfg.formats)
-    with atomic_dir(args.out) as tmp:
-        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
-        seconds = export_formats(model.network, images[:min(len(images), 8)], tmp, formats)
-        checks = check_exports(tmp, reference, images, formats, cfg.atol)
-        failed = {name: check for name, check in checks.items() if not check["passed"]}
-        if failed:
-            raise ValueError("; ".join(
-                f"{name} export disagrees with PyTorch on {check['images']} test images of {dataset}: max "
-                f"|logit difference| {check['max_abs_logit_diff']:.2e} (export.atol {cfg.atol:.0e}), top-1 agreement "
-                f"{check['top1_agreement']:.4f}" for name, check in failed.items()))
-        card = {"model": model.name, "candidate": evaluation["recommended_model"],
-                "state_dict_sha256": model.card["state_dict_sha256"], "classes": model.classes,
-                "preprocessing": model.preprocessing.to_card(), "input": "images: float32 [N, 3, S, S], preprocessed",
-                "output": "logits: float32 [N, classes]", "atol": cfg.atol,
-                "formats": {name: {**check, "export_seconds": seconds[name]} for name, check in checks.items()}}
-        write_json(tmp / EXPORT_CARD, card)
+    checks = export_bundle(model, model_dir, images, args.out, tuple(cfg.formats), cfg.atol,
+                           {"candidate": evaluation["recommended_model"]})
     for name, check in checks.items():
         log.info("export: %s matches PyTorch on %d test images (max |logit diff| %.2e, top-1 agreement %.4f)",
                  name, check["images"], check["max_abs_logit_diff"], check["top1_agreement"])

@@ -33,8 +33,8 @@ from pipeline.data.images import SIXTEEN_BIT_MODES, to_model_input
 if TYPE_CHECKING:  # the profiling workers import this module: no params schema in them
     from pipeline.config import ValidateParams
 
-__all__ = ["ProfileSettings", "PROFILE_SCHEMA", "profile_image", "image_refusal", "profile_chunk", "profile_records",
-           "resolve_workers"]
+__all__ = ["ProfileSettings", "PROFILE_SCHEMA", "profile_image", "admit_image", "image_refusal", "profile_chunk",
+           "profile_records", "resolve_workers"]
 log = get_logger(__name__)
 
 PROFILE_SCHEMA = pa.schema([
@@ -76,20 +76,8 @@ def profile_image(data: bytes, settings: ProfileSettings = ProfileSettings()) ->
         One profile row without the manifest fields: ``decode_ok`` False with ``error`` set when the
         bytes are not a decodable image, else every descriptor of :data:`PROFILE_SCHEMA`.
     """
-    row: dict[str, Any] = {"decode_ok": False, "file_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    try:
-        with _pixel_limit(settings.max_pixels):
-            image = _open_header(data, row)
-            if image.format == "JPEG":  # decode JPEGs at a reduced scale: fewer pixels ever in memory
-                image.draft(image.mode, (settings.stats_max_side, settings.stats_max_side))
-            image.load()
-    except ImageRejected as err:
-        row["error"] = str(err)
-        return row
-    # PIL's format plugins raise many exception types (OSError, SyntaxError, struct.error, ...) on
-    # corrupt input: any of them means "does not decode", recorded with its text.
-    except Exception as err:  # noqa: BLE001
-        row["error"] = f"does not decode: {type(err).__name__}: {err}"
+    row, image = _open_checked(data, settings, draft_side=settings.stats_max_side)
+    if image is None:
         return row
     try:
         rgb, conversion = to_model_input(image, row["exif_orientation"], row["bit_depth"])
@@ -98,6 +86,46 @@ def profile_image(data: bytes, settings: ProfileSettings = ProfileSettings()) ->
         return row
     row.update(decode_ok=True, conversion=conversion, **_pixel_stats(rgb, settings.stats_max_side))
     return row
+
+
+def admit_image(data: bytes, settings: ProfileSettings = ProfileSettings()
+                ) -> tuple[dict[str, Any], Image.Image | None]:
+    """What :func:`image_refusal` reads of one image (decode_ok, error, width, height, mode), and its upright RGB
+    pixels as ``tlops predict`` feeds them to a model (pipeline.data.images.decode_rgb); None when it does not
+    decode. The pixel statistics of :func:`profile_image` are skipped: a service answering one image at a time
+    needs only the gate's per-image rules."""
+    row, image = _open_checked(data, settings)
+    if image is None:
+        return row, None
+    try:
+        rgb, _ = to_model_input(image, row["exif_orientation"])
+    except (ValueError, OSError) as err:
+        row["error"] = f"decodes as mode {image.mode} but cannot be converted to RGB: {err}"
+        return row, None
+    row["decode_ok"] = True
+    return row, rgb
+
+
+def _open_checked(data: bytes, settings: ProfileSettings, draft_side: int | None = None
+                  ) -> tuple[dict[str, Any], Image.Image | None]:
+    """The image decoded within the pixel limit (a JPEG at a reduced scale near ``draft_side`` when given), and the
+    row of its header fields; None with ``error`` in the row when it does not decode."""
+    row: dict[str, Any] = {"decode_ok": False, "file_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        with _pixel_limit(settings.max_pixels):
+            image = _open_header(data, row)
+            if draft_side and image.format == "JPEG":  # decode JPEGs at a reduced scale: fewer pixels in memory
+                image.draft(image.mode, (draft_side, draft_side))
+            image.load()
+    except ImageRejected as err:
+        row["error"] = str(err)
+        return row, None
+    # PIL's format plugins raise many exception types (OSError, SyntaxError, struct.error, ...) on
+    # corrupt input: any of them means "does not decode", recorded with its text.
+    except Exception as err:  # noqa: BLE001
+        row["error"] = f"does not decode: {type(err).__name__}: {err}"
+        return row, None
+    return row, image
 
 
 def image_refusal(row: dict[str, Any], cfg: "ValidateParams") -> tuple[str | None, str | None]:
