@@ -5,6 +5,7 @@
     tlops params        print the validated params (after --set overrides) as YAML
     tlops run-all       run every built stage through `dvc repro`, then say where outputs are
     tlops predict SRC   classify a batch of images with the champion (or --model); predictions file
+    tlops serve         the champion over HTTP (POST /predict), following the registry; params.serve
     tlops registry ACTION   list | show VERSION | history | promote VERSION [--alias A] [--force --reason R] |
                         rollback [--to VERSION] [--reason R]
     tlops --version     the installed tlops version
@@ -40,6 +41,7 @@ _TOOLS = {
     "run-all": "run every built stage through dvc repro",
     "drift-ui": "start the Evidently review UI over the drift reports of every run",
     "predict": "classify a batch of images (folder, table, s3://, dataset) with the champion or --model",
+    "serve": "answer POST /predict over HTTP with the champion (or --model); /health, /ready, /metrics",
     "registry": "list | show VERSION | history | promote VERSION | rollback: the model registry's versions and aliases",
 }
 
@@ -165,8 +167,12 @@ def _run_tool(command: str, argv: list[str]) -> int:
         _predict_options(parser)
     if command == "registry":
         _registry_options(parser)
+    if command == "serve":
+        _serve_options(parser)
     ns = parser.parse_args(argv)
     root = find_root()
+    if command == "serve":
+        return _serve(root, ns)
     if command == "predict":
         return _predict(root, ns)
     if command == "registry":
@@ -226,6 +232,26 @@ def _predict(root: Path, ns: argparse.Namespace) -> int:
     print(f"{summary['predicted']} of {summary['images']} images classified by {summary['model_version']}"
           f"{refused}: {ns.out / 'predictions.parquet'} (and .csv)")
     return 0
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, metavar="REF",
+                        help="champion (default: follows the registry's champion), a registry version (run name or "
+                             "run-<name> tag) or a model folder (pinned)")
+    parser.add_argument("--runtime", choices=("onnx", "torchscript", "eager"), default=None,
+                        help="what runs the model (default serve.runtime: onnx)")
+    parser.add_argument("--host", default=None, help="address to listen on (default serve.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default serve.port)")
+    parser.add_argument("--workers", type=int, default=None, help="server processes (default serve.workers)")
+
+
+def _serve(root: Path, ns: argparse.Namespace) -> int:
+    from pipeline.serving.server import ServeOptions, serve
+
+    if ns.workers is not None and ns.workers < 1:
+        raise ValueError(f"--workers {ns.workers}: must be at least 1")
+    return serve(ServeOptions(main_checkout(root), ns.params or root / "params.yaml", ns.overrides, ns.profile,
+                              ns.model, ns.runtime, ns.host, ns.port, ns.workers))
 
 
 def _registry_options(parser: argparse.ArgumentParser) -> None:

@@ -377,6 +377,48 @@ class PromoteParams(Section):
                                                        "replace it (a change of task); refused otherwise")
 
 
+class ServeParams(Section):
+    """`tlops serve`: the HTTP service that answers with the champion (pipeline/serving/; docs/serving.md)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on; anything but loopback needs "
+                                                             "the auth variable (auth_env) set")
+    port: int = Field(8500, ge=1, le=65535)
+    runtime: Literal["onnx", "torchscript", "eager"] = Field(
+        "onnx", description="onnx: the checked ONNX Runtime export; torchscript: the traced export; eager: model.pt "
+                            "in PyTorch")
+    workers: int = Field(1, ge=1, le=64, description="server processes (uvicorn workers), each with its own model "
+                                                     "and an equal share of the cores")
+    max_batch: int = Field(32, ge=1, le=1024, description="images run together in one forward pass")
+    max_wait_ms: float = Field(5, ge=0, le=1000, description="how long the first request of a batch waits for "
+                                                            "others to join it")
+    max_queue: int = Field(256, ge=1, description="requests waiting for the model; beyond, 503 with Retry-After")
+    max_request_mb: float = Field(20, gt=0, le=1024, description="largest request body, in MiB (413 beyond)")
+    max_images: int = Field(64, ge=1, le=4096, description="images one request may carry (413 beyond)")
+    top_k: int = Field(3, ge=1, description="classes and probabilities answered per image (a request may ask for "
+                                            "another number)")
+    follow_s: float = Field(10, ge=0, description="seconds between two looks at the registry's champion (a move is "
+                                                  "loaded, checked, then swapped in); 0: never")
+    sample_rate: float = Field(0.0, ge=0, le=1, description="share of the accepted images written to sample_store "
+                                                            "for the drift check (0: off; refused images never)")
+    sample_store: str | None = Field(None, min_length=1,
+                                     description="folder (relative to the main checkout) or s3://bucket/prefix "
+                                                 "of the sampled batches; the drift-check flow takes the newest "
+                                                 "batch not yet checked from it")
+    sample_batch_images: int = Field(200, ge=1, description="a sampled batch is closed at this many images ...")
+    sample_batch_s: float = Field(3600, gt=0, description="... or once its first image is this many seconds old "
+                                                          "(and when the service stops)")
+    auth_env: str = Field("TLOPS_SERVE_AUTH", pattern=r"^[A-Z_][A-Z0-9_]*$",
+                          description="environment variable holding 'user:password': /predict and /metrics then "
+                                      "need HTTP basic auth (/health and /ready stay open for probes)")
+
+    @model_validator(mode="after")
+    def _sampling_has_a_store(self) -> "ServeParams":
+        if self.sample_rate > 0 and not self.sample_store:
+            raise ValueError(f"sample_rate {self.sample_rate}: set sample_store (a folder or s3://bucket/prefix) "
+                             "to keep the sampled images in")
+        return self
+
+
 class OrchestrateParams(Section):
     """Prefect deployments: schedules, run workspaces and the limits and cores each run keeps to (flows/)."""
 
@@ -470,6 +512,7 @@ class Params(Section):
     drift: DriftParams = DriftParams()
     export: ExportParams = ExportParams()
     promote: PromoteParams = PromoteParams()
+    serve: ServeParams = ServeParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

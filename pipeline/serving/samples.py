@@ -1,0 +1,128 @@
+"""What production saw, kept for the drift check: a sample of the served images, written as dated batches.
+
+``serve.sample_rate`` of the images a service classified (never a refused one) are kept as they arrived (their
+bytes, untouched) and written to ``serve.sample_store`` (a folder or ``s3://bucket/prefix``) as one batch folder
+per ``serve.sample_batch_images`` images or ``serve.sample_batch_s`` seconds, and when the service stops::
+
+    <store>/<UTC time the batch closed>-<host>-<pid>/<id>.<format>   the images (id: sha256, 16 hex digits)
+    <store>/<batch>/.batch.json                                         when, which model, its predictions
+
+A batch appears whole or not at all (a folder renamed into place; on S3 a completion marker written last), so
+the drift check never reads half of one. The drift-check flow takes the newest batch not yet checked
+(:func:`next_batch`) as the batch it checks, and marks it checked (:func:`mark_checked`) once it has been;
+the files whose names start with a dot are skipped by every image reader, so the batch reads as images only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.common.io import write_bytes, write_json
+from pipeline.common.logs import get_logger
+from pipeline.registry import open_store
+
+__all__ = ["SampleWriter", "SampledBatch", "next_batch", "mark_checked", "BATCH_CARD", "CHECKED"]
+log = get_logger(__name__)
+BATCH_CARD = ".batch.json"
+CHECKED = ".checked.json"
+
+
+@dataclass
+class _Pending:
+    opened: float = field(default_factory=time.time)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, bytes)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SampleWriter:
+    """Keeps a random ``rate`` of the images it is offered and writes them as batches to ``location``."""
+
+    def __init__(self, location: str, base: Path, rate: float, batch_images: int, batch_s: float,
+                 seed: int | None = None):
+        self.store, self.where = open_store(location, base)
+        self.rate, self.batch_images, self.batch_s = rate, batch_images, batch_s
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._pending = _Pending()
+        self.written: list[str] = []  # batch names, oldest first
+
+    def offer(self, data: bytes, image_format: str | None, row: dict[str, Any]) -> bool:
+        """Keep the image with probability ``rate`` (with its prediction ``row``); returns whether it was kept.
+        The batch is written by :meth:`flush` (the service calls it once :meth:`ready`), never here: an answer
+        does not wait for a store."""
+        with self._lock:
+            if self._random.random() >= self.rate:
+                return False
+            if not self._pending.images:
+                self._pending.opened = time.time()  # a batch's age counts from its first image
+            image_id = hashlib.sha256(data).hexdigest()[:16]
+            name = f"{image_id}.{(image_format or 'img').lower()}"
+            self._pending.images.append((name, data))
+            self._pending.rows.append({"file": name, "id": image_id, "served_at": _utc(time.time()), **row})
+        return True
+
+    def ready(self) -> bool:
+        """Whether the open batch is to be written: full, or holding images for ``batch_s`` seconds."""
+        with self._lock:
+            images = len(self._pending.images)
+            return images >= self.batch_images or (images > 0 and time.time() - self._pending.opened >= self.batch_s)
+
+    def flush(self) -> str | None:
+        """Write the open batch now (nothing when it is empty); returns its name."""
+        with self._lock:
+            pending, self._pending = self._pending, _Pending()
+        if not pending.images:
+            return None
+        closed = time.time()
+        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(closed))}-{socket.gethostname()}-{os.getpid()}"
+        with tempfile.TemporaryDirectory(prefix="tlops-sample-") as tmp:
+            folder = Path(tmp) / name
+            for file_name, data in pending.images:
+                write_bytes(folder / file_name, data)
+            models = sorted({row["model_version"] for row in pending.rows})
+            write_json(folder / BATCH_CARD, {"batch": name, "opened_at": _utc(pending.opened),
+                                             "closed_at": _utc(closed), "images": len(pending.images),
+                                             "model_versions": models, "rows": pending.rows})
+            self.store.put_dir(name, folder)
+        self.written.append(name)
+        log.info("serve: %d sampled images written as batch %s/%s", len(pending.images), self.where, name)
+        return name
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """A batch of the store: its name and where an image source reads it (a folder path or an s3:// URI)."""
+
+    name: str
+    location: str
+    images: int
+
+
+def next_batch(location: str, base: Path) -> SampledBatch | None:
+    """The newest whole batch of the store at ``location`` that no drift check has marked checked; None if none."""
+    store, where = open_store(location, base)
+    for name in reversed(store.list_dirs("")):
+        if store.get_json(f"{name}/{CHECKED}") is None:
+            card = store.get_json(f"{name}/{BATCH_CARD}") or {}
+            uri = store.uri(name) if where.startswith("s3://") else str(Path(where) / name)
+            return SampledBatch(name, uri, int(card.get("images", 0)))
+    return None
+
+
+def mark_checked(location: str, base: Path, batch: str, record: dict[str, Any]) -> None:
+    """Record in the batch that a drift check has read it (``record``: which run, its verdict)."""
+    store, _ = open_store(location, base)
+    store.put_json(f"{batch}/{CHECKED}", {"checked_at": _utc(time.time()), **record})
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
