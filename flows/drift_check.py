@@ -1,7 +1,9 @@
 """The `drift-check` flow: test the newest batch against the champion; start `retrain` on drift.
 
 It works in a worktree made from the champion's own run tag, so the reference data and the model are
-exactly the champion's; then it makes the current set (the newest batch, or the domain-shift set),
+exactly the champion's; then it makes the current set (the batch the form names; else, with
+``serve.sample_store`` set, the newest batch of what ``tlops serve`` sampled that no check has read, marked
+checked once this one has; else the domain-shift set),
 runs the drift stage through DVC, saves the champion's predictions on that batch (`tlops predict`), and
 when drift is detected starts the retrain deployment params.yaml names, with the reason attached.
 """
@@ -27,6 +29,7 @@ from pipeline.registry import open_registry
 from pipeline.common.run_names import run_name
 from pipeline.runs.summary import drift_summary
 from pipeline.runs.workspace import RunWorkspace, release_run
+from pipeline.serving.samples import mark_checked, next_batch
 
 __all__ = ["drift_check"]
 CURRENT_SET = "data/current"  # dvc.yaml: the shift stage's output, the batch the drift stage checks
@@ -79,9 +82,17 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
            parameters: DriftCheckParameters) -> dict[str, Any]:
     """The body of :func:`drift_check`, within its time limit."""
     logger = get_run_logger()
+    overrides = parameters.overrides(project / "params.yaml")
+    store = params.serve.sample_store if not parameters.batch_source else None  # a form's batch comes first
+    served = next_batch(store, main_checkout(project)) if store else None
+    if store and served is None:
+        print(f"No served batch left to check in {store}: nothing new since the last check.")
+        return {"drift_detected": None, "reason": "no new served batch"}
+    if served is not None:
+        logger.info("checking %d image(s) the service sampled: %s", served.images, served.location)
+        overrides["shift.source"] = served.location  # params.yaml's store, not a form value
     # a champion promoted outside a versioned run has no tag: check against the current checkout then
-    workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD",
-                                 parameters.overrides(project / "params.yaml")))
+    workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD", overrides))
     for stage in ("shift", "drift"):
         run_stage(str(project), name, stage)
     predicted = predict_current(str(project), name)
@@ -93,6 +104,9 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
                           + [{"class": "(refused)", "images": predicted["refused"]}], key="drift-check-predictions",
                           description=f"the champion's predictions on the batch checked by {name}: "
                                       f"{Path(workspace) / PREDICTIONS_DIR}")
+    if served is not None:  # read and checked: the next check takes a newer batch
+        mark_checked(store, main_checkout(project), served.name,
+                     {"run": name, "champion": champion["version"], "drift_detected": verdict["drift_detected"]})
     started = None
     if verdict["drift_detected"] and parameters.retrain_on_drift:
         reason = f"drift detected by drift check {name}: {verdict['reason']}"
@@ -102,3 +116,4 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
                                  parameters={"parameters": parameters.retrain.model_dump(), "reason": reason})
         print(f"Started {target} as flow run {started.name} ({started.id}).")
     return {**verdict, "run": name, "retrain_flow_run": str(started.id) if started else None}
+

@@ -35,6 +35,12 @@ def shift_ids(current_dir: str | os.PathLike) -> list[str]:
     missing = [c for c in ("corruption", "severity") if c not in rows.columns]
     if missing:
         raise ValueError(f"{current_dir}: manifest lacks {missing}; expected a set written by `tlops shift`")
+    unlabelled = rows.loc[rows["label_idx"] < 0]
+    if not unlabelled.empty:
+        example = unlabelled["source_path"].iloc[0]
+        raise ValueError(f"{current_dir}: {len(unlabelled)} image(s) without a label (e.g. {example}): "
+                         "shift.source is an unlabelled batch; drift checks read one, evaluate scores accuracy and "
+                         "needs a labelled batch (class folders, or a table with labels)")
     return rows["id"].tolist()
 
 

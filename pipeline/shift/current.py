@@ -46,6 +46,10 @@ def pack_batch(source_uri: str, reading: SourceParams, validate: ValidateParams,
                classes: list[str]) -> tuple[pd.DataFrame, list[Skipped], str]:
     """A new batch from any source location, packed as a current set (corruption ``batch:<name>``, severity 0).
 
+    The batch may be unlabelled (a flat folder or prefix, a table without labels: what a service sampled of the
+    images it answered, pipeline/serving/samples.py): such rows have label "" and label_idx -1, which drift
+    reads as "no labels" (it then skips the accuracy it cannot know) and evaluate refuses.
+
     No gate runs on a batch before drift and evaluate score it, so each image is held to the gate's
     per-image rules here (:func:`image_refusal`: it decodes within ``validate.max_pixels``, sides and mode
     in bounds): one that breaks a critical rule (an empty .jpg, a decompression bomb) is left out as one
@@ -61,7 +65,7 @@ def pack_batch(source_uri: str, reading: SourceParams, validate: ValidateParams,
     Returns:
         (manifest rows, what was skipped (refused images included), a description of the batch).
     """
-    source = open_source(source_uri, reading)
+    source = open_source(source_uri, reading, unlabelled=True)
     settings = ProfileSettings(max_pixels=validate.max_pixels, stats_max_side=validate.stats_max_side)
 
     def refusal(data: bytes) -> str | None:
@@ -69,7 +73,9 @@ def pack_batch(source_uri: str, reading: SourceParams, validate: ValidateParams,
         return None if rule is None else f"{GATE_REFUSAL}: {rule}"
 
     manifest, skipped = pack_source(source, dataset_dir, shard_bytes, reading.max_unreadable_fraction, refusal)
-    manifest["label_idx"] = index_labels(manifest, classes, source.description)
+    labelled = manifest["label"].astype(str) != ""
+    manifest["label_idx"] = -1
+    manifest.loc[labelled, "label_idx"] = index_labels(manifest.loc[labelled], classes, source.description)
     manifest = manifest.assign(split="test", in_budget=True, corruption=batch_group(source_uri), severity=0,
                                origin_id="")
     return manifest, skipped, f"new batch {source.description}"
