@@ -1,0 +1,313 @@
+"""`tlops serve`: a real server process on 127.0.0.1, called with a real HTTP client (httpx).
+
+Answers equal `tlops predict`'s; refused, oversized and unauthenticated requests get their status and reason
+while the service stays up; a promotion during a stream of requests swaps the model without failing one; and
+the images it samples land as a batch that the drift stage reads and checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.common.io import read_json
+from pipeline.registry import open_registry
+from pipeline.serving.samples import BATCH_CARD, SampleWriter, mark_checked, next_batch
+from tests.support.drift_chain import build_chain, run_drift
+from tests.support.photos import write_photo_folder
+from tests.support.served import write_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+TLOPS = Path(sys.executable).parent / "tlops"
+CLASSES = ["chelsea", "coffee", "brick"]
+AUTH = ("reader", "s3cret-pass")
+ATOL = 1e-3  # the bundles' export.atol: served (ONNX, TorchScript) logits within it of PyTorch's
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), CLASSES, 6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, photos) -> dict[str, Path]:
+    """Two bundles of the same classes with different heads: what two promoted runs would register."""
+    work = tmp_path_factory.mktemp("bundles")
+    images = sorted(photos.rglob("*.png"))[:8]
+    return {name: write_bundle(work / name, CLASSES, images, seed=seed) for name, seed in (("v1", 0), ("v2", 1))}
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, photos, bundles) -> pd.DataFrame:
+    """`tlops predict` on the photos with bundle v1, by image id."""
+    out = tmp_path_factory.mktemp("predict") / "out"
+    assert main(["predict", str(photos), "--model", str(bundles["v1"]), "--out", str(out)]) == 0
+    return pd.read_parquet(out / "predictions.parquet").set_index("id")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(*args: str, auth: bool = False, log: Path) -> Iterator[str]:
+    """`tlops serve` on a free loopback port until /ready answers 200; its base URL. Stopped with SIGINT."""
+    port = _free_port()
+    env = {**os.environ, "TLOPS_SERVE_AUTH": ":".join(AUTH)} if auth else {
+        k: v for k, v in os.environ.items() if k != "TLOPS_SERVE_AUTH"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(TLOPS), "serve", "--port", str(port), *args], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"tlops serve exited {process.returncode}:\n{log.read_text()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"not ready after 120 s:\n{log.read_text()}"
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.send_signal(2)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (path.name, path.read_bytes(), "image/png")) for path in paths]
+
+
+def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_answers_over_http_equal_tlops_predict(photos, bundles, predicted, tmp_path):
+    images = sorted(photos.rglob("*.png"))
+    with _server("--model", str(bundles["v1"]), log=tmp_path / "serve.log") as url:
+        whole = httpx.post(f"{url}/predict", files=_files(images), params={"top_k": 2}, timeout=60)
+        assert whole.status_code == 200, whole.text
+        # one image a request, all at once: batched together by the service, each answer still its own
+        with httpx.Client(timeout=60) as client, ThreadPool(len(images)) as pool:
+            singles = pool.map(lambda path: client.post(f"{url}/predict", files=_files([path])).json(), images)
+        health = httpx.get(f"{url}/health").json()
+    body = whole.json()
+    assert whole.headers["X-Model-Version"] == body["model_version"] == str(bundles["v1"])
+    assert body["runtime"] == "onnx" and body["model_sha256"] == read_json(bundles["v1"] / "card.json")[
+        "state_dict_sha256"]
+    assert health == {"status": "ok"}
+    rows = body["predictions"]
+    assert [row["file"] for row in rows] == [path.name for path in images]
+    for row, single in zip(rows, singles):
+        expected = predicted.loc[row["id"]]
+        assert row["status"] == "predicted" and row["predicted"] == expected["predicted"]
+        assert row["confidence"] == pytest.approx(expected["confidence"], abs=ATOL)
+        assert row["top_k"][1]["class"] == expected["class_2"]
+        assert row["top_k"][1]["probability"] == pytest.approx(expected["prob_2"], abs=ATOL)
+        assert len(row["top_k"]) == 2 and sum(row["probabilities"].values()) == pytest.approx(1)
+        (alone,) = single["predictions"]
+        assert alone["id"] == row["id"] and alone["predicted"] == row["predicted"]
+        assert alone["probabilities"] == pytest.approx(row["probabilities"], abs=1e-5)
+
+
+class ThreadPool:
+    """A few threads mapping a function over items (the concurrent clients of a test)."""
+
+    def __init__(self, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(threads)
+
+    def __enter__(self) -> "ThreadPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown()
+
+    def map(self, fn, items) -> list:
+        return list(self._pool.map(fn, items))
+
+
+@pytest.mark.slow
+def test_refusals_auth_limits_and_sampling(photos, bundles, predicted, tmp_path):
+    good = sorted(photos.rglob("*.png"))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    bad = {"garbage.png": b"not an image at all",
+           "truncated.png": good[0].read_bytes()[:60],
+           "tiny.png": _png(Image.new("L", (4, 4))),
+           "float.tiff": _png(Image.new("F", (32, 32)), "TIFF")}
+    store = tmp_path / "samples"
+    args = ["--model", str(bundles["v1"]), "--runtime", "torchscript", "--set", "serve.max_request_mb=0.25",
+            "--set", "serve.max_images=4", "--set", "serve.sample_rate=1", "--set", f"serve.sample_store={store}",
+            "--set", "serve.sample_batch_images=3"]
+    with _server(*args, auth=True, log=tmp_path / "serve.log") as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/ready").status_code == 200 and client.get("/health").status_code == 200  # probes: open
+        assert client.post("/predict", files=_files(good[:1])).status_code == 401
+        assert client.post("/predict", files=_files(good[:1]), auth=("reader", "wrong")).status_code == 401
+        assert client.get("/metrics").status_code == 401
+        client.auth = AUTH
+
+        refused = {}
+        for name, data in bad.items():
+            answer = client.post("/predict", files=[("files", (name, data, "application/octet-stream"))])
+            assert answer.status_code == 422, (name, answer.text)
+            (refused[name],) = answer.json()["detail"]
+            assert refused[name]["file"] == name
+        assert refused["garbage.png"]["rule"] == "decodes"
+        assert refused["truncated.png"]["rule"] == "decodes"
+        assert refused["tiny.png"]["rule"] == "width_in_bounds" and "4" in refused["tiny.png"]["reason"]
+        assert refused["float.tiff"]["rule"] == "mode_convertible" and "F" in refused["float.tiff"]["reason"]
+
+        mixed = [("files", ("garbage.png", bad["garbage.png"], "image/png")), *_files(good[:1])]
+        assert client.post("/predict", files=mixed).status_code == 422  # one refused image refuses the request
+        partial = client.post("/predict", files=mixed, params={"partial": "true"})
+        assert partial.status_code == 200
+        assert [row["status"] for row in partial.json()["predictions"]] == ["refused", "predicted"]
+
+        big = client.post("/predict", files=[("files", ("noise.png", _png(noise), "image/png"))])
+        assert big.status_code == 413 and "serve.max_request_mb" in big.json()["detail"]
+        many = client.post("/predict", files=_files(good[:5]))
+        assert many.status_code == 413 and "serve.max_images" in many.json()["detail"]
+        assert client.post("/predict", content=good[0].read_bytes(),
+                           headers={"content-type": "image/png"}).status_code == 415
+
+        # still up, still right (TorchScript answers as predict does), and the images it answered are sampled
+        answered = client.post("/predict", files=_files(good[1:4]))
+        assert answered.status_code == 200
+        for row in answered.json()["predictions"]:
+            assert row["predicted"] == predicted.loc[row["id"], "predicted"]
+            assert row["confidence"] == pytest.approx(predicted.loc[row["id"], "confidence"], abs=ATOL)
+        metrics = client.get("/metrics").text
+        deadline = time.monotonic() + 20
+        while next_batch(str(store), ROOT) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    for line in ('tlops_serve_refusals_total{rule="decodes"} 4.0',
+                 'tlops_serve_refusals_total{rule="mode_convertible"} 1.0',
+                 'tlops_serve_requests_total{status="413"} 2.0', 'tlops_serve_requests_total{status="401"} 2.0',
+                 "tlops_serve_request_seconds_bucket", "tlops_serve_confidence_bucket",
+                 'tlops_serve_sampled_images_total 4.0', "tlops_serve_model_info{"):
+        assert line in metrics, line
+
+    batch = next_batch(str(store), ROOT)
+    assert batch is not None and Path(batch.location).parent == store
+    files = sorted(p.name for p in Path(batch.location).iterdir())
+    card = read_json(Path(batch.location) / BATCH_CARD)
+    kept = {row["id"] for row in card["rows"]}
+    # the one image of the partial answer and the three answered last; never a refused image's bytes
+    assert kept == {row["id"] for row in answered.json()["predictions"]} | {partial.json()["predictions"][1]["id"]}
+    assert len(files) == 5 and BATCH_CARD in files and batch.images == 4
+    assert card["model_versions"] == [str(bundles["v1"])]
+
+
+@pytest.mark.slow
+def test_sampled_batch_is_what_the_drift_stage_checks(photos, tmp_path):
+    """A batch as the service writes it (unlabelled, its card beside the images) is read by shift as the
+    current set and checked by drift; once marked checked, the next batch is the one after it."""
+    store = tmp_path / "samples"
+    writer = SampleWriter(str(store), ROOT, rate=1.0, batch_images=100, batch_s=3600, seed=0)
+    for path in sorted(photos.rglob("*.png")):
+        writer.offer(path.read_bytes(), "PNG", {"predicted": path.parent.name, "confidence": 0.5,
+                                                "model_version": "run-a"})
+    name = writer.flush()
+    batch = next_batch(str(store), ROOT)
+    assert batch.name == name and batch.images == 18
+
+    chain = build_chain(tmp_path / "chain", photos, batch=Path(batch.location))
+    current = pd.read_parquet(chain["current"] / "manifest.parquet")
+    assert len(current) == 18 and set(current["label"]) == {""} and set(current["label_idx"]) == {-1}
+    assert run_drift(chain, tmp_path / "drift") == 0
+    drift = read_json(tmp_path / "drift" / "drift.json")
+    assert drift["n_current"] == 18 and isinstance(drift["drift_detected"], bool)
+    assert (tmp_path / "drift" / "reports").is_dir()
+
+    mark_checked(str(store), ROOT, batch.name, {"run": "drift-check-x", "drift_detected": True})
+    assert next_batch(str(store), ROOT) is None
+    with pytest.raises(ValueError, match="without a label"):
+        from pipeline.evaluation.assess import shift_ids
+
+        shift_ids(chain["current"])
+
+
+@pytest.mark.slow
+def test_promotion_during_a_stream_swaps_once_without_a_failed_request(photos, bundles, tmp_path):
+    registry = open_registry(str(tmp_path / "registry"), ROOT)
+    first, second = "20261206-100000-one", "20261206-110000-two"  # run names, as promote registers them
+    registry.register(first, bundles["v1"], {"decision": "test"})
+    registry.register(second, bundles["v2"], {"decision": "test"})
+    registry.set_champion(first, {}, registry.champion_and_token()[1])
+    image = sorted(photos.rglob("*.png"))[:1]
+    answers: dict[int, list[tuple[int, str, str]]] = {client: [] for client in range(3)}  # per client, in order
+    stop = threading.Event()
+
+    def stream(url: str, client_id: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not stop.is_set():
+                answer = client.post("/predict", files=_files(image))
+                answers[client_id].append((answer.status_code, answer.headers.get("X-Model-Version", ""),
+                                           answer.json().get("model_version", "")))
+
+    args = ["--runtime", "eager", "--set", f"promote.registry={tmp_path / 'registry'}", "--set", "serve.follow_s=0.2"]
+    with _server(*args, log=tmp_path / "serve.log") as url:
+        streams = [threading.Thread(target=stream, args=(url, client)) for client in answers]
+        for thread in streams:
+            thread.start()
+        time.sleep(2)
+        registry.set_champion(second, {}, registry.champion_and_token()[1])
+        deadline = time.monotonic() + 60
+        while not all(seen and seen[-1][1] == second for seen in answers.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        stop.set()
+        for thread in streams:
+            thread.join()
+        ready = httpx.get(f"{url}/ready").json()
+    for seen in answers.values():
+        assert seen and all(status == 200 for status, _, _ in seen), {status for status, _, _ in seen}
+        assert all(header == body for _, header, body in seen)
+        versions = [version for _, version, _ in seen]
+        switches = sum(a != b for a, b in zip(versions, versions[1:]))
+        assert versions[0] == first and versions[-1] == second and switches == 1, versions
+    assert ready["model_version"] == second and ready["ready"]
+
+
+def test_serve_refuses_the_network_without_credentials(monkeypatch, capsys):
+    monkeypatch.delenv("TLOPS_SERVE_AUTH", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "TLOPS_SERVE_AUTH" in capsys.readouterr().err
+
+
+def test_a_served_batch_is_written_whole_and_never_holds_a_refused_image(tmp_path):
+    writer = SampleWriter(str(tmp_path / "store"), tmp_path, rate=0.5, batch_images=3, batch_s=3600, seed=1)
+    kept = [writer.offer(bytes([i]) * 10, "PNG", {"predicted": "a", "confidence": 1.0, "model_version": "v"})
+            for i in range(40)]
+    assert 10 < sum(kept) < 30  # about half
+    assert writer.ready()
+    first = writer.flush()
+    assert writer.flush() is None and not writer.ready()  # nothing left open
+    batch = next_batch("store", tmp_path)
+    assert batch.name == first and batch.images == sum(kept)
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "store").iterdir())
