@@ -346,6 +346,9 @@ COMPOSE_FILES = {"cpu": ["compose.yaml"], "gpu": ["compose.yaml", "compose.gpu.y
 # what compose refuses to start without (`${NAME:?...}`), all of it for the operator to write into .env
 REQUIRED = set(re.findall(r"\$\{(\w+):\?", (COMPOSE / "compose.yaml").read_text()))
 PIPELINE_USER = "tlops-pipeline"
+# minio-init's buckets: data source, DVC remote, model registry, reports, and the images `tlops serve` samples
+# (serve.sample_store: the server's project volume is read-only, so its samples go to S3)
+BUCKETS = {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports", "tlops-samples"}
 
 
 def _example() -> dict[str, str]:
@@ -465,7 +468,7 @@ def test_compose_stack_agrees_with_the_project(resolved, params):
     assert root == f"/project/{orchestrate.runs_dir}"
     assert "autoindex off;" in (COMPOSE / "nginx.conf").read_text()  # tests/test_flows_access.py runs it
     buckets = set(re.findall(r"tlops/(tlops-[a-z]+)", " ".join(_command(services["minio-init"]))))
-    assert buckets == {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
+    assert buckets == BUCKETS
     assert env["TLOPS_DVC_REMOTE"].startswith("s3://tlops-dvc/")
 
 
@@ -549,7 +552,7 @@ def test_minio_users_and_policies(resolved):
     for user, policy in ((PIPELINE_USER, "pipeline-policy.json"), ("tlops-reports", "reports-policy.json")):
         assert f"mc admin user add tlops {user} " in script
         assert f"/policies/{policy}" in script
-    buckets = {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
+    buckets = BUCKETS
     pipeline = json.loads((COMPOSE / "minio" / "pipeline-policy.json").read_text())["Statement"]
     resources = {r for statement in pipeline for r in statement["Resource"]}
     assert resources == {f"arn:aws:s3:::{b}" for b in buckets} | {f"arn:aws:s3:::{b}/*" for b in buckets}
@@ -558,6 +561,7 @@ def test_minio_users_and_policies(resolved):
                for statement in pipeline)  # objects only: no wildcard action, no bucket administration
     writes = {r for st in pipeline if "s3:PutObject" in st["Action"] for r in st["Resource"]}
     assert "arn:aws:s3:::tlops-data/*" not in writes  # the images are read, never written
+    assert "arn:aws:s3:::tlops-samples/*" in writes  # where the server keeps its sampled images
     [reports] = json.loads((COMPOSE / "minio" / "reports-policy.json").read_text())["Statement"]
     assert reports == {"Sid": reports["Sid"], "Effect": "Allow", "Action": ["s3:GetObject"],
                        "Resource": ["arn:aws:s3:::tlops-reports/*"]}
