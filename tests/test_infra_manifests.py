@@ -54,6 +54,35 @@ def _code_constant(module: str, name: str) -> str:
     raise AssertionError(f"{module} has no constant {name}")
 
 
+def _field_default(module: str, cls: str, field: str):
+    """The default of a settings field (``name: T = Field(default, ...)`` or ``name: T = default``) of a class in
+    the project's code, read without importing it."""
+    for node in ast.parse((ROOT / module).read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.target.id == field:
+                    value = item.value
+                    if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "Field":
+                        value = value.args[0] if value.args else next(k.value for k in value.keywords
+                                                                      if k.arg == "default")
+                    return ast.literal_eval(value)
+            raise AssertionError(f"{module}: {cls} has no field {field}")
+    raise AssertionError(f"{module} has no class {cls}")
+
+
+def _serve_auth_env(params) -> str:
+    """The variable `tlops serve` reads its basic auth from: params serve.auth_env, which must be the code's
+    default (ServeParams.auth_env), the name infra/ gives it."""
+    default = _field_default("pipeline/config.py", "ServeParams", "auth_env")
+    assert params.serve.auth_env == default, f"params.yaml serve.auth_env {params.serve.auth_env!r} != {default!r}"
+    return default
+
+
+def _serve_command(params) -> list[str]:
+    """`tlops serve` on every address of its container (the server demands the auth variable there), on serve.port."""
+    return ["tlops", "serve", "--host", "0.0.0.0", "--port", str(params.serve.port)]
+
+
 # the environment variables the code reads, by the names the code gives them
 NPROC_ENV = _code_constant("pipeline/training/ddp.py", "NPROC_ENV")
 WEBHOOK_ENV = _code_constant("pipeline/runs/notify.py", "WEBHOOK_ENV")
@@ -141,6 +170,58 @@ def test_manifests_agree_with_the_project(params):
     for spec in deployments.values():
         claims = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
         assert claims == ["tlops-project"]
+
+
+def test_serve_manifest_agrees_with_the_project(params):
+    """infra/k8s/serve.yaml: `tlops serve` from the tlops image on the project PVC (read-only), probes on the
+    server's open endpoints, its auth from the Secret tlops-serve-auth, S3 from tlops-s3, a Service on serve.port."""
+    port = params.serve.port
+    [deployment] = [d for d in _by_kind("Deployment") if d["metadata"]["name"] == "tlops-serve"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == params.orchestrate.worker_image
+    assert "command" not in container  # the image's entrypoint (tini, then tlops-entrypoint) runs the args
+    assert container["args"] == _serve_command(params)
+    assert container["workingDir"] == "/project"
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    # liveness: the process answers; readiness: a checked model is loaded (503 before)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    env = {e["name"]: e for e in container["env"]}
+    # not optional: without it the server refuses to listen on the pod's address
+    assert env[_serve_auth_env(params)] == {"name": _serve_auth_env(params), "valueFrom": {
+        "secretKeyRef": {"name": "tlops-serve-auth", "key": "auth-string"}}}
+    assert not any("value" in e for e in env.values()), "no secret written into the manifest"
+    assert {"secretRef": {"name": "tlops-s3"}} in container["envFrom"]  # an s3:// registry or sample store
+    # it writes nothing to the project: the PVC is read-only, in the pod's volume and in the mount
+    assert container["volumeMounts"] == [{"name": "project", "mountPath": "/project", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "project",
+                               "persistentVolumeClaim": {"claimName": "tlops-project", "readOnly": True}}]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert requests["cpu"] and requests["memory"] and limits["memory"]
+    evidently = next(d for d in _by_kind("Deployment") if d["metadata"]["name"] == "tlops-evidently-ui")
+    assert pod["securityContext"] == evidently["spec"]["template"]["spec"]["securityContext"]  # uid 1000, as the image
+    [service] = [s for s in _by_kind("Service") if s["metadata"]["name"] == "tlops-serve"]
+    assert service["spec"]["ports"] == [{"name": "http", "port": port, "targetPort": "http"}]
+    [secret] = [s for s in _by_kind("Secret") if s["metadata"]["name"] == "tlops-serve-auth"]
+    assert list(secret["stringData"]) == ["auth-string"] and ":" in secret["stringData"]["auth-string"]
+
+
+def test_services_reach_their_pods():
+    """Each Service selects the pods of its Deployment (and nothing else's) and targets a port they name."""
+    deployments = {d["metadata"]["name"]: d for d in _by_kind("Deployment")}
+    services = _by_kind("Service")
+    assert {s["metadata"]["name"] for s in services} == set(deployments)
+    for service in services:
+        name = service["metadata"]["name"]
+        selector, spec = service["spec"]["selector"], deployments[name]["spec"]
+        assert selector == spec["selector"]["matchLabels"], name
+        assert selector.items() <= spec["template"]["metadata"]["labels"].items(), name
+        others = [n for n, d in deployments.items() if n != name
+                  and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert others == [], f"{name} also selects {others}"
+        named = {p["name"] for c in spec["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= named, name
 
 
 def _nginx_directives(text: str) -> list[str]:
@@ -346,6 +427,9 @@ COMPOSE_FILES = {"cpu": ["compose.yaml"], "gpu": ["compose.yaml", "compose.gpu.y
 # what compose refuses to start without (`${NAME:?...}`), all of it for the operator to write into .env
 REQUIRED = set(re.findall(r"\$\{(\w+):\?", (COMPOSE / "compose.yaml").read_text()))
 PIPELINE_USER = "tlops-pipeline"
+# minio-init's buckets: data source, DVC remote, model registry, reports, and the images `tlops serve` samples
+# (serve.sample_store: the server's project volume is read-only, so its samples go to S3)
+BUCKETS = {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports", "tlops-samples"}
 
 
 def _example() -> dict[str, str]:
@@ -355,7 +439,7 @@ def _example() -> dict[str, str]:
 
 def _operator_env(path: Path, **over: str) -> Path:
     """.env.example with the secrets filled in as an operator does (`cp .env.example .env`, then edit)."""
-    values = {k: v or (f"tlops:{secrets.token_hex(12)}" if k == "TLOPS_PREFECT_AUTH" else secrets.token_hex(12))
+    values = {k: v or (f"tlops:{secrets.token_hex(12)}" if k.endswith("_AUTH") else secrets.token_hex(12))
               if k in REQUIRED else v for k, v in _example().items()}
     path.write_text("".join(f"{k}={v}\n" for k, v in {**values, **over}.items()))
     return path
@@ -431,7 +515,8 @@ def _command(service: dict) -> list[str]:
 def test_compose_stack_agrees_with_the_project(resolved, params):
     services = resolved["cpu"]
     orchestrate = params.orchestrate
-    assert set(services) == {"postgres", "prefect-server", "minio", "minio-init", "worker", "evidently-ui", "reports"}
+    assert set(services) == {"postgres", "prefect-server", "minio", "minio-init", "worker", "evidently-ui", "reports",
+                             "serve"}
     assert services["prefect-server"]["image"] == f"prefecthq/prefect:{_locked('prefect')}-python3.11"
     assert services["postgres"]["image"] == "postgres:16"
     url = _env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]
@@ -465,8 +550,78 @@ def test_compose_stack_agrees_with_the_project(resolved, params):
     assert root == f"/project/{orchestrate.runs_dir}"
     assert "autoindex off;" in (COMPOSE / "nginx.conf").read_text()  # tests/test_flows_access.py runs it
     buckets = set(re.findall(r"tlops/(tlops-[a-z]+)", " ".join(_command(services["minio-init"]))))
-    assert buckets == {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
+    assert buckets == BUCKETS
     assert env["TLOPS_DVC_REMOTE"].startswith("s3://tlops-dvc/")
+
+
+def _depends_on(service: dict) -> dict[str, str]:
+    """{service: condition} of a resolved service's depends_on (a list in the short form: started)."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: "service_started" for name in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def test_compose_serve_service(resolved, params):
+    """The serve service: `tlops serve` from the tlops image on the project volume (read-only), the S3 identity of
+    the worker, the auth variable the server reads, its port, a healthcheck on /ready, after the worker."""
+    services = resolved["cpu"]
+    serve, worker = services["serve"], services["worker"]
+    port = params.serve.port
+    assert serve["image"] == worker["image"] == params.orchestrate.worker_image
+    assert serve["build"] == worker["build"]
+    assert "entrypoint" not in serve  # the image's: tini, then tlops-entrypoint (cd /project)
+    assert _command(serve) == _serve_command(params)
+    assert _published(serve) == {port}
+    assert [int(p["target"]) if isinstance(p, dict) else int(str(p).split(":")[-1].split("/")[0])
+            for p in serve["ports"]] == [port]
+    assert _mounts(serve) == {"/project": "project:ro"} and _mounts(worker)["/project"] == "project"
+    env = _env(serve)
+    auth = env[_serve_auth_env(params)]
+    assert re.fullmatch(r"[^:\s]+:\S+", auth), "user:password from .env"
+    assert auth != _env(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"]
+    s3 = {k: v for k, v in _env(worker).items() if k.startswith("AWS_")}
+    assert {k: v for k, v in env.items() if k.startswith("AWS_")} == s3 and s3["AWS_ACCESS_KEY_ID"] == PIPELINE_USER
+    assert _depends_on(serve) == {"worker": "service_started"}  # the worker's entrypoint seeds the volume
+    test = serve["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and f"'http://localhost:{port}/ready'" in test[3]
+    raw = yaml.safe_load((COMPOSE / "compose.yaml").read_text())["services"]["serve"]
+    assert raw["environment"][_serve_auth_env(params)].startswith(f"${{{_serve_auth_env(params)}:?set ")
+
+
+def test_compose_serve_healthcheck_follows_ready(resolved, params):
+    """The serve healthcheck's own command, run against a stand-in server: healthy on 200 from /ready, unhealthy
+    on 503 (no model yet) and when nothing listens."""
+    import http.server
+    import threading
+
+    code = resolved["cpu"]["serve"]["healthcheck"]["test"][3]
+    answers = {"/ready": 200}
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(answers.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    local = code.replace(f"localhost:{params.serve.port}", f"127.0.0.1:{server.server_port}")
+    assert local != code
+
+    def check() -> int:
+        return subprocess.run(["python3", "-c", local], capture_output=True, timeout=30).returncode
+
+    try:
+        assert check() == 0
+        answers["/ready"] = 503
+        assert check() != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert check() != 0
 
 
 def test_compose_gpu_override(resolved):
@@ -481,7 +636,7 @@ def test_compose_holds_no_secrets(tmp_path):
     raw = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
     for name, service in raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|ROOT_USER|AUTH_STRING", key):
+            if re.search(r"PASSWORD|SECRET|ROOT_USER|AUTH", key):
                 assert str(value).startswith("${"), f"{name}.{key} is not from the env file"
             elif key == "AWS_ACCESS_KEY_ID":  # a user name, not a secret: the pipeline's own user
                 assert value == PIPELINE_USER, f"{name}.{key} = {value!r}"
@@ -492,7 +647,7 @@ def test_compose_holds_no_secrets(tmp_path):
     example, required = _example(), REQUIRED
     assert required <= set(example)
     secret = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "TLOPS_PIPELINE_S3_SECRET", "TLOPS_REPORTS_S3_SECRET",
-              "POSTGRES_PASSWORD", "TLOPS_PREFECT_AUTH"}
+              "POSTGRES_PASSWORD", "TLOPS_PREFECT_AUTH", "TLOPS_SERVE_AUTH"}
     assert secret <= required
     # no default password to forget changing: the example leaves each secret empty, which compose refuses
     assert {k: example[k] for k in secret if example[k]} == {}
@@ -522,7 +677,7 @@ def test_compose_publishes_on_loopback_unless_the_operator_opts_out(resolved, tm
         for port in service.get("ports", []):
             assert str(port).startswith("${TLOPS_BIND:-127.0.0.1}:"), f"{name} publishes {port!r} on every address"
     bound = {name: _bindings(service) for name, service in resolved["cpu"].items() if service.get("ports")}
-    assert set(bound) == {"prefect-server", "minio", "evidently-ui", "reports"}
+    assert set(bound) == {"prefect-server", "minio", "evidently-ui", "reports", "serve"}
     assert {ip for ports in bound.values() for ip, _ in ports} == {"127.0.0.1"}
     assert {ip for s in resolved["gpu"].values() for ip, _ in _bindings(s)} == {"127.0.0.1"}
     opened = _compose(_operator_env(tmp_path / "env", TLOPS_BIND="0.0.0.0"), COMPOSE_FILES["cpu"], "config",
@@ -549,7 +704,7 @@ def test_minio_users_and_policies(resolved):
     for user, policy in ((PIPELINE_USER, "pipeline-policy.json"), ("tlops-reports", "reports-policy.json")):
         assert f"mc admin user add tlops {user} " in script
         assert f"/policies/{policy}" in script
-    buckets = {"tlops-data", "tlops-dvc", "tlops-registry", "tlops-reports"}
+    buckets = BUCKETS
     pipeline = json.loads((COMPOSE / "minio" / "pipeline-policy.json").read_text())["Statement"]
     resources = {r for statement in pipeline for r in statement["Resource"]}
     assert resources == {f"arn:aws:s3:::{b}" for b in buckets} | {f"arn:aws:s3:::{b}/*" for b in buckets}
@@ -558,6 +713,7 @@ def test_minio_users_and_policies(resolved):
                for statement in pipeline)  # objects only: no wildcard action, no bucket administration
     writes = {r for st in pipeline if "s3:PutObject" in st["Action"] for r in st["Resource"]}
     assert "arn:aws:s3:::tlops-data/*" not in writes  # the images are read, never written
+    assert "arn:aws:s3:::tlops-samples/*" in writes  # where the server keeps its sampled images
     [reports] = json.loads((COMPOSE / "minio" / "reports-policy.json").read_text())["Statement"]
     assert reports == {"Sid": reports["Sid"], "Effect": "Allow", "Action": ["s3:GetObject"],
                        "Resource": ["arn:aws:s3:::tlops-reports/*"]}
