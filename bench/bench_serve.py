@@ -127,7 +127,7 @@ def compare(reference: dict[int, dict[str, Any]], ours: dict[int, dict[str, Any]
     if not levels:
         return {"levels": per_level, "goal_clients": None, "goal_met": None}
     top = levels[-1]
-    ours_top, ref_top = ours[top], reference[top]
+    ours_top = ours[top]
     speed, p99 = per_level[str(top)]["throughput_ratio"], per_level[str(top)]["p99_ratio"]
     met = (ours_top["failed"] == 0 and speed is not None and speed >= speedup and p99 is not None and p99 < 1.0)
     return {"levels": per_level, "goal_clients": top,
@@ -201,21 +201,25 @@ async def _upload(request: Request) -> tuple[str, bytes]:
     try:
         import python_multipart  # noqa: F401  (what Starlette's request.form() needs)
     except ImportError:
-        from email.parser import BytesParser
-        from email.policy import HTTP
-
-        body = await request.body()
-        head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
-        message = BytesParser(policy=HTTP).parsebytes(head + body)
-        for part in message.iter_parts() if message.is_multipart() else ():
-            if part.get_param("name", header="content-disposition") == "files":
-                return part.get_filename() or "upload", part.get_payload(decode=True)
-        raise HTTPException(422, "no multipart part named 'files'")
+        return await _upload_stdlib(request)
     form = await request.form()
     upload = form.get("files")
     if upload is None or isinstance(upload, str):
         raise HTTPException(422, "no multipart part named 'files'")
     return upload.filename or "upload", await upload.read()
+
+
+async def _upload_stdlib(request: Request) -> tuple[str, bytes]:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    body = await request.body()
+    head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    for part in message.iter_parts() if message.is_multipart() else ():
+        if part.get_param("name", header="content-disposition") == "files":
+            return part.get_filename() or "upload", part.get_payload(decode=True)
+    raise HTTPException(422, "no multipart part named 'files'")
 
 
 def serve_reference(model_dir: Path, port: int) -> None:
@@ -465,7 +469,8 @@ def make_model(out: Path, arch: str, image_size: int, uploads: Sequence[Upload])
         "model": model.name, "candidate": "bench", "state_dict_sha256": model.card["state_dict_sha256"],
         "classes": model.classes, "preprocessing": model.preprocessing.to_card(),
         "input": "images: float32 [N, 3, S, S], preprocessed", "output": "logits: float32 [N, classes]",
-        "atol": cfg.atol, "formats": {name: {**check, "export_seconds": seconds[name]} for name, check in checks.items()}})
+        "atol": cfg.atol,
+        "formats": {name: {**check, "export_seconds": seconds[name]} for name, check in checks.items()}})
     return checks
 
 
@@ -525,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = BenchReport("bench_serve")
     uploads = folder_uploads(ns.images) if ns.images else photo_uploads()
     amount = {"seconds": ns.seconds} if ns.seconds is not None else {"requests": ns.requests}
-    with model_folder(ns, uploads, report) as model_dir, tempfile.TemporaryDirectory(prefix="bench_serve-logs-") as logs:
+    logs_dir = tempfile.TemporaryDirectory(prefix="bench_serve-logs-")
+    with model_folder(ns, uploads, report) as model_dir, logs_dir as logs:
         env, started = server_env(threads), {}
         try:
             for name in servers:
@@ -544,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "images": len(uploads), "image_bytes_mean": int(np.mean([len(u.data) for u in uploads])),
                                "clients": ns.clients, **amount, "warmup_per_client": ns.warmup,
                                "load_average": [round(v, 2) for v in os.getloadavg()]},
-                        ready={name: {k: v for k, v in answer.items() if k != "ready"} for name, answer in ready.items()})
+                        ready={name: {k: v for k, v in answer.items() if k != "ready"}
+                               for name, answer in ready.items()})
             if "reference" in started:
                 ceiling, cpu = drive(started["reference"].url + "/noop", uploads, ns.clients[-1], warmup=1,
                                      seconds=min(ns.seconds or 3.0, 3.0), check_body=False)
