@@ -8,11 +8,13 @@ reference, **at a lower p99** latency, with no failed request, both measured in 
 
 The two servers, each a subprocess listening on 127.0.0.1, given the same model folder and the same threads:
 
-- ``reference``: a plain FastAPI app defined here (:func:`reference_app`), served by uvicorn: one POST /predict
-  taking one multipart image (part ``files``), decoded with PIL (pipeline/data/images.py ``decode_rgb``),
-  preprocessed by the model's own :class:`~pipeline.models.preprocess.Preprocessing`, run through the eager
-  PyTorch network (:class:`~pipeline.models.LoadedModel`, channels_last as our CPU inference) under
-  ``torch.no_grad``, one request at a time behind a lock, answering JSON with the top-3 classes.
+- ``reference``: a plain FastAPI app defined here (:func:`reference_app`), served by uvicorn: one synchronous
+  POST /predict taking one multipart image (``UploadFile`` part ``files``), decoded with PIL
+  (pipeline/data/images.py ``decode_rgb``), preprocessed by the model's own
+  :class:`~pipeline.models.preprocess.Preprocessing`, run through the eager PyTorch network
+  (:class:`~pipeline.models.LoadedModel`, channels_last as our CPU inference) under ``torch.no_grad``, one request
+  at a time behind a lock, answering JSON with the top-3 classes. Only the forward pass holds the lock: FastAPI's
+  thread pool decodes and preprocesses the waiting requests beside it (the usual way; it helps the reference).
 - ``ours``: ``python -m pipeline.cli serve --model DIR --port P`` (its own runtime and batching from params.yaml
   ``serve``; ``--runtime`` overrides the runtime).
 
@@ -68,10 +70,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Sequence
 
 import numpy as np
-from fastapi import HTTPException, Request  # module level: the endpoints' annotations are resolved from here
+from fastapi import File, HTTPException, UploadFile  # module level: endpoint annotations resolve here
 
 GOAL_SPEEDUP = 2.0  # ours / reference throughput at the largest client count
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -149,7 +151,6 @@ def reference_app(model_dir: Path) -> Any:
     /ready, and POST /noop (the upload read and answered without a model: the load generator's ceiling)."""
     import torch
     from fastapi import FastAPI
-    from fastapi.concurrency import run_in_threadpool
 
     from pipeline.common.device import memory_format
     from pipeline.data.images import decode_rgb
@@ -179,47 +180,19 @@ def reference_app(model_dir: Path) -> Any:
         return {"ready": True, "model_version": str(model_dir), "runtime": "eager"}
 
     @app.post("/noop")
-    async def noop(request: Request) -> dict[str, Any]:
-        await _upload(request)
+    def noop(files: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        files.file.read()
         return {}
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        name, data = await _upload(request)
+    def predict(files: Annotated[UploadFile, File()]) -> dict[str, Any]:
         try:
-            answer = await run_in_threadpool(classify, data)
+            answer = classify(files.file.read())
         except Exception as error:  # an undecodable upload: the client's fault
-            raise HTTPException(422, f"{name}: {error}") from error
-        return {"predictions": [{"file": name, **answer}]}
+            raise HTTPException(422, f"{files.filename}: {error}") from error
+        return {"predictions": [{"file": files.filename, **answer}]}
 
     return app
-
-
-async def _upload(request: Request) -> tuple[str, bytes]:
-    """The one file part ``files`` of a multipart request: FastAPI's form parser when python-multipart is
-    installed, else the standard library's MIME parser (the same bytes either way)."""
-    try:
-        import python_multipart  # noqa: F401  (what Starlette's request.form() needs)
-    except ImportError:
-        return await _upload_stdlib(request)
-    form = await request.form()
-    upload = form.get("files")
-    if upload is None or isinstance(upload, str):
-        raise HTTPException(422, "no multipart part named 'files'")
-    return upload.filename or "upload", await upload.read()
-
-
-async def _upload_stdlib(request: Request) -> tuple[str, bytes]:
-    from email.parser import BytesParser
-    from email.policy import HTTP
-
-    body = await request.body()
-    head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    for part in message.iter_parts() if message.is_multipart() else ():
-        if part.get_param("name", header="content-disposition") == "files":
-            return part.get_filename() or "upload", part.get_payload(decode=True)
-    raise HTTPException(422, "no multipart part named 'files'")
 
 
 def serve_reference(model_dir: Path, port: int) -> None:

@@ -1,16 +1,14 @@
-"""bench_serve's figures: percentiles and throughput of a level, the ours/reference ratios and the goal, and the
-multipart upload the reference endpoint reads (the bench itself is run, not asserted)."""
+"""bench_serve's figures: percentiles and throughput of a level, and the ours/reference ratios and the goal
+(the bench itself is run, not asserted)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections import Counter
 
-import httpx
 import pytest
 
-from bench.bench_serve import LevelResult, _upload, compare, parse_clients, summarize
+from bench.bench_serve import LevelResult, compare, parse_clients, summarize
 
 
 def test_summarize_counts_failures_and_takes_throughput_from_successes_only():
@@ -48,16 +46,3 @@ def test_parse_clients():
     with pytest.raises(argparse.ArgumentTypeError):
         parse_clients("0,8")
 
-
-def test_the_reference_reads_the_upload_a_client_sends():
-    from starlette.requests import Request
-
-    sent = httpx.Request("POST", "http://x/predict", files={"files": ("a.png", b"\x89PNG\r\n--x\r\n", "image/png")})
-    body = sent.read()
-    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in sent.headers.items()]}
-
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    assert asyncio.run(_upload(Request(scope, receive))) == ("a.png", b"\x89PNG\r\n--x\r\n")
