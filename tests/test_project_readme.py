@@ -10,7 +10,7 @@ import subprocess
 from tests.conftest import ROOT
 
 # `dvc repro` runs the whole chain: `dvc status` reads the same graph; DVC runs each stage with this PATH,
-# which the last line checks finds tlops; `tlops predict` needs a trained champion
+# which the last line checks finds tlops; `tlops predict` needs a trained champion, `tlops serve` runs until stopped
 _SAFE = {"dvc repro": "dvc status"}
 
 
@@ -18,7 +18,8 @@ def _cli_block() -> list[str]:
     """The indented command lines of the README's "## The CLI" section, comments stripped."""
     section = ROOT.joinpath("README.md").read_text().split("## The CLI", 1)[1].split("\n## ", 1)[0]
     commands = [re.sub(r"\s+#.*$", "", line).strip() for line in section.splitlines() if line.startswith("    ")]
-    return [_SAFE.get(c, c) for c in commands if c and "<" not in c and not c.startswith("tlops predict")]
+    return [_SAFE.get(c, c) for c in commands
+            if c and "<" not in c and not c.startswith(("tlops predict", "tlops serve"))]
 
 
 def test_the_cli_block_runs_in_a_fresh_shell(tmp_path):
