@@ -26,7 +26,7 @@ Model: ``--model DIR`` serves an existing model folder (a registry version: ``mo
 serving exports). Without it, a folder is made in a temporary directory the way the pipeline does: a pretrained
 catalog network (``--arch``, default EfficientNet-Lite0) with a fresh head for the 7 photo classes of
 tests/support/photos.py, saved with :meth:`LoadedModel.save`, then exported by pipeline/models/export.py
-(``export_formats``, ``check_exports`` on the bench's own images, ``export.json``) as the export stage does. The
+(``export_bundle``: every format checked on the bench's own images, ``export.json``) as the export stage does. The
 head is untrained: a forward pass costs the same whatever its weights. ``--keep-model DIR`` keeps that folder.
 
 Load: one asyncio loop in this process drives N clients (``httpx.AsyncClient``, one connection each); each
@@ -63,6 +63,7 @@ import io
 import os
 import socket
 import subprocess
+import shutil
 import sys
 import tempfile
 import threading
@@ -416,34 +417,21 @@ def make_model(out: Path, arch: str, image_size: int, uploads: Sequence[Upload])
     Returns the export checks."""
     import torch
 
-    from pipeline.common.io import write_json
     from pipeline.config import ExportParams
     from pipeline.data.images import decode_rgb
     from pipeline.models import LoadedModel
-    from pipeline.models.export import EXPORT_CARD, check_exports, export_formats
+    from pipeline.models.export import export_bundle
     from tests.support.photos import PHOTOS
 
     cfg = ExportParams()
     model = LoadedModel.pretrained(arch, len(PHOTOS), image_size, classes=list(PHOTOS))
-    model.save(out, {"bench": "bench_serve: pretrained features, untrained head (serving cost only)"})
-    model = LoadedModel.load(out, "cpu")
+    model.network.eval()
+    saved = out.with_name(out.name + ".model")
+    model.save(saved, {"bench": "bench_serve: pretrained features, untrained head (serving cost only)"})
     transform = model.preprocessing.transform()
     images = torch.stack([transform(decode_rgb(u.data)) for u in uploads[:32]])
-    with torch.no_grad():
-        reference = model.network(images).numpy()
-    formats = tuple(cfg.formats)
-    seconds = export_formats(model.network, images[:8], out, formats)
-    checks = check_exports(out, reference, images, formats, cfg.atol)
-    failed = [name for name, check in checks.items() if not check["passed"]]
-    if failed:
-        raise RuntimeError(f"exports {failed} disagree with PyTorch: {checks}")
-    # the keys the export stage writes (pipeline/stages/export.py)
-    write_json(out / EXPORT_CARD, {
-        "model": model.name, "candidate": "bench", "state_dict_sha256": model.card["state_dict_sha256"],
-        "classes": model.classes, "preprocessing": model.preprocessing.to_card(),
-        "input": "images: float32 [N, 3, S, S], preprocessed", "output": "logits: float32 [N, classes]",
-        "atol": cfg.atol,
-        "formats": {name: {**check, "export_seconds": seconds[name]} for name, check in checks.items()}})
+    checks = export_bundle(model, saved, images, out, tuple(cfg.formats), cfg.atol, {"candidate": "bench"})
+    shutil.rmtree(saved)
     return checks
 
 
