@@ -300,6 +300,13 @@ def test_serve_refuses_the_network_without_credentials(monkeypatch, capsys):
     assert "TLOPS_SERVE_AUTH" in capsys.readouterr().err
 
 
+def test_serve_stops_at_once_when_its_sample_store_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    store = tmp_path / "a-file" / "samples"
+    assert main(["serve", "--set", "serve.sample_rate=0.1", "--set", f"serve.sample_store={store}"]) == 2
+    assert f"serve.sample_store {store}: cannot write" in capsys.readouterr().err
+
+
 def test_a_served_batch_is_written_whole_and_never_holds_a_refused_image(tmp_path):
     writer = SampleWriter(str(tmp_path / "store"), tmp_path, rate=0.5, batch_images=3, batch_s=3600, seed=1)
     kept = [writer.offer(bytes([i]) * 10, "PNG", {"predicted": "a", "confidence": 1.0, "model_version": "v"})

@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from PIL import Image
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -75,6 +76,9 @@ class _Service:
         self.sampler = (SampleWriter(cfg.sample_store, config.root, cfg.sample_rate, cfg.sample_batch_images,
                                      cfg.sample_batch_s) if cfg.sample_rate > 0 and cfg.sample_store else None)
         validate = config.params.validate_
+        # one bomb limit for the whole process: the admissions running side by side then never change PIL's
+        # process-wide setting under each other (the header check of profile.py holds the limit in any case)
+        Image.MAX_IMAGE_PIXELS = validate.max_pixels
         self.rules = validate
         self.profile = ProfileSettings(max_pixels=validate.max_pixels, stats_max_side=validate.stats_max_side)
         self._tasks: list[asyncio.Task] = []

@@ -30,7 +30,7 @@ from pipeline.common.io import write_bytes, write_json
 from pipeline.common.logs import get_logger
 from pipeline.registry import open_store
 
-__all__ = ["SampleWriter", "SampledBatch", "next_batch", "mark_checked", "BATCH_CARD", "CHECKED"]
+__all__ = ["SampleWriter", "SampledBatch", "check_store", "next_batch", "mark_checked", "BATCH_CARD", "CHECKED"]
 log = get_logger(__name__)
 BATCH_CARD = ".batch.json"
 CHECKED = ".checked.json"
@@ -105,6 +105,25 @@ class SampledBatch:
     name: str
     location: str
     images: int
+
+
+def check_store(location: str, base: Path) -> None:
+    """Fail now, not at the first batch an hour later, when the sample store cannot be written (a folder) or
+    reached with these credentials (S3).
+
+    Raises:
+        ValueError: naming ``serve.sample_store`` and why.
+    """
+    store, where = open_store(location, base)
+    try:
+        if where.startswith("s3://"):
+            store.list_dirs("")
+            return
+        Path(where).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-check-"):
+            pass
+    except Exception as err:  # noqa: BLE001 (any failure here is the store's: say which and why)
+        raise ValueError(f"serve.sample_store {location}: cannot write sampled batches to {where}: {err}") from err
 
 
 def next_batch(location: str, base: Path) -> SampledBatch | None:

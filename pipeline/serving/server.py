@@ -30,6 +30,7 @@ from pipeline.prediction.models import resolve_model
 from pipeline.registry import open_registry
 from pipeline.serving.app import ServeConfig, create_app
 from pipeline.serving.runtime import Runtime, load_served
+from pipeline.serving.samples import check_store
 
 __all__ = ["ServeOptions", "serve", "app_from_env", "CONFIG_ENV"]
 log = get_logger(__name__)
@@ -106,7 +107,10 @@ def _loopback(host: str) -> bool:
 
 
 def _preflight(options: ServeOptions, params, runtime: Runtime, threads: int) -> None:
-    """Load and check the model the reference names now (a champion not promoted yet is let through)."""
+    """Check the sample store can be written, and load and check the model the reference names now (a champion
+    not promoted yet is let through)."""
+    if params.serve.sample_rate > 0:
+        check_store(params.serve.sample_store, options.root)
     registry = open_registry(params.promote.registry, options.root)
     if options.model in (None, "champion") and registry.champion() is None:
         log.warning("serve: %s has no champion yet; not ready until the first promotion", registry.location)

@@ -113,7 +113,7 @@ def _open_checked(data: bytes, settings: ProfileSettings, draft_side: int | None
     row: dict[str, Any] = {"decode_ok": False, "file_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     try:
         with _pixel_limit(settings.max_pixels):
-            image = _open_header(data, row)
+            image = _open_header(data, row, settings.max_pixels)
             if draft_side and image.format == "JPEG":  # decode JPEGs at a reduced scale: fewer pixels in memory
                 image.draft(image.mode, (draft_side, draft_side))
             image.load()
@@ -146,8 +146,11 @@ def image_refusal(row: dict[str, Any], cfg: "ValidateParams") -> tuple[str | Non
     return ("; ".join(critical) or None), ("; ".join(warnings) or None)
 
 
-def _open_header(data: bytes, row: dict[str, Any]) -> Image.Image:
-    """Open the image (header only) and fill the header fields of ``row``."""
+def _open_header(data: bytes, row: dict[str, Any], max_pixels: int) -> Image.Image:
+    """Open the image (header only), refuse it above ``max_pixels`` and fill the header fields of ``row``.
+
+    The size is checked here as well as by PIL's guard (``_pixel_limit``): PIL's reads a process-wide setting
+    that threads admitting images side by side (``tlops serve``) would change under each other."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
@@ -158,6 +161,9 @@ def _open_header(data: bytes, row: dict[str, Any]) -> Image.Image:
         raise ImageRejected(f"decompression-bomb guard: more than validate.max_pixels = {Image.MAX_IMAGE_PIXELS:,} "
                             f"pixels (PIL: {err})") from None
     width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected(f"decompression-bomb guard: {width} x {height} = {width * height:,} pixels, more than "
+                            f"validate.max_pixels = {max_pixels:,}")
     orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: the upright image is height x width
         width, height = height, width
