@@ -30,6 +30,7 @@ from pipeline.registry import open_registry
 from pipeline.serving.samples import BATCH_CARD, SampleWriter, mark_checked, next_batch
 from tests.support.drift_chain import build_chain, run_drift
 from tests.support.photos import write_photo_folder
+from tests.support.s3server import make_client
 from tests.support.served import write_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,24 +254,38 @@ def test_sampled_batch_is_what_the_drift_stage_checks(photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_promotion_during_a_stream_swaps_once_without_a_failed_request(photos, bundles, tmp_path):
-    registry = open_registry(str(tmp_path / "registry"), ROOT)
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_promotion_during_a_stream_swaps_once_without_a_failed_request(store, photos, bundles, tmp_path, request,
+                                                                       monkeypatch):
+    """The registry and the sample store a folder, or on a real S3 server: the champion moves mid-stream, and the
+    batch the service flushes as it stops holds every image it answered (each once)."""
+    if store == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        for bucket in ("models", "samples"):
+            make_client(endpoint).create_bucket(Bucket=bucket)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # for this process and the server's
+        location, samples = "s3://models/registry", "s3://samples/serve"
+    else:
+        location, samples = str(tmp_path / "registry"), str(tmp_path / "samples")
+    registry = open_registry(location, ROOT)
     first, second = "20261206-100000-one", "20261206-110000-two"  # run names, as promote registers them
     registry.register(first, bundles["v1"], {"decision": "test"})
     registry.register(second, bundles["v2"], {"decision": "test"})
     registry.set_champion(first, {}, registry.champion_and_token()[1])
-    image = sorted(photos.rglob("*.png"))[:1]
+    images = sorted(photos.rglob("*.png"))
     answers: dict[int, list[tuple[int, str, str]]] = {client: [] for client in range(3)}  # per client, in order
     stop = threading.Event()
 
     def stream(url: str, client_id: int) -> None:
         with httpx.Client(base_url=url, timeout=60) as client:
             while not stop.is_set():
-                answer = client.post("/predict", files=_files(image))
+                image = images[(len(answers[client_id]) * 3 + client_id) % len(images)]
+                answer = client.post("/predict", files=_files([image]))
                 answers[client_id].append((answer.status_code, answer.headers.get("X-Model-Version", ""),
                                            answer.json().get("model_version", "")))
 
-    args = ["--runtime", "eager", "--set", f"promote.registry={tmp_path / 'registry'}", "--set", "serve.follow_s=0.2"]
+    args = ["--runtime", "eager", "--set", f"promote.registry={location}", "--set", "serve.follow_s=0.2",
+            "--set", "serve.sample_rate=1", "--set", f"serve.sample_store={samples}"]
     with _server(*args, log=tmp_path / "serve.log") as url:
         streams = [threading.Thread(target=stream, args=(url, client)) for client in answers]
         for thread in streams:
@@ -292,6 +307,9 @@ def test_promotion_during_a_stream_swaps_once_without_a_failed_request(photos, b
         switches = sum(a != b for a, b in zip(versions, versions[1:]))
         assert versions[0] == first and versions[-1] == second and switches == 1, versions
     assert ready["model_version"] == second and ready["ready"]
+    answered = {images[(j * 3 + client) % len(images)] for client, seen in answers.items() for j in range(len(seen))}
+    batch = next_batch(samples, ROOT)  # written as the service stopped
+    assert batch is not None and batch.images == len(answered)
 
 
 def test_serve_refuses_the_network_without_credentials(monkeypatch, capsys):

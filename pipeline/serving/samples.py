@@ -1,8 +1,9 @@
 """What production saw, kept for the drift check: a sample of the served images, written as dated batches.
 
 ``serve.sample_rate`` of the images a service classified (never a refused one) are kept as they arrived (their
-bytes, untouched) and written to ``serve.sample_store`` (a folder or ``s3://bucket/prefix``) as one batch folder
-per ``serve.sample_batch_images`` images or ``serve.sample_batch_s`` seconds, and when the service stops::
+bytes, untouched; the same bytes once a batch) and written to ``serve.sample_store`` (a folder or
+``s3://bucket/prefix``) as one batch folder per ``serve.sample_batch_images`` images or ``serve.sample_batch_s``
+seconds, and when the service stops::
 
     <store>/<UTC time the batch closed>-<host>-<pid>/<id>.<format>   the images (id: sha256, 16 hex digits)
     <store>/<batch>/.batch.json                                         when, which model, its predictions
@@ -41,6 +42,7 @@ class _Pending:
     opened: float = field(default_factory=time.time)
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, bytes)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
 
 
 class SampleWriter:
@@ -59,13 +61,16 @@ class SampleWriter:
         """Keep the image with probability ``rate`` (with its prediction ``row``); returns whether it was kept.
         The batch is written by :meth:`flush` (the service calls it once :meth:`ready`), never here: an answer
         does not wait for a store."""
+        image_id = hashlib.sha256(data).hexdigest()[:16]
+        name = f"{image_id}.{(image_format or 'img').lower()}"
         with self._lock:
-            if self._random.random() >= self.rate:
+            # an image sent again (a client's retry, a probe image) is kept once a batch: it would otherwise
+            # weigh as many images in the drift check as it was sent
+            if self._random.random() >= self.rate or name in self._pending.names:
                 return False
             if not self._pending.images:
                 self._pending.opened = time.time()  # a batch's age counts from its first image
-            image_id = hashlib.sha256(data).hexdigest()[:16]
-            name = f"{image_id}.{(image_format or 'img').lower()}"
+            self._pending.names.add(name)
             self._pending.images.append((name, data))
             self._pending.rows.append({"file": name, "id": image_id, "served_at": _utc(time.time()), **row})
         return True
