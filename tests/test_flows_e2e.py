@@ -305,3 +305,36 @@ def _serving(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_scheduled_drift_check_reads_the_newest_served_batch_once(served, first_run):
+    """With serve.sample_store set, the check reads what `tlops serve` sampled (here written by its SampleWriter),
+    marks the batch checked, and the next check finds nothing new."""
+    from pipeline.serving.samples import CHECKED, SampleWriter
+
+    project, api = served["project"], served["api"]
+    params_file = project / "params.yaml"
+    committed = params_file.read_text()
+    writer = SampleWriter("served-samples", project, rate=1.0, batch_images=1000, batch_s=3600, seed=0)
+    for path in sorted((served["work"] / "tiny-digits").rglob("*.png"))[:40]:  # the training source's images
+        writer.offer(path.read_bytes(), "PNG", {"predicted": path.parent.name, "confidence": 0.9,
+                                                "model_version": "champion"})
+    batch = writer.flush()
+    params = yaml.safe_load(committed)
+    params.setdefault("serve", {})["sample_store"] = "served-samples"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        checked = finish(api, start(api, "drift-check", "drift-check", {"parameters": {"retrain_on_drift": False}}))
+        record = json.loads((project / "served-samples" / batch / CHECKED).read_text())
+        assert checked["name"] in record["run"]
+        assert isinstance(record["drift_detected"], bool)
+        worktree = next(p for p in (project / "runs").iterdir() if record["run"] in p.name)
+        current = pd.read_parquet(worktree / "data" / "current" / "manifest.parquet")
+        assert len(current) == 40 and (current["label"] == "").all()  # the served images, unlabelled
+
+        again = start(api, "drift-check", "drift-check", {"parameters": {"retrain_on_drift": False}})
+        finish(api, again)
+        assert not [a for a in artifacts(api, again) if a["key"] == "drift-check-summary"]  # nothing new: no check
+        assert json.loads((project / "served-samples" / batch / CHECKED).read_text()) == record
+    finally:
+        params_file.write_text(committed)
