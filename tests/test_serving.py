@@ -7,6 +7,7 @@ the images it samples land as a batch that the drift stage reads and checks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -22,11 +23,16 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.cli import main
 from pipeline.common.io import read_json
+from pipeline.models.preprocess import Preprocessing
 from pipeline.registry import open_registry
+from pipeline.serving.batching import Batcher, QueueFull
+from pipeline.serving.metrics import ServeMetrics
+from pipeline.serving.runtime import ServedModel
 from pipeline.serving.samples import BATCH_CARD, SampleWriter, mark_checked, next_batch
 from tests.support.drift_chain import build_chain, run_drift
 from tests.support.photos import write_photo_folder
@@ -336,3 +342,46 @@ def test_a_served_batch_is_written_whole_and_never_holds_a_refused_image(tmp_pat
     batch = next_batch("store", tmp_path)
     assert batch.name == first and batch.images == sum(kept)
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "store").iterdir())
+
+
+def test_the_batcher_runs_whole_jobs_of_one_model_together_and_refuses_beyond_its_queue():
+    """Jobs that wait while the model computes form the next batch, never mixing two models nor splitting a job,
+    each getting its own rows back; past ``max_queue`` waiting jobs, submitting raises QueueFull (a 503)."""
+    calls: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    def served(name: str) -> ServedModel:
+        def forward(inputs: torch.Tensor) -> np.ndarray:
+            calls.append((name, len(inputs)))
+            release.wait(10)  # the first batch holds the model thread while the others queue
+            return torch.stack([inputs[:, 0, 0, 0], torch.zeros(len(inputs))], 1).numpy()
+
+        return ServedModel(name, "0" * 64, "eager", ["a", "b"], Preprocessing(8, (0, 0, 0), (1, 1, 1)), forward)
+
+    def job(value: float, n: int) -> torch.Tensor:
+        return torch.full((n, 3, 2, 2), value)
+
+    async def scenario() -> tuple[list[np.ndarray], bool]:
+        batcher = Batcher(max_batch=4, max_wait_s=0.02, max_queue=3, metrics=ServeMetrics())
+        loop_task = asyncio.create_task(batcher.run())
+        one, two = served("one"), served("two")
+        first = batcher.submit(one, job(0.0, 1))
+        await asyncio.sleep(0.2)  # the first batch is computing (held)
+        waiting = [batcher.submit(one, job(1.0, 2)), batcher.submit(two, job(2.0, 1)), batcher.submit(one, job(3.0, 3))]
+        try:
+            batcher.submit(one, job(4.0, 1))
+            refused = False
+        except QueueFull:
+            refused = True
+        release.set()
+        answers = [await future for future in (first, *waiting)]
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        batcher.close()
+        return answers, refused
+
+    answers, refused = asyncio.run(scenario())
+    assert refused
+    assert calls == [("one", 1), ("one", 2), ("two", 1), ("one", 3)]
+    for value, probs in zip((0.0, 1.0, 2.0, 3.0), answers):
+        assert probs[:, 0] == pytest.approx(np.full(len(probs), 1 / (1 + np.exp(-value))))
