@@ -16,6 +16,7 @@ all call that same function. The work lives in the library packages (docs/archit
     models/      the catalog, checked weights, preprocessing, LoadedModel, exports
     promotion/   the blessing, the promotion loop, registry operations
     prediction/  `tlops predict` on a batch
+    serving/     `tlops serve`: the champion over HTTP, batched, following the registry, sampling for drift
     runs/        run worktrees, commits and tags, summaries, events, the dashboard form's allow-list
     common/      atomic io, logging, errors, processes, S3, devices, seeding
     registry.py  the model registry (a folder or S3): versions, aliases, history
