@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -316,6 +317,22 @@ def test_promotion_during_a_stream_swaps_once_without_a_failed_request(store, ph
     answered = {images[(j * 3 + client) % len(images)] for client, seen in answers.items() for j in range(len(seen))}
     batch = next_batch(samples, ROOT)  # written as the service stopped
     assert batch is not None and batch.images == len(answered)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changed", ["model.onnx", "model.pt"])
+def test_serve_refuses_a_bundle_whose_file_differs_from_its_digest(changed, bundles, tmp_path, capsys):
+    """A file changed after export: ONNX (the default runtime) and eager (which runs model.pt) both stop."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles["v1"], bundle)
+    with open(bundle / changed, "r+b") as fh:  # one byte flipped in the middle of the file
+        fh.seek(fh.seek(0, 2) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    runtime = "onnx" if changed == "model.onnx" else "eager"
+    assert main(["serve", "--model", str(bundle), "--runtime", runtime]) == 2
+    assert "sha256" in capsys.readouterr().err
 
 
 def test_serve_refuses_the_network_without_credentials(monkeypatch, capsys):

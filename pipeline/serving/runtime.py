@@ -1,12 +1,12 @@
 """The model a service answers with: a model directory loaded in one runtime, checked against its digests.
 
 ``onnx`` (the default) runs the bundle's ``model.onnx`` in ONNX Runtime, ``torchscript`` its traced file,
-``eager`` the state dict in PyTorch. Whatever the runtime, a model is served only once every file it reads
-matches the digest its cards record (``model.pt`` against card.json, an export against export.json, and an
-export whose check against PyTorch did not pass is refused), and a forward pass on a blank batch gives one
-finite logit per class. Images are preprocessed as the model was trained (the card's preprocessing), and the
-logits become probabilities as ``tlops predict`` makes them, so a served answer is ``predict``'s within the
-export's tolerance.
+``eager`` the state dict in PyTorch. Whatever the runtime, a model is served only once the file it runs
+matches the digest its cards record (``model.pt`` against card.json's; an export against export.json's, which
+must name card.json's state dict, and an export whose check against PyTorch did not pass is refused), and a
+forward pass on a blank batch gives one finite logit per class. Images are preprocessed as the model was
+trained (the card's preprocessing), and the logits become probabilities as ``tlops predict`` makes them, so a
+served answer is ``predict``'s within the export's tolerance.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from pipeline.common.io import read_json, sha256_file
+from pipeline.common.io import read_json
 from pipeline.models.catalog import get_spec
 from pipeline.models.export import EXPORT_CARD, load_torchscript, onnx_session
 from pipeline.models.inference import probabilities
-from pipeline.models.loaded import STATE_DICT, LoadedModel, read_card
+from pipeline.models.loaded import LoadedModel, read_card
 from pipeline.models.preprocess import Preprocessing
 
 __all__ = ["Runtime", "ServedModel", "load_served"]
@@ -56,9 +56,6 @@ def load_served(model_dir: str | os.PathLike, version: str, runtime: Runtime, th
     """
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    state = model_dir / card.get("state_dict", STATE_DICT)
-    if not state.is_file() or sha256_file(state) != card["state_dict_sha256"]:
-        raise ValueError(f"{state}: missing, or its sha256 differs from {model_dir / 'card.json'}")
     preprocessing = Preprocessing.from_card(card, get_spec(card["model"]))
     forward = _FORWARDS[runtime](model_dir, card, threads)
     model = ServedModel(version, card["state_dict_sha256"], runtime, list(card["classes"]), preprocessing, forward)
@@ -94,23 +91,19 @@ def _onnx(model_dir: Path, card: dict[str, Any], threads: int) -> Callable[[torc
 
 def _torchscript(model_dir: Path, card: dict[str, Any], threads: int) -> Callable[[torch.Tensor], np.ndarray]:
     _export_entry(model_dir, card, "torchscript")
-    module = load_torchscript(model_dir)
+    return _torch_forward(load_torchscript(model_dir), threads)
+
+
+def _eager(model_dir: Path, card: dict[str, Any], threads: int) -> Callable[[torch.Tensor], np.ndarray]:
+    return _torch_forward(LoadedModel.load(model_dir, "cpu").network, threads)  # model.pt checked by its loader
+
+
+def _torch_forward(module: torch.nn.Module, threads: int) -> Callable[[torch.Tensor], np.ndarray]:
     torch.set_num_threads(threads)
 
     def forward(inputs: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             return module(inputs.contiguous()).numpy()
-
-    return forward
-
-
-def _eager(model_dir: Path, card: dict[str, Any], threads: int) -> Callable[[torch.Tensor], np.ndarray]:
-    network = LoadedModel.load(model_dir, "cpu").network
-    torch.set_num_threads(threads)
-
-    def forward(inputs: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return network(inputs.contiguous()).numpy()
 
     return forward
 

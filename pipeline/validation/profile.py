@@ -76,15 +76,9 @@ def profile_image(data: bytes, settings: ProfileSettings = ProfileSettings()) ->
         One profile row without the manifest fields: ``decode_ok`` False with ``error`` set when the
         bytes are not a decodable image, else every descriptor of :data:`PROFILE_SCHEMA`.
     """
-    row, image = _open_checked(data, settings, draft_side=settings.stats_max_side)
-    if image is None:
-        return row
-    try:
-        rgb, conversion = to_model_input(image, row["exif_orientation"], row["bit_depth"])
-    except (ValueError, OSError) as err:
-        row["error"] = f"decodes as mode {image.mode} but cannot be converted to RGB: {err}"
-        return row
-    row.update(decode_ok=True, conversion=conversion, **_pixel_stats(rgb, settings.stats_max_side))
+    row, rgb, conversion = _decoded(data, settings, draft_side=settings.stats_max_side)
+    if rgb is not None:
+        row.update(conversion=conversion, **_pixel_stats(rgb, settings.stats_max_side))
     return row
 
 
@@ -94,16 +88,24 @@ def admit_image(data: bytes, settings: ProfileSettings = ProfileSettings()
     pixels as ``tlops predict`` feeds them to a model (pipeline.data.images.decode_rgb); None when it does not
     decode. The pixel statistics of :func:`profile_image` are skipped: a service answering one image at a time
     needs only the gate's per-image rules."""
-    row, image = _open_checked(data, settings)
+    row, rgb, _ = _decoded(data, settings)
+    return row, rgb
+
+
+def _decoded(data: bytes, settings: ProfileSettings, draft_side: int | None = None
+             ) -> tuple[dict[str, Any], Image.Image | None, str | None]:
+    """The header row (``decode_ok`` set), the upright 8-bit RGB image and what its conversion changed; the image
+    is None, with ``error`` in the row, when it does not decode or convert."""
+    row, image = _open_checked(data, settings, draft_side)
     if image is None:
-        return row, None
+        return row, None, None
     try:
-        rgb, _ = to_model_input(image, row["exif_orientation"])
+        rgb, conversion = to_model_input(image, row["exif_orientation"], row["bit_depth"])
     except (ValueError, OSError) as err:
         row["error"] = f"decodes as mode {image.mode} but cannot be converted to RGB: {err}"
-        return row, None
+        return row, None, None
     row["decode_ok"] = True
-    return row, rgb
+    return row, rgb, conversion
 
 
 def _open_checked(data: bytes, settings: ProfileSettings, draft_side: int | None = None

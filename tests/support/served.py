@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from pipeline.data.images import decode_rgb
 from pipeline.models.export import export_bundle
@@ -25,12 +24,8 @@ def write_bundle(out: Path, classes: list[str], images: list[Path], seed: int = 
     model = LoadedModel.pretrained(name, len(classes), size, seed=seed, classes=classes)
     model.network.eval()
     transform = model.preprocessing.transform()
-    batch = torch.stack([transform(_rgb(path)) for path in images])
+    batch = torch.stack([transform(decode_rgb(path.read_bytes())) for path in images])
     model_dir = out.with_name(out.name + ".model")
     model.save(model_dir, {"source": "tests/support/served.py", "seed": seed})
     export_bundle(model, model_dir, batch, out, ("onnx", "torchscript"), atol=1e-3)
     return out
-
-
-def _rgb(path: Path) -> Image.Image:
-    return decode_rgb(path.read_bytes())
