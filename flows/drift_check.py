@@ -116,4 +116,3 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
                                  parameters={"parameters": parameters.retrain.model_dump(), "reason": reason})
         print(f"Started {target} as flow run {started.name} ({started.id}).")
     return {**verdict, "run": name, "retrain_flow_run": str(started.id) if started else None}
-

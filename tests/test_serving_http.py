@@ -29,6 +29,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.common.io import read_json
+from pipeline.evaluation.assess import shift_ids
 from pipeline.models.preprocess import Preprocessing
 from pipeline.registry import open_registry
 from pipeline.serving.batching import Batcher, QueueFull
@@ -254,9 +255,7 @@ def test_sampled_batch_is_what_the_drift_stage_checks(photos, tmp_path):
 
     mark_checked(str(store), ROOT, batch.name, {"run": "drift-check-x", "drift_detected": True})
     assert next_batch(str(store), ROOT) is None
-    with pytest.raises(ValueError, match="without a label"):
-        from pipeline.evaluation.assess import shift_ids
-
+    with pytest.raises(ValueError, match="without a label"):  # evaluate scores accuracy: it refuses the batch
         shift_ids(chain["current"])
 
 
