@@ -50,8 +50,11 @@ def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def toy_s3(project: Path, s3_endpoint):
+def toy_s3(project: Path, s3_endpoint, monkeypatch):
     """The toy pipeline, committed, with an S3 default remote whose endpoint each test points at its proxy."""
+    # botocore retries a 500 itself (5 attempts with backoff, ~35 s of a failing store): one retry of its own
+    # keeps that layer in the test while the retries under test are the push's (orchestrate.push_retries)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": TOY_STAGE}}))
     (project / "toy.py").write_text(TOY_SCRIPT)
     client = make_client(s3_endpoint)
