@@ -96,7 +96,7 @@ def served(tmp_path_factory):
     work = tmp_path_factory.mktemp("cancel")
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
     # a fine-tune of many long epochs without early stopping: it is still training when cancelled
-    cut_chain(project, freeze={"epochs": 200}, train={"min_epoch_steps": 50}, finetune={"patience": 0})
+    cut_chain(project, freeze={"epochs": 200}, train={"min_epoch_steps": 20}, finetune={"patience": 0})
     with PrefectServer(work / "prefect") as server:
         env = {**server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
         log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
