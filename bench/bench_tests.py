@@ -1,0 +1,107 @@
+"""The test suite's wall time, file by file: what `make test` costs on this machine and where the time goes.
+
+Runs the suite of this working tree as `make test` does (pytest-xdist with ``--workers`` processes, each test
+file kept on one worker, the files of slow tests first) in this checkout's environment, with a JUnit XML
+report, and prints one JSON line per test file for the ``--top`` files that took longest (the summed seconds
+of its tests, setups included, and its slowest test), then the whole: wall time against the 600-second goal,
+tests passed, failed and skipped, the tests' summed seconds, the CPU seconds of every process the suite ran,
+and how busy that kept the cores. ``--marker "not slow"`` times the edit loop (`make test-fast`).
+
+    python -m bench.bench_tests                          # the full suite, 2 workers
+    python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from bench.report import BenchReport
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_S = 600  # the suite's wall-time goal on the 2-core development machine (issue 24)
+
+
+def file_totals(junit_xml: Path) -> list[dict]:
+    """Per test file, from a JUnit XML report: tests, outcomes, summed seconds and the slowest test; longest first.
+
+    Args:
+        junit_xml: pytest's ``--junitxml`` report (a test's time includes its setup and teardown).
+    """
+    files: dict[str, dict] = {}
+    for case in ET.parse(junit_xml).iter("testcase"):
+        module = case.get("classname", "").split(".")
+        path = "/".join(module[:-1] if module[-1][:1].isupper() else module) + ".py"  # a test class is not a file
+        seconds = float(case.get("time") or 0.0)
+        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+        row = files.setdefault(path, {"file": path, "tests": 0, "passed": 0, "failure": 0, "error": 0, "skipped": 0,
+                                      "seconds": 0.0, "slowest": None, "slowest_s": 0.0})
+        row["tests"] += 1
+        row[outcome] += 1
+        row["seconds"] += seconds
+        if seconds >= row["slowest_s"]:
+            row["slowest"], row["slowest_s"] = case.get("name"), seconds
+    rows = sorted(files.values(), key=lambda row: -row["seconds"])
+    for row in rows:
+        row["seconds"], row["slowest_s"] = round(row["seconds"], 1), round(row["slowest_s"], 1)
+    return rows
+
+
+def suite_figures(files: list[dict], wall_s: float, cpu_s: float, workers: int) -> dict:
+    """The whole suite's figures from its files' totals, its wall time and the CPU seconds it used."""
+    summed = sum(row["seconds"] for row in files)
+    cores = os.cpu_count() or 1
+    return {"wall_s": round(wall_s, 1), "goal_s": GOAL_S, "wall_over_goal": round(wall_s / GOAL_S, 2),
+            "tests": sum(row["tests"] for row in files), "passed": sum(row["passed"] for row in files),
+            "failed": sum(row["failure"] + row["error"] for row in files),
+            "skipped": sum(row["skipped"] for row in files), "tests_summed_s": round(summed, 1),
+            "workers": workers, "cpu_s": round(cpu_s, 1),
+            "cores_busy": round(cpu_s / (wall_s * cores), 2) if wall_s > 0 else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", 2)),
+                        help="pytest-xdist workers as in `make test` (0: one process)")
+    parser.add_argument("--marker", default=None, help='a pytest -m expression, e.g. "not slow"')
+    parser.add_argument("--top", type=int, default=15, help="files listed, longest first")
+    parser.add_argument("--name", default=None, help="results file bench/results/tests-<name>.json")
+    ns = parser.parse_args()
+    report = BenchReport(f"tests-{ns.name or ('fast' if ns.marker else 'full')}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    with tempfile.TemporaryDirectory(prefix="tlops-bench-tests-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+        if ns.workers:
+            command += ["-n", str(ns.workers), "--dist", "loadfile", "--no-loadscope-reorder"]
+        if ns.marker:
+            command += ["-m", ns.marker]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if not junit.is_file():
+            print((proc.stdout + proc.stderr)[-4000:], file=sys.stderr)
+            raise SystemExit(f"pytest wrote no report (exit {proc.returncode})")
+        files = file_totals(junit)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    for row in files[:ns.top]:
+        report.emit(rev=commit, **row)
+    report.emit(rev=commit, uncommitted_changes=dirty, marker=ns.marker, **suite_figures(files, wall, cpu, ns.workers))
+    report.save()
+    return 0 if proc.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""bench_tests' figures: per-file totals read from pytest's JUnit XML and the whole suite's figures (the bench
+itself is run, not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.bench_tests import GOAL_S, file_totals, suite_figures
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="6">
+<testcase classname="tests.test_flows_e2e" name="test_run" time="178.25"/>
+<testcase classname="tests.test_flows_e2e" name="test_rerun" time="31.5"/>
+<testcase classname="tests.test_stage_validate" name="test_gate[0.01-False]" time="3.6"/>
+<testcase classname="tests.test_stage_validate" name="test_broken" time="1.0"><failure message="boom"/></testcase>
+<testcase classname="tests.test_stage_validate.TestGroup" name="test_in_a_class" time="0.4"/>
+<testcase classname="tests.test_data_sources" name="test_download" time="0.01"><skipped message="offline"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_totals_per_file_longest_first_with_outcomes_and_the_slowest_test(tmp_path: Path):
+    report = tmp_path / "junit.xml"
+    report.write_text(JUNIT)
+    files = file_totals(report)
+    assert [row["file"] for row in files] == ["tests/test_flows_e2e.py", "tests/test_stage_validate.py",
+                                              "tests/test_data_sources.py"]
+    e2e, validate, sources = files
+    assert (e2e["tests"], e2e["passed"], e2e["seconds"]) == (2, 2, 209.8)
+    assert (e2e["slowest"], e2e["slowest_s"]) == ("test_run", 178.2)
+    # a test inside a class counts with its file
+    assert (validate["tests"], validate["passed"], validate["failure"], validate["seconds"]) == (3, 2, 1, 5.0)
+    assert (sources["skipped"], sources["passed"]) == (1, 0)
+
+
+def test_suite_figures_sum_the_files_and_compare_with_the_goal(tmp_path: Path, monkeypatch):
+    report = tmp_path / "junit.xml"
+    report.write_text(JUNIT)
+    monkeypatch.setattr("bench.bench_tests.os.cpu_count", lambda: 2)
+    whole = suite_figures(file_totals(report), wall_s=300.0, cpu_s=450.0, workers=2)
+    assert (whole["tests"], whole["passed"], whole["failed"], whole["skipped"]) == (6, 4, 1, 1)
+    assert whole["tests_summed_s"] == pytest.approx(214.8)
+    assert whole["wall_over_goal"] == round(300 / GOAL_S, 2) and whole["cores_busy"] == 0.75
+
+
+def test_the_bench_explains_itself():
+    done = subprocess.run([sys.executable, "-m", "bench.bench_tests", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], check=True)
+    assert "--marker" in done.stdout and "--workers" in done.stdout
