@@ -5,7 +5,8 @@ file kept on one worker, the files of slow tests first) in this checkout's envir
 report, and prints one JSON line per test file for the ``--top`` files that took longest (the summed seconds
 of its tests, setups included, and its slowest test), then the whole: wall time against the 600-second goal,
 tests passed, failed and skipped, the tests' summed seconds, the CPU seconds of every process the suite ran,
-and how busy that kept the cores. ``--marker "not slow"`` times the edit loop (`make test-fast`).
+and how busy that kept the cores; a failed test gets a line of its own with what pytest said. ``--marker "not
+slow"`` times the edit loop (`make test-fast`).
 
     python -m bench.bench_tests                          # the full suite, 2 workers
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
@@ -54,6 +55,19 @@ def file_totals(junit_xml: Path) -> list[dict]:
     return rows
 
 
+def failed_tests(junit_xml: Path) -> list[dict]:
+    """Each failed or erroring test of a JUnit XML report: its id, whether it failed or erred, and the first
+    lines of what pytest said (the report is a temporary file: these rows are what is left of it)."""
+    rows = []
+    for case in ET.parse(junit_xml).iter("testcase"):
+        for child in case:
+            if child.tag in ("failure", "error"):
+                said = (child.get("message") or "") + "\n" + (child.text or "")
+                rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": child.tag,
+                             "said": "\n".join(said.strip().splitlines()[:6])[:1000]})
+    return rows
+
+
 def suite_figures(files: list[dict], wall_s: float, cpu_s: float, workers: int) -> dict:
     """The whole suite's figures from its files' totals, its wall time and the CPU seconds it used."""
     summed = sum(row["seconds"] for row in files)
@@ -94,10 +108,12 @@ def main() -> int:
         if not junit.is_file():
             print((proc.stdout + proc.stderr)[-4000:], file=sys.stderr)
             raise SystemExit(f"pytest wrote no report (exit {proc.returncode})")
-        files = file_totals(junit)
+        files, failures = file_totals(junit), failed_tests(junit)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     for row in files[:ns.top]:
         report.emit(rev=commit, **row)
+    for failure in failures:
+        report.emit(rev=commit, **failure)
     report.emit(rev=commit, uncommitted_changes=dirty, marker=ns.marker, **suite_figures(files, wall, cpu, ns.workers))
     report.save()
     return 0 if proc.returncode == 0 else 1

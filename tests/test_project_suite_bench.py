@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_tests import GOAL_S, file_totals, suite_figures
+from bench.bench_tests import GOAL_S, failed_tests, file_totals, suite_figures
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="6">
 <testcase classname="tests.test_flows_e2e" name="test_run" time="178.25"/>
 <testcase classname="tests.test_flows_e2e" name="test_rerun" time="31.5"/>
 <testcase classname="tests.test_stage_validate" name="test_gate[0.01-False]" time="3.6"/>
-<testcase classname="tests.test_stage_validate" name="test_broken" time="1.0"><failure message="boom"/></testcase>
+<testcase classname="tests.test_stage_validate" name="test_broken" time="1.0">
+<failure message="AssertionError: boom">tests/test_stage_validate.py:12: in test_broken
+    assert False, "boom"</failure></testcase>
 <testcase classname="tests.test_stage_validate.TestGroup" name="test_in_a_class" time="0.4"/>
 <testcase classname="tests.test_data_sources" name="test_download" time="0.01"><skipped message="offline"/></testcase>
 </testsuite></testsuites>
@@ -35,6 +37,9 @@ def test_totals_per_file_longest_first_with_outcomes_and_the_slowest_test(tmp_pa
     # a test inside a class counts with its file
     assert (validate["tests"], validate["passed"], validate["failure"], validate["seconds"]) == (3, 2, 1, 5.0)
     assert (sources["skipped"], sources["passed"]) == (1, 0)
+    (failed,) = failed_tests(report)
+    assert failed["test"] == "tests.test_stage_validate::test_broken" and failed["outcome"] == "failure"
+    assert failed["said"].startswith("AssertionError: boom\ntests/test_stage_validate.py:12")
 
 
 def test_suite_figures_sum_the_files_and_compare_with_the_goal(tmp_path: Path, monkeypatch):
