@@ -14,9 +14,7 @@ engine, and the whole chain runs through Prefect in tests/test_flows_e2e.py.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -28,7 +26,7 @@ from flows.server import PrefectServer, ReportServer
 from pipeline.config import load_params
 from pipeline.runs.publish import URL_ENV
 from tests.conftest import copy_project
-from tests.support.flowruns import artifacts, finish, start, wait_for
+from tests.support.flowruns import artifacts, finish, start, stop_worker, wait_for
 from tests.support.postgres import PostgresServer, postgres_bin
 from tests.support.tiny import cut_chain, make_tiny_project
 
@@ -56,8 +54,7 @@ def engine(tmp_path_factory):
             yield {"project": project, "api": api, "registered": registered.stdout, "work": work,
                    "postgres": postgres}
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+            stop_worker(worker, 60)
             api.close()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 
 import httpx
 
-__all__ = ["wait_for", "start", "finish", "artifacts"]
+__all__ = ["wait_for", "start", "finish", "artifacts", "stop_worker"]
 
 
 def wait_for(condition, timeout: float, message: str) -> None:
@@ -42,3 +45,26 @@ def finish(api: httpx.Client, run_id: str, timeout: float = 900) -> dict:
 
 def artifacts(api: httpx.Client, run_id: str) -> list[dict]:
     return api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+
+
+def stop_worker(worker: subprocess.Popen, timeout: float) -> None:
+    """Stop a Prefect worker (started in a session of its own) as Kubernetes or Docker stop a container: SIGTERM
+    to the worker alone, which stops polling and waits for its flow-run processes to end; then whatever is left
+    of its process group is killed.
+
+    The flow-run processes are not signalled: a run reported Completed may still be shipping its logs as it
+    exits, and a SIGTERM in that window left it, and so the worker waiting for it, hanging on a busy machine.
+
+    Raises:
+        subprocess.TimeoutExpired: the worker was still running ``timeout`` seconds after the SIGTERM (its group
+            is killed first, so nothing outlives the test).
+    """
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=timeout)
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the worker and its processes are all gone
+            pass
+        worker.wait()
