@@ -115,7 +115,7 @@ def test_worker_with_the_auth_string_runs_a_flow(server, tmp_path):
             run = finish(api, run_id, timeout=120)
             wait_for(said_hello, 30, f"the flow run's log lacks its greeting; see {tmp_path / 'worker.log'}")
         finally:
-            stop_worker(worker, 60)
+            stop_worker(worker)
         assert run["work_pool_name"] == "tlops"
         workers = api.post("/work_pools/tlops/workers/filter", json={}).raise_for_status().json()
         assert workers, (tmp_path / "worker.log").read_text()[-3000:]

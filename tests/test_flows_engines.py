@@ -54,7 +54,7 @@ def engine(tmp_path_factory):
             yield {"project": project, "api": api, "registered": registered.stdout, "work": work,
                    "postgres": postgres}
         finally:
-            stop_worker(worker, 60)
+            stop_worker(worker)
             api.close()
 
 
