@@ -34,7 +34,7 @@ from flows.retrain import publish
 from flows.server import AUTH_FILE, PrefectServer, ReportServer, client_auth_string, free_port, server_auth_string
 from pipeline.config import OrchestrateParams
 from pipeline.runs.publish import publish_reports
-from tests.support.flowruns import artifacts, finish, start, stop_worker, wait_for
+from tests.support.flowruns import artifacts, finish, start, stop_service, wait_for
 from tests.support.s3server import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_worker_with_the_auth_string_runs_a_flow(server, tmp_path):
             run = finish(api, run_id, timeout=120)
             wait_for(said_hello, 30, f"the flow run's log lacks its greeting; see {tmp_path / 'worker.log'}")
         finally:
-            stop_worker(worker)
+            stop_service(worker)
         assert run["work_pool_name"] == "tlops"
         workers = api.post("/work_pools/tlops/workers/filter", json={}).raise_for_status().json()
         assert workers, (tmp_path / "worker.log").read_text()[-3000:]

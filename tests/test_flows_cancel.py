@@ -12,7 +12,6 @@ under it) and which of those train; the verdicts come from those samples.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import pytest
 from flows.server import PrefectServer
 from pipeline.common.run_names import run_name
 from tests.conftest import copy_project
-from tests.support.flowruns import start, wait_for
+from tests.support.flowruns import start, stop_service, wait_for
 from tests.support.tiny import cut_chain, make_tiny_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -113,12 +112,7 @@ def served(tmp_path_factory):
             yield {"api": api, "project": project, "watcher": watcher, "log": work / "serve.log"}
         finally:
             watcher.stop.set()
-            os.killpg(serve.pid, signal.SIGTERM)
-            try:
-                serve.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-                serve.wait()
+            stop_service(serve, 60)
             api.close()
 
 

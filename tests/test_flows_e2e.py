@@ -28,7 +28,7 @@ from pipeline.models import LoadedModel
 from pipeline.models.export import exported_logits, load_torchscript, onnx_session
 from pipeline.runs.notify import WEBHOOK_ENV
 from tests.conftest import ROOT, copy_project
-from tests.support.flowruns import artifacts, finish, start, wait_for
+from tests.support.flowruns import artifacts, finish, start, stop_service, wait_for
 from tests.support.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
@@ -54,8 +54,7 @@ def served(tmp_path_factory):
         yield {"project": project, "server": server, "api": api, "work": work, "events": events.received}
     finally:
         events.close()
-        os.killpg(serving.pid, signal.SIGTERM)
-        serving.wait(timeout=30)
+        stop_service(serving, 30)
         server.stop()
         api.close()
 

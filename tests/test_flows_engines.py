@@ -26,7 +26,7 @@ from flows.server import PrefectServer, ReportServer
 from pipeline.config import load_params
 from pipeline.runs.publish import URL_ENV
 from tests.conftest import copy_project
-from tests.support.flowruns import artifacts, finish, start, stop_worker, wait_for
+from tests.support.flowruns import artifacts, finish, start, stop_service, wait_for
 from tests.support.postgres import PostgresServer, postgres_bin
 from tests.support.tiny import cut_chain, make_tiny_project
 
@@ -54,7 +54,7 @@ def engine(tmp_path_factory):
             yield {"project": project, "api": api, "registered": registered.stdout, "work": work,
                    "postgres": postgres}
         finally:
-            stop_worker(worker)
+            stop_service(worker)
             api.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import httpx
 
-__all__ = ["wait_for", "start", "finish", "artifacts", "stop_worker"]
+__all__ = ["wait_for", "start", "finish", "artifacts", "stop_service"]
 
 
 def wait_for(condition, timeout: float, message: str) -> None:
@@ -47,23 +48,20 @@ def artifacts(api: httpx.Client, run_id: str) -> list[dict]:
     return api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
 
 
-def stop_worker(worker: subprocess.Popen, grace: float = 20) -> None:
-    """Stop a Prefect worker started in a session of its own as Kubernetes or Docker stop a container: SIGTERM
-    to the worker alone (it stops polling and waits for its flow-run processes), then, after ``grace`` seconds
-    or as soon as it has exited, SIGKILL to whatever is left of its process group, so nothing outlives the test.
+def stop_service(service: subprocess.Popen, grace: float = 20) -> None:
+    """Stop a Prefect worker or `flows.deploy` serving process started in a session of its own, as Kubernetes or
+    Docker stop a container: SIGTERM to it alone (it stops polling and waits for its flow-run processes), then,
+    after ``grace`` seconds or as soon as it has exited, SIGKILL to whatever is left of its process group, so
+    nothing outlives the test.
 
     The grace is not a check: under the whole suite Prefect 3's process worker sometimes outlived its SIGTERM
     by minutes, its flow runs long finished (its log: "Received SIGTERM", then nothing until the test's server
     stopped, then its cancellation observer's polling errors); a container runtime ends that with a SIGKILL
     after its grace period, as this does.
     """
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(worker.pid, signal.SIGKILL)
-    except ProcessLookupError:  # the worker and its processes are all gone
-        pass
-    worker.wait()
+    service.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        service.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):  # else the service and its processes are all gone
+        os.killpg(service.pid, signal.SIGKILL)
+    service.wait()
