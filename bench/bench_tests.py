@@ -30,14 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 600  # the suite's wall-time goal on the 2-core development machine (issue 24)
 
 
-def file_totals(junit_xml: Path) -> list[dict]:
-    """Per test file, from a JUnit XML report: tests, outcomes, summed seconds and the slowest test; longest first.
+def read_report(junit_xml: Path) -> tuple[list[dict], list[dict]]:
+    """pytest's ``--junitxml`` report, read once: (:func:`file_totals`, :func:`failed_tests`)."""
+    cases = list(ET.parse(junit_xml).iter("testcase"))
+    return file_totals(cases), failed_tests(cases)
+
+
+def file_totals(cases: list[ET.Element]) -> list[dict]:
+    """Per test file: tests, outcomes, summed seconds and the slowest test; longest first.
 
     Args:
-        junit_xml: pytest's ``--junitxml`` report (a test's time includes its setup and teardown).
+        cases: the report's ``testcase`` elements (a test's time includes its setup and teardown).
     """
     files: dict[str, dict] = {}
-    for case in ET.parse(junit_xml).iter("testcase"):
+    for case in cases:
         module = case.get("classname", "").split(".")
         path = "/".join(module[:-1] if module[-1][:1].isupper() else module) + ".py"  # a test class is not a file
         seconds = float(case.get("time") or 0.0)
@@ -55,11 +61,11 @@ def file_totals(junit_xml: Path) -> list[dict]:
     return rows
 
 
-def failed_tests(junit_xml: Path) -> list[dict]:
-    """Each failed or erroring test of a JUnit XML report: its id, whether it failed or erred, and the first
-    lines of what pytest said (the report is a temporary file: these rows are what is left of it)."""
+def failed_tests(cases: list[ET.Element]) -> list[dict]:
+    """Each failed or erroring test of the report's ``testcase`` elements: its id, whether it failed or erred, and
+    the first lines of what pytest said (the report is a temporary file: these rows are what is left of it)."""
     rows = []
-    for case in ET.parse(junit_xml).iter("testcase"):
+    for case in cases:
         for child in case:
             if child.tag in ("failure", "error"):
                 said = (child.get("message") or "") + "\n" + (child.text or "")
@@ -108,7 +114,7 @@ def main() -> int:
         if not junit.is_file():
             print((proc.stdout + proc.stderr)[-4000:], file=sys.stderr)
             raise SystemExit(f"pytest wrote no report (exit {proc.returncode})")
-        files, failures = file_totals(junit), failed_tests(junit)
+        files, failures = read_report(junit)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     for row in files[:ns.top]:
         report.emit(rev=commit, **row)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_tests import GOAL_S, failed_tests, file_totals, suite_figures
+from bench.bench_tests import GOAL_S, read_report, suite_figures
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="6">
@@ -28,7 +28,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def test_totals_per_file_longest_first_with_outcomes_and_the_slowest_test(tmp_path: Path):
     report = tmp_path / "junit.xml"
     report.write_text(JUNIT)
-    files = file_totals(report)
+    files, failures = read_report(report)
     assert [row["file"] for row in files] == ["tests/test_flows_e2e.py", "tests/test_stage_validate.py",
                                               "tests/test_data_sources.py"]
     e2e, validate, sources = files
@@ -37,7 +37,7 @@ def test_totals_per_file_longest_first_with_outcomes_and_the_slowest_test(tmp_pa
     # a test inside a class counts with its file
     assert (validate["tests"], validate["passed"], validate["failure"], validate["seconds"]) == (3, 2, 1, 5.0)
     assert (sources["skipped"], sources["passed"]) == (1, 0)
-    (failed,) = failed_tests(report)
+    (failed,) = failures
     assert failed["test"] == "tests.test_stage_validate::test_broken" and failed["outcome"] == "failure"
     assert failed["said"].startswith("AssertionError: boom\ntests/test_stage_validate.py:12")
 
@@ -46,7 +46,7 @@ def test_suite_figures_sum_the_files_and_compare_with_the_goal(tmp_path: Path, m
     report = tmp_path / "junit.xml"
     report.write_text(JUNIT)
     monkeypatch.setattr("bench.bench_tests.os.cpu_count", lambda: 2)
-    whole = suite_figures(file_totals(report), wall_s=300.0, cpu_s=450.0, workers=2)
+    whole = suite_figures(read_report(report)[0], wall_s=300.0, cpu_s=450.0, workers=2)
     assert (whole["tests"], whole["passed"], whole["failed"], whole["skipped"]) == (6, 4, 1, 1)
     assert whole["tests_summed_s"] == pytest.approx(214.8)
     assert whole["wall_over_goal"] == round(300 / GOAL_S, 2) and whole["cores_busy"] == 0.75
