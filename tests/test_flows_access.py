@@ -34,7 +34,7 @@ from flows.retrain import publish
 from flows.server import AUTH_FILE, PrefectServer, ReportServer, client_auth_string, free_port, server_auth_string
 from pipeline.config import OrchestrateParams
 from pipeline.runs.publish import publish_reports
-from tests.support.flowruns import artifacts, finish, start, stop_service, wait_for
+from tests.support.flowruns import artifacts, finish, prefect_api, start, stop_service, wait_for
 from tests.support.s3server import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,20 +50,16 @@ def server(tmp_path_factory):
         yield started
 
 
-def _api(server: PrefectServer, auth: tuple[str, str] | None) -> httpx.Client:
-    return httpx.Client(base_url=server.api_url, timeout=30, auth=auth)
-
-
 # ---------------------------------------------------------------- Prefect basic auth
 
 @pytest.mark.slow
 def test_api_refuses_calls_without_the_auth_string(server):
     user, password = AUTH.split(":", 1)
     for auth in (None, (user, "wrong"), ("admin", password)):
-        with _api(server, auth) as api:
+        with prefect_api(server.api_url, auth) as api:
             assert api.post("/flows/filter", json={}).status_code == 401, auth
             assert api.get("/deployments/name/x/y").status_code == 401, auth
-    with _api(server, (user, password)) as api:
+    with prefect_api(server.api_url, (user, password)) as api:
         assert api.post("/flows/filter", json={}).status_code == 200
     # Prefect 3.8.8 leaves GET /api/health open (probes); it says nothing but "true"
     assert httpx.get(f"{server.api_url}/health", timeout=30).json() is True
@@ -83,7 +79,7 @@ def test_worker_with_the_auth_string_runs_a_flow(server, tmp_path):
     registered = subprocess.run([sys.executable, "-m", "flows.deploy", "--register"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=180)
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    with _api(server, tuple(AUTH.split(":", 1))) as api:
+    with prefect_api(server.api_url, tuple(AUTH.split(":", 1))) as api:
         # the project's deployments have schedules that would run the pipeline in this checkout: gone again
         project = api.post("/deployments/filter", json={}).raise_for_status().json()
         assert {d["name"] for d in project} == {"retrain-scheduled", "retrain-on-demand", "drift-check"}
@@ -328,7 +324,7 @@ def test_no_credential_of_the_pipeline_reaches_artifacts_or_the_run(tmp_path, te
         links = publish_run()
         APILogHandler().flush()  # the run's logs go to this server before its settings are left
     assert links and all(link.startswith("http://127.0.0.1:") for _, link in links)
-    with _api(server, tuple(AUTH.split(":", 1))) as api:
+    with prefect_api(server.api_url, tuple(AUTH.split(":", 1))) as api:
         runs = api.post("/flow_runs/filter", json={"flows": {"name": {"any_": ["access-publish"]}}}).json()
         found = [a for r in runs for a in artifacts(api, r["id"])]
     assert len(found) == len(links)

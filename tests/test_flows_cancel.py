@@ -25,7 +25,7 @@ import pytest
 from flows.server import PrefectServer
 from pipeline.common.run_names import run_name
 from tests.conftest import copy_project
-from tests.support.flowruns import start, stop_service, wait_for
+from tests.support.flowruns import prefect_api, start, stop_service, wait_for
 from tests.support.tiny import cut_chain, make_tiny_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -101,7 +101,7 @@ def served(tmp_path_factory):
         log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
         serve = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project, env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-        api = httpx.Client(base_url=server.api_url, timeout=30)
+        api = prefect_api(server.api_url)
         watcher = Watcher(project / "runs")
         watcher.start()
         try:

@@ -28,7 +28,7 @@ from pipeline.models import LoadedModel
 from pipeline.models.export import exported_logits, load_torchscript, onnx_session
 from pipeline.runs.notify import WEBHOOK_ENV
 from tests.conftest import ROOT, copy_project
-from tests.support.flowruns import artifacts, finish, start, stop_service, wait_for
+from tests.support.flowruns import artifacts, finish, prefect_api, start, stop_service, wait_for
 from tests.support.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def served(tmp_path_factory):
     serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project,
                                env={**server.env(), WEBHOOK_ENV: events.url}, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
-    api = httpx.Client(base_url=server.api_url, timeout=30)
+    api = prefect_api(server.api_url)
     try:
         wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
                   f"deployments never appeared; see {work / 'serve.log'}")

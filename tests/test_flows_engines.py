@@ -26,7 +26,7 @@ from flows.server import PrefectServer, ReportServer
 from pipeline.config import load_params
 from pipeline.runs.publish import URL_ENV
 from tests.conftest import copy_project
-from tests.support.flowruns import artifacts, finish, start, stop_service, wait_for
+from tests.support.flowruns import artifacts, finish, prefect_api, start, stop_service, wait_for
 from tests.support.postgres import PostgresServer, postgres_bin
 from tests.support.tiny import cut_chain, make_tiny_project
 
@@ -49,7 +49,7 @@ def engine(tmp_path_factory):
         log = open(work / "worker.log", "wb")  # noqa: SIM115 (the worker process's log)
         worker = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--worker"], cwd=project, env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        api = httpx.Client(base_url=server.api_url, timeout=30)
+        api = prefect_api(server.api_url)
         try:
             yield {"project": project, "api": api, "registered": registered.stdout, "work": work,
                    "postgres": postgres}

@@ -10,7 +10,29 @@ import time
 
 import httpx
 
-__all__ = ["wait_for", "start", "finish", "artifacts", "stop_service"]
+__all__ = ["prefect_api", "wait_for", "start", "finish", "artifacts", "stop_service"]
+
+# What Prefect's own client retries (prefect/client/base.py): a server on SQLite answers 503 when a write finds
+# the database locked (prefect/server/api/server.py, is_client_retryable_exception), which happens under the
+# whole suite on two cores; the dashboard and workers retry it, so the tests' API client does too.
+_RETRIED_STATUSES = frozenset({429, 502, 503})
+_ATTEMPTS = 8
+
+
+class _RetryingTransport(httpx.HTTPTransport):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, _ATTEMPTS + 1):
+            response = super().handle_request(request)
+            if response.status_code not in _RETRIED_STATUSES or attempt == _ATTEMPTS:
+                return response
+            response.close()
+            time.sleep(min(2 ** attempt * 0.25, 8))
+        raise AssertionError("unreachable")
+
+
+def prefect_api(api_url: str, auth: tuple[str, str] | None = None) -> httpx.Client:
+    """A client of a test's Prefect server REST API that retries what Prefect's clients retry."""
+    return httpx.Client(base_url=api_url, timeout=30, auth=auth, transport=_RetryingTransport())
 
 
 def wait_for(condition, timeout: float, message: str) -> None:
@@ -25,11 +47,7 @@ def wait_for(condition, timeout: float, message: str) -> None:
 def start(api: httpx.Client, flow: str, deployment: str, parameters: dict) -> str:
     """What the dashboard's Run button does: create a flow run of the deployment with parameters."""
     dep = api.get(f"/deployments/name/{flow}/{deployment}").raise_for_status().json()
-    for _ in range(10):  # a freshly started SQLite server can answer 503 while it is busy migrating/serving
-        run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
-        if run.status_code != 503:
-            break
-        time.sleep(3)
+    run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
     return run.raise_for_status().json()["id"]
 
 
