@@ -245,16 +245,19 @@ def child_env(threads: int) -> dict[str, str]:
 
 
 def _set_library_threads(threads: int) -> object | None:
-    """torch's threads and the pools of the libraries loaded so far; returns threadpoolctl's limiter (None when
-    threadpoolctl is missing), whose ``restore_original_limits`` undoes the latter."""
-    import torch
+    """torch's threads (when torch is loaded) and the pools of the libraries loaded so far; returns threadpoolctl's
+    limiter (None when threadpoolctl is missing), whose ``restore_original_limits`` undoes the latter.
 
-    torch.set_num_threads(threads)
-    if torch.get_num_interop_threads() > threads:
-        try:  # allowed once per process, before any inter-op work: elsewhere the pool keeps its size
-            torch.set_num_interop_threads(threads)
-        except RuntimeError:
-            pass
+    A process that has not imported torch is not made to (2-4 s: the stages that read no model, such as ingest,
+    validate and card, never do): should it load torch later, torch sizes its pool from ``OMP_NUM_THREADS``."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+        if torch.get_num_interop_threads() > threads:
+            try:  # allowed once per process, before any inter-op work: elsewhere the pool keeps its size
+                torch.set_num_interop_threads(threads)
+            except RuntimeError:
+                pass
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # numpy's BLAS then keeps its pool; libraries loaded later read the environment
@@ -266,10 +269,10 @@ def _set_library_threads(threads: int) -> object | None:
 def applied(threads: int) -> Iterator[None]:
     """Compute with ``threads`` threads in the block (this process and the processes it starts); the previous
     counts and environment come back after it (a test may run a stage in its own process)."""
-    import torch
-
     names = (*LIBRARY_ENV, THREADS_ENV)
-    saved_env, saved_torch = {name: os.environ.get(name) for name in names}, torch.get_num_threads()
+    torch = sys.modules.get("torch")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_torch = torch.get_num_threads() if torch is not None else None
     os.environ.update(child_env(threads))
     limiter = _set_library_threads(threads)
     try:
@@ -277,7 +280,8 @@ def applied(threads: int) -> Iterator[None]:
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
-        torch.set_num_threads(saved_torch)
+        if torch is not None:
+            torch.set_num_threads(saved_torch)
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

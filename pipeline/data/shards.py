@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 from PIL import Image
-from torch.utils.data import Dataset
 
 from pipeline.data.images import decode_rgb
 from pipeline.common.io import atomic_path, read_json, write_json
@@ -262,8 +261,11 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> int:
     return count
 
 
-class ShardImageDataset(Dataset):
-    """A torch Dataset of (transform(RGB PIL image), label_idx) read straight from the shards.
+class ShardImageDataset:
+    """A map-style dataset of (transform(RGB PIL image), label_idx) read straight from the shards.
+
+    torch's DataLoader takes it as it is (``__len__`` and ``__getitem__``); it does not subclass torch's Dataset so
+    that reading the shards never imports torch (ingest, validate and card run without it).
 
     Shard files are opened lazily and per process, so DataLoader workers (fork or spawn) never
     share a file offset. ``rows`` is the selected manifest slice, in item order: a GatedDataset's

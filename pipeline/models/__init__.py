@@ -16,10 +16,22 @@ and the loaded model every stage runs.
 """
 
 from pipeline.models.catalog import get_spec, list_models, register
-from pipeline.models.loaded import LoadedModel
-from pipeline.models.preprocess import Preprocessing
 from pipeline.models.specs import ModelSpec, WeightsRef
-from pipeline.models.weights import WeightsRejected, WeightsUnavailable
 
 __all__ = ["get_spec", "list_models", "register", "LoadedModel", "Preprocessing", "ModelSpec", "WeightsRef",
            "WeightsUnavailable", "WeightsRejected"]
+
+
+def __getattr__(name: str):
+    """The names that need torch and timm (3-4 s to import) load on first use: a stage that only reads the catalog
+    (card) never imports them."""
+    if name == "LoadedModel":
+        from pipeline.models.loaded import LoadedModel
+        return LoadedModel
+    if name == "Preprocessing":
+        from pipeline.models.preprocess import Preprocessing
+        return Preprocessing
+    if name in ("WeightsRejected", "WeightsUnavailable"):
+        from pipeline.models import weights
+        return getattr(weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

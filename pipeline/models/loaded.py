@@ -188,7 +188,7 @@ class LoadedModel:
         Returns:
             The outputs in data order, with labels and the forward time.
         """
-        if isinstance(data, Dataset):
+        if isinstance(data, (Dataset, ShardImageDataset)):
             data = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
         kwargs = {"autocast": autocast} if autocast is not None else {}
         return run_batches(self.network, split_forward(self.network, want), data, self.device,
