@@ -1,0 +1,48 @@
+"""The stages that read no model start without torch: importing torch, torchvision and timm costs a stage
+process 2-4 s, several times ingest's or card's own work on a small dataset (issue 24). The thread share
+(pipeline/common/threads.py) still reaches torch, whether it was loaded before the share or after."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.common.threads import LIBRARY_ENV, THREADS_ENV
+from tests.conftest import ROOT
+
+# what `tlops <stage>` loads before the stage runs (the CLI, the stage module), then the block it runs in under its
+# thread share; prints the heavy libraries loaded and what the block said
+PROBE = """
+import sys
+from pipeline.cli import _run_stage
+from pipeline.common.threads import applied
+from pipeline.stages import get_stage
+get_stage(sys.argv[1]).load()
+loaded = sorted(name for name in ("torch", "torchvision", "timm") if name in sys.modules)
+with applied(1):
+    said = eval(sys.argv[2])
+print(loaded, said)
+"""
+
+
+def _probe(stage: str, block: str = "None") -> str:
+    # torch's own default, one thread per core, unless the share sets it (the tests' workers set OMP_NUM_THREADS)
+    env = {k: v for k, v in os.environ.items() if k not in (*LIBRARY_ENV, THREADS_ENV)}
+    probe = subprocess.run([sys.executable, "-c", PROBE, stage, block], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    return probe.stdout.strip()
+
+
+@pytest.mark.parametrize("stage", ["ingest", "validate", "card"])
+def test_a_stage_that_reads_no_model_never_imports_torch(stage):
+    assert _probe(stage) == "[] None"
+
+
+def test_torch_gets_the_share_whether_loaded_before_it_or_after():
+    loaded, threads = _probe("finetune", "__import__('torch').get_num_threads()").rsplit(" ", 1)
+    assert "'torch'" in loaded and threads == "1"
+    assert _probe("ingest", "__import__('torch').get_num_threads()") == "[] 1"  # from OMP_NUM_THREADS
