@@ -32,6 +32,6 @@ def __getattr__(name: str):
         from pipeline.models.preprocess import Preprocessing
         return Preprocessing
     if name in ("WeightsRejected", "WeightsUnavailable"):
-        from pipeline.models import weights
-        return getattr(weights, name)
+        from pipeline.models.weights import WeightsRejected, WeightsUnavailable
+        return WeightsRejected if name == "WeightsRejected" else WeightsUnavailable
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
