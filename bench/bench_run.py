@@ -5,8 +5,9 @@ A fresh clone of the project at ``--rev`` (default: HEAD) runs the retrain flow 
 environment; ``--set key=value`` edits the clone's params.yaml first (committed there: a run works from
 the committed params), e.g. ``--set source.location=/path/to/folder``. One JSON line per stage (status,
 seconds), then the whole run: wall time, the stages' sum, the flow's overhead, the verdict's cost (the
-scratch side: the baseline, plus the curve stage where there is one, else the scratch runs inside
-evaluate) as a ratio of the fine-tune's, and the verdicts (overall and per budget, with the intervals).
+scratch side: the baseline stage, which trains the curve's scratch runs too; in earlier revisions plus the
+curve stage, or the scratch runs inside evaluate) as a ratio of the fine-tune's, and the verdicts (overall
+and per budget, with the intervals).
 The README's table of stage timings is copied from this bench's output.
 
     python -m bench.bench_run                      # HEAD on the default data
@@ -95,10 +96,13 @@ def main() -> None:
         for name, (status, seconds) in stages.items():
             report.emit(rev=commit, stage=name, status=status, seconds=round(seconds, 1))
         done = _RUN_DONE.search(output)
-        verdicts = _verdicts(Path(done.group(2)))
         seconds = {name: s for name, (_, s) in stages.items()}
-        scratch = seconds.get("baseline", 0.0) + (seconds["curve"] if "curve" in seconds
-                                                  else verdicts["scratch_runs_in_evaluate_s"])
+        worktree = Path(done.group(2))
+        verdicts = _verdicts(worktree)
+        scratch = seconds.get("baseline", 0.0) + (
+            seconds["curve"] if "curve" in seconds  # a curve stage of its own (2026-12-05 to 12-07)
+            else 0.0 if (worktree / "results" / "curve" / "scratch_runs.json").is_file()  # the baseline stage's pool
+            else verdicts["scratch_runs_in_evaluate_s"])  # earlier: the curve's scratch runs inside evaluate
         report.emit(rev=commit, settings=ns.settings, wall_s=round(wall, 1), stages_s=round(sum(seconds.values()), 1),
                     overhead_s=round(wall - sum(seconds.values()), 1), finetune_s=seconds.get("finetune"),
                     verdict_cost_s=round(scratch, 1),

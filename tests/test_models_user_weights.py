@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import validate_params
 from pipeline.models import LoadedModel
-from pipeline.stages import baseline, curve, drift, evaluate, finetune, freeze, select, shift
+from pipeline.stages import baseline, drift, evaluate, finetune, freeze, select, shift
 from pipeline.validation.dataset import profile_dataset
 from tests.support.gate import passed_gate
 from tests.support.training_data import write_dataset
@@ -59,9 +59,8 @@ def chain(tmp_path_factory) -> dict:
                                        p["ft"] / "history.csv", p["ft"] / "curves.png", p["ft"] / "ckpt",
                                        validation=gate))
     baseline.run(params, baseline.Args(ds, p["sel"] / "architecture.json", p["bl"] / "model", p["bl"] / "m.json",
-                                       p["bl"] / "history.csv", p["bl"] / "curves.png", p["bl"] / "ckpt", gate))
-    curve.run(params, curve.Args(ds, p["sel"] / "architecture.json", p["bl"] / "m.json", p["bl"] / "runs.json",
-                                 p["bl"] / "curve.json", gate))
+                                       p["bl"] / "history.csv", p["bl"] / "curves.png", p["bl"] / "ckpt",
+                                       p["bl"] / "runs.json", p["bl"] / "curve.json", gate))
     shift.run(params, shift.Args(ds, p["current"], work / "shift.json", work / "shift-report", gate))
     evaluate.run(params, evaluate.Args(ds, p["current"], p["plan"] / "plan.json", p["ft"] / "model",
                                        p["ft"] / "history.csv", p["bl"] / "model", p["bl"] / "history.csv",

@@ -31,7 +31,7 @@ SHARED_BY_DESIGN = {
     "ingest": {"validate.max_pixels"},
     "shift": {"validate.max_pixels", "validate.stats_max_side", "validate.min_side", "validate.max_side",
               "validate.accepted_modes", "validate.severity"},
-    "curve": {"baseline"},  # the scratch recipe: every curve run is the baseline's on fewer labels
+    "baseline": {"curve"},  # its own: the curve's draws, a section apart from the scratch recipe they all follow
     "card": {"evaluate.confidence"},
     "promote": {"freeze.probe_cs"},
 }
@@ -135,11 +135,11 @@ def test_every_stage_is_declared_with_its_own_command():
 
 def test_the_scratch_side_depends_on_the_architecture_alone():
     """A change of selection, freezing or fine-tuning that keeps the architecture retrains no scratch model: the
-    baseline and the curve read none of their outputs but select's architecture.json, and none of their params."""
+    baseline stage (the baseline and the curve's runs) reads none of their outputs but select's architecture.json,
+    and none of their params."""
     upstream = {path for stage in ("select", "freeze", "finetune") for kind in ("outs", "metrics", "plots")
                 for path in declared_paths(ROOT, stage, kind)} - {"results/select/architecture.json"}
-    for stage in ("baseline", "curve"):
-        deps = set(declared_paths(ROOT, stage, "deps"))
-        assert "results/select/architecture.json" in deps and not deps & upstream, (stage, deps & upstream)
-        params = {entry.split(".")[0] for entry in declared_paths(ROOT, stage, "params")}
-        assert not params & {"select", "freeze", "finetune"}, (stage, params)
+    deps = set(declared_paths(ROOT, "baseline", "deps"))
+    assert "results/select/architecture.json" in deps and not deps & upstream, deps & upstream
+    params = {entry.split(".")[0] for entry in declared_paths(ROOT, "baseline", "params")}
+    assert not params & {"select", "freeze", "finetune"}, params

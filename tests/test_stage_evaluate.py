@@ -25,7 +25,7 @@ from pipeline.freezing.plan import FreezePlan, build_phases
 from pipeline.models import LoadedModel, get_spec
 from pipeline.common.io import write_json
 from pipeline.selection.result import architecture_record
-from pipeline.stages import baseline, curve, finetune, ingest, shift
+from pipeline.stages import baseline, finetune, ingest, shift
 from pipeline.training.recipes import Setup
 from tests.support.gate import passed_gate
 
@@ -59,7 +59,7 @@ def _probe_plan(params: Params) -> FreezePlan:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> dict[str, Path]:
-    """ingest -> shift -> (plan) -> finetune -> baseline -> curve on the digits at 32 px, 5 labels per class."""
+    """ingest -> shift -> (plan) -> finetune -> baseline (and the curve) on the digits at 32 px, 5 labels per class."""
     work = tmp_path_factory.mktemp("chain")
     params = validate_params(SMALL)
     p = {name: work / name for name in ("dataset", "current", "finetuned", "baseline", "ck")}
@@ -71,13 +71,11 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     finetune.run(params, finetune.Args(dataset=p["dataset"], plan=p["plan"], model_dir=p["finetuned"],
                                        metrics=work / "ft.json", history=work / "ft.csv", plot=work / "ft.png",
                                        checkpoints=p["ck"] / "ft"))
-    p["baseline_metrics"] = work / "bl.json"
+    p["baseline_metrics"], p["scratch_curve"] = work / "bl.json", work / "scratch_runs.json"
     baseline.run(params, baseline.Args(dataset=p["dataset"], architecture=p["architecture"], model_dir=p["baseline"],
                                        metrics=p["baseline_metrics"], history=work / "bl.csv", plot=work / "bl.png",
-                                       checkpoints=p["ck"] / "bl"))
-    p["scratch_curve"] = work / "scratch_runs.json"
-    curve.run(params, curve.Args(dataset=p["dataset"], architecture=p["architecture"], baseline=p["baseline_metrics"],
-                                 out=p["scratch_curve"], metrics=work / "curve.json"))
+                                       checkpoints=p["ck"] / "bl", curve=p["scratch_curve"],
+                                       curve_metrics=work / "curve.json"))
     p["work"] = work
     return p
 
@@ -204,14 +202,17 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
 
 @pytest.mark.timeout(1200)
 def test_the_curve_shares_the_baselines_run_where_a_draw_is_it(chain):
-    """With 5 labels a class, a budget of 5 draws the whole pool: seed 0 (the baseline's) is the baseline's run."""
+    """With 5 labels a class, a budget of 5 draws the whole pool: seed 0 (the baseline's) is the baseline's run,
+    trained once in the stage's pool."""
     params = validate_params({**SMALL, "curve": {"budgets": [5], "seeds": [0, 1, 2], "val_per_class": 3}})
     out = chain["work"] / "shared"
-    summary = curve.run(params, curve.Args(dataset=chain["dataset"], architecture=chain["architecture"],
-                                           baseline=chain["baseline_metrics"], out=out / "runs.json",
-                                           metrics=out / "metrics.json"))
+    summary = baseline.run(params, baseline.Args(
+        dataset=chain["dataset"], architecture=chain["architecture"], model_dir=out / "model",
+        metrics=out / "baseline.json", history=out / "bl.csv", plot=out / "bl.png", checkpoints=out / "ck",
+        curve=out / "runs.json", curve_metrics=out / "metrics.json"))["curve"]
     runs = json.loads((out / "runs.json").read_text())["runs"]
-    baseline_metrics = json.loads(chain["baseline_metrics"].read_text())
+    baseline_metrics = json.loads((out / "baseline.json").read_text())
+    assert json.loads((out / "metrics.json").read_text())["curve"] == summary
     assert [r.get("shared_with") for r in runs] == ["baseline", None, None]
     assert summary["trained"] == 2 and summary["shared"] == 1
     assert runs[0]["accuracy"] == round(baseline_metrics["test_accuracy"], 4)

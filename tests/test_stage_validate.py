@@ -192,15 +192,13 @@ def test_training_and_evaluation_never_decode_a_quarantined_image(tmp_path, caps
     assert main(["freeze", *gate, "--selection", str(out / "selection.json"), "--plan", str(out / "plan.json"),
                  "--metrics", str(out / "freeze.json")]) == 0, capsys.readouterr().err
     (out / "architecture.json").write_text(json.dumps(architecture_record(TINY_MODEL)))
+    curve = ["--curve", str(out / "scratch_runs.json"), "--curve-metrics", str(out / "curve.json")]
     for stage, model in (("finetune", ["--plan", str(out / "plan.json")]),
-                         ("baseline", ["--architecture", str(out / "architecture.json")])):
+                         ("baseline", ["--architecture", str(out / "architecture.json"), *curve])):
         assert main([stage, *gate, *model, "--model-dir", str(out / stage),
                      "--metrics", str(out / f"{stage}.json"), "--history", str(out / f"{stage}.csv"),
                      "--plot", str(out / f"{stage}.png"), "--checkpoints", str(out / "ckpt" / stage)]) == 0, \
             capsys.readouterr().err
-    assert main(["curve", *gate, "--architecture", str(out / "architecture.json"), "--baseline",
-                 str(out / "baseline.json"), "--out", str(out / "scratch_runs.json"),
-                 "--metrics", str(out / "curve.json")]) == 0, capsys.readouterr().err
     card = json.loads((out / "finetune" / "card.json").read_text())
     kept = read_manifest(use_validated(out / "dataset", out / "metrics.json"))
     assert card["data"]["train_images"] == 18  # 19 train images, one quarantined

@@ -5,7 +5,9 @@
     references.py        trivial references (majority class, pixel logistic regression) and failed training
     verdict.py           positive / no_gain / negative / inconclusive per comparison and overall (the documented rule)
     label_efficiency.py  budgets x seeds on the same subsets, both sides at their best; labels saved, time saved
-    scratch_curve.py     the curve's scratch side (the curve stage): every draw's converged run, side by side
+    scratch_curve.py     the scratch side (the baseline stage): every curve draw's converged run and the baseline's,
+                         side by side in one pool
+    scratch_baseline.py  the baseline's run on every label, as a job of that pool (writes the baseline model)
     evaluate.py          the whole evaluation in named steps (the evaluate stage's one call), and its files
     comparison.py        its pieces: embeddings, the curve's transfer side, paired tests, metrics.json
     assess.py            scores and explanations of one loaded model

@@ -18,7 +18,7 @@ from pipeline.promotion.blessing import blessing_markdown, check_rows
 from pipeline.common.run_names import tag_of
 
 # stages whose skipping is what makes a rerun cheap (promote always re-checks the registry)
-TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "curve", "evaluate")
+TRAINING_STAGES = ("select", "freeze", "finetune", "baseline", "evaluate")
 
 __all__ = ["render_summary", "html_reports", "headline_table", "stage_metrics", "drift_summary"]
 
@@ -136,20 +136,32 @@ def _headlines(metrics: dict[str, dict[str, Any]]) -> list[str]:
              ("finetune", "Fine-tuned", "val accuracy {val_accuracy}, test accuracy {test_accuracy} ({kept_reason})"),
              ("baseline", "Scratch baseline", "converged {converged} ({stopped_by} after {epochs_run} epochs), "
                                               "test accuracy {test_accuracy}"),
-             ("curve", "Scratch curve", "{runs} runs ({shared} shared with the baseline), all converged {converged}, "
-                                        "{workers} side by side in {wall_seconds} s"),
+             ("baseline", "Scratch curve", "{curve_runs} runs ({curve_shared} shared with the baseline), all "
+                                           "converged {curve_converged}, {curve_workers} side by side with the "
+                                           "baseline in {curve_wall_seconds} s"),
              ("evaluate", "Transfer verdict", "{verdict}: {verdict_reason}"),
              ("drift", "Drift detected", "{drift_detected} (p = {p_value}; {n_reference} reference vs {n_current} "
                                          "current images; moved: {descriptors_moved})"),
              ("promote", "Promotion", "{decision} (the {candidate} model): {reason}")]
     lines = []
     for stage, label, template in picks:
-        values = {key: _fmt(value) for key, value in metrics.get(stage, {}).items()}
+        values = {key: _fmt(value) for key, value in _flat(metrics.get(stage, {})).items()}
         try:
             lines.append(f"- **{label}**: {template.format_map(values)}")
         except KeyError:  # that stage did not run (or wrote an older layout): leave the line out
             continue
     return lines
+
+
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metrics (the baseline stage's ``curve`` section) as ``curve_runs``-style keys, for the templates."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}_"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _fmt(value: Any) -> str:
