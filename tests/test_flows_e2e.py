@@ -99,7 +99,8 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     project, api = served["project"], served["api"]
     summary = _summary(api, first_run["id"])
     for expected in ("started from the API", "Chosen model**: efficientnet_lite0", "Freeze plan", "Transfer verdict",
-                     "Drift detected", "Promotion**: promoted", '"common.seed": 1'):
+                     "Scratch baseline**: converged", "side by side with the baseline in", "Drift detected",
+                     "Promotion**: promoted", '"common.seed": 1'):
         assert expected in summary, expected
     links = [a["data"] for a in artifacts(api, first_run["id"]) if a["key"] is None]
     assert any("evaluate/report.html" in link for link in links) and any("drift/report.html" in link for link in links)

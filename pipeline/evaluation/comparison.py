@@ -66,10 +66,10 @@ def history_curve(path: Path, card: dict) -> list[dict]:
 
 def label_efficiency(scratch: dict, where: os.PathLike, features: Features, pool_ids: Sequence[str],
                      num_classes: int, cs: Sequence[float], confidence: float, min_gain: float) -> dict:
-    """The transfer side on the draws the curve stage trained scratch on, then both sides per budget.
+    """The transfer side on the draws the baseline stage trained scratch on, then both sides per budget.
 
     Args:
-        scratch: the curve stage's scratch_runs.json (pipeline/evaluation/scratch_curve.py).
+        scratch: the baseline stage's scratch_runs.json (pipeline/evaluation/scratch_curve.py).
         where: its path, for errors.
         features: the pretrained embeddings of the pool (in ``pool_ids`` order), the curve's val images and test.
         pool_ids: the label pool.
@@ -86,7 +86,7 @@ def label_efficiency(scratch: dict, where: os.PathLike, features: Features, pool
         outside = [i for i in run["train_ids"] if i not in position]
         if outside:
             raise ValueError(f"{where}: the {run['name']} seed {run['seed']} draw names {len(outside)} image(s) "
-                             f"outside the label pool (e.g. {outside[0]}): re-run `tlops curve`")
+                             f"outside the label pool (e.g. {outside[0]}): re-run `tlops baseline`")
         draw = Draw(run["budget"], run["seed"], np.sort([position[i] for i in run["train_ids"]]))
         started = time.perf_counter()
         fit = fit_linear_probe(features.train[draw.indices], features.train_labels[draw.indices], features.val,

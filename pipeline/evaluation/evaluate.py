@@ -51,7 +51,7 @@ class EvaluationInputs:
     finetune_history: Path
     baseline: Path
     baseline_history: Path
-    scratch_curve: Path  # the curve stage's scratch_runs.json: the draws and their scratch runs
+    scratch_curve: Path  # the baseline stage's scratch_runs.json: the curve's draws and their scratch runs
 
 
 @dataclass
@@ -89,9 +89,9 @@ class _Context:
     scratch_cfg: BaselineParams  # the baseline's settings (from its card)
     cs: list[float]  # the probe's penalties
     pool: pd.DataFrame  # the train rows inside the label budget ("all labels")
-    scratch_curve: dict  # the curve stage's draws and scratch runs
-    val_ids: list[str]  # the val images the curve's runs choose on (the curve stage's)
-    size: int  # the curve's image size (the curve stage's)
+    scratch_curve: dict  # the baseline stage's curve draws and their scratch runs
+    val_ids: list[str]  # the val images the curve's runs choose on (the baseline stage's)
+    size: int  # the curve's image size (the baseline stage's)
 
     @property
     def pool_ids(self) -> list[str]:
@@ -128,7 +128,7 @@ def evaluate(inputs: EvaluationInputs, common: CommonParams, cfg: EvaluateParams
 
 
 def _load(inputs: EvaluationInputs, common: CommonParams, cfg: EvaluateParams) -> _Context:
-    """The models, the recipes they were trained with (from their cards), the label pool and the curve stage's
+    """The models, the recipes they were trained with (from their cards), the label pool and the baseline stage's
     draws."""
     device = select_device(common.device)
     plan, classes = load_plan(inputs.plan), read_classes(inputs.dataset)
@@ -156,8 +156,8 @@ def _transfer_side(ctx: _Context) -> tuple[LoadedModel, Features, float]:
 
 
 def _curve(ctx: _Context, features: Features) -> tuple[dict, list]:
-    """The label-efficiency curve: the transfer side on the curve stage's draws beside its scratch runs; returns it
-    and the budgets the pool could not give."""
+    """The label-efficiency curve: the transfer side on the baseline stage's curve draws beside their scratch runs;
+    returns it and the budgets the pool could not give."""
     curve = label_efficiency(ctx.scratch_curve, ctx.inputs.scratch_curve, features, ctx.pool_ids, len(ctx.classes),
                              ctx.cs, ctx.cfg.confidence, ctx.cfg.min_gain)
     return curve, ctx.scratch_curve["skipped"]

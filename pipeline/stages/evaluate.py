@@ -11,13 +11,13 @@ It also scores the fine-tuned model, the linear probe and the scratch baseline o
 the shift set (accuracy, macro-F1, per-class P/R/F1, confusion, calibration, robustness per corruption
 and severity, cost) and shows what they learned (ideal inputs, adversarial pairs, FGSM).
 Inputs: the dataset, the domain-shift set, ``freeze_plan.json``, the fine-tuned and baseline model
-directories and their ``history.csv``, and the curve stage's ``scratch_runs.json`` (the curve's scratch side
-trains in its own stage; the transfer side, probes solved in seconds, is learnt here on the same draws).
+directories and their ``history.csv``, and the baseline stage's ``scratch_runs.json`` (the curve's scratch side
+trains there, beside the baseline; the transfer side, probes solved in seconds, is learnt here on the same draws).
 Outputs: ``metrics.json`` (DVC metrics; ``weights`` names the weights behind every model;
 ``recommended_model`` tells promotion which model is better), a plots folder (CSV for ``dvc plots`` +
 PNGs), and ``report.html`` (self-contained) in the report folder.
 Params: ``common`` and ``evaluate``; the curve's draws (budgets, seeds, val images, input size) come from the
-curve stage's record, the scratch settings from the baseline's card and the loop's from the fine-tune's.
+baseline stage's record, the scratch settings from the baseline's card and the loop's from the fine-tune's.
 The steps, in order, are pipeline/evaluation/evaluate.py's.
 """
 
@@ -44,7 +44,8 @@ class Args:
     finetune_history: Path = field(metadata={"help": "the fine-tune's history.csv (learning curve)"})
     baseline: Path = field(metadata={"help": "scratch baseline model directory"})
     baseline_history: Path = field(metadata={"help": "the baseline's history.csv (learning curve)"})
-    scratch_curve: Path = field(metadata={"help": "the curve stage's scratch_runs.json (draws and scratch runs)"})
+    scratch_curve: Path = field(metadata={
+        "help": "the baseline stage's scratch_runs.json (the curve's draws and scratch runs)"})
     metrics: Path = field(metadata={"help": "metrics.json to write (DVC metrics)"})
     plots: Path = field(metadata={"help": "folder for plot data (CSV) and PNGs"})
     report_dir: Path = field(metadata={"help": "folder for report.html"})
