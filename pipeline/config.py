@@ -269,8 +269,8 @@ class BaselineParams(Section):
 
 
 class CurveParams(Section):
-    """The label-efficiency curve's draws (stage curve trains their scratch side; evaluate learns the transfer side
-    on the draws it recorded)."""
+    """The label-efficiency curve's draws (the baseline stage trains their scratch side beside the baseline; evaluate
+    learns the transfer side on the draws it recorded)."""
 
     budgets: list[int] = Field([2, 10], description="label budgets of the curve: k train images per class "
                                                    "(above the run's label budget: not drawn); all labels are "

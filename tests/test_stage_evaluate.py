@@ -203,13 +203,20 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
 @pytest.mark.timeout(1200)
 def test_the_curve_shares_the_baselines_run_where_a_draw_is_it(chain):
     """With 5 labels a class, a budget of 5 draws the whole pool: seed 0 (the baseline's) is the baseline's run,
-    trained once in the stage's pool."""
+    trained once in the stage's pool: on two threads, two worker processes, the baseline in one of them."""
     params = validate_params({**SMALL, "curve": {"budgets": [5], "seeds": [0, 1, 2], "val_per_class": 3}})
     out = chain["work"] / "shared"
-    summary = baseline.run(params, baseline.Args(
-        dataset=chain["dataset"], architecture=chain["architecture"], model_dir=out / "model",
-        metrics=out / "baseline.json", history=out / "bl.csv", plot=out / "bl.png", checkpoints=out / "ck",
-        curve=out / "runs.json", curve_metrics=out / "metrics.json"))["curve"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the stage's share on the 2-core machine (the suite's workers run on one)
+    try:
+        summary = baseline.run(params, baseline.Args(
+            dataset=chain["dataset"], architecture=chain["architecture"], model_dir=out / "model",
+            metrics=out / "baseline.json", history=out / "bl.csv", plot=out / "bl.png", checkpoints=out / "ck",
+            curve=out / "runs.json", curve_metrics=out / "metrics.json", live=out / "live"))["curve"]
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["workers"] == 2 and summary["threads_per_run"] == 1
+    assert (out / "model" / "model.pt").is_file() and (out / "live" / "metrics.json").is_file()  # from its worker
     runs = json.loads((out / "runs.json").read_text())["runs"]
     baseline_metrics = json.loads((out / "baseline.json").read_text())
     assert json.loads((out / "metrics.json").read_text())["curve"] == summary
@@ -217,5 +224,7 @@ def test_the_curve_shares_the_baselines_run_where_a_draw_is_it(chain):
     assert summary["trained"] == 2 and summary["shared"] == 1
     assert runs[0]["accuracy"] == round(baseline_metrics["test_accuracy"], 4)
     assert runs[0]["steps"] == baseline_metrics["optimizer_steps"] and runs[0]["n_labels"] == 50
+    assert baseline_metrics["threads"] == 1 and [r["threads"] for r in runs] == [1, 1, 1]
+    assert [r["seed"] for r in runs] == [0, 1, 2]
     assert all(r["n_labels"] == 50 and r["val_images"] == 30 for r in runs[1:])  # trained on the curve's val images
     assert len({tuple(r["train_ids"]) for r in runs}) == 1  # every seed draws the whole pool

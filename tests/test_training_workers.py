@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from pipeline.common.logs import get_logger
 from pipeline.training.workers import run_in_workers, worker_plan
 
 CPU = torch.device("cpu")
@@ -17,6 +18,7 @@ def _report(job: int) -> dict:
     """What a worker sees (module level: spawned workers import it by name)."""
     if job < 0:
         raise ValueError(f"job {job} is negative")
+    get_logger("tests.workers").warning("job %d at work", job)
     return {"job": job, "pid": os.getpid(), "threads": torch.get_num_threads(),
             "omp": os.environ.get("OMP_NUM_THREADS")}
 
@@ -48,3 +50,14 @@ def test_one_thread_runs_the_jobs_here():
 def test_a_failed_run_fails_the_call_naming_it():
     with pytest.raises(RuntimeError, match=r"run second failed: job -1 is negative"):
         run_in_workers(_report, [1, -1, 2], CPU, ["first", "second", "third"], threads=2)
+
+
+@pytest.mark.timeout(300)
+def test_a_job_given_more_threads_takes_them_and_leaves_none_behind_and_every_line_names_its_run(capfd):
+    # seven threads over six jobs: six workers of one thread, and the first job the one the others leave
+    results = run_in_workers(_report, [0, 1, 2, 3, 4, 5], CPU, [f"run-{j}" for j in range(6)], threads=7,
+                             job_threads=[2])
+    assert [r["threads"] for r in results] == [2, 1, 1, 1, 1, 1]  # whichever worker ran a job after the first
+    err = capfd.readouterr().err
+    for job in range(6):
+        assert f"[run-{job}] job {job} at work" in err

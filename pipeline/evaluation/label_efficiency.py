@@ -106,7 +106,7 @@ def run_curve(labels: Sequence[int], budgets: Sequence[int], seeds: Sequence[int
               scratch_fn: RunFn) -> list[dict]:
     """Both sides at every budget and seed, on the same subsets, one run after the other.
 
-    (The pipeline runs the scratch side in its own stage, pipeline/evaluation/scratch_curve.py, and the
+    (The pipeline runs the scratch side in the baseline stage, pipeline/evaluation/scratch_curve.py, and the
     transfer side in evaluate, on the draws that stage recorded; this is both at once, for studies.)
 
     Args:

@@ -34,14 +34,11 @@ class BaselineJob:
     val_images: int  # the val split's size (the whole split stops the run)
     outputs: TrainingOutputs
     card_params: dict  # the params the model card records (common, train, baseline)
-    threads: int | None = None  # torch threads of the run where its worker was given fewer (None: the worker's)
 
 
 def train_baseline(job: BaselineJob) -> tuple[dict, float]:
     """Train the baseline to convergence, write its outputs; returns (metrics, wall seconds)."""
     started = time.perf_counter()
-    if job.threads:
-        torch.set_num_threads(job.threads)
     setup, cfg = job.setup, job.cfg
     log.info("scratch baseline %s on %d images: lr %g, patience %d, at most %d epochs, %d thread(s)",
              setup.model_name, len(job.train_ids), cfg.lr, cfg.patience, cfg.max_epochs, torch.get_num_threads())

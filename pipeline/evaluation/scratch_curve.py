@@ -22,7 +22,7 @@ better stopping signal can only help scratch, so sharing keeps the comparison co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -94,7 +94,7 @@ class ScratchSide:
     baseline: dict | None  # None where no baseline job was given
 
 
-def _run_job(job: ScratchJob | BaselineJob) -> tuple[dict, float]:
+def _train_job(job: ScratchJob | BaselineJob) -> tuple[dict, float]:
     """One job of the pool (a module-level function: spawned workers import it by name)."""
     return train_baseline(job) if isinstance(job, BaselineJob) else scratch_run(job)
 
@@ -135,12 +135,13 @@ def scratch_side(setup: Setup, cfg: BaselineParams, pool_ids: Sequence[str], poo
         ScratchJob(setup, cfg, draws[i].seed, [pool_ids[j] for j in draws[i].indices], list(val_ids), majority)
         for i in trained]
     names = [draws[i].name for i in trained]
-    threads = torch.get_num_threads()
-    workers, each = worker_plan(len(jobs) + (baseline is not None), threads, setup.device)
     if baseline is not None:
-        jobs.insert(0, replace(baseline, threads=threads - (workers - 1) * each if workers > 1 else None))
+        jobs.insert(0, baseline)
         names.insert(0, "baseline")
-    results = run_in_workers(_run_job, jobs, setup.device, names)
+    threads = torch.get_num_threads()
+    workers, each = worker_plan(len(jobs), threads, setup.device)
+    job_threads = [threads - (workers - 1) * each] if baseline is not None else None  # what the others leave
+    results = run_in_workers(_train_job, jobs, setup.device, names, job_threads=job_threads)
     baseline_metrics = results.pop(0)[0] if baseline is not None else None
     by_draw = dict(zip(trained, results))
     rows = []

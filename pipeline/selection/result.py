@@ -30,9 +30,9 @@ def selected_model(selection: dict[str, Any], path: Path) -> tuple[str, float | 
 def architecture_record(name: str) -> dict[str, str]:
     """What select writes to architecture.json: the chosen architecture's name alone.
 
-    The scratch side of the verdict (stages baseline and curve) reads this file, not selection.json or
-    the freeze plan, so that a change that leaves the architecture as it was (a select, freeze or finetune
-    param, re-measured latencies) never retrains a scratch model.
+    The scratch side of the verdict (the baseline stage: the baseline and the curve's runs) reads this file, not
+    selection.json or the freeze plan, so that a change that leaves the architecture as it was (a select, freeze
+    or finetune param, re-measured latencies) never retrains a scratch model.
     """
     return {"model": name}
 

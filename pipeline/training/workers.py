@@ -5,7 +5,9 @@ batches uses two threads little better than one (EfficientNet-Lite0 at 64 px, ba
 2-core development machine), so two runs at once, one thread each, finish the curve about twice as fast
 as one after the other on two threads. Each worker gets ``threads // workers`` threads (at least one),
 where ``threads`` is the stage's share of the machine (pipeline/common/threads.py, applied to torch when the
-stage started): the runs split the stage's cores and never ask for more.
+stage started): the runs split the stage's cores and never ask for more. A job may be given more (the scratch
+baseline takes the threads the others leave); every job sets its own count as it starts, so a run's count never
+depends on which worker ran it, and its log lines carry its name (runs side by side write to one log).
 
 Workers are spawned, not forked (a fork after torch started its thread pools can deadlock), and stay in
 this process's group: stopping the stage (pipeline/common/processes.py stops the whole group) stops them.
@@ -50,8 +52,33 @@ def _start_worker(threads: int, level: str) -> None:
     setup_logging(level)
 
 
+class _RunName(logging.Filter):
+    """Puts a pooled run's name before each of its log lines."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.prefix = f"[{name.replace('%', '%%')}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.prefix + str(record.msg)
+        return True
+
+
+def _run_job(fn: Callable[[J], R], job: J, name: str, threads: int) -> R:
+    """One job in a worker: on its own thread count, its log lines named."""
+    torch.set_num_threads(threads)
+    handlers, named = logging.getLogger("tlops").handlers, _RunName(name)
+    for handler in handlers:
+        handler.addFilter(named)
+    try:
+        return fn(job)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(named)
+
+
 def run_in_workers(fn: Callable[[J], R], jobs: Sequence[J], device: torch.device, names: Sequence[str],
-                   threads: int | None = None) -> list[R]:
+                   threads: int | None = None, job_threads: Sequence[int | None] | None = None) -> list[R]:
     """``[fn(job) for job in jobs]``, the jobs spread over worker processes (:func:`worker_plan`).
 
     Args:
@@ -60,6 +87,8 @@ def run_in_workers(fn: Callable[[J], R], jobs: Sequence[J], device: torch.device
         device: where the runs train (an accelerator runs them here, one at a time).
         names: one display name per job, for the log and for the error of a failed run.
         threads: the threads to share (default: this process's ``torch.get_num_threads()``).
+        job_threads: the first jobs' threads where they get more than a worker's share (None or missing: the
+            share); the caller keeps the sum within ``threads``. Unused where the jobs run in this process.
     Returns:
         The results, in the order of ``jobs``.
     Raises:
@@ -72,7 +101,8 @@ def run_in_workers(fn: Callable[[J], R], jobs: Sequence[J], device: torch.device
     level = logging.getLevelName(logging.getLogger("tlops").getEffectiveLevel())
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(each, level)) as pool:
-        futures = [pool.submit(fn, job) for job in jobs]
+        given = list(job_threads or []) + [None] * (len(jobs) - len(job_threads or []))
+        futures = [pool.submit(_run_job, fn, job, name, count or each) for job, name, count in zip(jobs, names, given)]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [(name, f) for name, f in zip(names, futures) if f in done and f.exception() is not None]
         if failed:
