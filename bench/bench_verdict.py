@@ -25,7 +25,7 @@ from pipeline.data.shards import read_classes, read_manifest, train_in_budget
 from pipeline.evaluation.comparison import embed_splits, full_label_comparison, label_efficiency, recommend
 from pipeline.evaluation.label_efficiency import sample_per_class
 from pipeline.evaluation.references import majority_accuracy
-from pipeline.evaluation.scratch_curve import scratch_curve
+from pipeline.evaluation.scratch_curve import scratch_side
 from pipeline.models import LoadedModel
 from pipeline.stages import baseline, finetune, freeze, ingest, select
 from pipeline.training.recipes import Setup
@@ -78,8 +78,8 @@ def main() -> None:
         model = LoadedModel.pretrained(MODEL, len(classes), params.common.image_size, classes=classes)
         features = embed_splits(model, ds, pool["id"].tolist(), val_ids.tolist(), 256)
         setup = Setup(ds, MODEL, classes, params.common.image_size, params.train, torch.device("cpu"), None)
-        scratch = scratch_curve(setup, params.baseline, pool["id"].tolist(), pool["label_idx"].tolist(),
-                                val_ids.tolist(), ns.budgets, ns.seeds, majority_accuracy(features.test_labels))
+        scratch = scratch_side(setup, params.baseline, pool["id"].tolist(), pool["label_idx"].tolist(),
+                               val_ids.tolist(), ns.budgets, ns.seeds, majority_accuracy(features.test_labels)).curve
         curve = label_efficiency(scratch, "scratch_runs.json", features, pool["id"].tolist(), len(classes),
                                  params.freeze.probe_cs, params.evaluate.confidence, params.evaluate.min_gain)
     for point in curve["budgets"]:

@@ -19,7 +19,7 @@ from pipeline.config import validate_params
 from pipeline.data.shards import read_classes, read_manifest
 from pipeline.evaluation.comparison import embed_splits, label_efficiency
 from pipeline.evaluation.references import majority_accuracy
-from pipeline.evaluation.scratch_curve import scratch_curve
+from pipeline.evaluation.scratch_curve import scratch_side
 from pipeline.models import LoadedModel
 from pipeline.training.recipes import Setup
 from tests.support.photos import write_photo_dataset
@@ -43,8 +43,8 @@ def test_transfer_is_positive_at_a_small_budget_against_converged_scratch(photos
     pool_ids, val_ids = pool["id"].tolist(), val["id"].tolist()
     features = embed_splits(model, photos, pool_ids, val_ids, 256)
     setup = Setup(photos, "efficientnet_lite0", classes, SIZE, params.train, torch.device("cpu"), None)
-    scratch = scratch_curve(setup, params.baseline, pool_ids, pool["label_idx"].tolist(), val_ids, [2],
-                            [0, 1, 2, 3, 4], majority_accuracy(features.test_labels))
+    scratch = scratch_side(setup, params.baseline, pool_ids, pool["label_idx"].tolist(), val_ids, [2],
+                           [0, 1, 2, 3, 4], majority_accuracy(features.test_labels)).curve
     curve = label_efficiency(scratch, "scratch_runs.json", features, pool_ids, len(classes), params.freeze.probe_cs,
                              params.evaluate.confidence, params.evaluate.min_gain)
     (point,) = curve["budgets"]

@@ -18,7 +18,7 @@ from pipeline.config import Params, validate_params
 from pipeline.data.shards import read_classes, read_manifest, write_manifest
 from pipeline.evaluation.comparison import embed_splits, label_efficiency
 from pipeline.evaluation.references import majority_accuracy
-from pipeline.evaluation.scratch_curve import scratch_curve
+from pipeline.evaluation.scratch_curve import scratch_side
 from pipeline.evaluation.report import flatten, fmt
 from pipeline.freezing.blocks import block_param_counts
 from pipeline.freezing.plan import FreezePlan, build_phases
@@ -191,8 +191,8 @@ def test_with_random_labels_the_verdict_is_not_positive(chain):
     pool_ids, val_ids = pool["id"].tolist(), val["id"].tolist()[:30]
     features = embed_splits(model, dataset, pool_ids, val_ids, 256)
     setup = Setup(dataset, MODEL, classes, 32, params.train, torch.device("cpu"), None)
-    scratch = scratch_curve(setup, params.baseline, pool_ids, pool["label_idx"].tolist(), val_ids, [2], [0, 1, 2],
-                            majority_accuracy(features.test_labels))
+    scratch = scratch_side(setup, params.baseline, pool_ids, pool["label_idx"].tolist(), val_ids, [2], [0, 1, 2],
+                           majority_accuracy(features.test_labels)).curve
     learnt = label_efficiency(scratch, "scratch_runs.json", features, pool_ids, len(classes), params.freeze.probe_cs,
                               0.95, 0.0)
     (point,) = learnt["budgets"]

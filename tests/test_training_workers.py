@@ -53,10 +53,10 @@ def test_a_failed_run_fails_the_call_naming_it():
 
 
 @pytest.mark.timeout(300)
-def test_a_job_given_more_threads_takes_them_and_leaves_none_behind_and_every_line_names_its_run(capfd):
+def test_the_first_job_takes_the_threads_left_and_leaves_none_behind_and_every_line_names_its_run(capfd):
     # seven threads over six jobs: six workers of one thread, and the first job the one the others leave
     results = run_in_workers(_report, [0, 1, 2, 3, 4, 5], CPU, [f"run-{j}" for j in range(6)], threads=7,
-                             job_threads=[2])
+                             first_takes_rest=True)
     assert [r["threads"] for r in results] == [2, 1, 1, 1, 1, 1]  # whichever worker ran a job after the first
     err = capfd.readouterr().err
     for job in range(6):

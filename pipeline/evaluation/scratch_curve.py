@@ -36,7 +36,7 @@ from pipeline.training.recipes import Setup, train_scratch
 from pipeline.training.workers import run_in_workers, worker_plan
 
 __all__ = ["ScratchJob", "ScratchSide", "scratch_run", "baseline_figures", "is_baseline_draw", "curve_val_ids",
-           "scratch_side", "scratch_curve", "curve_metrics"]
+           "scratch_side", "curve_metrics"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ def baseline_figures(baseline: dict, majority: float) -> dict:
             "failed": baseline["test_classes_predicted"] <= 1 or accuracy <= majority}
 
 
-def is_baseline_draw(draw: Draw, pool_size: int, image_size: int, baseline_seed: int | None,
-                     baseline_size: int | None) -> bool:
+def is_baseline_draw(draw: Draw, pool_size: int, image_size: int, baseline_seed: int, baseline_size: int) -> bool:
     """Whether a draw is the baseline's own run: the whole pool, at the baseline's seed and input size."""
     return len(draw.indices) == pool_size and draw.seed == baseline_seed and image_size == baseline_size
 
@@ -138,10 +137,8 @@ def scratch_side(setup: Setup, cfg: BaselineParams, pool_ids: Sequence[str], poo
     if baseline is not None:
         jobs.insert(0, baseline)
         names.insert(0, "baseline")
-    threads = torch.get_num_threads()
-    workers, each = worker_plan(len(jobs), threads, setup.device)
-    job_threads = [threads - (workers - 1) * each] if baseline is not None else None  # what the others leave
-    results = run_in_workers(_train_job, jobs, setup.device, names, job_threads=job_threads)
+    workers, each = worker_plan(len(jobs), torch.get_num_threads(), setup.device)
+    results = run_in_workers(_train_job, jobs, setup.device, names, first_takes_rest=baseline is not None)
     baseline_metrics = results.pop(0)[0] if baseline is not None else None
     by_draw = dict(zip(trained, results))
     rows = []
@@ -153,12 +150,6 @@ def scratch_side(setup: Setup, cfg: BaselineParams, pool_ids: Sequence[str], poo
              "budgets": drawn, "skipped": skipped, "seeds": list(seeds), "workers": workers, "threads_per_run": each,
              "runs": rows}
     return ScratchSide(curve, baseline_metrics)
-
-
-def scratch_curve(setup: Setup, cfg: BaselineParams, pool_ids: Sequence[str], pool_labels: Sequence[int],
-                  val_ids: Sequence[str], budgets: Sequence[int], seeds: Sequence[int], majority: float) -> dict:
-    """The curve alone (:func:`scratch_side` without the baseline), for studies and tests."""
-    return scratch_side(setup, cfg, pool_ids, pool_labels, val_ids, budgets, seeds, majority).curve
 
 
 def curve_metrics(curve: dict, wall_seconds: float) -> dict:

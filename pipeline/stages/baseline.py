@@ -81,16 +81,17 @@ def run(params: Params, args: Args) -> dict:
     seed_everything(common.seed)
     manifest = read_manifest(dataset)
     pool = train_in_budget(manifest, dataset)
+    pool_ids = pool["id"].tolist()
     setup = Setup(dataset, read_architecture(args.architecture), read_classes(dataset), common.image_size,
                   params.train, select_device(common.device), Path(args.checkpoints), common.num_workers)
-    baseline = BaselineJob(setup, params.baseline, common.seed, pool["id"].tolist(),
+    baseline = BaselineJob(setup, params.baseline, common.seed, pool_ids,
                            int((manifest["split"] == "val").sum()),
                            TrainingOutputs(args.model_dir, args.metrics, args.history, args.plot, args.live),
                            {"common": common.model_dump(), "train": params.train.model_dump(),
                             "baseline": params.baseline.model_dump()})
     curve_setup = replace(setup, image_size=cfg.image_size or common.image_size, checkpoints=None)
     majority = majority_accuracy(manifest.loc[manifest["split"] == "test", "label_idx"])
-    side = scratch_side(curve_setup, params.baseline, pool["id"].tolist(), pool["label_idx"].tolist(),
+    side = scratch_side(curve_setup, params.baseline, pool_ids, pool["label_idx"].tolist(),
                         curve_val_ids(manifest, cfg.val_per_class, common.seed), cfg.budgets, cfg.seeds, majority,
                         baseline)
     metrics = curve_metrics(side.curve, time.perf_counter() - started)

@@ -5,8 +5,8 @@ batches uses two threads little better than one (EfficientNet-Lite0 at 64 px, ba
 2-core development machine), so two runs at once, one thread each, finish the curve about twice as fast
 as one after the other on two threads. Each worker gets ``threads // workers`` threads (at least one),
 where ``threads`` is the stage's share of the machine (pipeline/common/threads.py, applied to torch when the
-stage started): the runs split the stage's cores and never ask for more. A job may be given more (the scratch
-baseline takes the threads the others leave); every job sets its own count as it starts, so a run's count never
+stage started): the runs split the stage's cores and never ask for more. The first job may take the threads the
+others leave (the scratch baseline does); every job sets its own count as it starts, so a run's count never
 depends on which worker ran it, and its log lines carry its name (runs side by side write to one log).
 
 Workers are spawned, not forked (a fork after torch started its thread pools can deadlock), and stay in
@@ -53,14 +53,15 @@ def _start_worker(threads: int, level: str) -> None:
 
 
 class _RunName(logging.Filter):
-    """Puts a pooled run's name before each of its log lines."""
+    """Puts a pooled run's name before each of its log lines (once, however many handlers the line passes)."""
 
     def __init__(self, name: str):
         super().__init__()
         self.prefix = f"[{name.replace('%', '%%')}] "
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.prefix + str(record.msg)
+        if not getattr(record, "run_named", False):
+            record.msg, record.run_named = self.prefix + str(record.msg), True
         return True
 
 
@@ -78,7 +79,7 @@ def _run_job(fn: Callable[[J], R], job: J, name: str, threads: int) -> R:
 
 
 def run_in_workers(fn: Callable[[J], R], jobs: Sequence[J], device: torch.device, names: Sequence[str],
-                   threads: int | None = None, job_threads: Sequence[int | None] | None = None) -> list[R]:
+                   threads: int | None = None, first_takes_rest: bool = False) -> list[R]:
     """``[fn(job) for job in jobs]``, the jobs spread over worker processes (:func:`worker_plan`).
 
     Args:
@@ -87,22 +88,23 @@ def run_in_workers(fn: Callable[[J], R], jobs: Sequence[J], device: torch.device
         device: where the runs train (an accelerator runs them here, one at a time).
         names: one display name per job, for the log and for the error of a failed run.
         threads: the threads to share (default: this process's ``torch.get_num_threads()``).
-        job_threads: the first jobs' threads where they get more than a worker's share (None or missing: the
-            share); the caller keeps the sum within ``threads``. Unused where the jobs run in this process.
+        first_takes_rest: the first job (the longest) runs on the threads the other workers leave, not on one
+            worker's share (unused where the jobs run in this process, on every thread).
     Returns:
         The results, in the order of ``jobs``.
     Raises:
         RuntimeError: a run failed (its name and error; the runs not started are cancelled).
     """
-    workers, each = worker_plan(len(jobs), threads or torch.get_num_threads(), device)
+    threads = threads or torch.get_num_threads()
+    workers, each = worker_plan(len(jobs), threads, device)
     if workers == 1:
         return [fn(job) for job in jobs]
     log.info("%d runs on %d worker processes, %d thread(s) each", len(jobs), workers, each)
     level = logging.getLevelName(logging.getLogger("tlops").getEffectiveLevel())
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(each, level)) as pool:
-        given = list(job_threads or []) + [None] * (len(jobs) - len(job_threads or []))
-        futures = [pool.submit(_run_job, fn, job, name, count or each) for job, name, count in zip(jobs, names, given)]
+        counts = [threads - (workers - 1) * each if i == 0 and first_takes_rest else each for i in range(len(jobs))]
+        futures = [pool.submit(_run_job, fn, job, name, count) for job, name, count in zip(jobs, names, counts)]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [(name, f) for name, f in zip(names, futures) if f in done and f.exception() is not None]
         if failed:
