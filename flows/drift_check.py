@@ -21,7 +21,8 @@ from prefect.runtime import flow_run
 
 from flows.limits import run_time_limit
 from flows.parameters import DriftCheckParameters
-from flows.retrain import RETRY_POLICY, announce, notify_on_failure, prune_on_failure, publish, run_stage, version
+from flows.retrain import (RETRY_POLICY, announce, notify_on_failure, prune_on_failure, publish, retrying, run_stage,
+                           version)
 from pipeline.common.threads import job
 from pipeline.config import Params, load_params
 from pipeline.project import find_root, main_checkout
@@ -94,10 +95,12 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
     # a champion promoted outside a versioned run has no tag: check against the current checkout then
     workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD", overrides))
     for stage in ("shift", "drift"):
-        run_stage(str(project), name, stage)
-    predicted = predict_current(str(project), name)
-    version(str(project), name, f"drift check {name} against champion {champion['version']}")
-    verdict, text = drift_summary(workspace, champion["version"], publish(str(workspace), name))
+        retrying(run_stage, params.orchestrate)(str(project), name, stage)
+    predicted = retrying(predict_current, params.orchestrate)(str(project), name)
+    retrying(version, params.orchestrate)(str(project), name,
+                                          f"drift check {name} against champion {champion['version']}")
+    verdict, text = drift_summary(workspace, champion["version"],
+                                  retrying(publish, params.orchestrate)(str(workspace), name))
     announce(workspace, name, kinds=("drift.detected",))  # the champion's own metrics may be checked out too
     create_markdown_artifact(text, key="drift-check-summary", description=f"drift check {name}")
     create_table_artifact([{"class": label, "images": count} for label, count in predicted["predicted_classes"].items()]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging.loggers import flow_run_logger
@@ -32,7 +32,7 @@ from pipeline.runs.publish import publish_reports
 from pipeline.runs.summary import headline_table, model_card, promotion_checks, render_summary, stage_metrics
 from pipeline.runs.workspace import RunWorkspace, prune_runs, release_run
 
-__all__ = ["retrain", "RETRY_POLICY", "notify_on_failure", "prune_on_failure", "announce"]
+__all__ = ["retrain", "RETRY_POLICY", "retrying", "notify_on_failure", "prune_on_failure", "announce"]
 
 
 def _only_transient(task, task_run, state) -> bool:
@@ -40,8 +40,14 @@ def _only_transient(task, task_run, state) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientError)
 
 
-RETRY_POLICY = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
-                 retry_condition_fn=_only_transient, cache_policy=NO_CACHE)
+# the waits here are the param's default; a run takes its project's (:func:`retrying`)
+RETRY_POLICY = dict(retries=3, retry_condition_fn=_only_transient, cache_policy=NO_CACHE,
+                    retry_delay_seconds=exponential_backoff(OrchestrateParams().retry_backoff_s))
+
+
+def retrying(stage_task: Task, orchestrate: OrchestrateParams) -> Task:
+    """``stage_task`` retried after ``orchestrate.retry_backoff_s`` seconds, then twice and four times that."""
+    return stage_task.with_options(retry_delay_seconds=exponential_backoff(orchestrate.retry_backoff_s))
 
 
 @task(name="prepare-run", cache_policy=NO_CACHE)
@@ -149,11 +155,12 @@ def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters
     with training_slot(orchestrate, f"retrain run {name}"), job(f"retrain run {name}"):
         workspace = prepare(project, name, overrides)
         chain = built_stages(Path(workspace))
-        stages = [run_stage(project, name, stage) for stage in chain if stage != "promote"]
-        sha = version(project, name, f"run {name}: {reason}")
+        stage_task, version_task = retrying(run_stage, orchestrate), retrying(version, orchestrate)
+        stages = [stage_task(project, name, stage) for stage in chain if stage != "promote"]
+        sha = version_task(project, name, f"run {name}: {reason}")
         if "promote" in chain:  # after the commit, tag and push: a champion never points at data not yet pushed
-            stages.append(run_stage(project, name, "promote"))
-            sha = version(project, name, f"run {name}: promotion decision")
+            stages.append(stage_task(project, name, "promote"))
+            sha = version_task(project, name, f"run {name}: promotion decision")
     summary = render_summary(Path(workspace), name=name, reason=reason, overrides=overrides,
                              stages=stages, commit=sha)
     create_markdown_artifact(summary, key="retrain-summary", description=f"run {name}")
@@ -165,7 +172,7 @@ def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters
     checks = promotion_checks(Path(workspace))
     if checks:
         create_table_artifact(checks, key="promotion-checks", description=f"the blessing of run {name}'s candidate")
-    for label, link in publish(workspace, name):
+    for label, link in retrying(publish, orchestrate)(workspace, name):
         create_link_artifact(link, link_text=label, description=f"{label} of run {name}")
     announce(Path(workspace), name)
     release_run(Path(project), name)  # finished: it counts toward keep_runs as the newest of them

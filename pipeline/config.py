@@ -436,6 +436,9 @@ class OrchestrateParams(Section):
     push_backoff_s: float = Field(2.0, ge=0, description="seconds before the first push retry; doubles each time")
     push_backoff_max_s: float = Field(60, ge=0, description="longest wait between two push attempts; the waits "
                                                            "together stay within command_timeout_s")
+    retry_backoff_s: float = Field(5.0, ge=0, le=3600, description="seconds before a flow retries a stage (or a "
+                                                                   "push, an upload) killed or failed on a "
+                                                                   "transient error; doubles each time")
     keep_runs: int = Field(5, ge=1, description="run worktrees kept, finished and failed, newest first; older ones "
                                                 "are removed after each run (their tags and DVC versions stay)")
     # how fast a stage computes (its numbers only through rounding, as another machine would): here, where no stage

@@ -77,6 +77,7 @@ def faulty_run(tmp_path_factory, s3_endpoint):
     params["promote"]["registry"] = f"s3://{BUCKET}/registry"
     params["freeze"]["epochs"] = 3  # a checkpoint to resume from, and epochs after it
     params["orchestrate"]["push_backoff_s"] = 0.5
+    params["orchestrate"]["retry_backoff_s"] = 0.5  # the three killed stages are retried at once
     params["orchestrate"]["reports_store"] = f"s3://{BUCKET}/reports"  # reports uploaded and linked
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = [sys.executable, "-m", "dvc", "remote"]

@@ -6,15 +6,16 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 
 import pytest
 from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.parameters import RetrainParameters
-from flows.retrain import RETRY_POLICY, retrain
+from flows.retrain import RETRY_POLICY, retrain, retrying, run_stage
 from pipeline.common.errors import TransientError
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, OrchestrateParams
 from pipeline.runs.notify import WEBHOOK_ENV, emit, failure_event
 from pipeline.runs.workspace import StageFailed
 
@@ -47,6 +48,30 @@ def _flaky(first_error: Exception):
 def test_transient_failure_is_retried():
     run, calls = _flaky(TransientError("S3 said SlowDown"))
     assert run() == 2 and len(calls) == 2
+
+
+def test_the_waits_before_retries_come_from_params_and_double():
+    assert retrying(run_stage, OrchestrateParams(retry_backoff_s=0.5)).retry_delay_seconds == [0.5, 1.0, 2.0]
+    assert retrying(run_stage, OrchestrateParams()).retry_delay_seconds == [5, 10, 20]  # params.yaml's default
+    assert run_stage.retry_delay_seconds == [5, 10, 20]  # outside a run too
+
+
+def test_a_retry_waits_what_the_params_say():
+    calls: list[float] = []
+
+    @task(**RETRY_POLICY)
+    def stage() -> int:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise TransientError("killed")
+        return len(calls)
+
+    @flow
+    def one_stage() -> int:
+        return retrying(stage, OrchestrateParams(retry_backoff_s=1.5))()
+
+    assert one_stage() == 2
+    assert 1.5 <= calls[1] - calls[0] < 5  # not the default 5 s
 
 
 def test_bad_data_is_not_retried():
