@@ -1,64 +1,122 @@
-"""End to end, no mocks: a real `prefect server`, the deployments served, runs started over the API.
+"""End to end, no mocks: a real `prefect server`, the deployments served, runs started over the API, all on S3,
+with the first run's processes killed for real at the worst moments.
 
-One module-scoped project copy with tiny params (32 px, one candidate, one epoch) is served; the
-tests then start runs the way the dashboard does (POST create_flow_run) and check what a user would
+One module-scoped tiny project copy (32 px, one candidate) reads its images from S3, pushes to an S3 DVC
+remote, registers in an S3 registry and uploads its reports to `orchestrate.reports_store` (a real moto server
+on loopback), with distinctive temporary S3 credentials (key id, secret and session token) in the environment.
+It is served; the tests start runs the way the dashboard does (POST create_flow_run) and check what a user would
 see: artifacts, the registry, git tags + DVC state, the dashboard itself in headless Chromium, and the
-drift-triggered retrain.
+drift-triggered retrain. During the first run:
+- the fine-tune process is SIGKILLed from outside mid-epoch, once its first checkpoint exists;
+- the evaluate stage is SIGKILLed after its metrics and figures, before its HTML report;
+- the promote stage is SIGKILLed right after the champion pointer moved, before its decision is written.
+The flow must retry each stage, the fine-tune must resume from its checkpoint and end where an uninterrupted
+fine-tune ends, and afterwards: one valid champion (that run's), whole objects only on the remote, whole
+reports, and the credentials in no log, artifact, report, params file, Prefect parameter or git object.
+(The faults ride on the served chain rather than a chain of their own: one tiny chain fewer in the suite.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
 
 from flows.server import PrefectServer, free_port
+from pipeline.common.faults import KILL_AT_ENV, KILL_FLAGS_ENV
 from pipeline.models import LoadedModel
 from pipeline.models.export import exported_logits, load_torchscript, onnx_session
+from pipeline.registry import open_registry
 from pipeline.runs.notify import WEBHOOK_ENV
 from tests.conftest import ROOT, copy_project
 from tests.support.flowruns import artifacts, finish, prefect_api, start, stop_service, wait_for
+from tests.support.s3server import make_client
 from tests.support.tiny import make_tiny_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the whole chain, killed and retried, then more runs
 OUTPUT = ROOT / "test-output"
+BUCKET = "e2e"
+# made up at each run, so that the values are nowhere in the project's own files (this one included)
+KEY_ID, SECRET = "ASIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+TOKEN = "IQoJb3JpZ2luX2VjE" + secrets.token_urlsafe(60)  # temporary credentials carry a session token
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": TOKEN}
+
+
+def _on_s3(project: Path, work: Path, endpoint: str):
+    """Move the tiny project's images, DVC remote, registry and reports to a bucket; the S3 client."""
+    client = make_client(endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    for path in sorted((work / "tiny-digits").rglob("*.png")):
+        client.upload_file(str(path), BUCKET, f"images/{path.relative_to(work / 'tiny-digits').as_posix()}")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["source"]["location"] = f"s3://{BUCKET}/images"
+    params["promote"]["registry"] = f"s3://{BUCKET}/registry"
+    params["freeze"]["epochs"] = 3  # a checkpoint to resume from, and epochs after it
+    params["orchestrate"].update(push_backoff_s=0.5, retry_backoff_s=0.5,  # the killed stages are retried at once
+                                 reports_store=f"s3://{BUCKET}/reports")  # reports uploaded and linked
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = [sys.executable, "-m", "dvc", "remote"]
+    subprocess.run([*dvc, "add", "--local", "-f", "-d", "store", f"s3://{BUCKET}/dvc"], cwd=project, check=True)
+    subprocess.run([*dvc, "modify", "--local", "store", "endpointurl", endpoint], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "on S3"], cwd=project,
+                   check=True)
+    return client
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A tiny project copy, a Prefect server, and `python -m flows.deploy` serving its deployments."""
+def served(tmp_path_factory, s3_endpoint):
+    """A tiny project copy on S3, a Prefect server, and `python -m flows.deploy` serving its deployments, with
+    the temporary credentials in the environment and the evaluate and promote stages set to be killed once."""
     work = tmp_path_factory.mktemp("e2e")
     # runs here use other seeds, so other splits: 30% test keeps every class in the blessing's evidence
-    project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote", ingest={"test_fraction": 0.3})
+    project = make_tiny_project(copy_project(work / "project"), work / "unused-remote", ingest={"test_fraction": 0.3})
+    client = _on_s3(project, work, s3_endpoint)
+    flags = work / "kill-flags"
+    flags.mkdir()
+    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
+    os.environ.update({**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint})  # for the tests' own boto3 and dvc calls
     server = PrefectServer(work / "prefect").start()
     log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
     events = _EventReceiver()  # the runs' events (pipeline/runs/notify.py), POSTed as a team's webhook gets them
     # the runner looks for runs to start every second instead of every 10 (Prefect's default): a test waits for
-    # each of its five runs to be picked up
+    # each of its runs to be picked up
     serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project,
-                               env={**server.env(), WEBHOOK_ENV: events.url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+                               env={**server.env(), WEBHOOK_ENV: events.url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+                                    KILL_AT_ENV: "evaluate.report,promote.swapped", KILL_FLAGS_ENV: str(flags)},
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = prefect_api(server.api_url)
     try:
         wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
                   f"deployments never appeared; see {work / 'serve.log'}")
-        yield {"project": project, "server": server, "api": api, "work": work, "events": events.received}
+        yield {"project": project, "server": server, "api": api, "work": work, "events": events.received,
+               "client": client, "flags": flags, "registry": open_registry(f"s3://{BUCKET}/registry", project)}
     finally:
         events.close()
         stop_service(serving, 30)
         server.stop()
         api.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _EventReceiver(http.server.ThreadingHTTPServer):
@@ -88,14 +146,46 @@ def _summary(api: httpx.Client, run_id: str) -> str:
     return next(a["data"] for a in artifacts(api, run_id) if a["key"] in {"retrain-summary", "drift-check-summary"})
 
 
+def _kill_finetune_mid_epoch(project: Path, killed: list[int], stop: threading.Event) -> None:
+    """Watch for the run's first fine-tune checkpoint, then SIGKILL the `tlops finetune` process working in the
+    run's worktree (only that one: another test, or a `make run`, may be fine-tuning on this machine meanwhile)."""
+    runs = str(project / "runs") + os.sep
+    while not stop.is_set():
+        for _checkpoint in (project / "runs").glob("*/checkpoints/finetune/last.pt"):
+            for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+                cmdline = proc.info["cmdline"] or []
+                if ("finetune" in cmdline and any(part.endswith("tlops") for part in cmdline[:2])
+                        and (proc.info["cwd"] or "").startswith(runs)):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def first_run(served):
-    run_id = start(served["api"], "retrain", "retrain-on-demand",
-                    {"parameters": {"seed": 1, "extra": {"evaluate.ece_bins": 10}}, "reason": "started from the API"})
-    return finish(served["api"], run_id)
+    """The first run, started from the API, its fine-tune killed mid-epoch (and evaluate and promote killed at
+    their kill points); its flow run's record plus the killed pids under "killed"."""
+    killed: list[int] = []
+    stop = threading.Event()
+    threading.Thread(target=_kill_finetune_mid_epoch, args=(served["project"], killed, stop), daemon=True).start()
+    try:
+        run_id = start(served["api"], "retrain", "retrain-on-demand",
+                        {"parameters": {"seed": 1, "extra": {"evaluate.ece_bins": 10}},
+                         "reason": "started from the API"})
+        return {**finish(served["api"], run_id), "killed": killed}
+    finally:
+        stop.set()
 
 
-def test_on_demand_run_versions_promotes_and_reports(served, first_run):
+@pytest.fixture(scope="module")
+def registered(served, first_run) -> tuple[dict, Path]:
+    """The first run's champion record and its version's files, fetched from the S3 registry."""
+    record = served["registry"].champion()
+    return record, served["registry"].model_dir(record["version"], served["work"] / "fetched")
+
+
+def test_on_demand_run_versions_promotes_and_reports(served, first_run, registered):
     project, api = served["project"], served["api"]
     summary = _summary(api, first_run["id"])
     for expected in ("started from the API", "Chosen model**: efficientnet_lite0", "Freeze plan", "Transfer verdict",
@@ -112,11 +202,11 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     assert committed["common"]["seed"] == 1 and committed["evaluate"]["ece_bins"] == 10
     assert yaml.safe_load((project / "params.yaml").read_text())["common"]["seed"] == 0  # only that run
 
-    champion = json.loads((project / "registry" / "champion.json").read_text())
+    champion, version = registered
     assert champion["run_tag"] == tag
     promoted = [e for e in served["events"] if e["event"] == "model.promoted" and e["run"] == champion["version"]]
     assert promoted and promoted[0]["version"] == champion["version"] and promoted[0]["decision"] == "promoted"
-    assert (project / "registry" / "versions" / champion["version"] / "card.json").is_file()
+    assert (version / "card.json").is_file()
 
     # the tag alone restores the run: fresh clone, dvc pull, nothing left to re-run
     clone = served["work"] / "restore"
@@ -132,14 +222,13 @@ def test_on_demand_run_versions_promotes_and_reports(served, first_run):
     for name, runner in (("onnx", onnx_session(clone / "models" / "serving")),
                          ("torchscript", load_torchscript(clone / "models" / "serving"))):
         assert abs(exported_logits(name, runner, images) - reference).max() < 1e-3, name
-    assert (project / "registry" / "versions" / champion["version"] / "model.onnx").is_file()
+    assert (version / "model.onnx").is_file()
 
 
-def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, first_run):
+def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, first_run, registered):
     project, api = served["project"], served["api"]
     card = next(a["data"] for a in artifacts(api, first_run["id"]) if a["key"] == "model-card")
-    champion = json.loads((project / "registry" / "champion.json").read_text())
-    version = project / "registry" / "versions" / champion["version"]
+    champion, version = registered
     # the registry keeps the card with the version (the blessing is its decision.json); the artifact adds it
     registered = (version / "model_card.md").read_text()
     assert card.startswith(registered) and "## Promotion checks" in card[len(registered):]
@@ -175,6 +264,60 @@ def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, f
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(scope["model"](images), LoadedModel.load(version).network(images), atol=1e-5)
+
+
+def test_the_flow_retries_each_killed_stage_and_completes(served, first_run):
+    assert first_run["killed"], "the fine-tune was never killed: the test proved nothing"
+    assert sorted(p.name for p in served["flags"].iterdir()) == ["evaluate.report", "promote.swapped"]
+    summary = _summary(served["api"], first_run["id"])
+    assert "| finetune | ran (attempt 2, resuming at phase" in summary, summary  # resumed, not started over
+    for stage in ("evaluate", "promote"):
+        assert f"| {stage} | ran (attempt 2" in summary, summary
+    for stage in ("ingest", "baseline"):
+        assert re.search(rf"^\| {stage} \| ran \| [0-9.]+ \|$", summary, re.MULTILINE), summary
+
+
+def test_the_resumed_fine_tune_ends_where_an_uninterrupted_one_ends(served, registered):
+    workspace = served["project"] / "runs" / registered[0]["version"]
+    resumed = json.loads((workspace / "results/finetune/metrics.json").read_text())
+    again = served["work"] / "uninterrupted"
+    cmd = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]["finetune"]["cmd"].split()
+    for flag, name in (("--model-dir", "model"), ("--metrics", "metrics.json"), ("--history", "history.csv"),
+                       ("--plot", "curves.png"), ("--checkpoints", "checkpoints")):
+        cmd[cmd.index(flag) + 1] = str(again / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLOPS_")}
+    subprocess.run([str(Path(sys.executable).with_name("tlops")), *cmd[1:]], cwd=workspace, check=True, env=env,
+                   capture_output=True)
+    uninterrupted = json.loads((again / "metrics.json").read_text())
+    assert resumed["epochs_run"] == uninterrupted["epochs_run"] >= 2
+    for key in ("best_epoch", "val_accuracy", "test_accuracy"):
+        assert resumed[key] == uninterrupted[key], key
+    assert resumed["val_loss"] == pytest.approx(uninterrupted["val_loss"], rel=1e-5)
+
+
+def test_one_valid_champion_whole_objects_and_whole_reports(served, registered):
+    champion, version = registered
+    client, workspace = served["client"], served["project"] / "runs" / champion["version"]
+    assert served["registry"].versions() == [champion["version"]]
+    decision = json.loads((workspace / "results/promote/decision.json").read_text())
+    assert decision["promoted"] is True and decision["version"] == champion["version"]  # the killed attempt promoted
+    kept = "finetuned" if decision["candidate"] == "finetuned" else "baseline"
+    local = json.loads((workspace / "models" / kept / "card.json").read_text())
+    assert json.loads((version / "card.json").read_text())["state_dict_sha256"] == local["state_dict_sha256"]
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="dvc/")
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    assert keys
+    for key in keys:  # DVC names objects by the md5 of their content
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert hashlib.md5(body).hexdigest() == "".join(key.split("/")[-2:]).removesuffix(".dir"), key
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=workspace, capture_output=True,
+                            text=True)
+    assert "in sync" in status.stdout, status.stdout + status.stderr
+    report = (workspace / "reports/evaluate/report.html").read_text()
+    assert report.rstrip().endswith("</html>")
+    metrics = json.loads((workspace / "results/evaluate/metrics.json").read_text())
+    assert metrics["verdict"] in report
+    assert not list(workspace.rglob("*.tlops-previous*")) and not list(workspace.rglob("*.tmp"))
 
 
 def test_dashboard_shows_deployment_and_run(served, first_run):
@@ -334,3 +477,35 @@ def test_a_scheduled_drift_check_reads_the_newest_served_batch_once(served, firs
         assert json.loads((project / "served-samples" / batch / CHECKED).read_text()) == record
     finally:
         params_file.write_text(committed)
+
+
+def _every(api: httpx.Client, path: str) -> list[dict]:
+    """Every record a Prefect filter endpoint holds, page by page (it answers at most 200 at a time)."""
+    found: list[dict] = []
+    while page := api.post(path, json={"limit": 200, "offset": len(found)}).raise_for_status().json():
+        found += page
+    return found
+
+
+def test_the_credentials_are_in_no_file_log_artifact_parameter_or_git_object(served, first_run):
+    """Last in the module: every run above (the killed and retried one, the drift checks, the triggered retrain)
+    has left its files, logs and artifacts by now."""
+    project, api = served["project"], served["api"]
+    needles = [KEY_ID.encode(), SECRET.encode(), TOKEN.encode()]
+    leaks = [str(path) for path in project.rglob("*") if path.is_file() and not path.is_symlink()
+             and any(n in path.read_bytes() for n in needles)]
+    assert not leaks, f"credentials written to {leaks}"
+    objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"], cwd=project, capture_output=True,
+                             check=True).stdout
+    assert objects and not any(n in objects for n in needles), "credentials in a git object"
+    runs, logs, stored = (_every(api, path) for path in ("/flow_runs/filter", "/logs/filter", "/artifacts/filter"))
+    prefect = json.dumps([runs, logs, stored])
+    assert "started from the API" in prefect and len(runs) >= 4 and logs  # the Prefect records were read
+    assert KEY_ID not in prefect and SECRET not in prefect and TOKEN not in prefect, (
+        "credentials in a Prefect log, artifact or parameter")
+    # the reports went to reports_store, and their links (no read-only signer configured) are plain locations;
+    # Prefect stores a link artifact as markdown "[label](link)"
+    links = [m[1] for a in artifacts(api, first_run["id"])
+             if (m := re.fullmatch(r"\[[^\]]+\]\((.+)\)", str(a["data"])))]
+    assert links and all(link.startswith(f"s3://{BUCKET}/reports/") for link in links), links
+    assert served["client"].list_objects_v2(Bucket=BUCKET, Prefix="reports/")["KeyCount"] >= len(links)
