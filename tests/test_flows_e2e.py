@@ -90,33 +90,30 @@ def served(tmp_path_factory, s3_endpoint):
     client = _on_s3(project, work, s3_endpoint)
     flags = work / "kill-flags"
     flags.mkdir()
-    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update({**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint})  # for the tests' own boto3 and dvc calls
-    server = PrefectServer(work / "prefect").start()
-    log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
-    events = _EventReceiver()  # the runs' events (pipeline/runs/notify.py), POSTed as a team's webhook gets them
-    # the runner looks for runs to start every second instead of every 10 (Prefect's default): a test waits for
-    # each of its runs to be picked up
-    serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project,
-                               env={**server.env(), WEBHOOK_ENV: events.url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-                                    KILL_AT_ENV: "evaluate.report,promote.swapped", KILL_FLAGS_ENV: str(flags)},
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = prefect_api(server.api_url)
-    try:
-        wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
-                  f"deployments never appeared; see {work / 'serve.log'}")
-        yield {"project": project, "server": server, "api": api, "work": work, "events": events.received,
-               "client": client, "flags": flags, "registry": open_registry(f"s3://{BUCKET}/registry", project)}
-    finally:
-        events.close()
-        stop_service(serving, 30)
-        server.stop()
-        api.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # the credentials for the tests' own boto3 and dvc calls, and for what the server and runs inherit
+    with pytest.MonkeyPatch.context() as environment:
+        for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+            environment.setenv(key, value)
+        server = PrefectServer(work / "prefect").start()
+        log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
+        events = _EventReceiver()  # the runs' events (pipeline/runs/notify.py), POSTed as a team's webhook gets them
+        # the runner looks for runs to start every second instead of every 10 (Prefect's default): a test waits for
+        # each of its runs to be picked up
+        serving = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project,
+                                   env={**server.env(), WEBHOOK_ENV: events.url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+                                        KILL_AT_ENV: "evaluate.report,promote.swapped", KILL_FLAGS_ENV: str(flags)},
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        api = prefect_api(server.api_url)
+        try:
+            wait_for(lambda: api.get("/deployments/name/retrain/retrain-on-demand").status_code == 200, 120,
+                      f"deployments never appeared; see {work / 'serve.log'}")
+            yield {"project": project, "server": server, "api": api, "work": work, "events": events.received,
+                   "client": client, "flags": flags, "registry": open_registry(f"s3://{BUCKET}/registry", project)}
+        finally:
+            events.close()
+            stop_service(serving, 30)
+            server.stop()
+            api.close()
 
 
 class _EventReceiver(http.server.ThreadingHTTPServer):
@@ -230,8 +227,8 @@ def test_the_model_card_holds_the_runs_numbers_and_its_load_lines_work(served, f
     card = next(a["data"] for a in artifacts(api, first_run["id"]) if a["key"] == "model-card")
     champion, version = registered
     # the registry keeps the card with the version (the blessing is its decision.json); the artifact adds it
-    registered = (version / "model_card.md").read_text()
-    assert card.startswith(registered) and "## Promotion checks" in card[len(registered):]
+    kept_card = (version / "model_card.md").read_text()
+    assert card.startswith(kept_card) and "## Promotion checks" in card[len(kept_card):]
     assert "| references | yes |" in card and "**promoted**" in card
     worktree = project / "runs" / champion["version"]
     metrics = json.loads((worktree / "results" / "evaluate" / "metrics.json").read_text())
@@ -285,8 +282,8 @@ def test_the_resumed_fine_tune_ends_where_an_uninterrupted_one_ends(served, regi
     for flag, name in (("--model-dir", "model"), ("--metrics", "metrics.json"), ("--history", "history.csv"),
                        ("--plot", "curves.png"), ("--checkpoints", "checkpoints")):
         cmd[cmd.index(flag) + 1] = str(again / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TLOPS_")}
-    subprocess.run([str(Path(sys.executable).with_name("tlops")), *cmd[1:]], cwd=workspace, check=True, env=env,
+    # the kill points are set in the serving process only: this run goes uninterrupted
+    subprocess.run([str(Path(sys.executable).with_name("tlops")), *cmd[1:]], cwd=workspace, check=True,
                    capture_output=True)
     uninterrupted = json.loads((again / "metrics.json").read_text())
     assert resumed["epochs_run"] == uninterrupted["epochs_run"] >= 2
