@@ -124,6 +124,7 @@ class ValidateSeverities(Section):
     decodes: Severity = "critical"
     labels_match_classes: Severity = "critical"
     min_images_per_class: Severity = "critical"
+    min_images_per_split: Severity = "critical"
     class_imbalance: Severity = "critical"
     min_classes: Severity = "critical"
     row_count: Severity = "critical"
@@ -152,6 +153,8 @@ class ValidateParams(Section):
     min_rows: int = Field(20, ge=0, description="fewest images in the dataset")
     max_rows: int = Field(10_000_000, ge=1, description="most images in the dataset")
     min_images_per_class: int = Field(5, ge=1, description="fewest train images of any class")
+    min_images_per_split: int = Field(5, ge=1, description="fewest images in val and in test (early stopping, the "
+                                                           "verdict and the export check rest on them)")
     min_classes: int = Field(2, ge=2, description="fewest classes with images (a classifier needs two)")
     max_class_imbalance: float = Field(10.0, ge=1, description="largest class / smallest class, at most")
     min_side: int = Field(8, ge=1, description="smallest width or height, pixels")

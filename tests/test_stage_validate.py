@@ -127,15 +127,35 @@ def test_quarantine_excludes_lists_and_counts(tmp_path, capsys, max_fraction, pa
 def test_a_single_class_fails_the_gate_on_min_classes(tmp_path, capsys):
     # every per-class check passes on one class; select used to be the first to fail on it, much later
     items = [item for item in _clean_items() if item.label == "cat"]
-    code, out = _validate(tmp_path, items, ["cat"], "validate.min_rows=5")
+    code, out = _validate(tmp_path, items, ["cat"], "validate.min_rows=5", "validate.min_images_per_split=2")
     assert code == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["failed_critical"] == ["min_classes"]
     check = metrics["checks"]["min_classes"]
     assert check["observed"] == 1 and check["threshold"] == "2 <= distinct values of class_label"
     assert "min_classes (1)" in capsys.readouterr().err.strip().splitlines()[-1]
-    code, _ = _validate(tmp_path / "two", _clean_items()[:20], ["cat", "dog"], "validate.min_rows=5")
+    code, _ = _validate(tmp_path / "two", _clean_items()[:20], ["cat", "dog"], "validate.min_rows=5",
+                        "validate.min_images_per_split=2")
     assert code == 0
+
+
+def test_an_evaluation_split_too_small_fails_the_gate_naming_the_ingest_fraction(tmp_path, capsys):
+    # the splits are a hash of each image: 42 images at test_fraction 0.15 once left one test image, and the
+    # run failed at export, ten stages later
+    items = [item for item in _clean_items() if item.split == "train"] + [
+        next(item for item in _clean_items() if item.split == "test")]
+    code, out = _validate(tmp_path, items, CLASSES[:3], "validate.min_rows=5")
+    assert code == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["failed_critical"] == ["min_images_per_split"]
+    check = metrics["checks"]["min_images_per_split"]
+    assert check["offending"] == ["split 'val': no images (ingest.val_fraction)",
+                                  "split 'test': 1 image(s) (ingest.test_fraction)"]
+    assert check["threshold"] == "split_label has each of {val, test}; 5 <= split_n_images"
+    assert "min_images_per_split (split 'val': no images" in capsys.readouterr().err.strip().splitlines()[-1]
+    code, _ = _validate(tmp_path / "lower", items, CLASSES[:3], "validate.min_rows=5",
+                        "validate.min_images_per_split=1", "validate.severity.min_images_per_split=warning")
+    assert code == 0  # a warning is reported, the gate passes
 
 
 def test_every_check_has_expectations_with_its_configured_severity():

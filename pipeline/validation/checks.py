@@ -13,8 +13,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["SPLITS", "add_leak_columns", "add_class_columns", "hamming_partners", "class_table", "kept"]
+__all__ = ["SPLITS", "EVALUATION_SPLITS", "add_leak_columns", "add_class_columns", "add_split_columns",
+           "hamming_partners", "class_table", "kept"]
 SPLITS = ("train", "val", "test")
+EVALUATION_SPLITS = ("val", "test")  # what early stopping, the verdict and the export check are measured on
 _PAIRS_PER_BLOCK = 2_000_000  # hash pairs compared per step (about 18 MB of temporaries)
 
 
@@ -138,4 +140,25 @@ def add_class_columns(profile: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFr
     out["class_label"] = first["label"].reindex(out.index)
     out["class_n_train"] = pd.Series(first["label"].map(by_label["n_train"]), dtype="Int64").reindex(out.index)
     out["class_ratio_to_largest"] = first["label"].map(by_label["ratio_to_largest"]).reindex(out.index)
+    return out
+
+
+def add_split_columns(profile: pd.DataFrame) -> pd.DataFrame:
+    """Add the size of each evaluation split GX checks, on one row per split (its first kept image).
+
+    The splits are cut on a hash of each image, not stratified: a small set can leave val or test with one
+    image or none, and the stages after validate would measure on that.
+
+    Args:
+        profile: the profile table.
+    Returns:
+        A copy with ``split_label`` (its distinct values are the evaluation splits with kept images) and
+        ``split_n_images`` (the kept images of that split).
+    """
+    out = profile.copy(deep=False)
+    rows = out[kept(out) & out["split"].isin(EVALUATION_SPLITS)]
+    first = rows.drop_duplicates("split")
+    out["split_label"] = first["split"].reindex(out.index)
+    out["split_n_images"] = pd.Series(first["split"].map(rows["split"].value_counts()),
+                                      dtype="Int64").reindex(out.index)
     return out

@@ -21,14 +21,16 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from pipeline.common.logs import get_logger
 from pipeline.config import ValidateParams, ValidateSeverities
+from pipeline.validation.checks import EVALUATION_SPLITS
 
 __all__ = ["CheckResult", "CHECK_NAMES", "build_expectations", "run_suite", "DOCS_DIR"]
 log = get_logger(__name__)
 DOCS_DIR = "data_docs"
 MAX_OFFENDING = 20
 CHECK_NAMES = tuple(ValidateSeverities.model_fields)  # one severity per check, in report order
-# Class-level checks report the offending classes, leak checks the partner file too.
+# Class-level checks report the offending classes, split-level ones the splits, leak checks the partner file too.
 _CLASS_CHECKS = {"min_images_per_class", "class_imbalance"}
+_SPLIT_CHECKS = {"min_images_per_split"}
 _PARTNER_COLUMNS = {"no_leak_sha256": "leak_sha256_with", "no_leak_phash": "leak_phash_with",
                     "no_label_conflict": "label_conflict_with"}
 
@@ -69,6 +71,9 @@ def build_expectations(cfg: ValidateParams, classes: list[str]) -> dict[str, lis
                                  gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes)],
         "min_images_per_class": [gxe.ExpectColumnValuesToBeBetween(column="class_n_train",
                                                                    min_value=cfg.min_images_per_class)],
+        "min_images_per_split": [
+            gxe.ExpectColumnDistinctValuesToContainSet(column="split_label", value_set=list(EVALUATION_SPLITS)),
+            gxe.ExpectColumnValuesToBeBetween(column="split_n_images", min_value=cfg.min_images_per_split)],
         "class_imbalance": [gxe.ExpectColumnValuesToBeBetween(column="class_ratio_to_largest",
                                                               min_value=1.0 / cfg.max_class_imbalance)],
         # one class passes every per-class check, yet no classifier can be trained on it
@@ -189,18 +194,28 @@ def _merge(check: CheckResult, result: Any, table: pd.DataFrame) -> None:
         checked = details["element_count"] - int(details.get("missing_count") or 0)
         check.observed.append(f"{details.get('unexpected_count', 0)} of {checked} values unexpected")
     check.unexpected_count += int(details.get("unexpected_count") or 0)
-    offending = [f"class {label!r}: no images" for label in details.get("partial_missing_list", [])]
+    offending = [_missing(check.name, value) for value in details.get("partial_missing_list", [])]
     offending += _describe_rows(check.name, details.get("partial_unexpected_index_list") or [], table)
     check.offending = list(dict.fromkeys(check.offending + offending))[:MAX_OFFENDING]
     if not result.success and result.exception_info and result.exception_info.get("raised_exception"):
         check.observed.append(f"error: {result.exception_info.get('exception_message')}")
 
 
+def _missing(check: str, value: Any) -> str:
+    """An expected class or split without images; a split names the ingest param that sizes it."""
+    if check in _SPLIT_CHECKS:
+        return f"split {value!r}: no images (ingest.{value}_fraction)"
+    return f"class {value!r}: no images"
+
+
 def _describe_rows(check: str, indices: list[Any], table: pd.DataFrame) -> list[str]:
-    """Name the offending rows: their files (with the partner file for leaks), or their classes."""
+    """Name the offending rows: their files (with the partner file for leaks), their classes or their splits."""
     rows = table.loc[[i for i in indices if i in table.index]]
     if check in _CLASS_CHECKS:
         return [f"class {label!r}" for label in dict.fromkeys(rows["label"])]
+    if check in _SPLIT_CHECKS:
+        return [f"split {row.split_label!r}: {row.split_n_images} image(s) (ingest.{row.split_label}_fraction)"
+                for row in rows.itertuples()]
     partner = _PARTNER_COLUMNS.get(check)
     names = []
     for _, row in rows.iterrows():
