@@ -208,8 +208,16 @@ class LoadedModel:
         """In-memory upright RGB PIL images (pipeline.data.images.decode_rgb) as preprocessed (inputs, 0) batches."""
         transform = self.preprocessing.transform()
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            yield torch.stack([transform(image) for image in chunk]), torch.zeros(len(chunk), dtype=torch.long)
+            yield from self.input_batches([transform(image) for image in images[start:start + batch_size]],
+                                          batch_size)
+
+    @staticmethod
+    def input_batches(inputs: Sequence[torch.Tensor], batch_size: int = 64) -> Iterator[tuple[torch.Tensor,
+                                                                                            torch.Tensor]]:
+        """Inputs already preprocessed (``preprocessing.transform()`` of each image) as (inputs, 0) batches."""
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            yield torch.stack(list(chunk)), torch.zeros(len(chunk), dtype=torch.long)
 
     def predict_images(self, images: Sequence[Image.Image]) -> tuple[list[str], np.ndarray]:
         """Classify upright RGB PIL images: (class names, probabilities)."""

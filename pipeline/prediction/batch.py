@@ -3,12 +3,13 @@ validation gate would refuse.
 
 The batch is any source location read without labels, with the ``source`` settings (a folder at any depth, a
 .csv/.parquet table, an ``s3://`` prefix; a class folder or a label column is kept as ``label`` when present),
-or a dataset folder written by ingest or shift (the drift check's current set). Each image is profiled as the
-gate profiles it (pipeline/validation/profile.py) and checked against the gate's per-image rules in
-``params.validate``: it must decode, and its width, height and mode must be within bounds. A rule of severity
+or a dataset folder written by ingest or shift (the drift check's current set). Each image is decoded once, as
+the gate decodes it (pipeline/validation/profile.py ``admit_image``), and checked against the gate's per-image
+rules in ``params.validate``: it must decode, and its width, height and mode must be within bounds. A rule of severity
 ``critical`` refuses the image (``status`` refused, ``reason`` says which rule and the value); a ``warning``
 one is noted in ``warning``. An unreadable or refused file is one row, never the end of the batch. Images go
-through the model's own preprocessing, as in evaluation, so a test image gets the evaluate stage's prediction.
+through the model's own preprocessing, as in evaluation, so a test image gets the evaluate stage's prediction;
+only that small input is kept until its forward pass, never the decoded photo.
 
 Outputs, in ``--out``: ``predictions.parquet`` and ``predictions.csv`` (one row per image: id (the first
 16 hex digits of the file's sha256), source, label, status, reason, warning, predicted, confidence, the
@@ -18,7 +19,6 @@ classes, refusals, images/s).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +26,17 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.common.device import select_device
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.logs import get_logger, progress
 from pipeline.config import Params
-from pipeline.data.images import decode_rgb
 from pipeline.data.shards import MANIFEST, iter_records
 from pipeline.data.sources import open_source
 from pipeline.models import LoadedModel
 from pipeline.prediction.models import ModelRef
-from pipeline.validation.profile import ProfileSettings, image_refusal, profile_image
+from pipeline.validation.profile import ProfileSettings, admit_image, image_refusal
 
 __all__ = ["BatchImage", "read_batch", "predict_batch", "PREDICTIONS"]
 log = get_logger(__name__)
@@ -85,19 +85,21 @@ def predict_batch(images: Iterable[BatchImage], model_ref: ModelRef, params: Par
     model = LoadedModel.load(model_ref.directory, select_device(params.common.device))
     k = max(1, min(top_k, len(model.classes)))
     settings = ProfileSettings(max_pixels=params.validate_.max_pixels, stats_max_side=params.validate_.stats_max_side)
+    transform = model.preprocessing.transform()
     rows: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], bytes]] = []
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # (row, the model's input): a few KB, not a photo
     seconds, started = 0.0, time.perf_counter()
     for image in progress(images, "predict", unit="image"):
-        row = {"id": hashlib.sha256(image.data).hexdigest()[:16] if image.data is not None else "",
-               "source": image.source, "label": image.label, "status": "refused", "reason": image.error,
+        row = {"id": "", "source": image.source, "label": image.label, "status": "refused", "reason": image.error,
                "warning": None}
         rows.append(row)
         if image.data is None:
             continue
-        row["reason"], row["warning"] = image_refusal(profile_image(image.data, settings), params.validate_)
-        if row["reason"] is None:
-            pending.append((row, image.data))
+        admitted, rgb = admit_image(image.data, settings)
+        row["id"] = admitted["sha256"][:16]
+        row["reason"], row["warning"] = image_refusal(admitted, params.validate_)
+        if row["reason"] is None:  # it decoded (else the refusal says so): rgb is the image
+            pending.append((row, transform(rgb)))
         if len(pending) >= _CHUNK:
             seconds += _classify(model, pending, k, batch_size)
             pending = []
@@ -114,16 +116,17 @@ def predict_batch(images: Iterable[BatchImage], model_ref: ModelRef, params: Par
     return summary
 
 
-def _classify(model: LoadedModel, pending: list[tuple[dict[str, Any], bytes]], k: int, batch_size: int) -> float:
+def _classify(model: LoadedModel, pending: list[tuple[dict[str, Any], torch.Tensor]], k: int,
+              batch_size: int) -> float:
     """Fill the rows' predictions in place; returns the seconds spent in forward passes."""
-    pictures = [decode_rgb(data) for _, data in pending]
-    probs, _, per_second = model.predict(model.image_batches(pictures, batch_size), desc=f"{model.name} forward")
+    inputs = [x for _, x in pending]
+    probs, _, per_second = model.predict(model.input_batches(inputs, batch_size), desc=f"{model.name} forward")
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     for (row, _), ranked, p in zip(pending, order, probs):
         row.update(status="predicted", predicted=model.classes[ranked[0]], confidence=float(p[ranked[0]]),
                    **{f"class_{j + 1}": model.classes[c] for j, c in enumerate(ranked)},
                    **{f"prob_{j + 1}": float(p[c]) for j, c in enumerate(ranked)})
-    return len(pictures) / per_second
+    return len(inputs) / per_second
 
 
 def _frame(rows: list[dict[str, Any]], k: int, model_ref: ModelRef, sha256: str) -> pd.DataFrame:
