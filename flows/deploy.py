@@ -3,7 +3,7 @@
 - retrain-scheduled: the retrain flow on a cron schedule (params `orchestrate.retrain_cron`);
   overlapping runs of it are cancelled, not queued, so a slow run never piles up behind itself.
 - retrain-on-demand: the retrain flow, started from the dashboard's Run button with a parameter form.
-- drift-check: daily; checks the newest batch against the champion and starts retrain on drift.
+- drift-check: daily; checks what was served since the last check against the champion and starts retrain on drift.
 Every retrain run also holds the one slot of the global concurrency limit `orchestrate.concurrency_limit`,
 so a scheduled and an on-demand run never train at once.
 
@@ -64,7 +64,7 @@ def build_deployments(project: Path) -> list:
                               description="Retrain now; fields left empty keep params.yaml's values.", **common),
         drift_check.to_deployment("drift-check", concurrency_limit=one_at_a_time,
                                   schedules=[CronSchedule(cron=orchestrate.drift_cron, timezone=orchestrate.timezone)],
-                                  description="Drift test of the newest batch against the champion; retrains on drift.",
+                                  description="Drift test of the newest images against the champion; retrains on it.",
                                   **common),
     ]
 

@@ -1,9 +1,10 @@
-"""The `drift-check` flow: test the newest batch against the champion; start `retrain` on drift.
+"""The `drift-check` flow: test the newest images against the champion; start `retrain` on drift.
 
 It works in a worktree made from the champion's own run tag, so the reference data and the model are
 exactly the champion's; then it makes the current set (the batch the form names; else, with
-``serve.sample_store`` set, the newest batch of what ``tlops serve`` sampled that no check has read, marked
-checked once this one has; else the domain-shift set),
+``serve.sample_store`` set, every batch ``tlops serve`` sampled that no check has read, newest first up to
+``serve.sample_check_max_images`` images, each marked checked once this check has read it (older ones marked
+superseded); else the domain-shift set),
 runs the drift stage through DVC, saves the champion's predictions on that batch (`tlops predict`), and
 when drift is detected starts the retrain deployment params.yaml names, with the reason attached.
 """
@@ -29,12 +30,14 @@ from pipeline.project import find_root, main_checkout
 from pipeline.registry import open_registry
 from pipeline.common.run_names import run_name
 from pipeline.runs.summary import drift_summary
-from pipeline.runs.workspace import RunWorkspace, release_run
-from pipeline.serving.samples import mark_checked, next_batch
+from pipeline.runs.workspace import RunWorkspace, release_run, runs_root
+from pipeline.serving.samples import (SampledBatch, listing_roots, mark_checked, unchecked_batches,
+                                      write_listing)
 
 __all__ = ["drift_check"]
 CURRENT_SET = "data/current"  # dvc.yaml: the shift stage's output, the batch the drift stage checks
 PREDICTIONS_DIR = "predictions"  # in the run's worktree (git-ignored)
+SERVED_LISTING = "served-batches.csv"  # in the run's worktree (untracked): the images of several served batches
 
 
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
@@ -59,7 +62,8 @@ def predict_current(project: str, name: str) -> dict[str, Any]:
 @flow(name="drift-check", log_prints=True, on_failure=[notify_on_failure, prune_on_failure],
       on_crashed=[notify_on_failure])
 def drift_check(parameters: DriftCheckParameters = DriftCheckParameters()) -> dict[str, Any]:  # noqa: B008 (Prefect builds the deployment's parameter schema from this default)
-    """Check the newest batch for drift against the champion; start retrain when it drifted.
+    """Check the newest images (a batch, what was served since the last check) for drift against the champion;
+    start retrain when it drifted.
 
     The whole check keeps within ``orchestrate.flow_timeout_s`` (flows/limits.py).
     """
@@ -85,15 +89,16 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
     logger = get_run_logger()
     overrides = parameters.overrides(project / "params.yaml")
     store = params.serve.sample_store if not parameters.batch_source else None  # a form's batch comes first
-    served = next_batch(store, main_checkout(project)) if store else None
-    if store and served is None:
+    served, superseded = (unchecked_batches(store, main_checkout(project), params.serve.sample_check_max_images)
+                          if store else ([], []))
+    if store and not served:
         print(f"No served batch left to check in {store}: nothing new since the last check.")
         return {"drift_detected": None, "reason": "no new served batch"}
-    if served is not None:
-        logger.info("checking %d image(s) the service sampled: %s", served.images, served.location)
-        overrides["shift.source"] = served.location  # params.yaml's store, not a form value
+    listing = _read_served(project, params, name, served, superseded, overrides)  # params.yaml's store, not a form's
     # a champion promoted outside a versioned run has no tag: check against the current checkout then
     workspace = Path(prepare(str(project), name, champion.get("run_tag") or "HEAD", overrides))
+    if listing is not None:
+        logger.info("%d distinct image(s) listed in %s", write_listing(served, listing), listing)
     for stage in ("shift", "drift"):
         retrying(run_stage, params.orchestrate)(str(project), name, stage)
     predicted = retrying(predict_current, params.orchestrate)(str(project), name)
@@ -107,9 +112,13 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
                           + [{"class": "(refused)", "images": predicted["refused"]}], key="drift-check-predictions",
                           description=f"the champion's predictions on the batch checked by {name}: "
                                       f"{Path(workspace) / PREDICTIONS_DIR}")
-    if served is not None:  # read and checked: the next check takes a newer batch
-        mark_checked(store, main_checkout(project), served.name,
+    for batch in served:  # read and checked: the next check takes newer batches
+        mark_checked(store, main_checkout(project), batch.name,
                      {"run": name, "champion": champion["version"], "drift_detected": verdict["drift_detected"]})
+    for batch in superseded:
+        mark_checked(store, main_checkout(project), batch.name,
+                     {"run": name, "superseded": f"not read: {sum(b.images for b in served)} newer image(s) filled "
+                                                 "serve.sample_check_max_images"})
     started = None
     if verdict["drift_detected"] and parameters.retrain_on_drift:
         reason = f"drift detected by drift check {name}: {verdict['reason']}"
@@ -119,3 +128,26 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
                                  parameters={"parameters": parameters.retrain.model_dump(), "reason": reason})
         print(f"Started {target} as flow run {started.name} ({started.id}).")
     return {**verdict, "run": name, "retrain_flow_run": str(started.id) if started else None}
+
+
+def _read_served(project: Path, params: Params, name: str, served: list[SampledBatch],
+                 superseded: list[SampledBatch], overrides: dict[str, Any]) -> Path | None:
+    """Point the check's ``shift.source`` at the served batches: one batch's own location, or a table of the images
+    of several (returned: it is written once the worktree exists); None when no batch is served."""
+    if not served:
+        return None
+    logger = get_run_logger()
+    logger.info("checking %d image(s) the service sampled in %d batch(es): %s", sum(b.images for b in served),
+                len(served), ", ".join(b.name for b in served))
+    if superseded:
+        logger.warning("%d older batch(es) of %d image(s) left unread (superseded): more than "
+                       "serve.sample_check_max_images = %d images were waiting", len(superseded),
+                       sum(b.images for b in superseded), params.serve.sample_check_max_images)
+    if len(served) == 1:
+        overrides["shift.source"] = served[0].location
+        return None
+    listing = runs_root(project) / name / SERVED_LISTING
+    overrides["shift.source"] = str(listing)
+    if roots := listing_roots(served):  # a local store: the table's paths lie outside the worktree
+        overrides["source.allowed_roots"] = [*params.source.allowed_roots, *roots]
+    return listing

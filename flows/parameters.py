@@ -65,8 +65,9 @@ class DriftCheckParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_source: str | None = Field(None, description="the newest batch to check (any source location); "
-                                                       "empty = the domain-shift set made from the test split")
+    batch_source: str | None = Field(None, description="a batch to check (any source location); empty = the "
+                                                       "served batches no check has read (serve.sample_store), "
+                                                       "else the domain-shift set made from the test split")
     retrain_on_drift: bool = Field(True, description="start the retrain deployment params.yaml names "
                                                      "(orchestrate.drift_retrain_deployment) when drift is detected")
     retrain: RetrainParameters = Field(default_factory=RetrainParameters,

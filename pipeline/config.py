@@ -405,11 +405,14 @@ class ServeParams(Section):
                                                             "for the drift check (0: off; refused images never)")
     sample_store: str | None = Field(None, min_length=1,
                                      description="folder (relative to the main checkout) or s3://bucket/prefix "
-                                                 "of the sampled batches; the drift-check flow takes the newest "
-                                                 "batch not yet checked from it")
+                                                 "of the sampled batches; the drift-check flow reads every batch "
+                                                 "not yet checked from it")
     sample_batch_images: int = Field(200, ge=1, description="a sampled batch is closed at this many images ...")
     sample_batch_s: float = Field(3600, gt=0, description="... or once its first image is this many seconds old "
                                                           "(and when the service stops)")
+    sample_check_max_images: int = Field(5000, ge=1, description="a drift check reads the unchecked batches newest "
+                                                                 "first up to this many images (the newest batch "
+                                                                 "whole); older ones are marked superseded, unread")
     auth_env: str = Field("TLOPS_SERVE_AUTH", pattern=r"^[A-Z_][A-Z0-9_]*$",
                           description="environment variable holding 'user:password': /predict and /metrics then "
                                       "need HTTP basic auth (/health and /ready stay open for probes)")

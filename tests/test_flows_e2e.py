@@ -443,35 +443,43 @@ def _serving(port: int) -> bool:
         return False
 
 
-def test_a_scheduled_drift_check_reads_the_newest_served_batch_once(served, first_run):
-    """With serve.sample_store set, the check reads what `tlops serve` sampled (here written by its SampleWriter),
-    marks the batch checked, and the next check finds nothing new."""
+def test_a_scheduled_drift_check_reads_every_served_batch_once(served, first_run):
+    """With serve.sample_store set, the check reads what `tlops serve` sampled (here written by its SampleWriter):
+    both batches waiting, as one current set (an image sent in both counted once), marks each checked, and the
+    next check finds nothing new."""
     from pipeline.serving.samples import CHECKED, SampleWriter
 
     project, api = served["project"], served["api"]
     params_file = project / "params.yaml"
     committed = params_file.read_text()
     writer = SampleWriter("served-samples", project, rate=1.0, batch_images=1000, batch_s=3600, seed=0)
-    for path in sorted((served["work"] / "tiny-digits").rglob("*.png"))[:40]:  # the training source's images
-        writer.offer(path.read_bytes(), "PNG", {"predicted": path.parent.name, "confidence": 0.9,
-                                                "model_version": "champion"})
-    batch = writer.flush()
+    images = sorted((served["work"] / "tiny-digits").rglob("*.png"))[:40]  # the training source's images
+    batches = []
+    for part in (images[:25], images[15:]):
+        if batches:
+            time.sleep(1.1)  # batch names hold the second they closed
+        for path in part:
+            writer.offer(path.read_bytes(), "PNG", {"predicted": path.parent.name, "confidence": 0.9,
+                                                    "model_version": "champion"})
+        batches.append(writer.flush())
     params = yaml.safe_load(committed)
     params.setdefault("serve", {})["sample_store"] = "served-samples"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         checked = finish(api, start(api, "drift-check", "drift-check", {"parameters": {"retrain_on_drift": False}}))
-        record = json.loads((project / "served-samples" / batch / CHECKED).read_text())
-        assert checked["name"] in record["run"]
+        records = [json.loads((project / "served-samples" / batch / CHECKED).read_text()) for batch in batches]
+        record = records[0]
+        assert all(checked["name"] in r["run"] for r in records) and records[1] == record
         assert isinstance(record["drift_detected"], bool)
         worktree = next(p for p in (project / "runs").iterdir() if record["run"] in p.name)
         current = pd.read_parquet(worktree / "data" / "current" / "manifest.parquet")
-        assert len(current) == 40 and (current["label"] == "").all()  # the served images, unlabelled
+        assert len(current) == 40 and (current["label"] == "").all()  # the served images, unlabelled, each once
+        assert set(current["corruption"]) == {"batch:served-batches"}
 
         again = start(api, "drift-check", "drift-check", {"parameters": {"retrain_on_drift": False}})
         finish(api, again)
         assert not [a for a in artifacts(api, again) if a["key"] == "drift-check-summary"]  # nothing new: no check
-        assert json.loads((project / "served-samples" / batch / CHECKED).read_text()) == record
+        assert [json.loads((project / "served-samples" / b / CHECKED).read_text()) for b in batches] == records
     finally:
         params_file.write_text(committed)
 

@@ -29,15 +29,19 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.common.io import read_json
+from pipeline.config import validate_params
+from pipeline.data.sources import open_source
 from pipeline.evaluation.assess import shift_ids
 from pipeline.models.preprocess import Preprocessing
 from pipeline.registry import open_registry
 from pipeline.serving.batching import Batcher, QueueFull
 from pipeline.serving.metrics import ServeMetrics
 from pipeline.serving.runtime import ServedModel
-from pipeline.serving.samples import BATCH_CARD, SampleWriter, mark_checked, next_batch
+from pipeline.serving.samples import (BATCH_CARD, CHECKED, SampleWriter, SampledBatch, listing_roots, mark_checked,
+                                      unchecked_batches, write_listing)
 from tests.support.drift_chain import build_chain, run_drift
-from tests.support.photos import write_photo_folder
+from tests.support import badimages as bad
+from tests.support.photos import photo_crops, write_photo_folder
 from tests.support.s3server import make_client
 from tests.support.served import write_bundle
 
@@ -212,7 +216,7 @@ def test_refusals_auth_limits_and_sampling(photos, bundles, predicted, tmp_path)
             assert row["confidence"] == pytest.approx(predicted.loc[row["id"], "confidence"], abs=ATOL)
         metrics = client.get("/metrics").text
         deadline = time.monotonic() + 20
-        while next_batch(str(store), ROOT) is None and time.monotonic() < deadline:
+        while not _unchecked(store, ROOT) and time.monotonic() < deadline:
             time.sleep(0.2)
     for line in ('tlops_serve_refusals_total{rule="decodes"} 4.0',
                  'tlops_serve_refusals_total{rule="mode_convertible"} 1.0',
@@ -221,8 +225,8 @@ def test_refusals_auth_limits_and_sampling(photos, bundles, predicted, tmp_path)
                  'tlops_serve_sampled_images_total 4.0', "tlops_serve_model_info{"):
         assert line in metrics, line
 
-    batch = next_batch(str(store), ROOT)
-    assert batch is not None and Path(batch.location).parent == store
+    [batch] = _unchecked(store, ROOT)
+    assert Path(batch.location).parent == store
     files = sorted(p.name for p in Path(batch.location).iterdir())
     card = read_json(Path(batch.location) / BATCH_CARD)
     kept = {row["id"] for row in card["rows"]}
@@ -232,18 +236,28 @@ def test_refusals_auth_limits_and_sampling(photos, bundles, predicted, tmp_path)
     assert card["model_versions"] == [str(bundles["v1"])]
 
 
+def _unchecked(store: str | Path, base: Path) -> list[SampledBatch]:
+    """The batches the next drift check reads, with no cap on their images."""
+    return unchecked_batches(str(store), base, max_images=10**9)[0]
+
+
+def _sampled(writer: SampleWriter, images: list[bytes]) -> str:
+    """Offer ``images`` (every one kept at rate 1) and close the batch; its name."""
+    for data in images:
+        writer.offer(data, "PNG", {"predicted": "x", "confidence": 0.5, "model_version": "run-a"})
+    return writer.flush()
+
+
 @pytest.mark.slow
-def test_sampled_batch_is_what_the_drift_stage_checks(photos, tmp_path):
-    """A batch as the service writes it (unlabelled, its card beside the images) is read by shift as the
-    current set and checked by drift; once marked checked, the next batch is the one after it."""
+def test_sampled_batches_are_what_the_drift_stage_checks(photos, tmp_path):
+    """A batch as the service writes it (unlabelled, its card beside the images) is read by shift as the current
+    set and checked by drift; once marked checked, no check reads it again. Two batches waiting are read as one
+    set through a table of their images, an image sent in both counted once."""
     store = tmp_path / "samples"
     writer = SampleWriter(str(store), ROOT, rate=1.0, batch_images=100, batch_s=3600, seed=0)
-    for path in sorted(photos.rglob("*.png")):
-        writer.offer(path.read_bytes(), "PNG", {"predicted": path.parent.name, "confidence": 0.5,
-                                                "model_version": "run-a"})
-    name = writer.flush()
-    batch = next_batch(str(store), ROOT)
-    assert batch.name == name and batch.images == 18
+    name = _sampled(writer, [path.read_bytes() for path in sorted(photos.rglob("*.png"))])
+    [batch] = _unchecked(store, ROOT)
+    assert batch.name == name and batch.images == 18 and len(batch.files) == 18
 
     chain = build_chain(tmp_path / "chain", photos, batch=Path(batch.location))
     current = pd.read_parquet(chain["current"] / "manifest.parquet")
@@ -254,7 +268,20 @@ def test_sampled_batch_is_what_the_drift_stage_checks(photos, tmp_path):
     assert (tmp_path / "drift" / "reports").is_dir()
 
     mark_checked(str(store), ROOT, batch.name, {"run": "drift-check-x", "drift_detected": True})
-    assert next_batch(str(store), ROOT) is None
+    assert _unchecked(store, ROOT) == []
+    time.sleep(1.1)  # batch names hold the second they closed
+    crops = [data for name in ("chelsea", "brick") for data in photo_crops(name, 5, np.random.default_rng(4), 32)]
+    older = _sampled(writer, crops[:6])
+    time.sleep(1.1)
+    newer = _sampled(writer, crops[3:])  # three of the older batch's images sent again
+    waiting = _unchecked(store, ROOT)
+    assert [b.name for b in waiting] == [older, newer] and [b.images for b in waiting] == [6, 7]
+    listing = tmp_path / "listing" / "served-batches.csv"
+    assert write_listing(waiting, listing) == 10 and listing_roots(waiting) == [str(store)]
+    several = build_chain(tmp_path / "several", photos, batch=listing, allowed_roots=listing_roots(waiting))
+    current = pd.read_parquet(several["current"] / "manifest.parquet")
+    assert len(current) == 10 and current["id"].is_unique and set(current["label_idx"]) == {-1}
+    assert set(current["corruption"]) == {"batch:served-batches"}
     with pytest.raises(ValueError, match="without a label"):  # evaluate scores accuracy: it refuses the batch
         shift_ids(chain["current"])
 
@@ -314,8 +341,8 @@ def test_promotion_during_a_stream_swaps_once_without_a_failed_request(store, ph
         assert versions[0] == first and versions[-1] == second and switches == 1, versions
     assert ready["model_version"] == second and ready["ready"]
     answered = {images[(j * 3 + client) % len(images)] for client, seen in answers.items() for j in range(len(seen))}
-    batch = next_batch(samples, ROOT)  # written as the service stopped
-    assert batch is not None and batch.images == len(answered)
+    [batch] = _unchecked(samples, ROOT)  # written as the service stopped
+    assert batch.images == len(answered)
 
 
 @pytest.mark.slow
@@ -355,9 +382,42 @@ def test_a_served_batch_is_written_whole_and_never_holds_a_refused_image(tmp_pat
     assert writer.ready()
     first = writer.flush()
     assert writer.flush() is None and not writer.ready()  # nothing left open
-    batch = next_batch("store", tmp_path)
+    [batch] = _unchecked("store", tmp_path)
     assert batch.name == first and batch.images == sum(kept)
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "store").iterdir())
+
+
+def test_a_check_reads_the_newest_batches_up_to_its_cap_and_the_older_ones_are_superseded(tmp_path):
+    writer = SampleWriter("store", tmp_path, rate=1.0, batch_images=100, batch_s=3600, seed=0)
+    names = []
+    for i in range(3):
+        if i:
+            time.sleep(1.1)  # batch names hold the second they closed
+        names.append(_sampled(writer, [bytes([i, j]) * 10 for j in range(3)]))
+    read, superseded = unchecked_batches("store", tmp_path, max_images=7)
+    assert [b.name for b in read] == names[1:] and [b.name for b in superseded] == names[:1]
+    read, superseded = unchecked_batches("store", tmp_path, max_images=1)  # the newest is read whole, whatever the cap
+    assert [b.name for b in read] == names[2:] and [b.name for b in superseded] == names[:2]
+    mark_checked("store", tmp_path, names[2], {"run": "r"})
+    assert [b.name for b in unchecked_batches("store", tmp_path, max_images=7)[0]] == names[:2]
+    assert (tmp_path / "store" / names[2] / CHECKED).is_file()
+
+
+def test_a_listing_of_s3_batches_is_read_as_one_source(s3_endpoint, tmp_path, monkeypatch):
+    make_client(s3_endpoint).create_bucket(Bucket="listed")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    writer = SampleWriter("s3://listed/samples", tmp_path, rate=1.0, batch_images=100, batch_s=3600, seed=0)
+    images = [bad.good_png(seed) for seed in range(5)]
+    first = _sampled(writer, images[:3])
+    time.sleep(1.1)
+    second = _sampled(writer, images[2:])
+    waiting = unchecked_batches("s3://listed/samples", tmp_path, max_images=100)[0]
+    assert [b.name for b in waiting] == [first, second] and listing_roots(waiting) == []
+    assert write_listing(waiting, tmp_path / "served.csv") == 5
+    table = pd.read_csv(tmp_path / "served.csv")
+    assert table["uri"].str.startswith("s3://listed/samples/").all()
+    source = open_source(str(tmp_path / "served.csv"), validate_params({}).source, unlabelled=True)
+    assert sorted(record.data for record in source.records()) == sorted(images)
 
 
 def test_the_batcher_runs_whole_jobs_of_one_model_together_and_refuses_beyond_its_queue():

@@ -9,13 +9,16 @@ seconds, and when the service stops::
     <store>/<batch>/.batch.json                                         when, which model, its predictions
 
 A batch appears whole or not at all (a folder renamed into place; on S3 a completion marker written last), so
-the drift check never reads half of one. The drift-check flow takes the newest batch not yet checked
-(:func:`next_batch`) as the batch it checks, and marks it checked (:func:`mark_checked`) once it has been;
-the files whose names start with a dot are skipped by every image reader, so the batch reads as images only.
+the drift check never reads half of one. The drift-check flow reads every batch not yet checked
+(:func:`unchecked_batches`: newest first up to ``serve.sample_check_max_images``, the older ones superseded) as
+one current set (several through a table of their images, :func:`write_listing`), and marks each checked
+(:func:`mark_checked`) once it has been; the files whose names start with a dot are skipped by every image
+reader, so a batch reads as images only.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import random
@@ -27,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.common.io import write_bytes, write_json
+from pipeline.common.io import atomic_path, write_bytes, write_json
 from pipeline.common.logs import get_logger
 from pipeline.registry import open_store
 
-__all__ = ["SampleWriter", "SampledBatch", "check_store", "next_batch", "mark_checked", "BATCH_CARD", "CHECKED"]
+__all__ = ["SampleWriter", "SampledBatch", "check_store", "unchecked_batches", "write_listing", "listing_roots",
+           "mark_checked", "BATCH_CARD", "CHECKED"]
 log = get_logger(__name__)
 BATCH_CARD = ".batch.json"
 CHECKED = ".checked.json"
@@ -110,6 +114,11 @@ class SampledBatch:
     name: str
     location: str
     images: int
+    files: tuple[str, ...] = ()  # its image files, as its card lists them
+
+    def uri(self, file: str) -> str:
+        """Where an image source reads one of its files."""
+        return f"{self.location}/{file}" if "://" in self.location else str(Path(self.location) / file)
 
 
 def check_store(location: str, base: Path) -> None:
@@ -131,15 +140,44 @@ def check_store(location: str, base: Path) -> None:
         raise ValueError(f"serve.sample_store {location}: cannot write sampled batches to {where}: {err}") from err
 
 
-def next_batch(location: str, base: Path) -> SampledBatch | None:
-    """The newest whole batch of the store at ``location`` that no drift check has marked checked; None if none."""
+def unchecked_batches(location: str, base: Path, max_images: int
+                      ) -> tuple[list[SampledBatch], list[SampledBatch]]:
+    """The whole batches of the store at ``location`` that no drift check has marked checked, oldest first: those
+    the next check reads (the newest, then older ones while their images stay within ``max_images``) and the older
+    ones beyond (superseded: a check that fell behind reads what production sees now, not last month)."""
     store, where = open_store(location, base)
-    for name in reversed(store.list_dirs("")):
+    unread = []
+    for name in sorted(store.list_dirs("")):  # names start with the UTC time the batch closed
         if store.get_json(f"{name}/{CHECKED}") is None:
             card = store.get_json(f"{name}/{BATCH_CARD}") or {}
             uri = store.uri(name) if where.startswith("s3://") else str(Path(where) / name)
-            return SampledBatch(name, uri, int(card.get("images", 0)))
-    return None
+            unread.append(SampledBatch(name, uri, int(card.get("images", 0)),
+                                       tuple(row["file"] for row in card.get("rows", []))))
+    taken, images = 0, 0
+    for batch in reversed(unread):
+        if taken and images + batch.images > max_images:
+            break
+        taken, images = taken + 1, images + batch.images
+    cut = len(unread) - taken
+    return unread[cut:], unread[:cut]
+
+
+def write_listing(batches: list[SampledBatch], path: Path) -> int:
+    """A table (one ``uri`` column) of the images of ``batches``: the one source a check reads several batches
+    through. Each image once (the same bytes sent in two batches would otherwise weigh twice, as within one
+    batch); returns how many."""
+    uris = {file: batch.uri(file) for batch in batches for file in batch.files}
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["uri"])
+        writer.writerows([uri] for uri in uris.values())
+    return len(uris)
+
+
+def listing_roots(batches: list[SampledBatch]) -> list[str]:
+    """The local folders a listing of ``batches`` points into (none for S3): a table's local paths outside its own
+    folder are read only inside ``source.allowed_roots``."""
+    return sorted({str(Path(batch.location).parent) for batch in batches if "://" not in batch.location})
 
 
 def mark_checked(location: str, base: Path, batch: str, record: dict[str, Any]) -> None:
