@@ -45,8 +45,10 @@ def run_outputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _figures(classes: list[str], *, candidate: str = "finetuned", small_support: bool = False,
-             problem: str | None = None, shifted: float = 0.7, drift_warnings: tuple[str, ...] = ()) -> dict:
-    """evaluate's metrics, drift.json and export's metrics with the keys those stages write."""
+             problem: str | None = None, shifted: float = 0.7, drift_warnings: tuple[str, ...] = (),
+             unscored: str | None = None) -> dict:
+    """evaluate's metrics, drift.json and export's metrics with the keys those stages write; ``unscored``: the shift
+    set had no labels (why), as evaluate writes it then."""
     support = 3 if small_support else SMALL_CLASS
     per_class = {c: {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": support} for c in classes}
     model = {"accuracy": 0.9, "macro_f1": 0.88, "ece": 0.04, "per_class": per_class}
@@ -60,10 +62,13 @@ def _figures(classes: list[str], *, candidate: str = "finetuned", small_support:
         "full_labels": {"n": 30, "finetuned_accuracy": 0.9, "scratch_accuracy": 0.8, "test": "exact McNemar",
                         "p_value": 0.031, "finetuned_interval": interval, "scratch_interval": interval,
                         "baseline_problem": problem},
-        "shift": {"finetuned_interval": interval, "scratch_interval": interval},
+        "shift": {"finetuned_interval": interval, "scratch_interval": interval}, "shift_unscored": None,
         "robustness": {name: {"none": {"0": 0.9}, "gaussian_noise": {"3": min(0.5, shifted), "5": shifted}}
                        for name in (candidate, other)},
     }
+    if unscored:
+        evaluation.update(shift=None, shift_unscored=unscored, shift_accuracy={candidate: None, other: None},
+                          robustness={candidate: {}, other: {}})
     drift = {"reference": "the validation split", "n_reference": 40, "n_current": 60, "drift_detected": True,
              "p_value": 0.002, "rule": "permutation test on the embeddings, alpha 0.05",
              "descriptors_moved": ["brightness down"], "warnings": list(drift_warnings)}
@@ -122,6 +127,16 @@ def test_the_limitations_follow_the_figures(run_outputs, tmp_path):
     assert "Drift check at training time: only 12 current images." in card
     assert "Under corruption" not in card  # the shift set scored higher: nothing to warn about
     assert f"Inputs are resized to {SIZE}x{SIZE} px" in card
+
+
+def test_an_unlabelled_shift_set_is_said_not_measured(run_outputs, tmp_path):
+    reason = "60 of its 60 image(s) have no label (e.g. a.png): shift.source is an unlabelled batch"
+    assert _card(run_outputs, tmp_path, _figures(read_classes(run_outputs["dataset"]), unscored=reason)) == 0
+    card = (tmp_path / "card" / CARD_MD).read_text()
+    assert "| domain-shift set accuracy | not measured (unlabelled set) |" in card
+    assert f"## Robustness per corruption\nNot measured: the domain-shift set {reason}." in card
+    assert f"Robustness to corruption was not measured: the domain-shift set {reason}." in card
+    assert "| corruption | severity | accuracy |" not in card and "Under corruption" not in card
 
 
 def test_a_failed_gate_writes_no_card(run_outputs, tmp_path, capsys):

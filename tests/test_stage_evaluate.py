@@ -6,6 +6,7 @@ report's headline and its side-by-side numbers agree, random labels are never po
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from pipeline.cli import main as tlops
 from pipeline.config import Params, validate_params
-from pipeline.data.shards import read_classes, read_manifest, write_manifest
+from pipeline.data.shards import iter_records, read_classes, read_manifest, write_manifest
 from pipeline.evaluation.comparison import embed_splits, label_efficiency
 from pipeline.evaluation.references import majority_accuracy
 from pipeline.evaluation.scratch_curve import scratch_side
@@ -80,10 +81,9 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     return p
 
 
-@pytest.fixture(scope="module")
-def evaluated(chain) -> dict:
-    out = chain["work"] / "eval"
-    argv = ["evaluate", "--dataset", chain["dataset"], "--current", chain["current"], "--plan", chain["plan"],
+def _evaluate(chain: dict[str, Path], current: Path, out: Path) -> dict:
+    """`tlops evaluate` on the chain with ``current`` as the domain-shift set; its metrics."""
+    argv = ["evaluate", "--dataset", chain["dataset"], "--current", current, "--plan", chain["plan"],
             "--finetuned", chain["finetuned"], "--finetune-history", chain["work"] / "ft.csv",
             "--baseline", chain["baseline"], "--baseline-history", chain["work"] / "bl.csv",
             "--scratch-curve", chain["scratch_curve"], "--metrics", out / "metrics.json", "--plots", out / "plots",
@@ -91,13 +91,17 @@ def evaluated(chain) -> dict:
             "--validation", passed_gate(out)]
     cwd = Path.cwd()
     try:
-        import os
-
         os.chdir(ROOT)
         assert tlops([str(a) for a in argv] + [x for o in OVERRIDES for x in ("--set", o)]) == 0
     finally:
         os.chdir(cwd)
-    return {"metrics": json.loads((out / "metrics.json").read_text()), "out": out}
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def evaluated(chain) -> dict:
+    out = chain["work"] / "eval"
+    return {"metrics": _evaluate(chain, chain["current"], out), "out": out}
 
 
 def _intervals(obj, path=""):
@@ -155,6 +159,29 @@ def test_evaluate_writes_the_verdict_its_comparisons_and_a_report_that_agrees(ev
     assert f": {full['verdict']}." in headline
     missing = {k: v for k, v in flatten(metrics).items() if f">{fmt(v)}<" not in html}
     assert not missing, f"numbers of metrics.json missing from the report: {list(missing.items())[:5]}"
+
+
+@pytest.mark.timeout(1800)
+def test_an_unlabelled_shift_batch_is_left_out_of_the_verdict_and_said_so(chain):
+    """shift.source an unlabelled batch (what a service sampled): the drift stage checks it; evaluate decides the
+    verdict on the other comparisons, and its metrics, report and plots say the batch was not scored, and why."""
+    batch = chain["work"] / "served-batch"
+    batch.mkdir()
+    for i, (_, data) in zip(range(12), iter_records(chain["dataset"])):
+        (batch / f"{i:02d}.png").write_bytes(data)  # a flat folder: no labels
+    current = chain["work"] / "unlabelled-current"
+    shift.run(validate_params({**SMALL, "shift": {"source": str(batch)}}),
+              shift.Args(dataset=chain["dataset"], current=current, metrics=chain["work"] / "su.json",
+                         report_dir=chain["work"] / "rsu"))
+    out = chain["work"] / "eval-unlabelled"
+    metrics = _evaluate(chain, current, out)
+    assert metrics["shift"] is None and metrics["shift_unscored"].startswith("12 of its 12 image(s) have no label")
+    assert list(metrics["models"]) == ["test"] and set(metrics["shift_accuracy"].values()) == {None}
+    assert metrics["verdict"] in ("positive", "no_gain", "negative", "inconclusive") and metrics["verdict_reason"]
+    assert not (out / "plots" / "robustness.png").exists() and not (out / "plots" / "robustness.csv").exists()
+    html = (out / "report" / "report.html").read_text()
+    assert f"Not measured: the domain-shift set {metrics['shift_unscored']}" in html
+    assert "The domain-shift set is not compared: 12 of its 12" in html
 
 
 def test_evaluate_names_a_missing_input(chain, monkeypatch, capsys):

@@ -19,17 +19,19 @@ from pipeline.evaluation.robustness import robustness
 from pipeline.models import LoadedModel, Preprocessing
 from pipeline.models.inference import run_batches
 
-__all__ = ["shift_ids", "score", "explain", "attack_set"]
+__all__ = ["scorable_shift", "score", "explain", "attack_set"]
 
 
-def shift_ids(current_dir: str | os.PathLike) -> list[str]:
-    """Ids of every domain-shift image, in manifest order: the whole set, as drift scores it, so the
-    two stages report one "accuracy on the shifted set" (its size is set by ``shift.per_cell``).
+def scorable_shift(current_dir: str | os.PathLike) -> tuple[list[str], str | None]:
+    """Ids of every domain-shift image, in manifest order: the whole set, as drift scores it, so the two stages
+    report one "accuracy on the shifted set" (its size is set by ``shift.per_cell``); or none, with why the set
+    cannot be scored.
 
     Args:
         current_dir: the domain-shift dataset directory.
     Returns:
-        The ids.
+        (the ids, None), or ([], the reason): images without a label (``shift.source`` an unlabelled batch, such
+        as what a service sampled: drift checks it, but no accuracy can be known on it).
     """
     rows = read_manifest(current_dir)
     missing = [c for c in ("corruption", "severity") if c not in rows.columns]
@@ -38,15 +40,14 @@ def shift_ids(current_dir: str | os.PathLike) -> list[str]:
     unlabelled = rows.loc[rows["label_idx"] < 0]
     if not unlabelled.empty:
         example = unlabelled["source_path"].iloc[0]
-        raise ValueError(f"{current_dir}: {len(unlabelled)} image(s) without a label (e.g. {example}): "
-                         "shift.source is an unlabelled batch; drift checks read one, evaluate scores accuracy and "
-                         "needs a labelled batch (class folders, or a table with labels)")
-    return rows["id"].tolist()
+        return [], (f"{len(unlabelled)} of its {len(rows)} image(s) have no label (e.g. {example}): shift.source is "
+                    "an unlabelled batch, which drift checks but no accuracy can be measured on")
+    return rows["id"].tolist(), None
 
 
 def score(model: LoadedModel, name: str, dataset_dir: str | os.PathLike, current_dir: str | os.PathLike,
-          shift_ids: Sequence[str], classes: Sequence[str], ece_bins: int,
-          batch_size: int) -> tuple[dict, dict[str, np.ndarray]]:
+          shift_ids: Sequence[str] | None, classes: Sequence[str], ece_bins: int,
+          batch_size: int) -> tuple[dict, dict[str, np.ndarray | None]]:
     """Metrics of one model on the test split and on the domain-shift set, plus robustness.
 
     Args:
@@ -54,24 +55,28 @@ def score(model: LoadedModel, name: str, dataset_dir: str | os.PathLike, current
         name: its role in the comparison (progress labels).
         dataset_dir: the dataset (its test split is scored).
         current_dir: the domain-shift set.
-        shift_ids: the domain-shift images to score.
+        shift_ids: the domain-shift images to score; None: the set cannot be scored (:func:`scorable_shift`).
         classes: class names in label-index order.
         ece_bins: calibration bins.
         batch_size: images per forward pass.
     Returns:
         (``{"test": metrics, "shift": metrics, "robustness": {corruption: {severity: acc}}, "images_per_s",
         "classes_predicted"}``, per image whether the model is right: ``{"test": [...], "shift": [...]}``,
-        in the order of the test split and of ``shift_ids``, for paired comparisons).
+        in the order of the test split and of ``shift_ids``, for paired comparisons). Without ``shift_ids`` the
+        shift metrics and correctness are None and robustness is empty.
     """
     probs, labels, speed = model.predict(model.inputs(dataset_dir, "test"), batch_size=batch_size,
                                          desc=f"{name} test")
-    shift = model.inputs(current_dir, None, ids=shift_ids)
-    s_probs, s_labels, _ = model.predict(shift, batch_size=batch_size, desc=f"{name} shift")
-    scores = {"test": classification_metrics(probs, labels, classes, ece_bins),
-              "shift": classification_metrics(s_probs, s_labels, classes, ece_bins),
-              "robustness": robustness(shift.rows, s_probs, s_labels), "images_per_s": round(speed, 1),
-              "classes_predicted": int(np.unique(probs.argmax(1)).size)}
-    return scores, {"test": probs.argmax(1) == labels, "shift": s_probs.argmax(1) == s_labels}
+    scores = {"test": classification_metrics(probs, labels, classes, ece_bins), "shift": None, "robustness": {},
+              "images_per_s": round(speed, 1), "classes_predicted": int(np.unique(probs.argmax(1)).size)}
+    correct = {"test": probs.argmax(1) == labels, "shift": None}
+    if shift_ids is not None:
+        shift = model.inputs(current_dir, None, ids=shift_ids)
+        s_probs, s_labels, _ = model.predict(shift, batch_size=batch_size, desc=f"{name} shift")
+        scores.update(shift=classification_metrics(s_probs, s_labels, classes, ece_bins),
+                      robustness=robustness(shift.rows, s_probs, s_labels))
+        correct["shift"] = s_probs.argmax(1) == s_labels
+    return scores, correct
 
 
 def explain(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, show: Sequence[int],

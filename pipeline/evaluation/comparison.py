@@ -129,8 +129,8 @@ def assemble_metrics(parts: dict[str, Any], scores: dict, learning: dict, explai
     """Everything metrics.json holds (the report renders exactly this).
 
     Args:
-        parts: curve, full_labels, shift, references, labels_saved, recommended_model/_reason, budgets_skipped,
-            image_size, val_images.
+        parts: curve, full_labels, shift (None when the shift set has no labels), shift_unscored (why, or None),
+            references, labels_saved, recommended_model/_reason, budgets_skipped, image_size, val_images.
         scores: per model: test and shift metrics, robustness, images/s.
         learning: the fine-tuned and scratch learning curves.
         explained: per model: ideal inputs, adversarial pairs, FGSM.
@@ -148,15 +148,17 @@ def assemble_metrics(parts: dict[str, Any], scores: dict, learning: dict, explai
     return {
         "verdict": verdict, "verdict_reason": reason, "interval_method": INTERVAL_METHOD,
         "recommended_model": parts["recommended_model"], "recommended_reason": parts["recommended_reason"],
-        "full_labels": parts["full_labels"], "shift": parts["shift"], "references": parts["references"],
+        "full_labels": parts["full_labels"], "shift": parts["shift"], "shift_unscored": parts["shift_unscored"],
+        "references": parts["references"],
         "label_efficiency": {"budgets": curve["budgets"], "skipped": parts["budgets_skipped"],
                              "image_size": parts["image_size"], "val_images": parts["val_images"],
                              "transfer_weights_sha256": transfer_weights, "runs": curve["runs"]},
         "labels_saved": parts["labels_saved"],
         "time_saved": time_saved(learning["finetuned"], learning["scratch"]),
         "test_accuracy": {name: scores[name]["test"]["accuracy"] for name in MODELS},
-        "shift_accuracy": {name: scores[name]["shift"]["accuracy"] for name in MODELS},
-        "models": {split: {name: scores[name][split] for name in MODELS} for split in ("test", "shift")},
+        "shift_accuracy": {name: (scores[name]["shift"] or {}).get("accuracy") for name in MODELS},
+        "models": {split: {name: scores[name][split] for name in MODELS} for split in ("test", "shift")
+                   if scores["finetuned"][split] is not None},  # an unlabelled shift set has no metrics
         "robustness": {name: scores[name]["robustness"] for name in MODELS},
         "cost": _cost(models, scores, probe_seconds, len(classes)),
         "weights": {name: model.fingerprint() for name, model in models.items()},

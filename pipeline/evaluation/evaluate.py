@@ -21,10 +21,11 @@ import torch
 from pipeline.common.device import select_device
 from pipeline.common.faults import kill_point
 from pipeline.common.io import read_json, write_json
+from pipeline.common.logs import get_logger
 from pipeline.common.seeding import seed_everything
 from pipeline.config import BaselineParams, CommonParams, EvaluateParams, FreezeParams, TrainParams
 from pipeline.data.shards import read_classes, read_manifest, train_in_budget
-from pipeline.evaluation.assess import attack_set, explain, score, shift_ids
+from pipeline.evaluation.assess import attack_set, explain, scorable_shift, score
 from pipeline.evaluation.comparison import (MODELS, Features, assemble_metrics, embed_splits, full_label_comparison,
                                             history_curve, label_efficiency, recommend)
 from pipeline.evaluation.label_efficiency import labels_saved
@@ -37,6 +38,7 @@ from pipeline.models import LoadedModel
 from pipeline.training.probe import fit_linear_probe, set_head
 
 __all__ = ["EvaluationInputs", "Evaluation", "evaluate"]
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,10 @@ def evaluate(inputs: EvaluationInputs, common: CommonParams, cfg: EvaluateParams
                                                                     len(ctx.classes), ctx.cs)}
     curve, skipped = _curve(ctx, features)
     models = {"finetuned": ctx.finetuned, "linear_probe": backbone, "scratch": ctx.scratch}
-    scores, correct = _scores(ctx, models)
+    scores, correct, unscored = _scores(ctx, models)
     parts = {**_comparisons(ctx, scores, correct, references, curve), "curve": curve, "references": references,
-             "budgets_skipped": skipped, "image_size": ctx.size, "val_images": len(ctx.val_ids)}
+             "budgets_skipped": skipped, "image_size": ctx.size, "val_images": len(ctx.val_ids),
+             "shift_unscored": unscored}
     explained, show = _explanations(ctx, models)
     learning = {"finetuned": history_curve(inputs.finetune_history, ctx.finetuned.card),
                 "scratch": history_curve(inputs.baseline_history, ctx.scratch.card)}
@@ -163,12 +166,16 @@ def _curve(ctx: _Context, features: Features) -> tuple[dict, list]:
     return curve, ctx.scratch_curve["skipped"]
 
 
-def _scores(ctx: _Context, models: dict[str, LoadedModel]) -> tuple[dict, dict]:
-    """Each model scored on the test split and the shift set; returns (scores, per-image correctness)."""
-    shifted = shift_ids(ctx.inputs.current)
-    scored = {name: score(model, name, ctx.inputs.dataset, ctx.inputs.current, shifted, ctx.classes,
-                          ctx.cfg.ece_bins, ctx.loop_cfg.eval_batch_size) for name, model in models.items()}
-    return {n: s for n, (s, _) in scored.items()}, {n: c for n, (_, c) in scored.items()}
+def _scores(ctx: _Context, models: dict[str, LoadedModel]) -> tuple[dict, dict, str | None]:
+    """Each model scored on the test split and the shift set; returns (scores, per-image correctness, why the shift
+    set was not scored or None)."""
+    shifted, unscored = scorable_shift(ctx.inputs.current)
+    if unscored:
+        log.warning("the domain-shift set is not scored: %s", unscored)
+    scored = {name: score(model, name, ctx.inputs.dataset, ctx.inputs.current, None if unscored else shifted,
+                          ctx.classes, ctx.cfg.ece_bins, ctx.loop_cfg.eval_batch_size)
+              for name, model in models.items()}
+    return {n: s for n, (s, _) in scored.items()}, {n: c for n, (_, c) in scored.items()}, unscored
 
 
 def _comparisons(ctx: _Context, scores: dict, correct: dict, references: dict[str, float],
@@ -181,9 +188,10 @@ def _comparisons(ctx: _Context, scores: dict, correct: dict, references: dict[st
     seed = ctx.common.seed
     full = full_label_comparison("all labels (test split)", correct["finetuned"]["test"], correct["scratch"]["test"],
                                  problem, ctx.cfg, seed)
-    # the shift set is labelled (the shift stage requires every label to be a training class)
-    shift = full_label_comparison("shift set", correct["finetuned"]["shift"], correct["scratch"]["shift"], problem,
-                                  ctx.cfg, seed)
+    # a labelled shift set's labels are training classes (the shift stage requires it); an unlabelled one is not
+    # compared (the verdict rests on the other comparisons)
+    shift = (full_label_comparison("shift set", correct["finetuned"]["shift"], correct["scratch"]["shift"], problem,
+                                   ctx.cfg, seed) if correct["finetuned"]["shift"] is not None else None)
     recommended, why = recommend(full)
     return {"full_labels": full, "shift": shift, "recommended_model": recommended, "recommended_reason": why,
             "labels_saved": labels_saved(curve["budgets"], len(ctx.pool), full["finetuned_accuracy"],

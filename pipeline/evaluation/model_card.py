@@ -64,7 +64,7 @@ def render_card(inputs: Mapping[str, Any], run: Mapping[str, Any], source: str, 
         "other": other, "ingest": inputs["ingest"], "validation": inputs["validation"], "evaluation": evaluation,
         "drift": inputs["drift"], "export": inputs["export"], "test": test,
         "interval": evaluation["full_labels"][f"{candidate}_interval"],
-        "shift_interval": evaluation["shift"][f"{candidate}_interval"],
+        "shift_interval": evaluation["shift"][f"{candidate}_interval"] if evaluation["shift"] else None,
         "per_class": test["per_class"], "robustness": evaluation["robustness"][candidate],
         "load": load_lines(model, family), "limitations": limitations(inputs, candidate),
         "confidence": confidence, "pct": _pct,
@@ -104,7 +104,9 @@ def limitations(inputs: Mapping[str, Any], candidate: str) -> list[str]:
         notes.append(f"The from-scratch comparison is not a result: {problem}.")
     clean = evaluation["test_accuracy"][candidate]
     shifted = evaluation["shift_accuracy"][candidate]
-    if shifted < clean:
+    if shifted is None:
+        notes.append(f"Robustness to corruption was not measured: the domain-shift set {evaluation['shift_unscored']}.")
+    elif shifted < clean:
         worst = min(((c, s, a) for c, row in evaluation["robustness"][candidate].items() if c != "none"
                      for s, a in row.items()), key=lambda t: t[2], default=None)
         tail = f"; worst: {worst[0]} at severity {worst[1]}, {worst[2]:.3f}" if worst else ""

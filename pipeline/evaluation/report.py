@@ -79,6 +79,8 @@ def plain_summary(metrics: Mapping[str, Any]) -> list[str]:
     lines += [f"Budget {skip}: not drawn." for skip in curve["skipped"]]
     if metrics["shift"]:
         lines.append(_paired_sentence("On the domain-shift set", metrics["shift"]))
+    elif metrics.get("shift_unscored"):  # (metrics.json written before 2026-12-07 lack the key)
+        lines.append(f"The domain-shift set is not compared: {metrics['shift_unscored']}.")
     saved = metrics["labels_saved"]
     if saved["bound"] == "unknown":
         lines.append(f"Labels saved: unknown, {saved['why']}.")
