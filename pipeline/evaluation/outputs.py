@@ -35,9 +35,10 @@ def plot_tables(metrics: Mapping, learning: Mapping[str, Sequence[Mapping]]) -> 
     curves = [{"model": m, **point} for m, points in learning.items() for point in points]
     fgsm = [{"model": m, "epsilon": float(e), "accuracy": a} for m, accs in metrics["fgsm"].items()
             for e, a in accs.items()]
-    tables = {"label_efficiency": pd.DataFrame(curve), "robustness": pd.DataFrame(robust),
-              "learning_curves": pd.DataFrame(curves), "fgsm": pd.DataFrame(fgsm)}
-    return {stem: table for stem, table in tables.items() if len(table)}  # robustness: none on an unlabelled set
+    # an unlabelled shift set has no robustness rows: the table keeps its columns (DVC declares it)
+    return {"label_efficiency": pd.DataFrame(curve),
+            "robustness": pd.DataFrame(robust, columns=["model", "corruption", "severity", "accuracy"]),
+            "learning_curves": pd.DataFrame(curves), "fgsm": pd.DataFrame(fgsm)}
 
 
 def write_plots(plots_dir: str | os.PathLike, metrics: Mapping, learning: Mapping[str, Sequence[Mapping]],
@@ -58,10 +59,9 @@ def write_plots(plots_dir: str | os.PathLike, metrics: Mapping, learning: Mappin
     for stem, table in plot_tables(metrics, learning).items():
         write_text(out / f"{stem}.csv", table.to_csv(index=False))
     confusions = {m: scores["confusion"] for m, scores in metrics["models"]["test"].items()}
-    measured = not metrics.get("shift_unscored")  # an unlabelled shift set: no accuracy under corruption
     return {
         "label_efficiency": plot_label_efficiency(curve_points(metrics), out / "label_efficiency.png"),
-        **({"robustness": plot_robustness(metrics["robustness"], out / "robustness.png")} if measured else {}),
+        "robustness": plot_robustness(metrics["robustness"], out / "robustness.png", metrics.get("shift_unscored")),
         "confusion": plot_confusions(confusions, classes, out / "confusion.png"),
         "learning_curves": plot_learning_curves(learning, out / "learning_curves.png"),
         "ideal_inputs": plot_ideal_inputs({m: e["ideal"] for m, e in explained.items()},

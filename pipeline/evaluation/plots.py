@@ -7,6 +7,7 @@ figures can never show numbers that metrics.json does not hold.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -70,15 +71,23 @@ def plot_label_efficiency(points: Sequence[Mapping], path: str | os.PathLike) ->
     return save_figure(fig, path)
 
 
-def plot_robustness(robustness: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike) -> Path:
+def plot_robustness(robustness: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike,
+                    unscored: str | None = None) -> Path:
     """Accuracy against corruption severity, one panel per corruption, one line per model.
 
     Args:
         robustness: model -> corruption -> str(severity) -> accuracy.
         path: PNG to write.
+        unscored: why the shift set was not scored (no labels): the figure says it instead.
     Returns:
         The path.
     """
+    if unscored:
+        fig, ax = plt.subplots(figsize=(6.4, 1.6))
+        ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"Robustness not measured: the domain-shift set {unscored}", 90)),
+                ha="center", va="center", fontsize=8)
+        ax.axis("off")
+        return save_figure(fig, path)
     corruptions = sorted({c for per_model in robustness.values() for c in per_model if c != "none"})
     cols = min(4, max(len(corruptions), 1))
     rows = -(-max(len(corruptions), 1) // cols)
