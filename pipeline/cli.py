@@ -272,7 +272,6 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _registry(root: Path, ns: argparse.Namespace) -> int:
-    from pipeline.common.device import select_device
     from pipeline.promotion import operations
     from pipeline.registry import open_registry
 
@@ -290,6 +289,8 @@ def _registry(root: Path, ns: argparse.Namespace) -> int:
                       "reason": e.get("reason", "")} for e in registry.history()],
                     f"no alias moves recorded in {registry.location}")
     elif ns.action == "promote":
+        from pipeline.common.device import select_device  # torch: only a blessing needs it
+
         try:
             event = operations.promote_version(registry, ns.version, params, select_device(params.common.device),
                                                alias=ns.alias, force=ns.force, reason=ns.reason)

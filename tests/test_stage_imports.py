@@ -46,3 +46,15 @@ def test_torch_gets_the_share_whether_loaded_before_it_or_after():
     loaded, threads = _probe("finetune", "__import__('torch').get_num_threads()").rsplit(" ", 1)
     assert "'torch'" in loaded and threads == "1"
     assert _probe("ingest", "__import__('torch').get_num_threads()") == "[] 1"  # from OMP_NUM_THREADS
+
+
+def test_registry_views_and_rollback_start_without_torch(tmp_path):
+    """`tlops registry list | show | history | rollback` read JSON records: only a blessing (`promote`) loads
+    torch and the models (they took 5 s to list a registry; issue 24)."""
+    code = ("import sys; from pipeline.cli import main; "
+            f"codes = [main(['registry', '--set', 'promote.registry={tmp_path}', *a.split()]) "
+            "for a in ('list', 'history', 'show x', 'rollback')]; "
+            "print(codes, sorted(n for n in ('torch', 'torchvision', 'timm') if n in sys.modules))")
+    probe = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip().splitlines()[-1] == "[0, 0, 2, 2] []", probe.stderr  # show, rollback: bad input
+    assert "'x' is not a run name" in probe.stderr and "there is no champion to roll back" in probe.stderr

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipeline.common.errors import TransientError
 from pipeline.config import Params
-from pipeline.models import LoadedModel
-from pipeline.promotion.decide import decide
-from pipeline.promotion.evalset import DataRecord
 from pipeline.registry import CHAMPION, DATA, ChampionChanged, Registry, check_alias
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Refused", "version_rows", "show_version", "promote_version", "rollback"]
 _ATTEMPTS = 5
@@ -96,6 +94,12 @@ def promote_version(registry: Registry, version: str, params: Params, device: to
 
 def _bless(registry: Registry, version: str, champion: dict | None, params: Params,
            device: torch.device) -> dict[str, Any]:
+    # the blessing's imports (torch, the models: ~5 s) load here, when a version is blessed: list, show, history
+    # and rollback answer in a fraction of a second
+    from pipeline.models import LoadedModel
+    from pipeline.promotion.decide import decide
+    from pipeline.promotion.evalset import DataRecord
+
     with tempfile.TemporaryDirectory(prefix="tlops-promote-") as scratch:
         folder = registry.model_dir(version, Path(scratch))
         data = DataRecord.of_version(folder / DATA)
