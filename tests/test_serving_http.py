@@ -401,6 +401,9 @@ def test_a_check_reads_the_newest_batches_up_to_its_cap_and_the_older_ones_are_s
     mark_checked("store", tmp_path, names[2], {"run": "r"})
     assert [b.name for b in unchecked_batches("store", tmp_path, max_images=7)[0]] == names[:2]
     assert (tmp_path / "store" / names[2] / CHECKED).is_file()
+    # a batch that closed more than an hour before a checked one was there when that check ran: not looked at
+    (tmp_path / "store" / names[0]).rename(tmp_path / "store" / "20000101T000000Z-host-1")
+    assert [b.name for b in unchecked_batches("store", tmp_path, max_images=7)[0]] == names[1:2]
 
 
 def test_a_listing_of_s3_batches_is_read_as_one_source(s3_endpoint, tmp_path, monkeypatch):

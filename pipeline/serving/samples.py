@@ -18,6 +18,7 @@ reader, so a batch reads as images only.
 
 from __future__ import annotations
 
+import calendar
 import csv
 import hashlib
 import os
@@ -39,6 +40,10 @@ __all__ = ["SampleWriter", "SampledBatch", "check_store", "unchecked_batches", "
 log = get_logger(__name__)
 BATCH_CARD = ".batch.json"
 CHECKED = ".checked.json"
+_NAME_TIME = "%Y%m%dT%H%M%SZ"  # a batch's name starts with the UTC time it closed
+# a batch is stored some time after it closed (its upload): one that closed up to this long before a checked batch
+# may still be unread; older ones were all there when that check ran, and it marked each
+_LATE_S = 3600
 
 
 @dataclass
@@ -146,13 +151,20 @@ def unchecked_batches(location: str, base: Path, max_images: int
     the next check reads (the newest, then older ones while their images stay within ``max_images``) and the older
     ones beyond (superseded: a check that fell behind reads what production sees now, not last month)."""
     store, where = open_store(location, base)
-    unread = []
-    for name in sorted(store.list_dirs("")):  # names start with the UTC time the batch closed
-        if store.get_json(f"{name}/{CHECKED}") is None:
-            card = store.get_json(f"{name}/{BATCH_CARD}") or {}
-            uri = store.uri(name) if where.startswith("s3://") else str(Path(where) / name)
-            unread.append(SampledBatch(name, uri, int(card.get("images", 0)),
-                                       tuple(row["file"] for row in card.get("rows", []))))
+    unread: list[SampledBatch] = []
+    horizon = None  # once a checked batch is met, batches that closed well before it are not looked at (a store
+    # of a year of hourly batches would otherwise cost a request per batch at every check)
+    for name in sorted(store.list_dirs(""), reverse=True):
+        closed = _closed_at(name)
+        if horizon is not None and closed is not None and closed < horizon:
+            break
+        if store.get_json(f"{name}/{CHECKED}") is not None:
+            horizon = horizon if horizon is not None or closed is None else closed - _LATE_S
+            continue
+        card = store.get_json(f"{name}/{BATCH_CARD}") or {}
+        uri = store.uri(name) if where.startswith("s3://") else str(Path(where) / name)
+        unread.insert(0, SampledBatch(name, uri, int(card.get("images", 0)),
+                                      tuple(row["file"] for row in card.get("rows", []))))
     taken, images = 0, 0
     for batch in reversed(unread):
         if taken and images + batch.images > max_images:
@@ -160,6 +172,14 @@ def unchecked_batches(location: str, base: Path, max_images: int
         taken, images = taken + 1, images + batch.images
     cut = len(unread) - taken
     return unread[cut:], unread[:cut]
+
+
+def _closed_at(name: str) -> float | None:
+    """The UTC time (epoch seconds) a batch closed, from its name; None for a folder not named as batches are."""
+    try:
+        return calendar.timegm(time.strptime(name[:16], _NAME_TIME))
+    except ValueError:
+        return None
 
 
 def write_listing(batches: list[SampledBatch], path: Path) -> int:
