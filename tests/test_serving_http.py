@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -36,6 +37,7 @@ from pipeline.models.preprocess import Preprocessing
 from pipeline.registry import open_registry
 from pipeline.serving.batching import Batcher, QueueFull
 from pipeline.serving.metrics import ServeMetrics
+from pipeline.serving.readiness import STALE_S, fleet_status, publish
 from pipeline.serving.runtime import ServedModel
 from pipeline.serving.samples import (BATCH_CARD, CHECKED, SampleWriter, SampledBatch, listing_roots, mark_checked,
                                       unchecked_batches, write_listing)
@@ -121,7 +123,8 @@ def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
 @pytest.mark.slow
 def test_answers_over_http_equal_tlops_predict(photos, bundles, predicted, tmp_path):
     images = sorted(photos.rglob("*.png"))
-    with _server("--model", str(bundles["v1"]), log=tmp_path / "serve.log") as url:
+    with _server("--model", str(bundles["v1"]), "--workers", "2", log=tmp_path / "serve.log") as url:
+        ready = httpx.get(f"{url}/ready").json()  # 200 only once both workers have loaded the model
         whole = httpx.post(f"{url}/predict", files=_files(images), params={"top_k": 2}, timeout=60)
         assert whole.status_code == 200, whole.text
         # one image a request, all at once: batched together by the service, each answer still its own
@@ -133,6 +136,7 @@ def test_answers_over_http_equal_tlops_predict(photos, bundles, predicted, tmp_p
     assert body["runtime"] == "onnx" and body["model_sha256"] == read_json(bundles["v1"] / "card.json")[
         "state_dict_sha256"]
     assert health == {"status": "ok"}
+    assert ready["ready"] and ready["workers"] == ready["workers_ready"] == 2, ready
     rows = body["predictions"]
     assert [row["file"] for row in rows] == [path.name for path in images]
     for row, single in zip(rows, singles):
@@ -421,6 +425,29 @@ def test_a_listing_of_s3_batches_is_read_as_one_source(s3_endpoint, tmp_path, mo
     assert table["uri"].str.startswith("s3://listed/samples/").all()
     source = open_source(str(tmp_path / "served.csv"), validate_params({}).source, unlabelled=True)
     assert sorted(record.data for record in source.records()) == sorted(images)
+
+
+def test_ready_needs_every_worker_live_fresh_and_ready(tmp_path):
+    other = subprocess.Popen(["sleep", "60"])  # a live process standing for a second worker
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        own = {"ready": True, "model_version": "v1"}
+        publish(tmp_path, own)
+        (tmp_path / f"{other.pid}.json").write_text(json.dumps({"ready": False, "problem": "loading"}))
+        assert fleet_status(tmp_path, 2, own) == {**own, "ready": False, "workers": 2, "workers_ready": 1}
+        (tmp_path / f"{other.pid}.json").write_text(json.dumps({"ready": True}))
+        assert fleet_status(tmp_path, 2, own)["ready"]
+        old = time.time() - STALE_S - 1  # a worker that stopped publishing (hung): not counted
+        os.utime(tmp_path / f"{other.pid}.json", (old, old))
+        assert not fleet_status(tmp_path, 2, own)["ready"]
+        (tmp_path / f"{other.pid}.json").unlink()
+        (tmp_path / f"{gone.pid}.json").write_text(json.dumps({"ready": True}))  # a dead worker's last word
+        assert fleet_status(tmp_path, 2, own)["workers_ready"] == 1
+        assert not fleet_status(tmp_path, 1, {"ready": False, "problem": "no champion"})["ready"]  # its own first
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_the_batcher_runs_whole_jobs_of_one_model_together_and_refuses_beyond_its_queue():

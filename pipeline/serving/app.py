@@ -10,8 +10,8 @@ answered with classes, probabilities, the top ``top_k`` and the model's version 
 ``serve.max_images`` images is a 413, a full queue a 503 with ``Retry-After``.
 
 With the variable ``serve.auth_env`` names set to ``user:password``, ``/predict`` and ``/metrics`` ask for
-HTTP basic auth; ``/health`` (the process is up) and ``/ready`` (a model is loaded and checked) stay open for
-probes.
+HTTP basic auth; ``/health`` (the process is up) and ``/ready`` (a model is loaded and checked, in every worker
+process when there are several: readiness.py) stay open for probes.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
 from pipeline.registry import open_registry
+from pipeline.serving.readiness import PUBLISH_S, fleet_status, publish
 from pipeline.serving.batching import Batcher, QueueFull
 from pipeline.serving.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from pipeline.serving.runtime import Runtime, ServedModel
@@ -61,6 +62,8 @@ class ServeConfig:
     runtime: Runtime
     threads: int  # compute threads of this process
     auth: str | None  # "user:password", or None: no auth
+    workers: int = 1  # the service's processes (uvicorn workers), this one among them
+    status_dir: Path | None = None  # with several: where each publishes its status for /ready (readiness.py)
 
 
 class _Service:
@@ -89,6 +92,8 @@ class _Service:
                        asyncio.create_task(self.batcher.run(), name="batcher")]
         if self.sampler is not None:
             self._tasks.append(asyncio.create_task(self._write_samples(), name="samples"))
+        if self.config.status_dir is not None:
+            self._tasks.append(asyncio.create_task(self._publish_status(), name="status"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -98,6 +103,21 @@ class _Service:
         self.source.close()
         if self.sampler is not None:
             await asyncio.to_thread(self.sampler.flush)  # the open batch is kept, not lost with the process
+
+    async def _publish_status(self) -> None:
+        while True:
+            try:
+                publish(self.config.status_dir, self.source.status())
+            except OSError as err:  # a full disk: /ready then says not ready (stale), the answers go on
+                log.error("serve: writing this worker's status to %s failed: %s", self.config.status_dir, err)
+            await asyncio.sleep(PUBLISH_S)
+
+    def ready(self) -> dict[str, Any]:
+        """What /ready answers: this process's model, and with several workers whether every one is ready."""
+        status = self.source.status()
+        if self.config.status_dir is None:
+            return status
+        return fleet_status(self.config.status_dir, self.config.workers, status)
 
     async def _write_samples(self) -> None:
         while True:
@@ -152,7 +172,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        status = service.source.status()
+        status = service.ready()
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
     @app.get("/metrics", dependencies=[need_auth])
