@@ -90,7 +90,7 @@ def measure(dataset: Path, workers: int, out_dir: Path) -> dict:
     """Child process: profile the dataset, then run the checks and the GX suite; time and peak memory."""
     from pipeline.config import ValidateParams
     from pipeline.validation.dataset import profile_dataset
-    from pipeline.validation.checks import add_class_columns, class_table
+    from pipeline.validation.checks import class_table, with_count_columns
     from pipeline.validation.suite import run_suite
 
     cfg = ValidateParams(workers=workers, min_rows=1)
@@ -99,7 +99,7 @@ def measure(dataset: Path, workers: int, out_dir: Path) -> dict:
         profile = profile_dataset(dataset, cfg)
         profiled = time.perf_counter()
     with PeakMemory() as gx_memory:
-        checks = run_suite(add_class_columns(profile, class_table(profile, CLASSES)), cfg, CLASSES, out_dir)
+        checks = run_suite(with_count_columns(profile, class_table(profile, CLASSES)), cfg, CLASSES, out_dir)
         finished = time.perf_counter()
     return {"profile_s": profiled - started, "gx_s": finished - profiled,
             "failed_checks": [c.name for c in checks if not c.passed],

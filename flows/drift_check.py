@@ -31,13 +31,12 @@ from pipeline.registry import open_registry
 from pipeline.common.run_names import run_name
 from pipeline.runs.summary import drift_summary
 from pipeline.runs.workspace import RunWorkspace, release_run, runs_root
-from pipeline.serving.samples import (SampledBatch, listing_roots, mark_checked, unchecked_batches,
+from pipeline.serving.samples import (SampledBatch, listing_path, mark_checked, unchecked_batches,
                                       write_listing)
 
 __all__ = ["drift_check"]
 CURRENT_SET = "data/current"  # dvc.yaml: the shift stage's output, the batch the drift stage checks
 PREDICTIONS_DIR = "predictions"  # in the run's worktree (git-ignored)
-SERVED_LISTING = "served-batches.csv"  # in the run's worktree (untracked): the images of several served batches
 
 
 @task(name="prepare-drift-check", cache_policy=NO_CACHE)
@@ -146,8 +145,7 @@ def _read_served(project: Path, params: Params, name: str, served: list[SampledB
     if len(served) == 1:
         overrides["shift.source"] = served[0].location
         return None
-    listing = runs_root(project) / name / SERVED_LISTING
+    # only shift.source changes: a `source` key would make DVC re-ingest, and check against another dataset
+    listing = listing_path(served, name, runs_root(project) / name)
     overrides["shift.source"] = str(listing)
-    if roots := listing_roots(served):  # a local store: the table's paths lie outside the worktree
-        overrides["source.allowed_roots"] = [*params.source.allowed_roots, *roots]
     return listing

@@ -41,6 +41,7 @@ import yaml
 
 from flows.server import PrefectServer, free_port
 from pipeline.common.faults import KILL_AT_ENV, KILL_FLAGS_ENV
+from pipeline.common.run_names import tag_of
 from pipeline.models import LoadedModel
 from pipeline.models.export import exported_logits, load_torchscript, onnx_session
 from pipeline.registry import open_registry
@@ -476,7 +477,14 @@ def test_a_scheduled_drift_check_reads_every_served_batch_once(served, first_run
         worktree = next(p for p in (project / "runs").iterdir() if record["run"] in p.name)
         current = pd.read_parquet(worktree / "data" / "current" / "manifest.parquet")
         assert len(current) == 40 and (current["label"] == "").all()  # the served images, unlabelled, each once
-        assert set(current["corruption"]) == {"batch:served-batches"}
+        assert set(current["corruption"]) == {f"batch:served-batches-{record['run']}"}  # the check's own listing
+        # only shift.source differs from the champion's params: DVC re-ran none of the champion's chain
+        champion_lock = subprocess.run(["git", "show", f"{tag_of(record['champion'])}:dvc.lock"], cwd=project,
+                                       capture_output=True, text=True, check=True).stdout
+        stages, before = (yaml.safe_load(text)["stages"] for text in ((worktree / "dvc.lock").read_text(),
+                                                                      champion_lock))
+        assert all(stages[name] == before[name] for name in ("ingest", "validate", "select", "finetune")), (
+            "the drift check re-ran the champion's stages")
 
         again = start(api, "drift-check", "drift-check", {"parameters": {"retrain_on_drift": False}})
         finish(api, again)

@@ -39,8 +39,8 @@ from pipeline.serving.batching import Batcher, QueueFull
 from pipeline.serving.metrics import ServeMetrics
 from pipeline.serving.readiness import STALE_S, fleet_status, publish
 from pipeline.serving.runtime import ServedModel
-from pipeline.serving.samples import (BATCH_CARD, CHECKED, SampleWriter, SampledBatch, listing_roots, mark_checked,
-                                      unchecked_batches, write_listing)
+from pipeline.serving.samples import (_CHECKED_RUN, BATCH_CARD, CHECKED, SampleWriter, SampledBatch, listing_path,
+                                      mark_checked, unchecked_batches, write_listing)
 from tests.support.drift_chain import build_chain, run_drift
 from tests.support import badimages as bad
 from tests.support.photos import photo_crops, write_photo_folder
@@ -273,19 +273,19 @@ def test_sampled_batches_are_what_the_drift_stage_checks(photos, tmp_path):
 
     mark_checked(str(store), ROOT, batch.name, {"run": "drift-check-x", "drift_detected": True})
     assert _unchecked(store, ROOT) == []
-    time.sleep(1.1)  # batch names hold the second they closed
     crops = [data for name in ("chelsea", "brick") for data in photo_crops(name, 5, np.random.default_rng(4), 32)]
     older = _sampled(writer, crops[:6])
-    time.sleep(1.1)
-    newer = _sampled(writer, crops[3:])  # three of the older batch's images sent again
+    newer = _sampled(writer, crops[3:])  # three of the older batch's images sent again, within the same second
     waiting = _unchecked(store, ROOT)
     assert [b.name for b in waiting] == [older, newer] and [b.images for b in waiting] == [6, 7]
-    listing = tmp_path / "listing" / "served-batches.csv"
-    assert write_listing(waiting, listing) == 10 and listing_roots(waiting) == [str(store)]
-    several = build_chain(tmp_path / "several", photos, batch=listing, allowed_roots=listing_roots(waiting))
+    listing = listing_path(waiting, "drift-check-y", tmp_path / "worktree")
+    assert listing == store / ".served-batches-drift-check-y.csv"  # beside the batches: no source.allowed_roots
+    assert write_listing(waiting, listing) == 10
+    assert pd.read_csv(listing)["uri"].str.fullmatch(rf"({older}|{newer})/[0-9a-f]{{16}}\.png").all()
+    several = build_chain(tmp_path / "several", photos, batch=listing)
     current = pd.read_parquet(several["current"] / "manifest.parquet")
     assert len(current) == 10 and current["id"].is_unique and set(current["label_idx"]) == {-1}
-    assert set(current["corruption"]) == {"batch:served-batches"}
+    assert set(current["corruption"]) == {"batch:served-batches-drift-check-y"}
     ids, unscored = scorable_shift(chain["current"])  # evaluate: no accuracy on it, and it says why
     assert ids == [] and unscored.startswith("18 of its 18 image(s) have no label")
 
@@ -391,13 +391,10 @@ def test_a_served_batch_is_written_whole_and_never_holds_a_refused_image(tmp_pat
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "store").iterdir())
 
 
-def test_a_check_reads_the_newest_batches_up_to_its_cap_and_the_older_ones_are_superseded(tmp_path):
+def test_a_check_reads_the_newest_batches_up_to_its_cap_and_the_older_ones_are_superseded(tmp_path, caplog):
     writer = SampleWriter("store", tmp_path, rate=1.0, batch_images=100, batch_s=3600, seed=0)
-    names = []
-    for i in range(3):
-        if i:
-            time.sleep(1.1)  # batch names hold the second they closed
-        names.append(_sampled(writer, [bytes([i, j]) * 10 for j in range(3)]))
+    names = [_sampled(writer, [bytes([i, j]) * 10 for j in range(3)]) for i in range(3)]  # one second: 3 names
+    assert len(set(names)) == 3 and names == sorted(names)
     read, superseded = unchecked_batches("store", tmp_path, max_images=7)
     assert [b.name for b in read] == names[1:] and [b.name for b in superseded] == names[:1]
     read, superseded = unchecked_batches("store", tmp_path, max_images=1)  # the newest is read whole, whatever the cap
@@ -405,9 +402,16 @@ def test_a_check_reads_the_newest_batches_up_to_its_cap_and_the_older_ones_are_s
     mark_checked("store", tmp_path, names[2], {"run": "r"})
     assert [b.name for b in unchecked_batches("store", tmp_path, max_images=7)[0]] == names[:2]
     assert (tmp_path / "store" / names[2] / CHECKED).is_file()
-    # a batch that closed more than an hour before a checked one was there when that check ran: not looked at
-    (tmp_path / "store" / names[0]).rename(tmp_path / "store" / "20000101T000000Z-host-1")
-    assert [b.name for b in unchecked_batches("store", tmp_path, max_images=7)[0]] == names[1:2]
+    # the look stops after a run of checked batches: an unread one behind them was there when they were checked
+    for _ in range(_CHECKED_RUN):
+        mark_checked("store", tmp_path, _sampled(writer, [b"x" * 10]), {"run": "r"})
+    assert unchecked_batches("store", tmp_path, max_images=7) == ([], [])
+    newest = _sampled(writer, [b"y" * 10])  # an unread batch starts the count again, but the run before it is whole
+    assert [b.name for b in unchecked_batches("store", tmp_path, max_images=7)[0]] == [newest]
+    (tmp_path / "store" / newest).rename(tmp_path / "store" / "29990101T000000Z-host-1-0001")
+    with caplog.at_level("WARNING"):
+        unchecked_batches("store", tmp_path, max_images=7)
+    assert "ahead of this machine's clock" in caplog.text
 
 
 def test_a_listing_of_s3_batches_is_read_as_one_source(s3_endpoint, tmp_path, monkeypatch):
@@ -416,14 +420,13 @@ def test_a_listing_of_s3_batches_is_read_as_one_source(s3_endpoint, tmp_path, mo
     writer = SampleWriter("s3://listed/samples", tmp_path, rate=1.0, batch_images=100, batch_s=3600, seed=0)
     images = [bad.good_png(seed) for seed in range(5)]
     first = _sampled(writer, images[:3])
-    time.sleep(1.1)
     second = _sampled(writer, images[2:])
     waiting = unchecked_batches("s3://listed/samples", tmp_path, max_images=100)[0]
-    assert [b.name for b in waiting] == [first, second] and listing_roots(waiting) == []
-    assert write_listing(waiting, tmp_path / "served.csv") == 5
-    table = pd.read_csv(tmp_path / "served.csv")
-    assert table["uri"].str.startswith("s3://listed/samples/").all()
-    source = open_source(str(tmp_path / "served.csv"), validate_params({}).source, unlabelled=True)
+    assert [b.name for b in waiting] == [first, second]
+    listing = listing_path(waiting, "r", tmp_path)  # S3: in the check's worktree, the images by URI
+    assert listing == tmp_path / "served-batches.csv" and write_listing(waiting, listing) == 5
+    assert pd.read_csv(listing)["uri"].str.startswith("s3://listed/samples/").all()
+    source = open_source(str(listing), validate_params({}).source, unlabelled=True)
     assert sorted(record.data for record in source.records()) == sorted(images)
 
 

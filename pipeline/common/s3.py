@@ -250,13 +250,15 @@ class S3Store:
         return dest
 
     @_named_errors
-    def list_dirs(self, rel: str) -> list[str]:
-        """The whole folders directly under ``rel`` (those whose upload finished), sorted."""
+    def list_dirs(self, rel: str, whole: bool = True) -> list[str]:
+        """The whole folders directly under ``rel`` (those whose upload finished), sorted; ``whole=False``: every
+        folder listed, without the request per folder that checks it (the caller checks those it reads:
+        :meth:`has_dir`)."""
         prefix = (self.key(rel) + "/").lstrip("/")  # rel "": the store's top
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
                                                                       Delimiter="/")
         names = sorted(p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", []))
-        return [name for name in names if self.has_dir(f"{rel}/{name}".lstrip("/"))]
+        return [name for name in names if not whole or self.has_dir(f"{rel}/{name}".lstrip("/"))]
 
     @_named_errors
     def list_files(self, rel: str) -> list[str]:

@@ -87,7 +87,7 @@ def predict_batch(images: Iterable[BatchImage], model_ref: ModelRef, params: Par
     settings = ProfileSettings(max_pixels=params.validate_.max_pixels, stats_max_side=params.validate_.stats_max_side)
     transform = model.preprocessing.transform()
     rows: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # (row, the model's input): a few KB, not a photo
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # (row, the model's input): 48 KB at 64 px
     seconds, started = 0.0, time.perf_counter()
     for image in progress(images, "predict", unit="image"):
         row = {"id": "", "source": image.source, "label": image.label, "status": "refused", "reason": image.error,

@@ -107,7 +107,7 @@ class _Service:
     async def _publish_status(self) -> None:
         while True:
             try:
-                publish(self.config.status_dir, self.source.status())
+                await asyncio.to_thread(publish, self.config.status_dir, self.source.status())
             except OSError as err:  # a full disk: /ready then says not ready (stale), the answers go on
                 log.error("serve: writing this worker's status to %s failed: %s", self.config.status_dir, err)
             await asyncio.sleep(PUBLISH_S)

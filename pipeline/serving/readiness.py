@@ -15,17 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.common.io import write_json
-
-__all__ = ["STATUS_ENV", "PUBLISH_S", "STALE_S", "publish", "fleet_status"]
-STATUS_ENV = "TLOPS_SERVE_STATUS_DIR"  # set by `tlops serve` for its workers when there are several
+__all__ = ["PUBLISH_S", "STALE_S", "publish", "fleet_status"]
 PUBLISH_S = 1.0
 STALE_S = 5.0  # a status older than this is a worker that hangs or is gone (uvicorn starts another)
 
 
 def publish(folder: Path, status: dict[str, Any]) -> None:
-    """Write this worker's status (atomically: a reader never sees half of it)."""
-    write_json(folder / f"{os.getpid()}.json", status)
+    """Write this worker's status, renamed into place (a reader never sees half of it); not synced to disk: the
+    folder lives as long as the service."""
+    pid = os.getpid()
+    temporary = folder / f".{pid}.tmp"
+    temporary.write_text(json.dumps(status))
+    os.replace(temporary, folder / f"{pid}.json")
 
 
 def fleet_status(folder: Path, workers: int, own: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ bytes, untouched; the same bytes once a batch) and written to ``serve.sample_sto
 ``s3://bucket/prefix``) as one batch folder per ``serve.sample_batch_images`` images or ``serve.sample_batch_s``
 seconds, and when the service stops::
 
-    <store>/<UTC time the batch closed>-<host>-<pid>/<id>.<format>   the images (id: sha256, 16 hex digits)
+    <store>/<UTC time the batch closed>-<host>-<pid>-<n>/<id>.<format>   the images (id: sha256, 16 hex digits)
     <store>/<batch>/.batch.json                                         when, which model, its predictions
 
 A batch appears whole or not at all (a folder renamed into place; on S3 a completion marker written last), so
@@ -35,15 +35,16 @@ from pipeline.common.io import atomic_path, write_bytes, write_json
 from pipeline.common.logs import get_logger
 from pipeline.registry import open_store
 
-__all__ = ["SampleWriter", "SampledBatch", "check_store", "unchecked_batches", "write_listing", "listing_roots",
+__all__ = ["SampleWriter", "SampledBatch", "check_store", "unchecked_batches", "listing_path", "write_listing",
            "mark_checked", "BATCH_CARD", "CHECKED"]
 log = get_logger(__name__)
 BATCH_CARD = ".batch.json"
 CHECKED = ".checked.json"
 _NAME_TIME = "%Y%m%dT%H%M%SZ"  # a batch's name starts with the UTC time it closed
-# a batch is stored some time after it closed (its upload): one that closed up to this long before a checked batch
-# may still be unread; older ones were all there when that check ran, and it marked each
-_LATE_S = 3600
+# a check looks back past checked batches this far: a batch stored late (a slow upload) or named by a host whose
+# clock lags still sorts among the last ones checked; every older one was there when a check ran, and it marked each
+_CHECKED_RUN = 48
+_FUTURE_S = 300  # a batch named this far ahead of the checker's clock: a serving host's clock runs ahead
 
 
 @dataclass
@@ -97,7 +98,10 @@ class SampleWriter:
         if not pending.images:
             return None
         closed = time.time()
-        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(closed))}-{socket.gethostname()}-{os.getpid()}"
+        # the writer's count too: two batches closed in one second (a full one, then the service stopping) keep
+        # both their names
+        name = (f"{time.strftime(_NAME_TIME, time.gmtime(closed))}-{socket.gethostname()}-{os.getpid()}"
+                f"-{len(self.written) + 1:04d}")
         with tempfile.TemporaryDirectory(prefix="tlops-sample-") as tmp:
             folder = Path(tmp) / name
             for file_name, data in pending.images:
@@ -149,18 +153,26 @@ def unchecked_batches(location: str, base: Path, max_images: int
                       ) -> tuple[list[SampledBatch], list[SampledBatch]]:
     """The whole batches of the store at ``location`` that no drift check has marked checked, oldest first: those
     the next check reads (the newest, then older ones while their images stay within ``max_images``) and the older
-    ones beyond (superseded: a check that fell behind reads what production sees now, not last month)."""
+    ones beyond (superseded: a check that fell behind reads what production sees now, not last month).
+
+    The look goes back from the newest batch and stops after :data:`_CHECKED_RUN` checked batches in a row: a store
+    of a year of batches costs a check one listing and a few reads, not a read per batch."""
     store, where = open_store(location, base)
     unread: list[SampledBatch] = []
-    horizon = None  # once a checked batch is met, batches that closed well before it are not looked at (a store
-    # of a year of hourly batches would otherwise cost a request per batch at every check)
-    for name in sorted(store.list_dirs(""), reverse=True):
-        closed = _closed_at(name)
-        if horizon is not None and closed is not None and closed < horizon:
+    checked_run = 0
+    for name in sorted(store.list_dirs("", whole=False), reverse=True):
+        if checked_run >= _CHECKED_RUN:
             break
-        if store.get_json(f"{name}/{CHECKED}") is not None:
-            horizon = horizon if horizon is not None or closed is None else closed - _LATE_S
+        if not store.has_dir(name):  # still being uploaded: the next check reads it
             continue
+        if store.get_json(f"{name}/{CHECKED}") is not None:
+            checked_run += 1
+            continue
+        checked_run = 0
+        closed = _closed_at(name)
+        if closed is not None and closed > time.time() + _FUTURE_S:
+            log.warning("sampled batch %s is dated %s, ahead of this machine's clock: the serving host's clock runs "
+                        "ahead, and batches of other hosts sort behind its", name, _utc(closed))
         card = store.get_json(f"{name}/{BATCH_CARD}") or {}
         uri = store.uri(name) if where.startswith("s3://") else str(Path(where) / name)
         unread.insert(0, SampledBatch(name, uri, int(card.get("images", 0)),
@@ -182,22 +194,25 @@ def _closed_at(name: str) -> float | None:
         return None
 
 
+def listing_path(batches: list[SampledBatch], run: str, worktree: Path) -> Path:
+    """Where a check's table of several batches goes: the local store's own folder (its images are then inside the
+    table's folder, which a table source may read without widening ``source.allowed_roots``), else the check's
+    worktree (S3 URIs)."""
+    if "://" in batches[0].location:
+        return worktree / "served-batches.csv"
+    return Path(batches[0].location).parent / f".served-batches-{run}.csv"
+
+
 def write_listing(batches: list[SampledBatch], path: Path) -> int:
     """A table (one ``uri`` column) of the images of ``batches``: the one source a check reads several batches
-    through. Each image once (the same bytes sent in two batches would otherwise weigh twice, as within one
-    batch); returns how many."""
+    through (local images as paths relative to the table). Each image once (the same bytes sent in two batches
+    would otherwise weigh twice, as within one batch); returns how many."""
     uris = {file: batch.uri(file) for batch in batches for file in batch.files}
     with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["uri"])
-        writer.writerows([uri] for uri in uris.values())
+        writer.writerows([uri if "://" in uri else os.path.relpath(uri, path.parent)] for uri in uris.values())
     return len(uris)
-
-
-def listing_roots(batches: list[SampledBatch]) -> list[str]:
-    """The local folders a listing of ``batches`` points into (none for S3): a table's local paths outside its own
-    folder are read only inside ``source.allowed_roots``."""
-    return sorted({str(Path(batch.location).parent) for batch in batches if "://" not in batch.location})
 
 
 def mark_checked(location: str, base: Path, batch: str, record: dict[str, Any]) -> None:

@@ -29,7 +29,6 @@ from pipeline.config import load_params
 from pipeline.prediction.models import resolve_model
 from pipeline.registry import open_registry
 from pipeline.serving.app import ServeConfig, create_app
-from pipeline.serving.readiness import STATUS_ENV
 from pipeline.serving.runtime import Runtime, load_served
 from pipeline.serving.samples import check_store
 
@@ -65,16 +64,15 @@ def serve(options: ServeOptions) -> int:
     with run_threads(params.orchestrate.threads, "tlops serve") as share:
         threads = max(1, share.threads // workers)
         _preflight(options, params, runtime, threads)
-        os.environ[CONFIG_ENV] = json.dumps({
-            "root": str(options.root), "params_file": str(options.params_file), "overrides": options.overrides,
-            "profile": options.profile, "model": options.model, "runtime": runtime, "threads": threads,
-            "workers": workers})
         with tempfile.TemporaryDirectory(prefix="tlops-serve-metrics-") as metrics_dir, \
                 tempfile.TemporaryDirectory(prefix="tlops-serve-status-") as status_dir:
-            if workers > 1:  # every worker's metrics in one scrape (prometheus_client's multiprocess mode), and
-                # /ready for all of them (pipeline/serving/readiness.py)
+            os.environ[CONFIG_ENV] = json.dumps({
+                "root": str(options.root), "params_file": str(options.params_file), "overrides": options.overrides,
+                "profile": options.profile, "model": options.model, "runtime": runtime, "threads": threads,
+                "workers": workers,  # several: /ready answers for all of them (pipeline/serving/readiness.py)
+                "status_dir": status_dir if workers > 1 else None})
+            if workers > 1:  # every worker's metrics in one scrape (prometheus_client's multiprocess mode)
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-                os.environ[STATUS_ENV] = status_dir
             log.info("serve: http://%s:%d/predict (%s, %d worker(s) of %d thread(s)%s)", host, port, runtime,
                      workers, threads, ", basic auth" if auth else "")
             uvicorn.run("pipeline.serving.server:app_from_env", factory=True, host=host, port=port,
@@ -86,10 +84,9 @@ def app_from_env() -> FastAPI:
     """The app of one worker process, from ``TLOPS_SERVE_CONFIG`` (set by :func:`serve`)."""
     raw = json.loads(os.environ[CONFIG_ENV])
     params = load_params(Path(raw["params_file"]), raw["overrides"], raw["profile"])
-    status_dir = os.environ.get(STATUS_ENV)
     return create_app(ServeConfig(Path(raw["root"]), params, raw["model"], raw["runtime"], int(raw["threads"]),
-                                  os.environ.get(params.serve.auth_env) or None, int(raw.get("workers", 1)),
-                                  Path(status_dir) if status_dir else None))
+                                  os.environ.get(params.serve.auth_env) or None, int(raw["workers"]),
+                                  Path(raw["status_dir"]) if raw["status_dir"] else None))
 
 
 def _credentials(variable: str, host: str) -> str | None:

@@ -24,7 +24,7 @@ from pipeline.common.io import atomic_dir, atomic_path, write_json
 from pipeline.common.logs import get_logger
 from pipeline.config import Params
 from pipeline.data.shards import read_classes
-from pipeline.validation.checks import add_class_columns, add_split_columns, class_table
+from pipeline.validation.checks import class_table, with_count_columns
 from pipeline.validation.data_docs import make_offline
 from pipeline.validation.dataset import profile_dataset
 from pipeline.validation.figures import plot_profile
@@ -65,7 +65,7 @@ def run(params: Params, args: Args) -> dict:
     profiled = time.perf_counter()
     counts = class_table(profile, classes)
     with atomic_dir(args.report_dir) as tmp:
-        checks = run_suite(add_split_columns(add_class_columns(profile, counts)), cfg, classes, tmp)
+        checks = run_suite(with_count_columns(profile, counts), cfg, classes, tmp)
         metrics = gate_metrics(checks, profile, counts, str(args.report_dir / DOCS_DIR / "index.html"),
                                str(args.report_dir / REPORT_PAGE))
         plot_profile(profile, counts, tmp / "profile.png")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["SPLITS", "EVALUATION_SPLITS", "add_leak_columns", "add_class_columns", "add_split_columns",
-           "hamming_partners", "class_table", "kept"]
+           "with_count_columns", "hamming_partners", "class_table", "kept"]
 SPLITS = ("train", "val", "test")
 EVALUATION_SPLITS = ("val", "test")  # what early stopping, the verdict and the export check are measured on
 _PAIRS_PER_BLOCK = 2_000_000  # hash pairs compared per step (about 18 MB of temporaries)
@@ -162,3 +162,8 @@ def add_split_columns(profile: pd.DataFrame) -> pd.DataFrame:
     out["split_n_images"] = pd.Series(first["split"].map(rows["split"].value_counts()),
                                       dtype="Int64").reindex(out.index)
     return out
+
+
+def with_count_columns(profile: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
+    """The table the GX suite checks: the profile with the class columns and the split columns."""
+    return add_split_columns(add_class_columns(profile, classes))

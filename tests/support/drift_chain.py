@@ -18,12 +18,11 @@ MODEL = "efficientnet_lite0"
 SIZE = 32
 
 
-def build_chain(work: Path, images: Path, batch: Path | None = None, allowed_roots: list[str] = ()) -> dict[str, Path]:
+def build_chain(work: Path, images: Path, batch: Path | None = None) -> dict[str, Path]:
     """Ingest ``images`` (30% val, 30% test); the current set is heavy noise on the test split plus clean
-    copies, or ``batch`` when given (read with ``allowed_roots``). Returns the paths: dataset, current, model,
-    profile."""
+    copies, or ``batch`` when given. Returns the paths: dataset, current, model, profile."""
     params = validate_params({"common": {"image_size": SIZE},
-                              "source": {"location": str(images), "allowed_roots": list(allowed_roots)},
+                              "source": {"location": str(images)},
                               "ingest": {"val_fraction": 0.3, "test_fraction": 0.3},
                               "shift": {"corruptions": ["gaussian_noise"], "severities": [5],
                                         "source": str(batch) if batch else None}})
