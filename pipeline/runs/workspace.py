@@ -160,18 +160,21 @@ class RunWorkspace:
 
     def _share_dvc_state(self) -> None:
         """Point the worktree at the project's DVC cache (so the run cache is shared) and remotes."""
+        # DVC's own config reader and writer, in this process: what `dvc cache dir --local` and `dvc remote modify
+        # --local` write, without a DVC process (~0.35 s each) per setting at every run's start
+        from dvc.config import Config
+
         local = self.path / ".dvc" / "config.local"
         main_local = self.project / ".dvc" / "config.local"
         if main_local.exists():
             local.write_text(main_local.read_text())
-        self._dvc("cache", "dir", "--local", str(self.project / ".dvc" / "cache"))
-        from dvc.repo import Repo  # DVC's own config reader resolves relative remote paths
-
-        with Repo(str(self.project)) as repo:
-            remotes = {name: str(conf["url"]) for name, conf in repo.config["remote"].items()}
-        for name, url in remotes.items():
-            if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
-                self._dvc("remote", "modify", "--local", name, "url", url)
+        remotes = {name: str(conf["url"])  # relative folders resolved against the project's .dvc
+                   for name, conf in Config(dvc_dir=str(self.project / ".dvc"))["remote"].items()}
+        with Config(dvc_dir=str(self.path / ".dvc")).edit("local") as config:
+            config["cache"]["dir"] = str(self.project / ".dvc" / "cache")
+            for name, url in remotes.items():
+                if "://" not in url:  # a local folder: keep the project's target, not one relative to the worktree
+                    config["remote"].setdefault(name, {})["url"] = url
 
     def repro(self, stage: str, resume: bool = False, on_line: Callable[[str], None] | None = None) -> StageResult:
         """Run ``dvc repro <stage>`` in the worktree and say whether it ran, was skipped or restored.
