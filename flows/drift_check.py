@@ -114,10 +114,9 @@ def _check(project: Path, params: Params, champion: dict[str, Any], name: str,
     for batch in served:  # read and checked: the next check takes newer batches
         mark_checked(store, main_checkout(project), batch.name,
                      {"run": name, "champion": champion["version"], "drift_detected": verdict["drift_detected"]})
+    superseded_by = f"not read: {sum(b.images for b in served)} newer image(s) filled serve.sample_check_max_images"
     for batch in superseded:
-        mark_checked(store, main_checkout(project), batch.name,
-                     {"run": name, "superseded": f"not read: {sum(b.images for b in served)} newer image(s) filled "
-                                                 "serve.sample_check_max_images"})
+        mark_checked(store, main_checkout(project), batch.name, {"run": name, "superseded": superseded_by})
     started = None
     if verdict["drift_detected"] and parameters.retrain_on_drift:
         reason = f"drift detected by drift check {name}: {verdict['reason']}"

@@ -22,7 +22,7 @@ from pipeline.models.inference import run_batches
 __all__ = ["scorable_shift", "score", "explain", "attack_set"]
 
 
-def scorable_shift(current_dir: str | os.PathLike) -> tuple[list[str], str | None]:
+def scorable_shift(current_dir: str | os.PathLike) -> tuple[list[str] | None, str | None]:
     """Ids of every domain-shift image, in manifest order: the whole set, as drift scores it, so the two stages
     report one "accuracy on the shifted set" (its size is set by ``shift.per_cell``); or none, with why the set
     cannot be scored.
@@ -30,7 +30,7 @@ def scorable_shift(current_dir: str | os.PathLike) -> tuple[list[str], str | Non
     Args:
         current_dir: the domain-shift dataset directory.
     Returns:
-        (the ids, None), or ([], the reason): images without a label (``shift.source`` an unlabelled batch, such
+        (the ids, None), or (None, the reason): images without a label (``shift.source`` an unlabelled batch, such
         as what a service sampled: drift checks it, but no accuracy can be known on it).
     """
     rows = read_manifest(current_dir)
@@ -40,7 +40,7 @@ def scorable_shift(current_dir: str | os.PathLike) -> tuple[list[str], str | Non
     unlabelled = rows.loc[rows["label_idx"] < 0]
     if not unlabelled.empty:
         example = unlabelled["source_path"].iloc[0]
-        return [], (f"{len(unlabelled)} of its {len(rows)} image(s) have no label (e.g. {example}): shift.source is "
+        return None, (f"{len(unlabelled)} of its {len(rows)} image(s) have no label (e.g. {example}): shift.source is "
                     "an unlabelled batch, which drift checks but no accuracy can be measured on")
     return rows["id"].tolist(), None
 

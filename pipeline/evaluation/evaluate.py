@@ -172,7 +172,7 @@ def _scores(ctx: _Context, models: dict[str, LoadedModel]) -> tuple[dict, dict, 
     shifted, unscored = scorable_shift(ctx.inputs.current)
     if unscored:
         log.warning("the domain-shift set is not scored: %s", unscored)
-    scored = {name: score(model, name, ctx.inputs.dataset, ctx.inputs.current, None if unscored else shifted,
+    scored = {name: score(model, name, ctx.inputs.dataset, ctx.inputs.current, shifted,
                           ctx.classes, ctx.cfg.ece_bins, ctx.loop_cfg.eval_batch_size)
               for name, model in models.items()}
     return {n: s for n, (s, _) in scored.items()}, {n: c for n, (_, c) in scored.items()}, unscored
