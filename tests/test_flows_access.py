@@ -35,6 +35,7 @@ from flows.server import AUTH_FILE, PrefectServer, ReportServer, client_auth_str
 from pipeline.config import OrchestrateParams
 from pipeline.runs.publish import publish_reports
 from tests.support.flowruns import artifacts, finish, prefect_api, start, stop_service, wait_for
+from tests.support.prefect_db import seed_home
 from tests.support.s3server import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +45,9 @@ RUN = "2026-12-05-1200-brave-otter"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, prefect_db):
     """A Prefect server on SQLite, closed by AUTH."""
-    with PrefectServer(tmp_path_factory.mktemp("prefect"), auth_string=AUTH) as started:
+    with PrefectServer(seed_home(tmp_path_factory.mktemp("prefect"), prefect_db), auth_string=AUTH) as started:
         yield started
 
 

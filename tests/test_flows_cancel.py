@@ -26,6 +26,7 @@ from flows.server import PrefectServer
 from pipeline.common.run_names import run_name
 from tests.conftest import copy_project
 from tests.support.flowruns import prefect_api, start, stop_service, wait_for
+from tests.support.prefect_db import seed_home
 from tests.support.tiny import cut_chain, make_tiny_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -91,12 +92,12 @@ class Watcher(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, prefect_db):
     work = tmp_path_factory.mktemp("cancel")
     project = make_tiny_project(copy_project(work / "project"), work / "dvc-remote")
     # a fine-tune of many long epochs without early stopping: it is still training when cancelled
     cut_chain(project, freeze={"epochs": 200}, train={"min_epoch_steps": 20}, finetune={"patience": 0})
-    with PrefectServer(work / "prefect") as server:
+    with PrefectServer(seed_home(work / "prefect", prefect_db)) as server:
         env = {**server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
         log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
         serve = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=project, env=env, stdout=log,

@@ -48,6 +48,7 @@ from pipeline.registry import open_registry
 from pipeline.runs.notify import WEBHOOK_ENV
 from tests.conftest import ROOT, copy_project
 from tests.support.flowruns import artifacts, finish, prefect_api, start, stop_service, wait_for
+from tests.support.prefect_db import seed_home
 from tests.support.s3server import make_client
 from tests.support.tiny import make_tiny_project
 
@@ -82,7 +83,7 @@ def _on_s3(project: Path, work: Path, endpoint: str):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, s3_endpoint):
+def served(tmp_path_factory, s3_endpoint, prefect_db):
     """A tiny project copy on S3, a Prefect server, and `python -m flows.deploy` serving its deployments, with
     the temporary credentials in the environment and the evaluate and promote stages set to be killed once."""
     work = tmp_path_factory.mktemp("e2e")
@@ -95,7 +96,7 @@ def served(tmp_path_factory, s3_endpoint):
     with pytest.MonkeyPatch.context() as environment:
         for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
             environment.setenv(key, value)
-        server = PrefectServer(work / "prefect").start()
+        server = PrefectServer(seed_home(work / "prefect", prefect_db)).start()
         log = open(work / "serve.log", "wb")  # noqa: SIM115 (the serving process's log)
         events = _EventReceiver()  # the runs' events (pipeline/runs/notify.py), POSTed as a team's webhook gets them
         # the runner looks for runs to start every second instead of every 10 (Prefect's default): a test waits for
@@ -402,11 +403,12 @@ def test_deployments_have_schedules_limits_and_a_parameter_form(served):
     assert {"source", "candidates", "strategy", "epochs", "device", "extra"} <= set(fields)
 
 
-def test_make_ui_serves_on_the_server_it_started_with_a_reports_server(tmp_path):
+def test_make_ui_serves_on_the_server_it_started_with_a_reports_server(tmp_path, prefect_db):
     """`make ui` (flows.deploy --start-server): the deployments land on the server it started, not on a
     temporary one; that server is closed by the auth string generated into .prefect/auth-string; the
     reports web server answers, with no directory listing."""
     project = copy_project(tmp_path / "project")
+    seed_home(project / ".prefect", prefect_db)  # the server `make ui` starts keeps its database there
     port, reports_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING")}

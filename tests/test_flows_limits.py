@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from pipeline.runs.workspace import RunWorkspace, release_run
 from tests.conftest import copy_project
+from tests.support.prefect_db import harness_on_copy
 
 pytestmark = pytest.mark.slow
 HANG = "import os, pathlib, time; pathlib.Path('stage.pid').write_text(str(os.getpid())); time.sleep(300)"
@@ -38,7 +38,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def flows(tmp_path_factory):
+def flows(tmp_path_factory, prefect_db):
     work = tmp_path_factory.mktemp("flow-limits")
     project = copy_project(work / "project")
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": {"cmd": f'{sys.executable} -c "{HANG}"'}}}))
@@ -52,7 +52,7 @@ def flows(tmp_path_factory):
     cwd = os.getcwd()
     try:
         os.chdir(project)
-        with prefect_test_harness():
+        with harness_on_copy(prefect_db):
             from flows.parameters import RetrainParameters
             from flows.retrain import retrain
 

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from prefect import flow, task
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.parameters import RetrainParameters
 from flows.retrain import RETRY_POLICY, retrain, retrying, run_stage
@@ -18,13 +17,14 @@ from pipeline.common.errors import TransientError
 from pipeline.config import ConfigError, OrchestrateParams
 from pipeline.runs.notify import WEBHOOK_ENV, emit, failure_event
 from pipeline.runs.workspace import StageFailed
+from tests.support.prefect_db import harness_on_copy
 
 pytestmark = pytest.mark.slow  # a Prefect test harness (its own API server) for the module
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness():
+def harness(prefect_db):
+    with harness_on_copy(prefect_db):
         yield
 
 

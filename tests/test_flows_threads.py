@@ -15,10 +15,10 @@ import textwrap
 
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from pipeline.common.threads import JOB_ENV, JOBS_DIR_ENV, THREADS_ENV, machine_cores
 from tests.conftest import copy_project
+from tests.support.prefect_db import harness_on_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock")]
 RECORD = ("import json, os, sys, torch; from pipeline.common.threads import resolve, running_jobs; "
@@ -33,7 +33,7 @@ HOLDER = textwrap.dedent("""\
 """)
 
 
-def test_a_retrain_run_and_its_stages_are_one_job_sharing_the_cores(tmp_path, monkeypatch):
+def test_a_retrain_run_and_its_stages_are_one_job_sharing_the_cores(tmp_path, monkeypatch, prefect_db):
     project = copy_project(tmp_path / "project")
     stage = {"cmd": f'{sys.executable} -c "{RECORD}"'}
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": stage}}))
@@ -52,7 +52,7 @@ def test_a_retrain_run_and_its_stages_are_one_job_sharing_the_cores(tmp_path, mo
                              stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "ready"
-        with prefect_test_harness():
+        with harness_on_copy(prefect_db):
             from flows.parameters import RetrainParameters
             from flows.retrain import retrain
 

@@ -102,10 +102,11 @@ def test_only_routed_events_leave_and_the_failure_webhook_gets_failures_only(rec
 
 
 @pytest.mark.slow
-def test_inside_a_flow_run_each_event_is_a_prefect_event(monkeypatch):
+def test_inside_a_flow_run_each_event_is_a_prefect_event(monkeypatch, prefect_db):
     from prefect import flow, get_client
     from prefect.events.worker import EventsWorker
-    from prefect.testing.utilities import prefect_test_harness
+
+    from tests.support.prefect_db import harness_on_copy
 
     monkeypatch.delenv(WEBHOOK_ENV, raising=False)
     monkeypatch.delenv(APPRISE_ENV, raising=False)
@@ -115,7 +116,7 @@ def test_inside_a_flow_run_each_event_is_a_prefect_event(monkeypatch):
         for event in _all_events():
             emit(*event)
 
-    with prefect_test_harness():
+    with harness_on_copy(prefect_db):
         announce()
         EventsWorker.drain_all()
         with get_client(sync_client=True) as api:
