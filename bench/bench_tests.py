@@ -8,13 +8,21 @@ tests passed, failed and skipped, the tests' summed seconds, the CPU seconds of 
 and how busy that kept the cores; a failed test gets a line of its own with what pytest said. ``--marker "not
 slow"`` times the edit loop (`make test-fast`).
 
+``--processes`` also says where that CPU went, by kind of process: the tests' own processes (pytest and its
+workers), each stage, each DVC command, Prefect's flow-run processes, spawned training workers, ... Every Python
+process the suite starts then records its own CPU seconds and command line when it exits (a ``sitecustomize``
+on PYTHONPATH); what no record covers (processes killed by a signal, such as the servers the tests stop, and
+programs that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not attributed``.
+
     python -m bench.bench_tests                          # the full suite, 2 workers
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
+    python -m bench.bench_tests --processes              # ... and the CPU by kind of process
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -28,6 +36,53 @@ from bench.report import BenchReport
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 600  # the suite's wall-time goal on the 2-core development machine (issue 24)
+# imported by every Python process of the suite (PYTHONPATH): one JSON line each, appended at its exit
+RECORDER = """\
+import atexit, json, os, resource, sys
+
+def _record():  # silent whatever happens: a test may read what its processes print
+    try:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        line = json.dumps({"argv": sys.argv[:3], "tests": "pytest" in sys.modules,
+                           "cpu_s": usage.ru_utime + usage.ru_stime})
+        with open(os.environ["TLOPS_BENCH_PROCESSES"], "a") as out:
+            out.write(line + "\\n")
+    except Exception:
+        pass
+
+atexit.register(_record)
+"""
+
+
+def process_kind(record: dict) -> str:
+    """What a recorded process was, from its command line: the tests' own, a stage, a DVC command, ..."""
+    argv = [str(part) for part in record["argv"]] + ["", ""]
+    program = argv[0].rsplit("/", 1)[-1]
+    if "--multiprocessing-fork" in argv:
+        return "spawned workers (training pools, DataLoader)"
+    if record["tests"]:
+        return "tests (pytest and its workers, in process)"
+    if program == "tlops" or argv[0].endswith("pipeline/cli.py"):
+        return f"tlops {argv[1]}"
+    if argv[0].endswith("dvc/__main__.py") or program == "dvc":
+        return f"dvc {argv[1]}"
+    if argv[0].endswith("prefect/engine.py"):
+        return "prefect flow-run processes"
+    return f"other python: {program or argv[0]}"
+
+
+def cpu_by_process(records_file: Path, total_cpu_s: float) -> list[dict]:
+    """The suite's CPU seconds by kind of process, most first, and what the records do not cover."""
+    kinds: dict[str, dict] = {}
+    lines = records_file.read_text().splitlines() if records_file.is_file() else []
+    for record in map(json.loads, lines):
+        row = kinds.setdefault(process_kind(record), {"processes": 0, "cpu_s": 0.0})
+        row["processes"] += 1
+        row["cpu_s"] += record["cpu_s"]
+    rows = [{"kind": kind, "processes": row["processes"], "cpu_s": round(row["cpu_s"], 1)}
+            for kind, row in sorted(kinds.items(), key=lambda item: -item[1]["cpu_s"])]
+    recorded = sum(row["cpu_s"] for row in kinds.values())
+    return rows + [{"kind": "not attributed", "processes": None, "cpu_s": round(total_cpu_s - recorded, 1)}]
 
 
 def read_report(junit_xml: Path) -> tuple[list[dict], list[dict]]:
@@ -93,6 +148,7 @@ def main() -> int:
     parser.add_argument("--marker", default=None, help='a pytest -m expression, e.g. "not slow"')
     parser.add_argument("--top", type=int, default=15, help="files listed, longest first")
     parser.add_argument("--name", default=None, help="results file bench/results/tests-<name>.json")
+    parser.add_argument("--processes", action="store_true", help="also the CPU seconds by kind of process")
     ns = parser.parse_args()
     report = BenchReport(f"tests-{ns.name or ('fast' if ns.marker else 'full')}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -106,20 +162,28 @@ def main() -> int:
             command += ["-n", str(ns.workers), "--dist", "loadfile", "--no-loadscope-reorder"]
         if ns.marker:
             command += ["-m", ns.marker]
+        env, records = dict(os.environ), Path(tmp) / "processes.jsonl"
+        if ns.processes:
+            (Path(tmp) / "sitecustomize.py").write_text(RECORDER)
+            env.update(TLOPS_BENCH_PROCESSES=str(records),
+                       PYTHONPATH=os.pathsep.join(filter(None, [tmp, env.get("PYTHONPATH")])))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if not junit.is_file():
             print((proc.stdout + proc.stderr)[-4000:], file=sys.stderr)
             raise SystemExit(f"pytest wrote no report (exit {proc.returncode})")
         files, failures = read_report(junit)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        by_process = cpu_by_process(records, cpu) if ns.processes else []
     for row in files[:ns.top]:
         report.emit(rev=commit, **row)
     for failure in failures:
         report.emit(rev=commit, **failure)
+    for row in by_process:
+        report.emit(rev=commit, **row)
     report.emit(rev=commit, uncommitted_changes=dirty, marker=ns.marker, **suite_figures(files, wall, cpu, ns.workers))
     report.save()
     return 0 if proc.returncode == 0 else 1

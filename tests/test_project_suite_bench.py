@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_tests import GOAL_S, read_report, suite_figures
+from bench.bench_tests import GOAL_S, RECORDER, cpu_by_process, read_report, suite_figures
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="6">
@@ -56,3 +56,22 @@ def test_the_bench_explains_itself():
     done = subprocess.run([sys.executable, "-m", "bench.bench_tests", "--help"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], check=True)
     assert "--marker" in done.stdout and "--workers" in done.stdout
+
+
+def test_each_python_process_records_its_cpu_at_exit_and_the_rest_is_not_attributed(tmp_path: Path):
+    (tmp_path / "sitecustomize.py").write_text(RECORDER)
+    records = tmp_path / "processes.jsonl"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "TLOPS_BENCH_PROCESSES": str(records)}
+    burn = "import time; end = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], env=env, check=True)
+    subprocess.run([str(Path(sys.executable).with_name("tlops")), "--version"], env=env, check=True,
+                   capture_output=True)
+    # a process without the records file says nothing (a test may read what its processes print)
+    quiet = subprocess.run([sys.executable, "-c", "pass"], env={**env, "TLOPS_BENCH_PROCESSES": str(tmp_path)},
+                           capture_output=True, text=True, check=True)
+    assert quiet.stderr == "" and quiet.stdout == ""
+    rows = {row["kind"]: row for row in cpu_by_process(records, total_cpu_s=10.0)}
+    assert set(rows) == {"other python: -c", "tlops --version", "not attributed"}
+    assert rows["other python: -c"]["processes"] == 1 and rows["other python: -c"]["cpu_s"] >= 0.3
+    recorded = rows["other python: -c"]["cpu_s"] + rows["tlops --version"]["cpu_s"]
+    assert rows["not attributed"]["cpu_s"] == pytest.approx(10.0 - recorded, abs=0.11)
