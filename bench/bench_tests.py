@@ -11,8 +11,9 @@ slow"`` times the edit loop (`make test-fast`).
 ``--processes`` also says where that CPU went, by kind of process: the tests' own processes (pytest and its
 workers), each stage, each DVC command, Prefect's flow-run processes, spawned training workers, ... Every Python
 process the suite starts then records its own CPU seconds and command line when it exits (a ``sitecustomize``
-on PYTHONPATH); what no record covers (processes killed by a signal, such as the servers the tests stop, and
-programs that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not attributed``.
+on PYTHONPATH); what no record covers (processes killed by a signal, such as the servers the tests stop and the
+pool workers terminated at a pool's end, and programs that are not Python: PostgreSQL, nginx, chromium, git) is
+the line ``not attributed``.
 
     python -m bench.bench_tests                          # the full suite, 2 workers
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
@@ -43,7 +44,8 @@ import atexit, json, os, resource, sys
 def _record():  # silent whatever happens: a test may read what its processes print
     try:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        line = json.dumps({"argv": sys.argv[:3], "tests": "pytest" in sys.modules,
+        spawned = "multiprocessing" in sys.modules and sys.modules["multiprocessing"].parent_process() is not None
+        line = json.dumps({"argv": sys.argv[:3], "tests": "pytest" in sys.modules, "spawned": spawned,
                            "cpu_s": usage.ru_utime + usage.ru_stime})
         with open(os.environ["TLOPS_BENCH_PROCESSES"], "a") as out:
             out.write(line + "\\n")
@@ -58,8 +60,8 @@ def process_kind(record: dict) -> str:
     """What a recorded process was, from its command line: the tests' own, a stage, a DVC command, ..."""
     argv = [str(part) for part in record["argv"]] + ["", ""]
     program = argv[0].rsplit("/", 1)[-1]
-    if "--multiprocessing-fork" in argv:
-        return "spawned workers (training pools, DataLoader)"
+    if record.get("spawned"):  # its command line is its parent's (multiprocessing rewrites it)
+        return "spawned workers (training pools) that exited on their own"
     if record["tests"]:
         return "tests (pytest and its workers, in process)"
     if program == "tlops" or argv[0].endswith("pipeline/cli.py"):
