@@ -111,6 +111,27 @@ def test_run_versions_and_reruns_skip(toy_project: Path, tmp_path: Path):
     assert "up to date" in status
 
 
+@pytest.mark.slow
+def test_a_run_shares_the_projects_cache_and_local_remotes_and_skips_a_remote_its_commit_lacks(toy_project: Path,
+                                                                                               tmp_path: Path):
+    """The worktree's .dvc/config.local: the project's own cache folder (a relative one resolved against the
+    project, not the worktree), the project's local remote targets, and nothing for a remote added after the
+    commit the run starts from."""
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "cache", "dir", "--local", "../../shared-cache"], cwd=toy_project, check=True)
+    base = _git(toy_project, "rev-parse", "HEAD").strip()
+    subprocess.run([*dvc, "remote", "add", "later", str(tmp_path / "later")], cwd=toy_project, check=True)
+    _git(toy_project, "commit", "-qam", "a remote added after the run's base")
+    workspace = RunWorkspace.create(toy_project, "shared", base=base)
+    from dvc.config import Config
+
+    local = Config(dvc_dir=str(workspace.path / ".dvc")).load_one("local")
+    assert Path(local["cache"]["dir"]) == (toy_project.parent.parent / "shared-cache").resolve()
+    assert Path(local["remote"]["local"]["url"]) == tmp_path / "remote"
+    assert "later" not in local["remote"]
+    release_run(toy_project, "shared")
+
+
 def test_bad_overrides_fail_before_any_git_work(toy_project: Path):
     with pytest.raises(ConfigError, match="common.seed = -1"):
         RunWorkspace.create(toy_project, "bad", overrides={"common.seed": -1})
