@@ -10,10 +10,12 @@ slow"`` times the edit loop (`make test-fast`).
 
 ``--processes`` also says where that CPU went, by kind of process: the tests' own processes (pytest and its
 workers), each stage, each DVC command, Prefect's flow-run processes, spawned training workers, ... Every Python
-process the suite starts then records its own CPU seconds and command line when it exits (a ``sitecustomize``
-on PYTHONPATH); what no record covers (processes killed by a signal, such as the servers the tests stop and the
-pool workers terminated at a pool's end, and programs that are not Python: PostgreSQL, nginx, chromium, git) is
-the line ``not attributed``.
+process the suite starts with the suite's PYTHONPATH then records its own CPU seconds and command line when it
+exits (a ``sitecustomize`` there); what no record covers (processes killed by a signal, such as the servers the
+tests stop and the pool workers terminated at a pool's end; processes given a PYTHONPATH of their own; programs
+that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not attributed``: an estimate, the suite's
+CPU as its waited-for processes add up less what was recorded (a process that outlives its parent records CPU
+that sum never sees).
 
     python -m bench.bench_tests                          # the full suite, 2 workers
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
@@ -77,7 +79,11 @@ def cpu_by_process(records_file: Path, total_cpu_s: float) -> list[dict]:
     """The suite's CPU seconds by kind of process, most first, and what the records do not cover."""
     kinds: dict[str, dict] = {}
     lines = records_file.read_text().splitlines() if records_file.is_file() else []
-    for record in map(json.loads, lines):
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a process cut short mid-line: its CPU stays not attributed
+            continue
         row = kinds.setdefault(process_kind(record), {"processes": 0, "cpu_s": 0.0})
         row["processes"] += 1
         row["cpu_s"] += record["cpu_s"]

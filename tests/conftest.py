@@ -105,10 +105,10 @@ _prefect_fork_hook = False
 
 
 @pytest.fixture(scope="session")
-def prefect_db(tmp_path_factory) -> Path:
+def prefect_db(tmp_path_factory, worker_id: str) -> Path:
     """A migrated Prefect database to copy into a test server's home (tests/support/prefect_db.py): one for the
     session, shared by its xdist workers through the parent of their own temporary folders."""
     from tests.support.prefect_db import migrated_database
 
     base = tmp_path_factory.getbasetemp()
-    return migrated_database(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+    return migrated_database(base if worker_id == "master" else base.parent)  # xdist's name for no worker

@@ -2,10 +2,11 @@
 
 A Prefect server on a new SQLite database first runs all of Prefect's migrations: 10 s to answer here, against
 3.5 s on a database already migrated (the server checks it is at the newest migration and starts; measured with
-flows/server.py ``PrefectServer`` on the 2-core development machine, 9.4 s against 3.7 s of CPU). About ten test
-files each start their own server, so they start from a copy of one migrated database; each copy is the test's
-own, so no test sees another's flow runs. tests/test_flows_server_startup.py keeps a new database: a first start,
-migrations included, is what it checks.
+flows/server.py ``PrefectServer`` on the 2-core development machine, 9.4 s against 3.7 s of CPU with the script
+that starts it). Seven test files start Prefect servers on SQLite, so they start from a copy of one migrated
+database; each server has its own copy, so no file sees another's flow runs (the tests of one file share their
+file's server). tests/test_flows_server_startup.py keeps a new database: a first start, migrations included, is
+what it checks; tests/test_flows_engines.py runs on PostgreSQL.
 
 The first worker process that needs the database makes it, under a file lock in the folder every worker of the
 session shares (pytest's base temporary folder, the parent of each xdist worker's own); the others wait for it.
@@ -39,8 +40,13 @@ def migrated_database(shared: Path) -> Path:
             home = Path(tempfile.mkdtemp(prefix="prefect-migrate-", dir=shared))
             with PrefectServer(home):
                 pass
-            with contextlib.closing(sqlite3.connect(home / DB_NAME)) as db:  # the write-ahead log into the file
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # the write-ahead log into the file; mode=rw: a server that used another database leaves none here
+            with contextlib.closing(sqlite3.connect(f"file:{home / DB_NAME}?mode=rw", uri=True)) as db:
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            if busy or not tables:
+                raise RuntimeError(f"{home / DB_NAME}: no migrated Prefect database to copy (busy {busy}, "
+                                   f"{tables} tables); see {home / 'server.log'}")
             shutil.copyfile(home / DB_NAME, template.with_suffix(".part"))
             os.replace(template.with_suffix(".part"), template)
             shutil.rmtree(home, ignore_errors=True)
@@ -59,15 +65,17 @@ def harness_on_copy(template: Path) -> Iterator[None]:
     """Prefect's own ``prefect_test_harness``, its temporary database a copy of ``template``.
 
     The harness makes its folder with ``mkdtemp`` and its database in it; the folder it gets here already holds
-    the copy. Should Prefect rename either, ``mock.patch`` fails on the missing name, or the copy goes unused and
-    the harness migrates a new database as before: slower, never wrong.
+    the copy (``mkdtemp`` is replaced only while the harness starts). Should Prefect rename either, ``mock.patch``
+    fails on the missing name, or the copy goes unused and the harness migrates a new database as before.
     """
     from prefect.testing.utilities import prefect_test_harness
 
-    def folder_with_copy() -> str:
-        folder = tempfile.mkdtemp(prefix="prefect-harness-")
+    def folder_with_copy(*args, **kwargs) -> str:
+        folder = tempfile.mkdtemp(*args, **kwargs)
         shutil.copyfile(template, Path(folder) / HARNESS_DB_NAME)
         return folder
 
-    with mock.patch("prefect.testing.utilities.mkdtemp", folder_with_copy), prefect_test_harness():
+    with contextlib.ExitStack() as stack:
+        with mock.patch("prefect.testing.utilities.mkdtemp", folder_with_copy):
+            stack.enter_context(prefect_test_harness())
         yield
