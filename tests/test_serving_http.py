@@ -279,7 +279,7 @@ def test_sampled_batches_are_what_the_drift_stage_checks(photos, tmp_path):
     waiting = _unchecked(store, ROOT)
     assert [b.name for b in waiting] == [older, newer] and [b.images for b in waiting] == [6, 7]
     listing = listing_path(waiting, "drift-check-y", tmp_path / "worktree")
-    assert listing == store / ".served-batches-drift-check-y.csv"  # beside the batches: no source.allowed_roots
+    assert listing == store / "served-batches-drift-check-y.csv"  # beside the batches: no source.allowed_roots
     assert write_listing(waiting, listing) == 10
     assert pd.read_csv(listing)["uri"].str.fullmatch(rf"({older}|{newer})/[0-9a-f]{{16}}\.png").all()
     several = build_chain(tmp_path / "several", photos, batch=listing)

@@ -200,7 +200,7 @@ def listing_path(batches: list[SampledBatch], run: str, worktree: Path) -> Path:
     worktree (S3 URIs)."""
     if "://" in batches[0].location:
         return worktree / "served-batches.csv"
-    return Path(batches[0].location).parent / f".served-batches-{run}.csv"
+    return Path(batches[0].location).parent / f"served-batches-{run}.csv"  # a file: the batches are the folders
 
 
 def write_listing(batches: list[SampledBatch], path: Path) -> int:

@@ -39,7 +39,7 @@ def batch_group(source_uri: str) -> str:
     name = source_uri.rstrip("/").rsplit("/", 1)[-1] or source_uri
     for suffix in (".csv", ".parquet"):
         name = name.removesuffix(suffix)
-    return BATCH_PREFIX + (name.lstrip(".") or name)  # a hidden table (a drift check's listing) by its name
+    return BATCH_PREFIX + name
 
 
 def pack_batch(source_uri: str, reading: SourceParams, validate: ValidateParams, dataset_dir: Path, shard_bytes: int,
