@@ -4,6 +4,7 @@
     logs.py        the ``tlops`` logger and progress bars
     errors.py      error kinds, the exit codes they map to, one-line descriptions
     processes.py   running a command so nothing it starts outlives its limit or this process; signal names
+    pools.py       the stages' process pools: workers forked from a server that imported their modules once
     guard.py       the per-command guard process (parent-death signal, subreaper, group kill)
     faults.py      named kill points for the fault-injection tests
     s3.py          the one boto3 client factory, the object store, the S3 error mapping

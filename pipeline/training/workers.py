@@ -9,8 +9,9 @@ stage started): the runs split the stage's cores and never ask for more. The fir
 others leave (the scratch baseline does); every job sets its own count as it starts, so a run's count never
 depends on which worker ran it, and its log lines carry its name (runs side by side write to one log).
 
-Workers are spawned, not forked (a fork after torch started its thread pools can deadlock), and stay in
-this process's group: stopping the stage (pipeline/common/processes.py stops the whole group) stops them.
+Workers are forked from a server that imported the jobs' module once (pipeline/common/pools.py: not from this
+process, where a fork after torch started its thread pools can deadlock), and stay in this process's group:
+stopping the stage (pipeline/common/processes.py stops the whole group) stops them.
 A run that raises fails the whole call with the run named; the runs not started yet are cancelled.
 Results come back in the order of the jobs, whatever order they finish in, and every run seeds itself,
 so the results do not depend on how many workers ran them (the thread count of a run can move its last
@@ -20,14 +21,14 @@ digits: each row records it).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from typing import Callable, Sequence, TypeVar
 
 import torch
 
 from pipeline.common.logs import get_logger, setup_logging
+from pipeline.common.pools import process_pool
 from pipeline.common.threads import child_env
 
 __all__ = ["worker_plan", "run_in_workers"]
@@ -101,8 +102,7 @@ def run_in_workers(fn: Callable[[J], R], jobs: Sequence[J], device: torch.device
         return [fn(job) for job in jobs]
     log.info("%d runs on %d worker processes, %d thread(s) each", len(jobs), workers, each)
     level = logging.getLevelName(logging.getLogger("tlops").getEffectiveLevel())
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(each, level)) as pool:
+    with process_pool(workers, [__name__, fn.__module__], _start_worker, (each, level)) as pool:
         counts = [threads - (workers - 1) * each if i == 0 and first_takes_rest else each for i in range(len(jobs))]
         futures = [pool.submit(_run_job, fn, job, name, count) for job, name, count in zip(jobs, names, counts)]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)

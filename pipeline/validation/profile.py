@@ -13,10 +13,9 @@ import contextlib
 import hashlib
 import io
 import itertools
-import multiprocessing
 import warnings
 from collections import deque
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -27,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.common.logs import get_logger, progress
+from pipeline.common.pools import process_pool
 from pipeline.common.threads import current as current_threads
 from pipeline.data.images import SIXTEEN_BIT_MODES, to_model_input
 
@@ -291,11 +291,11 @@ def _chunk_count(total: int | None, size: int) -> int | None:
 
 @contextlib.contextmanager
 def _executor(workers: int) -> Iterator[Executor | None]:
-    """A spawn-based process pool (safe with threads in the parent), or None for in-process work."""
+    """A process pool (pipeline/common/pools.py: safe with threads in the parent), or None for in-process work."""
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with process_pool(workers, [__name__]) as pool:
         yield pool
 
 

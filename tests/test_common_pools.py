@@ -1,0 +1,74 @@
+"""The stages' process pools (pipeline/common/pools.py): workers forked from a server that imported their modules
+once, each starting from what a spawned worker would inherit when its pool starts (environment, stdout and stderr,
+working directory), in this process's group."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.common.pools import process_pool
+from tests.conftest import ROOT
+
+PRELOADED = "pipeline.validation.profile"  # numpy, scipy, PIL: a module the jobs below never import themselves
+
+
+def _inherited(tag: str) -> dict:
+    print(f"out {tag}", flush=True)
+    print(f"err {tag}", file=sys.stderr, flush=True)
+    return {"env": os.environ.get("TLOPS_POOL_CHECK"), "cwd": os.getcwd(), "pid": os.getpid(),
+            "parent": os.getppid(), "group": os.getpgid(0), "preloaded": PRELOADED in sys.modules}
+
+
+def _mark(value: str) -> None:
+    os.environ["TLOPS_POOL_MARK"] = value
+
+
+def _marked(_: int) -> str | None:
+    return os.environ.get("TLOPS_POOL_MARK")
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_workers_start_from_what_this_process_has_when_the_pool_starts(monkeypatch, tmp_path, capfd):
+    monkeypatch.setenv("TLOPS_POOL_CHECK", "first")
+    with process_pool(2, [PRELOADED]) as pool:
+        first = pool.submit(_inherited, "one").result(timeout=120)
+    assert first["env"] == "first"
+    assert first["parent"] != os.getpid() and first["group"] == os.getpgid(0)  # forked by the server, our group
+
+    # the server is the first pool's; the next pool's workers still get this process's state of now
+    monkeypatch.setenv("TLOPS_POOL_CHECK", "second")
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    with process_pool(1, [PRELOADED]) as pool:
+        second = pool.submit(_inherited, "two").result(timeout=120)
+    assert (second["env"], second["cwd"]) == ("second", str(tmp_path))
+    assert second["parent"] == first["parent"]  # the same server: nothing imported again
+    out, err = capfd.readouterr()
+    assert "out two" in out and "err two" in err  # where this process's streams go now (captured here)
+
+
+def _first_pool_of_a_process() -> None:
+    with process_pool(2, [PRELOADED]) as pool:
+        print(json.dumps(list(pool.map(_inherited, ["a", "b"], timeout=120))))
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_the_first_pool_of_a_process_has_its_modules_imported_before_any_job():
+    script = "from tests.test_common_pools import _first_pool_of_a_process as first; first()"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)
+    reports = json.loads(done.stdout.splitlines()[-1])
+    assert all(report["preloaded"] for report in reports), reports  # imported by the server, inherited by the fork
+
+
+def test_the_initializer_runs_in_each_worker_after_the_environment_is_set(monkeypatch):
+    monkeypatch.setenv("TLOPS_POOL_MARK", "from the parent")
+    with process_pool(2, [__name__], _mark, ("from the initializer",)) as pool:
+        assert list(pool.map(_marked, range(4), timeout=120)) == ["from the initializer"] * 4
+    assert os.environ["TLOPS_POOL_MARK"] == "from the parent"  # this process untouched
