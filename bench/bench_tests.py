@@ -12,10 +12,10 @@ slow"`` times the edit loop (`make test-fast`).
 workers), each stage, each DVC command, Prefect's flow-run processes, spawned training workers, ... Every Python
 process the suite starts with the suite's PYTHONPATH then records its own CPU seconds and command line when it
 exits (a ``sitecustomize`` there); what no record covers (processes killed by a signal, such as the servers the
-tests stop and the pool workers terminated at a pool's end; processes given a PYTHONPATH of their own; programs
-that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not attributed``: an estimate, the suite's
-CPU as its waited-for processes add up less what was recorded (a process that outlives its parent records CPU
-that sum never sees).
+tests stop; the pool workers, forked from multiprocessing's fork server, which end without exit hooks; processes
+given a PYTHONPATH of their own; programs that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not
+attributed``: an estimate, the suite's CPU as its waited-for processes add up less what was recorded (a process
+that outlives its parent records CPU that sum never sees).
 
     python -m bench.bench_tests                          # the full suite, 2 workers
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
