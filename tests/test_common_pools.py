@@ -1,6 +1,6 @@
 """The stages' process pools (pipeline/common/pools.py): workers forked from a server that imported their modules
-once, each starting from what a spawned worker would inherit when its pool starts (environment, stdout and stderr,
-working directory), in this process's group."""
+once, each starting from this process's environment, stdout and stderr and working directory as they are when its
+pool starts, in this process's group."""
 
 from __future__ import annotations
 
@@ -34,23 +34,47 @@ def _marked(_: int) -> str | None:
 
 
 @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
-def test_workers_start_from_what_this_process_has_when_the_pool_starts(monkeypatch, tmp_path, capfd):
+def test_workers_start_from_what_this_process_has_when_the_pool_starts(monkeypatch, tmp_path):
     monkeypatch.setenv("TLOPS_POOL_CHECK", "first")
     with process_pool(2, [PRELOADED]) as pool:
         first = pool.submit(_inherited, "one").result(timeout=120)
     assert first["env"] == "first"
     assert first["parent"] != os.getpid() and first["group"] == os.getpgid(0)  # forked by the server, our group
 
-    # the server is the first pool's; the next pool's workers still get this process's state of now
+    # the server is this process's first pool's; the next pool's workers still get this process's state of now
     monkeypatch.setenv("TLOPS_POOL_CHECK", "second")
     monkeypatch.chdir(tmp_path)
-    capfd.readouterr()
     with process_pool(1, [PRELOADED]) as pool:
         second = pool.submit(_inherited, "two").result(timeout=120)
     assert (second["env"], second["cwd"]) == ("second", str(tmp_path))
     assert second["parent"] == first["parent"]  # the same server: nothing imported again
-    out, err = capfd.readouterr()
-    assert "out two" in out and "err two" in err  # where this process's streams go now (captured here)
+
+
+def _point_streams_at(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _two_pools_two_destinations(first: str, second: str) -> None:
+    """The first pool (which starts the server) with stdout and stderr going to ``first``, the next to ``second``."""
+    for path, tag in ((first, "one"), (second, "two")):
+        _point_streams_at(path)
+        with process_pool(1, [PRELOADED]) as pool:
+            pool.submit(_inherited, tag).result(timeout=120)
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_a_workers_output_goes_where_this_processes_goes_when_its_pool_starts(tmp_path):
+    """In a fresh interpreter, so that its first pool starts the server with the first destination."""
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    script = f"from tests.test_common_pools import _two_pools_two_destinations as run; run({str(first)!r}, " \
+             f"{str(second)!r})"
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=300, check=True)
+    assert "out one" in first.read_text() and "err one" in first.read_text()
+    assert "out two" in second.read_text() and "err two" in second.read_text()  # not the server's destination
+    assert "two" not in first.read_text()
 
 
 def _first_pool_of_a_process() -> None:

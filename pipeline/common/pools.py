@@ -5,18 +5,26 @@ A spawned worker imports everything its jobs need from nothing: for a scratch ru
 scikit-learn, about 7 s of CPU a worker on the 2-core development machine. A pool of two took 11 s to run its
 first jobs, where the same pool forked from a server that had imported them took 5 s. Forking the stage process
 itself is not safe (a fork after torch started its thread pools can deadlock), so the workers come from
-multiprocessing's fork server: a fresh, single-threaded process that imports ``preload`` and then forks one
-worker per request. The server belongs to this process (it ends with it) and stays in its process group, so
-stopping the stage's group stops the server and every worker.
+multiprocessing's fork server: a fresh process that imports ``preload`` and then forks one worker per request.
+Those imports start no pool of torch's, but they do start a few idle native threads (jemalloc's, through
+pyarrow; BLAS may start its own), which the libraries make safe to fork (fork handlers); a hang would still end
+at the stage's time limit. The server belongs to this process and stays in its process group, so stopping the
+stage's group stops the server and every worker; at a normal exit this process stops the server and waits for
+it (its CPU, and its workers', then counts among this process's children).
 
-Each worker starts from what a spawned worker would inherit when the pool starts, not what the server had when it
-started (with the first pool): this process's environment, its stdout and stderr (a worker's log lines go where
-this process's go, captured ones included), its working directory and ``sys.path`` (multiprocessing sends those).
+The first pool of a process starts the server, so the server keeps what this process had then: the preloaded
+modules (a later pool's other modules are imported by each worker), file descriptors, signal dispositions,
+limits. Each worker re-applies what matters of this process as it is when its pool starts: the environment,
+stdout and stderr (passed as descriptors, so captured output still reaches the capture) and the working
+directory (multiprocessing sends it). Libraries loaded by the server sized their pools from the environment of
+the first pool: a pool's initializer sets the worker's own count (pipeline/training/workers.py does).
 Where there is no fork server (Windows) the workers are spawned.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import multiprocessing
 import os
 import sys
@@ -40,8 +48,9 @@ class _Stream:
 def _attach(passed: Any, fd: int) -> None:
     """In the worker: the passed descriptor becomes its own ``fd`` (stdout, stderr)."""
     received = passed.detach()
-    os.dup2(received, fd)
-    os.close(received)
+    if received != fd:  # the server may have had it closed: then the descriptor arrives as that number
+        os.dup2(received, fd)
+        os.close(received)
 
 
 def _is_open(fd: int) -> bool:
@@ -62,6 +71,18 @@ def _start(environment: dict[str, str], streams: Any, initializer: Callable[...,
         initializer(*initargs)
 
 
+@functools.cache
+def _stop_server_at_exit() -> None:
+    """Once per process: stop the fork server at exit and wait for it (multiprocessing leaves it to notice this
+    process is gone, never waited for). ``_stop`` is CPython's own (3.8 to 3.13); without it the server still
+    ends by itself."""
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        atexit.register(stop)
+
+
 def process_pool(workers: int, preload: Sequence[str], initializer: Callable[..., None] | None = None,
                  initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes whose jobs need the modules ``preload`` (imported once, by the server).
@@ -76,6 +97,7 @@ def process_pool(workers: int, preload: Sequence[str], initializer: Callable[...
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
+        _stop_server_at_exit()
         context.set_forkserver_preload(list(preload))  # read when the server starts: the first pool's
         sys.stdout.flush()
         sys.stderr.flush()

@@ -41,7 +41,8 @@ from typing import Iterator
 from pipeline.common.logs import get_logger
 
 __all__ = ["Share", "THREADS_ENV", "JOB_ENV", "JOBS_DIR_ENV", "LIBRARY_ENV", "PARAM", "machine_cores",
-           "running_jobs", "job", "resolve", "child_env", "applied", "run_threads", "current", "busy_note"]
+           "running_jobs", "job", "resolve", "child_env", "set_library_threads", "applied", "run_threads", "current",
+           "busy_note"]
 log = get_logger(__name__)
 
 PARAM = "orchestrate.threads"
@@ -244,7 +245,7 @@ def child_env(threads: int) -> dict[str, str]:
     return {**{name: str(threads) for name in LIBRARY_ENV}, THREADS_ENV: str(threads)}
 
 
-def _set_library_threads(threads: int) -> object | None:
+def set_library_threads(threads: int) -> object | None:
     """torch's threads (when torch is loaded) and the pools of the libraries loaded so far; returns threadpoolctl's
     limiter (None when threadpoolctl is missing), whose ``restore_original_limits`` undoes the latter.
 
@@ -274,7 +275,7 @@ def applied(threads: int) -> Iterator[None]:
     saved_env = {name: os.environ.get(name) for name in names}
     saved_torch = torch.get_num_threads() if torch is not None else None
     os.environ.update(child_env(threads))
-    limiter = _set_library_threads(threads)
+    limiter = set_library_threads(threads)
     try:
         yield
     finally:

@@ -9,9 +9,10 @@ stage started): the runs split the stage's cores and never ask for more. The fir
 others leave (the scratch baseline does); every job sets its own count as it starts, so a run's count never
 depends on which worker ran it, and its log lines carry its name (runs side by side write to one log).
 
-Workers are forked from a server that imported the jobs' module once (pipeline/common/pools.py: not from this
-process, where a fork after torch started its thread pools can deadlock), and stay in this process's group:
-stopping the stage (pipeline/common/processes.py stops the whole group) stops them.
+Workers are forked from a fork server (pipeline/common/pools.py: not from this process, where a fork after torch
+started its thread pools can deadlock), which the process's first pool started with its jobs' module imported once,
+and stay in this process's group: stopping the stage (pipeline/common/processes.py stops the whole group) stops
+them.
 A run that raises fails the whole call with the run named; the runs not started yet are cancelled.
 Results come back in the order of the jobs, whatever order they finish in, and every run seeds itself,
 so the results do not depend on how many workers ran them (the thread count of a run can move its last
@@ -29,7 +30,7 @@ import torch
 
 from pipeline.common.logs import get_logger, setup_logging
 from pipeline.common.pools import process_pool
-from pipeline.common.threads import child_env
+from pipeline.common.threads import child_env, set_library_threads
 
 __all__ = ["worker_plan", "run_in_workers"]
 log = get_logger(__name__)
@@ -47,9 +48,10 @@ def worker_plan(jobs: int, threads: int, device: torch.device) -> tuple[int, int
 
 
 def _start_worker(threads: int, level: str) -> None:
-    """Each worker: its thread share (torch, and the library pools of what it starts) and the stage's logging."""
+    """Each worker: its thread share (torch, the pools of the libraries the fork server loaded with the stage's
+    whole share, and those of what it starts) and the stage's logging."""
     os.environ.update(child_env(threads))
-    torch.set_num_threads(threads)
+    set_library_threads(threads)
     setup_logging(level)
 
 
