@@ -9,13 +9,14 @@ and how busy that kept the cores; a failed test gets a line of its own with what
 slow"`` times the edit loop (`make test-fast`).
 
 ``--processes`` also says where that CPU went, by kind of process: the tests' own processes (pytest and its
-workers), each stage, each DVC command, Prefect's flow-run processes, spawned training workers, ... Every Python
+workers), each stage, each DVC command, Prefect's flow-run processes, spawned pool workers, ... Every Python
 process the suite starts with the suite's PYTHONPATH then records its own CPU seconds and command line when it
 exits (a ``sitecustomize`` there); what no record covers (processes killed by a signal, such as the servers the
-tests stop; the pool workers, forked from multiprocessing's fork server, which end without exit hooks; processes
-given a PYTHONPATH of their own; programs that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not
-attributed``: an estimate, the suite's CPU as its waited-for processes add up less what was recorded (a process
-that outlives its parent records CPU that sum never sees).
+tests stop; the pool workers, forked from multiprocessing's fork server, which end without exit hooks (their CPU
+reaches the total through the server, which its process waits for at exit); processes given a PYTHONPATH of their
+own; programs that are not Python: PostgreSQL, nginx, chromium, git) is the line ``not attributed``: an
+estimate, the suite's CPU as its waited-for processes add up less what was recorded (a process that outlives its
+parent records CPU that sum never sees).
 
     python -m bench.bench_tests                          # the full suite, 2 workers
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
@@ -63,7 +64,7 @@ def process_kind(record: dict) -> str:
     argv = [str(part) for part in record["argv"]] + ["", ""]
     program = argv[0].rsplit("/", 1)[-1]
     if record.get("spawned"):  # its command line is its parent's (multiprocessing rewrites it)
-        return "spawned workers (training pools) that exited on their own"
+        return "spawned pool workers (where there is no fork server) that exited on their own"
     if record["tests"]:
         return "tests (pytest and its workers, in process)"
     if program == "tlops" or argv[0].endswith("pipeline/cli.py"):

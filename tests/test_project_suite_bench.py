@@ -74,7 +74,7 @@ def test_each_python_process_records_its_cpu_at_exit_and_the_rest_is_not_attribu
                            capture_output=True, text=True, check=True)
     assert quiet.stderr == "" and quiet.stdout == ""
     rows = {row["kind"]: row for row in cpu_by_process(records, total_cpu_s=10.0)}
-    spawned = "spawned workers (training pools) that exited on their own"
+    spawned = "spawned pool workers (where there is no fork server) that exited on their own"
     assert set(rows) == {"other python: -c", "tlops --version", spawned, "not attributed"}
     # the burn and the spawner (and the resource tracker multiprocessing may start beside it)
     assert rows["other python: -c"]["processes"] in (2, 3) and rows["other python: -c"]["cpu_s"] >= 0.3
