@@ -77,6 +77,30 @@ def test_a_workers_output_goes_where_this_processes_goes_when_its_pool_starts(tm
     assert "two" not in first.read_text()
 
 
+def _library_threads(_: int) -> dict:
+    from threadpoolctl import threadpool_info
+
+    return {"blas": sorted({pool["num_threads"] for pool in threadpool_info()}),
+            "torch": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None}
+
+
+def _pools_on_one_then_two_threads() -> None:
+    for threads in ("1", "2"):  # the first pool starts the server (its libraries load on one thread)
+        os.environ["OMP_NUM_THREADS"] = threads
+        with process_pool(1, [PRELOADED]) as pool:
+            print(json.dumps(pool.submit(_library_threads, 0).result(timeout=120)))
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2,
+                    reason="no fork server here, or one core")
+def test_a_workers_library_pools_follow_the_environment_of_its_pool_not_the_servers():
+    script = "from tests.test_common_pools import _pools_on_one_then_two_threads as run; run()"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)
+    first, second = (json.loads(line) for line in done.stdout.splitlines()[-2:])
+    assert first["blas"] == [1] and second["blas"] == [2], (first, second)  # scipy's BLAS, loaded by the server
+
+
 def _first_pool_of_a_process() -> None:
     with process_pool(2, [PRELOADED]) as pool:
         print(json.dumps(list(pool.map(_inherited, ["a", "b"], timeout=120))))

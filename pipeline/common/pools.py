@@ -17,7 +17,8 @@ modules (a later pool's other modules are imported by each worker), file descrip
 limits. Each worker re-applies what matters of this process as it is when its pool starts: the environment,
 stdout and stderr (passed as descriptors, so captured output still reaches the capture) and the working
 directory (multiprocessing sends it). Libraries loaded by the server sized their pools from the environment of
-the first pool: a pool's initializer sets the worker's own count (pipeline/training/workers.py does).
+the first pool: each worker sizes them again from its own (``OMP_NUM_THREADS``), as a spawned worker's libraries
+would be sized as they load; a pool's initializer may then narrow them (pipeline/training/workers.py does).
 Where there is no fork server (Windows) the workers are spawned.
 """
 
@@ -31,6 +32,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import reduction
 from typing import Any, Callable, Sequence
+
+from pipeline.common.threads import library_threads, set_library_threads
 
 __all__ = ["process_pool"]
 
@@ -67,6 +70,9 @@ def _start(environment: dict[str, str], streams: Any, initializer: Callable[...,
     then the pool's own initializer."""
     os.environ.clear()
     os.environ.update(environment)
+    threads = library_threads()
+    if threads:  # the pools of what the server loaded were sized by the first pool's environment, not this one's
+        set_library_threads(threads)
     if initializer is not None:
         initializer(*initargs)
 

@@ -41,8 +41,8 @@ from typing import Iterator
 from pipeline.common.logs import get_logger
 
 __all__ = ["Share", "THREADS_ENV", "JOB_ENV", "JOBS_DIR_ENV", "LIBRARY_ENV", "PARAM", "machine_cores",
-           "running_jobs", "job", "resolve", "child_env", "set_library_threads", "applied", "run_threads", "current",
-           "busy_note"]
+           "running_jobs", "job", "resolve", "child_env", "library_threads", "set_library_threads", "applied",
+           "run_threads", "current", "busy_note"]
 log = get_logger(__name__)
 
 PARAM = "orchestrate.threads"
@@ -238,6 +238,11 @@ def current() -> int:
     """The threads this process's run may use: the share a stage applied, else what :func:`resolve` gives
     without a param (for code that sizes its own pools, e.g. validate's profile processes)."""
     return _env_int(THREADS_ENV) or resolve(None).threads
+
+
+def library_threads() -> int | None:
+    """The threads the environment gives the libraries a process loads (``OMP_NUM_THREADS``), None when unset."""
+    return _env_int("OMP_NUM_THREADS")
 
 
 def child_env(threads: int) -> dict[str, str]:
