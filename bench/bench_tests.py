@@ -18,7 +18,7 @@ own; programs that are not Python: PostgreSQL, nginx, chromium, git) is the line
 estimate, the suite's CPU as its waited-for processes add up less what was recorded (a process that outlives its
 parent records CPU that sum never sees).
 
-    python -m bench.bench_tests                          # the full suite, 2 workers
+    python -m bench.bench_tests                          # the full suite, 3 workers (as make test)
     python -m bench.bench_tests --marker "not slow"      # make test-fast's tests
     python -m bench.bench_tests --processes              # ... and the CPU by kind of process
 """
@@ -152,7 +152,7 @@ def suite_figures(files: list[dict], wall_s: float, cpu_s: float, workers: int) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", 2)),
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", 3)),
                         help="pytest-xdist workers as in `make test` (0: one process)")
     parser.add_argument("--marker", default=None, help='a pytest -m expression, e.g. "not slow"')
     parser.add_argument("--top", type=int, default=15, help="files listed, longest first")
