@@ -54,7 +54,8 @@ def engine(tmp_path_factory):
             yield {"project": project, "api": api, "registered": registered.stdout, "work": work,
                    "postgres": postgres}
         finally:
-            stop_service(worker)
+            # every run is finished by now: a short grace (this worker outlived its SIGTERM in each suite run, 20 s)
+            stop_service(worker, 5)
             api.close()
 
 
