@@ -68,8 +68,8 @@ lint: setup-dev
 
 # the whole suite, as CI runs it, in TEST_WORKERS processes (pytest-xdist; each test file stays on one worker, so
 # its module-scoped chain or server is built once; tests/conftest.py gives each worker one compute thread and
-# starts the files of slow tests first); three on CI's two cores: a third of a test's time is waiting on a server,
-# a poll or a subprocess, which left the cores 84-87% busy with two workers (docs/development.md has the figures);
+# starts the files of slow tests first); three on CI's two cores: the tests wait on servers, polls and subprocesses,
+# which left the cores 84-87% busy with two workers (docs/development.md has the figures);
 # TEST_WORKERS=0 runs it in this process
 TEST_WORKERS ?= 3
 PYTEST = $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile \
