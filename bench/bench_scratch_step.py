@@ -1,8 +1,9 @@
 """What one scratch training step costs, by input side and batch: where the verdict's scratch side spends its time.
 
-One step as the training loop takes it on the CPU (pipeline/training/loop.py): forward and backward of the
-architecture from a random start in the channels_last layout, label-smoothed cross-entropy, gradient clipping
-and the fused AdamW update, on ``--threads`` threads. Each side x batch is timed in a fresh process of its own
+One step as the training loop takes it on the CPU (pipeline/training/loop.py ``Trainer._step``, whose
+settings it reads from the default params: layout, label smoothing, clipping, weight decay, the scratch lr):
+forward and backward of the architecture from a random start, then the fused AdamW update, on ``--threads``
+threads. Each side x batch is timed in a fresh process of its own
 (``--repeats`` times), as a stage's pool worker would run it: the median of the steps after the first few.
 Figures: milliseconds a step and images a second, and each side's ratio to the first side at the same batch
 (the reference, measured in the same run). The batches default to the ones the default run trains at: 8 (the
@@ -19,10 +20,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.report import BenchReport
 
 ARCHITECTURE = "efficientnet_lite0"
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the default run's params
 WARMUP_STEPS, TIMED_STEPS = 5, 20
 
 
@@ -30,21 +33,27 @@ def _one(size: int, batch: int, threads: int) -> float:
     """In a fresh process: the median seconds of a scratch training step at this side and batch."""
     import torch
 
+    from pipeline.config import load_params
     from pipeline.models import LoadedModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    params = load_params(PARAMS)
+    train = params.train
+    layout = torch.channels_last if train.channels_last else torch.contiguous_format
     model = LoadedModel.scratch(ARCHITECTURE, 10, size, seed=0, classes=[str(i) for i in range(10)])
-    network = model.network.train().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
-    images = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    network = model.network.train().to(memory_format=layout)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=params.baseline.lr, weight_decay=train.weight_decay,
+                                  fused=True)
+    images = torch.randn(batch, 3, size, size).to(memory_format=layout)
     labels = torch.randint(0, 10, (batch,))
     seconds = []
     for _ in range(WARMUP_STEPS + TIMED_STEPS):
         started = time.perf_counter()
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(network(images), labels, label_smoothing=0.1).backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        torch.nn.functional.cross_entropy(network(images), labels, label_smoothing=train.label_smoothing).backward()
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), train.grad_clip)
         optimizer.step()
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds[WARMUP_STEPS:])
