@@ -25,7 +25,7 @@ from pipeline.common.errors import TransientError
 from pipeline.common.threads import busy_note, job
 from pipeline.common.threads import resolve as resolve_threads
 from pipeline.config import OrchestrateParams, load_params
-from pipeline.project import built_stages, find_root
+from pipeline.project import built_stages, find_root, in_dependency_order
 from pipeline.common.run_names import run_name
 from pipeline.runs.notify import EVENTS, emit, failure_event, run_events
 from pipeline.runs.publish import publish_reports
@@ -57,8 +57,9 @@ def prepare(project: str, name: str, overrides: dict[str, Any]) -> str:
 
 
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
-def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
-    """Run one stage through DVC in the run's worktree; a retry (after a kill) resumes from its checkpoint."""
+def run_stage(project: str, name: str, stage: str, upstream_done: bool = False) -> dict[str, Any]:
+    """Run one stage through DVC in the run's worktree; a retry (after a kill) resumes from its checkpoint.
+    ``upstream_done``: the flow ran every earlier stage of the chain in this worktree (RunWorkspace.repro)."""
     attempt, logger = task_run.run_count, get_run_logger()
     workspace = RunWorkspace.open(Path(project), name)
     share = resolve_threads(workspace.limits.threads)  # what the stage takes as it starts (its log keeps quiet)
@@ -66,7 +67,8 @@ def run_stage(project: str, name: str, stage: str) -> dict[str, Any]:
     if busy := busy_note(share):
         logger.warning("stage %s: %s", stage, busy)
     # each line the stage prints (per-epoch lines, progress) reaches the run log while the stage runs
-    result = workspace.repro(stage, resume=attempt > 1, on_line=lambda line: logger.info("%s | %s", stage, line))
+    result = workspace.repro(stage, resume=attempt > 1, on_line=lambda line: logger.info("%s | %s", stage, line),
+                             upstream_done=upstream_done)
     logger.info("stage %s: %s in %.1fs (attempt %d)", stage, result.status, result.seconds, attempt)
     return {**result.as_dict(), "attempt": attempt}
 
@@ -154,12 +156,12 @@ def _retrain(project: str, orchestrate: OrchestrateParams, name: str, parameters
     # beside it share the cores (pipeline/common/threads.py)
     with training_slot(orchestrate, f"retrain run {name}"), job(f"retrain run {name}"):
         workspace = prepare(project, name, overrides)
-        chain = built_stages(Path(workspace))
+        chain, ordered = built_stages(Path(workspace)), in_dependency_order(Path(workspace))
         stage_task, version_task = retrying(run_stage, orchestrate), retrying(version, orchestrate)
-        stages = [stage_task(project, name, stage) for stage in chain if stage != "promote"]
+        stages = [stage_task(project, name, stage, upstream_done=ordered) for stage in chain if stage != "promote"]
         sha = version_task(project, name, f"run {name}: {reason}")
         if "promote" in chain:  # after the commit, tag and push: a champion never points at data not yet pushed
-            stages.append(stage_task(project, name, "promote"))
+            stages.append(stage_task(project, name, "promote", upstream_done=ordered))
             sha = version_task(project, name, f"run {name}: promotion decision")
     summary = render_summary(Path(workspace), name=name, reason=reason, overrides=overrides,
                              stages=stages, commit=sha)

@@ -21,7 +21,8 @@ from pipeline.common.processes import run_command
 from pipeline.common.run_names import BRANCH_PREFIX, run_name, tag_of
 
 __all__ = ["DVC_YAML", "find_root", "main_checkout", "dvc_stages", "built_stages", "declared_options",
-           "declared_paths", "replaced_outputs", "dvc", "dvc_status", "GIT_QUERY_TIMEOUT_S", "run_identity"]
+           "declared_paths", "in_dependency_order", "replaced_outputs", "dvc", "dvc_status", "GIT_QUERY_TIMEOUT_S",
+           "run_identity"]
 DVC_YAML = "dvc.yaml"
 GIT_QUERY_TIMEOUT_S = 60.0  # a local, read-only git query (rev-parse): a hang here is a broken repository
 
@@ -52,6 +53,23 @@ def built_stages(root: Path) -> list[str]:
     """The stages that dvc.yaml declares, in its order: the chain order (tests/test_project_dvc_graph.py holds dvc.yaml
     to the stage table, pipeline/stages/__init__.py, which this bottom-floor module does not import)."""
     return list(dvc_stages(root))
+
+
+def in_dependency_order(root: Path) -> bool:
+    """Whether no stage in dvc.yaml depends on the outputs of a stage declared after it: then a chain run in
+    that order has brought each stage's upstream up to date before the stage (the retrain flow's
+    ``--single-item``); a dvc.yaml edited out of order keeps DVC's own walk of the upstream graph."""
+    stages = built_stages(root)
+    outputs = {stage: [path for kind in ("outs", "metrics", "plots") for path in declared_paths(root, stage, kind)]
+               for stage in stages}
+    return not any(_overlaps(dep, out) for i, stage in enumerate(stages) for dep in declared_paths(root, stage, "deps")
+                   for later in stages[i + 1:] for out in outputs[later])
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """One path is the other or inside it (a stage may depend on a file in another's output folder)."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def declared_paths(root: Path, stage: str, kind: str) -> list[str]:

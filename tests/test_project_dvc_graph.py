@@ -16,8 +16,9 @@ import ast
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.project import built_stages, declared_options, declared_paths, dvc_stages
+from pipeline.project import built_stages, declared_options, declared_paths, dvc_stages, in_dependency_order
 from pipeline.stages import STAGES, get_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +144,16 @@ def test_the_scratch_side_depends_on_the_architecture_alone():
     assert "results/select/architecture.json" in deps and not deps & upstream, deps & upstream
     params = {entry.split(".")[0] for entry in declared_paths(ROOT, "baseline", "params")}
     assert not params & {"select", "freeze", "finetune"}, params
+
+
+def test_each_stage_comes_after_the_stages_it_depends_on(tmp_path):
+    """The retrain flow runs dvc.yaml's stages in its order and has DVC check each alone (pipeline/project.py:
+    in_dependency_order); a dvc.yaml edited out of order is seen, and the flow leaves the graph walk to DVC."""
+    assert in_dependency_order(ROOT)
+    stages = dvc_stages(ROOT)
+    reordered = {name: stages[name] for name in ("validate", "ingest", *[s for s in stages if s not in
+                                                                          ("validate", "ingest")])}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": reordered}, sort_keys=False))
+    assert not in_dependency_order(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"validate": stages["validate"]}}, sort_keys=False))
+    assert in_dependency_order(tmp_path)  # an input no stage of the file makes: a user's file, not an order

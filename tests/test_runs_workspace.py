@@ -111,6 +111,41 @@ def test_run_versions_and_reruns_skip(toy_project: Path, tmp_path: Path):
     assert "up to date" in status
 
 
+DOUBLE_STAGE = {"cmd": f"{sys.executable} -P double.py", "deps": ["double.py", "data/toy"], "outs": ["data/double"]}
+DOUBLE_SCRIPT = """
+import pathlib
+pathlib.Path("data/double").mkdir(parents=True, exist_ok=True)
+pathlib.Path("data/double/value.txt").write_text(str(2 * int(pathlib.Path("data/toy/value.txt").read_text())))
+"""
+
+
+@pytest.mark.slow
+def test_a_chain_run_in_order_checks_each_stage_alone_and_still_reruns_what_changed(toy_project: Path):
+    """`upstream_done` (the retrain flow's chain, run in dvc.yaml's order): DVC checks the stage alone. Asked
+    alone with its upstream out of date it does not run that upstream; run in order, a stage whose input the
+    stage before it changed still runs."""
+    (toy_project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": TOY_STAGE, "double": DOUBLE_STAGE}}))
+    (toy_project / "double.py").write_text(DOUBLE_SCRIPT)
+    _git(toy_project, "add", "-A")
+    _git(toy_project, "commit", "-q", "-m", "a chain of two")
+    run = RunWorkspace.create(toy_project, "chain", overrides={"common.seed": 4})
+    assert [run.repro(stage, upstream_done=True).status for stage in ("toy", "double")] == ["ran", "ran"]
+    assert (run.path / "data/double/value.txt").read_text() == "56"
+    _set_seed(run.path, 5)
+    assert run.repro("double", upstream_done=True).status == "skipped"  # alone: toy's new seed is not looked at
+    assert (run.path / "data/toy/value.txt").read_text() == "28"
+    # in order, as the flow runs them: toy's new output is double's changed input
+    assert [run.repro(stage, upstream_done=True).status for stage in ("toy", "double")] == ["ran", "ran"]
+    assert (run.path / "data/double/value.txt").read_text() == "70"
+    release_run(toy_project, "chain")
+
+
+def _set_seed(worktree: Path, seed: int) -> None:
+    params = yaml.safe_load((worktree / "params.yaml").read_text())
+    params["common"]["seed"] = seed
+    (worktree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.mark.slow
 def test_a_run_shares_the_projects_cache_and_local_remotes_and_skips_a_remote_its_commit_lacks(toy_project: Path,
                                                                                                tmp_path: Path):
