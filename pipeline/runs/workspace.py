@@ -193,8 +193,8 @@ class RunWorkspace:
             on_line: receives each line the stage prints while it runs (per-epoch lines, progress).
             upstream_done: the caller has just run every stage this one depends on in this worktree (a chain
                 run in order): DVC checks this stage alone (``--single-item``) instead of walking its whole
-                upstream graph again, which costs a stage at the chain's end half a second of CPU. Its
-                dependencies are still compared with dvc.lock, so a changed input still runs it.
+                upstream graph again (0.5 to 0.6 s of CPU a stage's check instead of 0.8 to 1.0 s on the tiny
+                chain). Its dependencies are still compared with dvc.lock, so a changed input still runs it.
         Raises:
             StageFailed: the stage failed on bad input or a bug, or ran past its limit (no retry).
             TransientError: the stage reported a network or storage failure, or was killed by a
