@@ -12,7 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import yaml
@@ -59,23 +59,25 @@ def in_dependency_order(root: Path) -> bool:
     """Whether no stage in dvc.yaml depends on the outputs of a stage declared after it: then a chain run in
     that order has brought each stage's upstream up to date before the stage (the retrain flow's
     ``--single-item``); a dvc.yaml edited out of order keeps DVC's own walk of the upstream graph."""
-    stages = built_stages(root)
-    outputs = {stage: [path for kind in ("outs", "metrics", "plots") for path in declared_paths(root, stage, kind)]
-               for stage in stages}
-    return not any(_overlaps(dep, out) for i, stage in enumerate(stages) for dep in declared_paths(root, stage, "deps")
-                   for later in stages[i + 1:] for out in outputs[later])
-
-
-def _overlaps(a: str, b: str) -> bool:
-    """One path is the other or inside it (a stage may depend on a file in another's output folder)."""
-    a, b = a.rstrip("/"), b.rstrip("/")
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+    stages = list(dvc_stages(root).values())
+    for i, stage in enumerate(stages):
+        later = [PurePosixPath(out) for other in stages[i + 1:] for kind in ("outs", "metrics", "plots")
+                 for out in _paths(other, kind)]
+        # a dep is a later output, or a file inside a later output folder, or a folder holding one
+        if any(dep.is_relative_to(out) or out.is_relative_to(dep)
+               for dep in map(PurePosixPath, _paths(stage, "deps")) for out in later):
+            return False
+    return True
 
 
 def declared_paths(root: Path, stage: str, kind: str) -> list[str]:
     """The paths a stage declares under ``kind`` (``deps``, ``outs``, ``metrics`` or ``plots``)."""
-    entries = dvc_stages(root).get(stage, {}).get(kind, [])
-    return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries]
+    return _paths(dvc_stages(root).get(stage, {}), kind)
+
+
+def _paths(stage_yaml: dict, kind: str) -> list[str]:
+    """The paths of one stage's ``kind`` entries (a plain path, or a path with its options)."""
+    return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage_yaml.get(kind) or []]
 
 
 def replaced_outputs(root: Path, stage: str) -> list[str]:
