@@ -16,7 +16,8 @@ from pipeline.cli import main
 from pipeline.common.io import write_json
 from pipeline.config import validate_params
 from pipeline.models import LoadedModel
-from pipeline.models.export import EXPORT_CARD, FORMATS, exported_logits, load_torchscript, onnx_session
+from pipeline.models.export import (EXPORT_CARD, FORMATS, export_formats, exported_logits, load_torchscript,
+                                   onnx_session)
 from pipeline.registry import open_registry
 from pipeline.stages import promote
 from tests.support.drift_chain import SIZE, build_chain
@@ -116,3 +117,28 @@ def test_promotion_registers_the_bundle_with_its_exports(chain, exported, tmp_pa
     args.model = tmp_path / "other"  # a bundle exported from another model than the candidate
     with pytest.raises(ValueError, match="exports another model than the candidate"):
         promote.run(params, args)
+
+
+def test_the_network_comes_back_with_its_in_place_activations_whatever_the_export_does(tmp_path, monkeypatch):
+    """The ONNX export switches in-place activations off while it traces (pipeline/models/export.py): the
+    network a stage goes on using keeps them, after a written export and after one that failed."""
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(inplace=True), torch.nn.Hardswish(),
+                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    example = torch.rand(2, 3, 8, 8)
+    export_formats(network, example, tmp_path, ("onnx",))
+    assert network[1].inplace is True and network[2].inplace is False
+    with torch.no_grad():
+        expected = network(example[:1]).numpy()
+    written = onnx_session(tmp_path / FORMATS["onnx"]).run(["logits"], {"images": example[:1].numpy()})[0]
+    assert np.abs(written - expected).max() < 1e-5
+
+    seen = []
+
+    def failing_export(module, *args, **kwargs):
+        seen.append([m.inplace for m in module.modules() if hasattr(m, "inplace")])
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_formats(network, example, tmp_path, ("onnx",))
+    assert seen == [[False, False]] and network[1].inplace is True
