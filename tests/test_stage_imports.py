@@ -58,3 +58,12 @@ def test_registry_views_and_rollback_start_without_torch(tmp_path):
     probe = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert probe.stdout.strip().splitlines()[-1] == "[0, 0, 2, 2] []", probe.stderr  # show, rollback: bad input
     assert "'x' is not a run name" in probe.stderr and "there is no champion to roll back" in probe.stderr
+
+
+def test_a_flow_runs_process_starts_without_the_computing_libraries():
+    """Each flow run is a process of its own that imports the flow module, then starts stage processes: it only
+    shows results (a blessing's table among them), so scipy (0.8 s), torch and the rest stay out of it."""
+    heavy = ("torch", "torchvision", "timm", "scipy", "sklearn", "pandas", "evidently", "great_expectations")
+    code = f"import sys, flows.retrain, flows.drift_check; print(sorted(n for n in {heavy!r} if n in sys.modules))"
+    probe = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr

@@ -17,13 +17,20 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["INTERVAL_METHOD", "PAIRED_TEST", "wilson", "seed_interval", "paired_comparison"]
 
 INTERVAL_METHOD = ("Student-t interval over seeds (a side that would leave [0, 1] from the logit scale), at least "
                    "as wide as the Wilson interval of the mean accuracy on the n test images")
 PAIRED_TEST = "exact McNemar test on the discordant images, paired bootstrap interval of the accuracy difference"
+
+
+def _stats():
+    """scipy.stats, imported when a function here first computes: 0.6 s of CPU that the processes which only show
+    results (each flow run's process renders a blessing, pipeline/runs/summary.py) never spend."""
+    from scipy import stats
+
+    return stats
 
 
 def _round(value: float) -> float:
@@ -34,14 +41,14 @@ def wilson(accuracy: float, n: int, confidence: float = 0.95) -> tuple[float, fl
     """Wilson score interval of an accuracy measured on ``n`` images."""
     if n <= 0:
         return 0.0, 1.0
-    z = stats.norm.ppf(0.5 + confidence / 2)
+    z = _stats().norm.ppf(0.5 + confidence / 2)
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    half = stats.t.ppf(0.5 + confidence / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+    half = _stats().t.ppf(0.5 + confidence / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
     return float(values.mean() - half), float(values.mean() + half)
 
 
@@ -94,12 +101,12 @@ def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray, confidence: 
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"paired comparison needs two equal, non-empty per-image vectors, got {a.shape}, {b.shape}")
     a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
-    p_value = stats.binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    p_value = _stats().binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
     diff = a.astype(float) - b.astype(float)
     if np.ptp(diff) == 0:
         low = high = float(diff[0])
     else:
-        boot = stats.bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=confidence,
+        boot = _stats().bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=confidence,
                                method="percentile", random_state=np.random.default_rng(seed))
         low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
     return {"n": int(a.size), "accuracy_a": _round(a.mean()), "accuracy_b": _round(b.mean()), "a_only": a_only,
