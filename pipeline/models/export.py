@@ -81,8 +81,8 @@ def _write_torchscript(network: torch.nn.Module, example: torch.Tensor, path: Pa
 def _write_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     # the exporter's tracing turns each in-place activation into a functional op plus a copy back, with symbolic
-    # shape arithmetic for the dynamic batch: out of place the export of EfficientNet-Lite0 or MobileNetV3 takes
-    # two thirds of the CPU time, and the ONNX graph is the same (the trained network is given back as it came)
+    # shape arithmetic for the dynamic batch: out of place EfficientNet-Lite0 and MobileNetV3 export in 0.6 to 0.75
+    # of the CPU time (bench/bench_export.py), to the same graph; the trained network is given back as it came
     in_place = [module for module in network.modules() if getattr(module, "inplace", None) is True]
     try:
         for module in in_place:
