@@ -26,7 +26,7 @@ PAIRED_TEST = "exact McNemar test on the discordant images, paired bootstrap int
 
 
 def _stats():
-    """scipy.stats, imported when a function here first computes: 0.6 s of CPU that the processes which only show
+    """scipy.stats, imported when a function here first computes: 0.8 s of CPU that the processes which only show
     results (each flow run's process renders a blessing, pipeline/runs/summary.py) never spend."""
     from scipy import stats
 
