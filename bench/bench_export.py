@@ -13,11 +13,9 @@ cannot win: the largest logit difference between them is printed with the figure
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 import warnings
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +25,15 @@ from bench.report import BenchReport
 from pipeline.common.logs import setup_logging
 from pipeline.models.build import build_network
 from pipeline.models.catalog import get_spec
-from pipeline.models.export import FORMATS, ONNX_OPSET, export_formats, onnx_session
+from pipeline.models.export import FORMATS, export_formats, onnx_session, trace_to_onnx
 
 
 def _in_place_export(network: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """The reference: the stage's exporter call, on the network with its in-place activations as they are."""
-    with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+    """The reference: the stage's exporter call on the network with its in-place activations as they are, under
+    the same no-grad and warning settings as :func:`export_formats`."""
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                          opset_version=ONNX_OPSET, dynamo=True, external_data=False)
+        trace_to_onnx(network, example, path)
 
 
 def _cpu_seconds(repeats: int, export, *args) -> float:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from pipeline.models.loaded import LoadedModel
 
 __all__ = ["FORMATS", "EXPORT_CARD", "ONNX_OPSET", "export_bundle", "export_formats", "check_exports",
-           "load_torchscript", "onnx_session", "exported_logits"]
+           "load_torchscript", "onnx_session", "exported_logits", "trace_to_onnx"]
 log = get_logger(__name__)
 EXPORT_CARD = "export.json"
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -79,7 +79,6 @@ def _write_torchscript(network: torch.nn.Module, example: torch.Tensor, path: Pa
 
 
 def _write_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
     # the exporter's tracing turns each in-place activation into a functional op plus a copy back, with symbolic
     # shape arithmetic for the dynamic batch: out of place EfficientNet-Lite0 and MobileNetV3 export in 0.6 to 0.75
     # of the CPU time (bench/bench_export.py), to the same graph; the trained network is given back as it came
@@ -87,13 +86,19 @@ def _write_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> 
     try:
         for module in in_place:
             module.inplace = False
-        with redirect_stdout(io.StringIO()):  # the exporter prints a line per phase; our log says it once
-            torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
-                              external_data=False)
+        trace_to_onnx(network, example, path)
     finally:
         for module in in_place:
             module.inplace = True
+
+
+def trace_to_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """The dynamo exporter's call on ``network`` as it is: one file, opset ONNX_OPSET, the batch dimension dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with redirect_stdout(io.StringIO()):  # the exporter prints a line per phase; our log says it once
+        torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
+                          external_data=False)
 
 
 _WRITERS: dict[str, Callable[[torch.nn.Module, torch.Tensor, Path], None]] = {
